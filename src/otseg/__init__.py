@@ -1,0 +1,26 @@
+"""otseg: OTSeg zero-shot semantic segmentation (Multi-Prompt Sinkhorn on CLIP) in modern PyTorch."""
+
+from otseg.model.build import build_model
+from otseg.model.checkpoint import load_pretrained, load_reference_checkpoint, save_pretrained
+from otseg.model.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
+from otseg.model.presets import get_preset, list_presets
+from otseg.model.segmentor import OTSeg
+from otseg.model.text import compute_class_embeddings, load_class_embeddings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HeadConfig",
+    "ModelConfig",
+    "OTSeg",
+    "TextConfig",
+    "VisionConfig",
+    "build_model",
+    "compute_class_embeddings",
+    "get_preset",
+    "list_presets",
+    "load_class_embeddings",
+    "load_pretrained",
+    "load_reference_checkpoint",
+    "save_pretrained",
+]

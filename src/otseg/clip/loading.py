@@ -1,0 +1,360 @@
+"""Reading OpenAI CLIP checkpoints and loading them into the OTSeg towers.
+
+The released CLIP checkpoints (`ViT-B-16.pt`) are TorchScript archives with fp16 weights; the reference reads
+them with `torch.jit.load(path).float().state_dict()`. Plain `torch.save`d state dicts are accepted too.
+Key mapping is explicit: `visual.*` goes to the image backbone with the prefix stripped (its positional
+table resized to the backbone's grid), the top-level text keys go to the text encoder unchanged, and
+`logit_scale` is ignored. Anything else that does not fit is an error that names the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from otseg.clip.model import CLIP, resize_positional_embedding
+from otseg.clip.text import TextEncoder
+from otseg.clip.vpt import VPTVisionTransformer
+from otseg.model.config import TextConfig, VisionConfig
+
+__all__ = [
+    "LoadReport",
+    "infer_clip_configs",
+    "load_clip_weights",
+    "load_openai_clip",
+    "read_clip_state_dict",
+    "resize_positional_embedding",
+    "text_state_dict",
+    "vision_state_dict",
+]
+
+StateDict = dict[str, Tensor]
+PathLike = str | os.PathLike[str]
+
+# Integer scalars the released archives carry next to the weights; OpenAI's build_model deletes them.
+_SCALAR_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Top-level keys (or key prefixes) of the text tower in OpenAI's layout.
+_TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.")
+_TEXT_KEYS = ("positional_embedding", "text_projection")
+_IGNORED_KEYS = ("logit_scale", *_SCALAR_KEYS)  # the scalars only appear in in-memory dicts
+_EXPECTED_FORMATS = (
+    "an OpenAI CLIP TorchScript archive (like the released ViT-B-16.pt) or a state dict saved with torch.save"
+)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_clip_state_dict(path: PathLike) -> StateDict:
+    """Read a CLIP checkpoint into a float32 state dict with OpenAI key names.
+
+    Accepts a TorchScript archive (read with `torch.jit.load`) or a `torch.save`d state dict (read with
+    `weights_only=True`, optionally wrapped as `{"state_dict": ...}`, a `module.` prefix is stripped).
+    Floating tensors become float32 (the reference's `.float()`); the integer scalars `input_resolution`,
+    `context_length` and `vocab_size` are dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP checkpoint not found: {path} (expected {_EXPECTED_FORMATS})")
+    loaders: list[tuple[str, Callable[[Path], Mapping[str, object]]]] = [
+        ("torch.jit.load (TorchScript archive)", _read_torchscript),
+        ("torch.load(weights_only=True) (state dict)", _read_plain),
+    ]
+    if not _looks_like_torchscript(path):
+        loaders.reverse()
+    errors: list[str] = []
+    for name, loader in loaders:
+        try:
+            raw = loader(path)
+            break
+        except Exception as err:  # any failure means "not this format"; both are reported below
+            errors.append(f"{name}: {type(err).__name__}: {_first_line(err)}")
+    else:
+        raise ValueError(
+            f"cannot read CLIP weights from {path}: expected {_EXPECTED_FORMATS}; tried " + "; ".join(errors)
+        )
+    return _clean_state_dict(raw, path)
+
+
+def _looks_like_torchscript(path: Path) -> bool:
+    """TorchScript archives are zips with `code/` and `constants.pkl` entries; torch.save zips have none."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _read_torchscript(path: Path) -> Mapping[str, object]:
+    with warnings.catch_warnings():
+        # Recent torch flags torch.jit.load as deprecated, but the released CLIP weights only exist as
+        # TorchScript archives; the warning would fire on every model load and cannot be acted upon.
+        warnings.filterwarnings(
+            "ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning
+        )
+        module = torch.jit.load(str(path), map_location="cpu")
+    return module.float().state_dict()
+
+
+def _read_plain(path: Path) -> Mapping[str, object]:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise TypeError(f"the file holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _clean_state_dict(raw: Mapping[str, object], path: Path) -> StateDict:
+    out: StateDict = {}
+    for key, value in raw.items():
+        if not isinstance(value, Tensor):
+            kind = type(value).__name__
+            raise ValueError(f"{path}: entry {key!r} is a {kind}, not a tensor; expected {_EXPECTED_FORMATS}")
+        key = key.removeprefix("module.")
+        if key in _SCALAR_KEYS and value.dim() == 0 and not value.is_floating_point():
+            continue
+        value = value.detach()
+        out[key] = value.float() if value.is_floating_point() else value
+    if not out:
+        raise ValueError(f"{path}: the checkpoint holds no tensors; expected {_EXPECTED_FORMATS}")
+    return out
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+# ------------------------------------------------------------------------------------------ configuration
+
+
+def _block_count(sd: Mapping[str, Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    indices = {int(m.group(1)) for k in sd if (m := pattern.match(k))}
+    return max(indices) + 1 if indices else 0
+
+
+def _require(sd: Mapping[str, Tensor], keys: tuple[str, ...], what: str) -> None:
+    missing = [k for k in keys if k not in sd]
+    if missing:
+        raise ValueError(f"not a ViT CLIP {what} state dict: missing {missing}")
+
+
+def _default_heads(width: int) -> int:
+    # OpenAI's rule (head size 64), clamped so that tiny test models still get one head.
+    return max(1, width // 64)
+
+
+def infer_clip_configs(
+    sd: Mapping[str, Tensor], *, vision_heads: int | None = None, text_heads: int | None = None
+) -> tuple[VisionConfig, TextConfig]:
+    """Read the architecture of a ViT CLIP from its state-dict shapes.
+
+    Head counts are not stored in a checkpoint: by default they are width // 64 (at least 1), as OpenAI's
+    `build_model` assumes; pass `vision_heads` / `text_heads` for models that break that rule. The vision
+    config gets `image_size = patch * grid` of the stored table and `deep_prompt_layers = layers - 1`
+    (every block sees prompts, as in all released OTSeg configs).
+    """
+    _require(
+        sd,
+        ("visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding", "visual.proj"),
+        "image tower",
+    )
+    _require(
+        sd,
+        ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"),
+        "text tower",
+    )
+    conv = sd["visual.conv1.weight"]
+    width, patch = conv.shape[0], conv.shape[-1]
+    rows = sd["visual.positional_embedding"].shape[0]
+    grid = math.isqrt(rows - 1)
+    if grid * grid != rows - 1:
+        raise ValueError(f"visual.positional_embedding has {rows} rows; expected 1 + g*g")
+    layers = _block_count(sd, "visual.transformer.resblocks.")
+    vision = VisionConfig(
+        image_size=patch * grid,
+        patch_size=patch,
+        width=width,
+        layers=layers,
+        heads=vision_heads if vision_heads is not None else _default_heads(width),
+        output_dim=sd["visual.proj"].shape[1],
+        deep_prompt_layers=max(layers - 1, 1),
+    )
+    text_width = sd["ln_final.weight"].shape[0]
+    text = TextConfig(
+        context_length=sd["positional_embedding"].shape[0],
+        vocab_size=sd["token_embedding.weight"].shape[0],
+        width=text_width,
+        heads=text_heads if text_heads is not None else _default_heads(text_width),
+        layers=_block_count(sd, "transformer.resblocks."),
+        output_dim=sd["text_projection"].shape[1],
+    )
+    return vision, text
+
+
+# -------------------------------------------------------------------------------------------- key mapping
+
+
+def _is_text_key(key: str) -> bool:
+    return key in _TEXT_KEYS or key.startswith(_TEXT_PREFIXES)
+
+
+def vision_state_dict(sd: Mapping[str, Tensor], cfg: VisionConfig) -> StateDict:
+    """The `visual.*` entries with the prefix stripped; the positional table resized to cfg.grid_size."""
+    out = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
+    if not out:
+        raise ValueError("the state dict has no 'visual.*' keys: not a CLIP checkpoint with an image tower")
+    if "positional_embedding" in out:
+        out["positional_embedding"] = resize_positional_embedding(out["positional_embedding"], cfg.grid_size)
+    return out
+
+
+def text_state_dict(sd: Mapping[str, Tensor]) -> StateDict:
+    """The text-tower entries (`positional_embedding`, `text_projection`, `token_embedding.*`,
+    `ln_final.*`, `transformer.*`), names unchanged."""
+    return {k: v for k, v in sd.items() if _is_text_key(k)}
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+@dataclass
+class LoadReport:
+    """What `load_clip_weights` did. Key names are prefixed with the receiving module."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing_prompt: list[str] = field(default_factory=list)  # kept their constructor init
+    ignored: list[str] = field(default_factory=list)  # checkpoint keys deliberately not used
+    positional_resize: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+
+    def summary(self) -> str:
+        """One human-readable line."""
+        parts = [f"loaded {len(self.loaded)} CLIP tensors from {self.source}"]
+        if self.missing_prompt:
+            parts.append(f"{len(self.missing_prompt)} prompt parameters keep their init")
+        text = [k for k in self.ignored if _is_text_key(k)]
+        other = [k for k in self.ignored if not _is_text_key(k)]
+        if other:
+            parts.append(f"ignored {', '.join(other)}")
+        if text:
+            parts.append(f"ignored {len(text)} text-tower keys (no text encoder given)")
+        if self.positional_resize is not None:
+            old, new = self.positional_resize
+            parts.append(f"positional embedding resized {old} -> {new}")
+        return "; ".join(parts)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _preview(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{', ...' if len(keys) > limit else ''}] ({len(keys)} in all)"
+
+
+def _load_checked(
+    module: nn.Module,
+    sd: Mapping[str, Tensor],
+    *,
+    source: str,
+    what: str,
+    may_be_missing: Callable[[str], bool] = lambda key: False,
+    checkpoint_prefix: str = "",
+) -> tuple[list[str], list[str]]:
+    """Copy `sd` into `module` after checking names and shapes; returns (loaded, missing-but-allowed).
+
+    Error messages use checkpoint key names (`checkpoint_prefix` + module key), which is what a user can
+    look up in the file.
+    """
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in sd]
+    bad_missing = [checkpoint_prefix + k for k in missing if not may_be_missing(k)]
+    unexpected = [checkpoint_prefix + k for k in sd if k not in expected]
+    problems = []
+    if bad_missing:
+        problems.append(f"missing keys {_preview(bad_missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_preview(unexpected)}")
+    if problems:
+        raise ValueError(f"cannot load {what} from {source}: " + "; ".join(problems))
+    for key, value in sd.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(
+                f"cannot load {what} from {source}: shape mismatch for {checkpoint_prefix + key!r}: "
+                f"the model expects {tuple(expected[key].shape)}, the checkpoint has {tuple(value.shape)}"
+            )
+    module.load_state_dict(sd, strict=False)
+    return list(sd), missing
+
+
+def _source_of(path_or_sd: PathLike | Mapping[str, Tensor]) -> tuple[StateDict, str]:
+    if isinstance(path_or_sd, Mapping):
+        return dict(path_or_sd), "<in-memory state dict>"
+    return read_clip_state_dict(path_or_sd), str(path_or_sd)
+
+
+def load_clip_weights(
+    backbone: VPTVisionTransformer,
+    text_encoder: TextEncoder | None,
+    path_or_sd: PathLike | Mapping[str, Tensor],
+) -> LoadReport:
+    """Load frozen CLIP weights into OTSeg's image backbone (and text encoder), as the reference does.
+
+    Only the prompt parameters may be absent from the checkpoint (they keep their init). A key that fits
+    neither tower, a missing non-prompt parameter or a shape mismatch raises `ValueError` naming the file.
+    `logit_scale` is ignored, and so are the text keys when `text_encoder` is None.
+    """
+    sd, source = _source_of(path_or_sd)
+    report = LoadReport(source=source)
+    stray = [k for k in sd if not (k.startswith("visual.") or _is_text_key(k) or k in _IGNORED_KEYS)]
+    if stray:
+        raise ValueError(f"cannot load CLIP weights from {source}: unexpected keys {_preview(stray)}")
+    report.ignored = [k for k in sd if k in _IGNORED_KEYS]
+
+    vis = vision_state_dict(sd, backbone.cfg)
+    old_pos = sd.get("visual.positional_embedding")
+    if old_pos is not None and old_pos.shape != vis["positional_embedding"].shape:
+        report.positional_resize = (tuple(old_pos.shape), tuple(vis["positional_embedding"].shape))
+    loaded, missing = _load_checked(
+        backbone,
+        vis,
+        source=source,
+        what="the image backbone",
+        may_be_missing=lambda k: "prompt" in k,
+        checkpoint_prefix="visual.",
+    )
+    report.loaded += [f"backbone.{k}" for k in loaded]
+    report.missing_prompt += [f"backbone.{k}" for k in missing]
+
+    text = text_state_dict(sd)
+    if text_encoder is None:
+        report.ignored += list(text)
+    else:
+        loaded, _ = _load_checked(text_encoder, text, source=source, what="the text encoder")
+        report.loaded += [f"text_encoder.{k}" for k in loaded]
+    return report
+
+
+def load_openai_clip(
+    path: PathLike, *, vision_heads: int | None = None, text_heads: int | None = None
+) -> CLIP:
+    """Build a `CLIP` from a checkpoint's shapes and load it strictly; returned in eval mode.
+
+    The head counts default to width // 64 (see `infer_clip_configs`).
+    """
+    sd = read_clip_state_dict(path)
+    vision, text = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
+    model = CLIP(vision, text)
+    _load_checked(model, sd, source=str(path), what="CLIP")
+    return model.eval()

@@ -1,0 +1,66 @@
+"""`build_model`: a preset name (or config) + optional CLIP weights / class embeddings -> an OTSeg model."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from otseg.model.config import ModelConfig, apply_overrides
+from otseg.model.segmentor import OTSeg
+
+__all__ = ["build_model"]
+
+
+def build_model(
+    preset: str | ModelConfig,
+    *,
+    clip: str | os.PathLike | None = None,
+    class_embeddings: str | os.PathLike | Tensor | np.ndarray | None = None,
+    **overrides: Any,
+) -> OTSeg:
+    """Build an OTSeg segmentor.
+
+    Args:
+        preset: a preset name (`otseg.list_presets()`, e.g. "voc12-inductive") or a `ModelConfig`.
+        clip: optional OpenAI CLIP checkpoint (TorchScript archive such as `ViT-B-16.pt`, or a state dict):
+            loads the frozen image tower (positional table resized to the preset's grid) and attaches the
+            text tower so `model.set_classes(names)` works. Prompt parameters keep their init.
+        class_embeddings: optional (K, N, D) embeddings or a file (`.npy` from the reference release, `.pt`,
+            `.safetensors`) for the preset's classes.
+        **overrides: config overrides; nested fields with a double underscore or a dot, e.g.
+            `head__use_mps=False`, `**{"head.attention": "softmax"}`, `stride=256`.
+
+    Returns:
+        The model in training mode (call `.eval()` before inference), on the CPU.
+    """
+    from otseg.model.presets import get_preset
+
+    cfg = get_preset(preset) if isinstance(preset, str) else preset
+    if overrides:
+        cfg = apply_overrides(cfg, {k.replace("__", "."): v for k, v in overrides.items()})
+    model = OTSeg(cfg)
+    if clip is not None:
+        load_clip_into(model, clip)
+    if class_embeddings is not None:
+        if isinstance(class_embeddings, (str, os.PathLike)):
+            from otseg.model.text import load_class_embeddings
+
+            class_embeddings = load_class_embeddings(class_embeddings)
+        model.set_class_embeddings(class_embeddings)
+    return model
+
+
+def load_clip_into(model: OTSeg, clip: str | os.PathLike | dict) -> None:
+    """Load OpenAI CLIP weights into the image tower and attach a text tower built from the same file."""
+    from otseg.clip.loading import infer_clip_configs, load_clip_weights, read_clip_state_dict
+    from otseg.clip.text import TextEncoder
+
+    sd = read_clip_state_dict(clip) if not isinstance(clip, dict) else clip
+    _, text_cfg = infer_clip_configs(sd)
+    text_encoder = TextEncoder(text_cfg)
+    load_clip_weights(model.backbone, text_encoder, sd)
+    model.config.text = text_cfg  # saved with the model, so the text tower can be rebuilt from our format
+    model.attach_text_encoder(text_encoder)

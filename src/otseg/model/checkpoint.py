@@ -1,0 +1,263 @@
+"""Checkpoints: the reference's released `.pth` files, and our own format (safetensors + JSON config).
+
+Reference checkpoints are mmcv files `{'meta', 'state_dict', 'optimizer'}` whose `state_dict` holds
+`backbone.*`, `text_encoder.*` and `decode_head.*` keys. Every reference key is either mapped to one of ours
+by an explicit rule below, or dropped by name with a reason; anything else is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from otseg.model.config import ModelConfig
+
+__all__ = [
+    "ConversionReport",
+    "load_pretrained",
+    "load_reference_checkpoint",
+    "map_reference_key",
+    "read_reference_state_dict",
+    "save_pretrained",
+]
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+# Reference decode-head key -> ours. The reference decoder layer subclasses nn.TransformerDecoderLayer,
+# whose cross-attention slot `multihead_attn` holds the MPSA module and whose norm2 / norm3 follow the
+# attention / FFN residuals.
+_HEAD_RULES: list[tuple[re.Pattern[str], str]] = [
+    (re.compile(r"^decode_head\.q_proj\.(weight|bias)$"), r"head.q_proj.\1"),
+    (
+        re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.multihead_attn\.(q|k|v|proj)\.(weight|bias)$"),
+        r"head.layers.\1.attn.\2.\3",
+    ),
+    (re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.(linear1|linear2)\.(weight|bias)$"), r"head.layers.\1.\2.\3"),
+    (re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.norm2\.(weight|bias)$"), r"head.layers.\1.norm_attn.\2"),
+    (re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.norm3\.(weight|bias)$"), r"head.layers.\1.norm_ffn.\2"),
+]
+
+# Reference keys dropped by name, with the reason shown to the user.
+_DROP_RULES: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(r"^decode_head\.decoder_1\.layers\.\d+\.self_attn\."),
+        "decoder self-attention: inherited from nn.TransformerDecoderLayer, never called by the reference forward",
+    ),
+    (
+        re.compile(r"^decode_head\.decoder_1\.layers\.\d+\.norm1\."),
+        "decoder norm1: follows the self-attention that the reference forward never calls",
+    ),
+    (
+        re.compile(r"^decode_head\.loss_decode\.criterion\.empty_weight$"),
+        "loss buffer (SegPlusCriterion.empty_weight): saved by the reference but unused by its losses",
+    ),
+    (re.compile(r"^decode_head\.conv_seg\."), "mmseg conv_seg: deleted by the reference head, never used"),
+]
+
+_TEXT_DROP_REASON = (
+    "CLIP text tower: the reference never runs it (released configs load precomputed embeddings); "
+    "kept only when the model has a text_encoder"
+)
+
+
+def map_reference_key(key: str, keep_text_encoder: bool = False) -> tuple[str | None, str]:
+    """Map one reference state-dict key to ours.
+
+    Returns:
+        (our_key, "") when mapped, (None, reason) when dropped by name.
+
+    Raises:
+        KeyError: for a key no rule knows (the checkpoint is not an OTSeg/ZegCLIP-style model).
+    """
+    if key.startswith("module."):  # DDP-wrapped saves
+        key = key[len("module.") :]
+    if key.startswith("backbone."):
+        return key, ""  # our VPT tower uses the reference / OpenAI CLIP names unchanged
+    if key.startswith("text_encoder."):
+        return (key, "") if keep_text_encoder else (None, _TEXT_DROP_REASON)
+    for pattern, reason in _DROP_RULES:
+        if pattern.search(key):
+            return None, reason
+    for pattern, repl in _HEAD_RULES:
+        if pattern.match(key):
+            return pattern.sub(repl, key), ""
+    raise KeyError(f"no mapping rule for reference key {key!r}")
+
+
+@dataclass
+class ConversionReport:
+    """What happened to each reference key."""
+
+    mapped: dict[str, str] = field(default_factory=dict)  # reference key -> our key
+    dropped: dict[str, str] = field(default_factory=dict)  # reference key -> reason
+    resized: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    dropped_numel: int = 0
+
+    def summary(self) -> str:
+        reasons: dict[str, int] = {}
+        for reason in self.dropped.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        lines = [f"mapped {len(self.mapped)} reference keys; dropped {len(self.dropped)} "
+                 f"({self.dropped_numel:,} values):"]
+        lines += [f"  - {n} x {reason}" for reason, n in reasons.items()]
+        for key, (old, new) in self.resized.items():
+            lines.append(f"  resized {key} {old} -> {new}")
+        return "\n".join(lines)
+
+
+def read_reference_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[dict[str, Tensor], dict]:
+    """Read a reference (mmcv) checkpoint: returns (state_dict, meta).
+
+    Loaded with `weights_only=True` unless `allow_pickle` (only for files you trust: pickle runs code).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"reference checkpoint {p} does not exist")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
+    except Exception as e:
+        hint = "" if allow_pickle else (
+            " If this is a genuine OTSeg release file from a source you trust, retry with allow_pickle=True "
+            "(CLI: --allow-pickle); it holds objects that weights_only loading refuses."
+        )
+        raise ValueError(f"cannot read reference checkpoint {p}: {type(e).__name__}: {e}.{hint}") from e
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        return ckpt["state_dict"], ckpt.get("meta") or {}
+    if isinstance(ckpt, dict) and all(isinstance(v, Tensor) for v in ckpt.values()):
+        return ckpt, {}
+    raise ValueError(f"{p} is not an mmseg checkpoint: expected a dict with a 'state_dict' entry")
+
+
+def convert_reference_state_dict(
+    ref_sd: dict[str, Tensor], model: torch.nn.Module, source: str = "checkpoint"
+) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Map a reference state dict onto `model`'s keys (see `map_reference_key`), resizing positional tables.
+
+    Raises:
+        ValueError: unknown reference keys, shape mismatches, or model keys left without a value.
+    """
+    from otseg.clip.model import resize_positional_embedding
+
+    ours = model.state_dict()
+    keep_text = any(k.startswith("text_encoder.") for k in ours)
+    report = ConversionReport()
+    out: dict[str, Tensor] = {}
+    unknown = []
+    for key, value in ref_sd.items():
+        try:
+            new_key, reason = map_reference_key(key, keep_text_encoder=keep_text)
+        except KeyError:
+            unknown.append(key)
+            continue
+        if new_key is None:
+            report.dropped[key] = reason
+            report.dropped_numel += value.numel()
+            continue
+        if new_key not in ours:
+            unknown.append(key)
+            continue
+        expected = ours[new_key].shape
+        if new_key == "backbone.positional_embedding" and value.shape != expected:
+            grid = model.config.vision.grid_size
+            report.resized[key] = (tuple(value.shape), tuple(expected))
+            value = resize_positional_embedding(value.float(), grid)
+        if value.shape != expected:
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)} but the model's {new_key} is {tuple(expected)}; "
+                f"is this checkpoint for a different preset (classes/prompt tokens/width)?"
+            )
+        out[new_key] = value.to(ours[new_key].dtype)
+        report.mapped[key] = new_key
+    missing = sorted(set(ours) - set(out))
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} unexpected key(s) with no mapping rule: {unknown[:8]}")
+    if missing:
+        problems.append(f"{len(missing)} model key(s) missing from the checkpoint: {missing[:8]}")
+    if problems:
+        raise ValueError(f"{source} does not fit this OTSeg model: " + "; ".join(problems))
+    return out, report
+
+
+def load_reference_checkpoint(
+    model: torch.nn.Module, path: str | os.PathLike, allow_pickle: bool = False, verbose: bool = False
+) -> ConversionReport:
+    """Load a reference release `.pth` (mmseg format) into an OTSeg model built from the matching preset.
+
+    Never-used reference parameters are dropped by name (see `map_reference_key`); the report says which.
+    """
+    ref_sd, _meta = read_reference_state_dict(path, allow_pickle=allow_pickle)
+    state, report = convert_reference_state_dict(ref_sd, model, source=str(path))
+    model.load_state_dict(state, strict=True)
+    if verbose:
+        print(report.summary())
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- our format
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write `model.safetensors` (weights + class embeddings) and `config.json` into `directory`, atomically."""
+    from safetensors.torch import save_file
+
+    from otseg.utils import atomic_write, atomic_write_text
+
+    d = Path(directory)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if getattr(model, "has_class_embeddings", False):
+        tensors["class_embeddings"] = model.class_embeddings.detach().cpu().contiguous()
+        tensors["seen_mask"] = model.seen_mask.detach().cpu().to(torch.uint8)
+    meta = {
+        "format": "otseg",
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "class_names": list(getattr(model, "class_names", model.config.class_names)),
+        "has_text_encoder": getattr(model, "text_encoder", None) is not None,
+        **(extra or {}),
+    }
+    atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write_text(d / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    return d
+
+
+def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load a model saved by `save_pretrained` (or written by `otseg convert`)."""
+    from safetensors.torch import load_file
+
+    from otseg.model.segmentor import OTSeg
+
+    d = Path(directory)
+    cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
+    for p in (cfg_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} does not exist; expected a folder written by `otseg convert` or save_pretrained")
+    meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if meta.get("format") != "otseg":
+        raise ValueError(f"{cfg_path} is not an otseg config (no \"format\": \"otseg\")")
+    config = ModelConfig.from_dict(meta["config"])
+    model = OTSeg(config)
+    tensors = load_file(str(weights_path))
+    if meta.get("has_text_encoder"):
+        from otseg.clip.text import TextEncoder
+
+        model.attach_text_encoder(TextEncoder(config.text))
+    emb = tensors.pop("class_embeddings", None)
+    seen = tensors.pop("seen_mask", None)
+    result = model.load_state_dict(tensors, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{weights_path} does not match its config: missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}"
+        )
+    if emb is not None:
+        seen_idx = torch.nonzero(seen.bool()).flatten().tolist() if seen is not None else None
+        model.set_class_embeddings(emb, class_names=meta.get("class_names"), seen=seen_idx)
+    return model.to(device)

@@ -1,0 +1,158 @@
+"""The OTSeg decode head: relationship descriptor, MPS score path, and the MPSA decoder.
+
+Reference: `ATMSingleHeadSeg` with `TPN_Decoder` / `TPN_DecoderLayer` / `AttentionOT`. The reference decoder
+layers subclass `nn.TransformerDecoderLayer` and carry self-attention and `norm1` weights that their forward
+never calls; this head has no such parameters (the checkpoint converter drops them by name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from otseg.model.config import HeadConfig
+from otseg.ops.mps import mps_scores
+from otseg.ops.mpsa import MultiPromptSinkhornAttention, SoftmaxCrossAttention
+
+__all__ = ["DecoderLayer", "HeadOutput", "OTSegHead"]
+
+
+@dataclass
+class HeadOutput:
+    """Training-time outputs of the head, all logits at (output_size, output_size).
+
+    Attributes:
+        decoder_logits: (B, K, S, S) decoder (MPSA) path.
+        mps_logits: (B, K, S, S) MPS path, or None when the MPS path is switched off.
+        queries: (B, K, N, C) relationship-descriptor queries (input of the decoder).
+        layer_queries: per decoder layer, the updated queries (B, K, N, C).
+        layer_maps: per decoder layer, its score map (B, K, M).
+    """
+
+    decoder_logits: Tensor
+    mps_logits: Tensor | None
+    queries: Tensor
+    layer_queries: list[Tensor] = field(default_factory=list)
+    layer_maps: list[Tensor] = field(default_factory=list)
+
+
+class DecoderLayer(nn.Module):
+    """Post-norm decoder layer: cross-attention (MPSA or softmax) + ReLU FFN; no self-attention.
+
+    queries (B, K, N, C), memory (B, M, C) -> (queries (B, K, N, C), score_map (B, K, M)).
+    """
+
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        c = cfg.embed_dim
+        if cfg.attention == "mpsa":
+            self.attn: nn.Module = MultiPromptSinkhornAttention(
+                c, cfg.sinkhorn_eps, cfg.attn_dropout, cfg.sinkhorn_max_iter, cfg.sinkhorn_thresh
+            )
+        elif cfg.attention == "softmax":
+            self.attn = SoftmaxCrossAttention(c, cfg.num_heads, cfg.attn_dropout)
+        else:
+            raise ValueError(f"unknown attention {cfg.attention!r}; use 'mpsa' or 'softmax'")
+        self.norm_attn = nn.LayerNorm(c)
+        self.linear1 = nn.Linear(c, cfg.ffn_dim)
+        self.linear2 = nn.Linear(cfg.ffn_dim, c)
+        self.norm_ffn = nn.LayerNorm(c)
+        self.dropout_attn = nn.Dropout(cfg.dropout)
+        self.dropout_ffn_hidden = nn.Dropout(cfg.dropout)
+        self.dropout_ffn = nn.Dropout(cfg.dropout)
+
+    def forward(self, queries: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
+        attended, score_map = self.attn(queries, memory)
+        x = self.norm_attn(queries + self.dropout_attn(attended))
+        ffn = self.linear2(self.dropout_ffn_hidden(F.relu(self.linear1(x))))
+        x = self.norm_ffn(x + self.dropout_ffn(ffn))
+        return x, score_map
+
+
+class OTSegHead(nn.Module):
+    """Decode head producing per-class logits from CLIP patch/global embeddings and class text embeddings.
+
+    Args:
+        cfg: head configuration (width, layers, attention kind, MPS on/off, Sinkhorn settings, ...).
+    """
+
+    def __init__(self, cfg: HeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.embed_dim
+        # Relationship descriptor: queries = Linear([global (x) text, text]).
+        self.q_proj = nn.Linear(2 * c, c)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+
+    def relationship_queries(self, global_emb: Tensor, text: Tensor) -> Tensor:
+        """global_emb (B, C), text (K, N, C) -> queries (B, K, N, C) = q_proj([global (x) text, text])."""
+        t = text.unsqueeze(0).expand(global_emb.shape[0], -1, -1, -1)
+        return self.q_proj(torch.cat([global_emb[:, None, None, :] * t, t], dim=-1))
+
+    def combine_layer_maps(self, maps: list[Tensor]) -> Tensor:
+        """Per-layer maps (B, K, M) -> decoder logits (B, K, M)."""
+        if self.cfg.map_combination == "last" or len(maps) == 1:
+            return maps[-1]
+        exponent = 1.0 / (len(maps) - 1)
+        out = maps[-1]
+        for m in maps[:-1]:
+            out = out * torch.sigmoid(m) ** exponent
+        return out
+
+    def _upsample(self, flat: Tensor, grid: tuple[int, int]) -> Tensor:
+        b, k, _ = flat.shape
+        size = self.cfg.output_size
+        # The reference upsamples to the configured img_size whatever the input size.
+        return F.interpolate(flat.reshape(b, k, *grid), size=(size, size), mode="bilinear", align_corners=False)
+
+    def forward(self, patch_emb: Tensor, global_emb: Tensor, text: Tensor) -> HeadOutput:
+        """Training-time forward.
+
+        Args:
+            patch_emb: (B, C, H, W) L2-normalised patch embeddings from the backbone.
+            global_emb: (B, C) L2-normalised global embedding.
+            text: (K, N, C) class text embeddings (any float dtype; computed in the embeddings' promoted dtype).
+
+        Returns:
+            HeadOutput with (B, K, S, S) logits, S = cfg.output_size.
+        """
+        grid = (patch_emb.shape[2], patch_emb.shape[3])
+        memory = patch_emb.flatten(2).transpose(1, 2)  # (B, M, C), row-major over (h, w)
+        queries = self.relationship_queries(global_emb, text)
+
+        mps_logits = None
+        if self.cfg.use_mps:
+            scores = mps_scores(
+                memory, queries, self.cfg.sinkhorn_eps, self.cfg.sinkhorn_max_iter, self.cfg.sinkhorn_thresh
+            )
+            mps_logits = self._upsample(scores, grid)
+
+        x, layer_queries, layer_maps = queries, [], []
+        for layer in self.layers:
+            x, score_map = layer(x, memory)
+            layer_queries.append(x)
+            layer_maps.append(score_map)
+        decoder_logits = self._upsample(self.combine_layer_maps(layer_maps), grid)
+        return HeadOutput(decoder_logits, mps_logits, queries, layer_queries, layer_maps)
+
+    def ensemble_logits(self, out: HeadOutput) -> Tensor:
+        """OTSeg+ test-time logits: w * decoder + (1 - w) * MPS (decoder alone without the MPS path)."""
+        if out.mps_logits is None:
+            return out.decoder_logits
+        w = self.cfg.ensemble_weight
+        return w * out.decoder_logits + (1.0 - w) * out.mps_logits
+
+    def predict(self, patch_emb: Tensor, global_emb: Tensor, text: Tensor, seen_mask: Tensor | None) -> Tensor:
+        """Test-time class scores (B, K, S, S): sigmoid of the ensemble, minus `seen_bias` on seen channels.
+
+        Args:
+            seen_mask: (K,) bool, classes that get the seen-class bias; None for no bias.
+        """
+        probs = torch.sigmoid(self.ensemble_logits(self.forward(patch_emb, global_emb, text)))
+        if seen_mask is not None and self.cfg.seen_bias:
+            bias = seen_mask.to(probs.dtype) * self.cfg.seen_bias
+            probs = probs - bias[None, :, None, None]
+        return probs

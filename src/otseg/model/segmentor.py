@@ -1,0 +1,209 @@
+"""The OTSeg segmentor: VPT CLIP image tower + class text embeddings + decode head, with reference inference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from otseg.clip.text import TextEncoder
+from otseg.clip.vpt import VPTVisionTransformer
+from otseg.model.config import ModelConfig
+from otseg.model.head import HeadOutput, OTSegHead
+
+__all__ = ["OTSeg", "slide_windows"]
+
+
+def slide_windows(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """The reference's sliding-window grid: (y1, y2, x1, x2) crops, clamped to the image border."""
+    rows = max(height - crop + stride - 1, 0) // stride + 1
+    cols = max(width - crop + stride - 1, 0) // stride + 1
+    windows = []
+    for r in range(rows):
+        for c in range(cols):
+            y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
+            windows.append((max(y2 - crop, 0), y2, max(x2 - crop, 0), x2))
+    return windows
+
+
+class OTSeg(nn.Module):
+    """OTSeg zero-shot semantic segmentor.
+
+    Holds the frozen CLIP ViT with trainable deep visual prompts (`backbone`), the decode head (`head`),
+    the class text embeddings (`class_embeddings`, (K, N, D)), which classes are "seen" (`seen_mask`), and
+    optionally the frozen CLIP text tower (`text_encoder`) to embed new class names.
+
+    Images are float tensors (B, 3, H, W) normalised with `config.mean` / `config.std` (0..255 scale).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = VPTVisionTransformer(config.vision)
+        self.head = OTSegHead(config.head)
+        self.text_encoder: TextEncoder | None = None
+        k, n, d = config.num_classes, config.num_prompts, config.head.embed_dim
+        self.register_buffer("class_embeddings", torch.zeros(k, n, d), persistent=False)
+        seen = torch.zeros(k, dtype=torch.bool)
+        seen[list(config.seen_classes)] = True
+        self.register_buffer("seen_mask", seen, persistent=False)
+        self.class_names: list[str] = list(config.class_names)
+        self.has_class_embeddings = False
+        self.apply_freezing()
+
+    # ------------------------------------------------------------------ parameters
+    def apply_freezing(self) -> None:
+        """The reference rule: backbone trainable only where the name contains 'prompt'; text tower frozen."""
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_("prompt" in name)
+        if self.text_encoder is not None:
+            self.text_encoder.requires_grad_(False)
+
+    def attach_text_encoder(self, text_encoder: TextEncoder) -> None:
+        """Keep a (frozen) CLIP text tower so that `set_classes` can embed new class names."""
+        self.text_encoder = text_encoder.requires_grad_(False).eval()
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def num_classes(self) -> int:
+        return self.class_embeddings.shape[0]
+
+    def set_class_embeddings(
+        self,
+        emb: Tensor | np.ndarray,
+        class_names: Sequence[str] | None = None,
+        seen: Sequence[int] | Tensor | None = None,
+    ) -> None:
+        """Use these class text embeddings for prediction.
+
+        Args:
+            emb: (K, N, D) per-class, per-prompt embeddings (L2-normalised, as the reference's `.npy` files).
+                float16 values are kept exactly (upcast to float32, as the reference's type promotion does).
+            class_names: K names (for outputs); default: the current names if K is unchanged, else class_0...
+            seen: indices of classes that get the seen-class bias at inference. Default: the preset's seen
+                classes when K matches the preset, else the classes whose name is a seen training class.
+        """
+        t = torch.as_tensor(np.asarray(emb) if not isinstance(emb, Tensor) else emb)
+        if t.dim() != 3:
+            raise ValueError(f"class embeddings must have shape (K, N, D), got {tuple(t.shape)}")
+        d = self.config.head.embed_dim
+        if t.shape[2] != d:
+            raise ValueError(f"class embeddings have width {t.shape[2]} but the model expects {d}")
+        if t.shape[0] == 0:
+            raise ValueError("class embeddings are empty (K = 0): give at least one class")
+        k = t.shape[0]
+        if class_names is None:
+            class_names = self.class_names if k == len(self.class_names) else [f"class_{i}" for i in range(k)]
+        if len(class_names) != k:
+            raise ValueError(f"{len(class_names)} class names for {k} class embeddings")
+        self.class_embeddings = t.to(device=self.class_embeddings.device, dtype=torch.float32).contiguous()
+        self.class_names = list(class_names)
+        self.seen_mask = self._seen_mask_for(self.class_names, seen).to(self.class_embeddings.device)
+        self.has_class_embeddings = True
+
+    def _seen_mask_for(self, names: Sequence[str], seen: Sequence[int] | Tensor | None) -> Tensor:
+        mask = torch.zeros(len(names), dtype=torch.bool)
+        if seen is not None:
+            mask[torch.as_tensor(seen, dtype=torch.long)] = True
+            return mask
+        cfg = self.config
+        if list(names) == list(cfg.class_names):
+            mask[list(cfg.seen_classes)] = True
+        else:
+            trained = {cfg.class_names[i] for i in cfg.seen_classes}
+            mask = torch.tensor([n in trained for n in names], dtype=torch.bool)
+        return mask
+
+    def set_classes(self, names: Sequence[str], templates: Sequence[str] | str | None = None) -> None:
+        """Embed `names` live with the CLIP text tower (cached on disk) and use them for prediction.
+
+        Args:
+            names: class names, e.g. ["cat", "sofa", "wall"].
+            templates: prompt templates with one "{}" each, or a template-set name ("templates_6"); default:
+                the preset's set. The number of templates is the number of prompts N.
+        """
+        from otseg.model.text import compute_class_embeddings, resolve_templates
+
+        if self.text_encoder is None:
+            raise RuntimeError(
+                "this model has no CLIP text tower, so it cannot embed class names; build it with CLIP weights "
+                "(build_model(..., clip='ViT-B-16.pt')) or call set_class_embeddings() with precomputed ones"
+            )
+        emb = compute_class_embeddings(self.text_encoder, names, resolve_templates(templates, self.config))
+        self.set_class_embeddings(emb, class_names=names)
+
+    def _require_embeddings(self) -> None:
+        if not self.has_class_embeddings:
+            raise RuntimeError(
+                "no class text embeddings set: call model.set_class_embeddings(emb), model.set_classes(names), "
+                "or load the reference .npy with otseg.load_class_embeddings(path)"
+            )
+
+    def training_text(self) -> Tensor:
+        """(K_train, N, D) text used in training: the seen classes only when training inductively."""
+        self._require_embeddings()
+        if self.config.setting == "inductive":
+            return self.class_embeddings[self.seen_mask]
+        return self.class_embeddings
+
+    # ------------------------------------------------------------------ forward passes
+    def forward(self, images: Tensor, text: Tensor | None = None) -> HeadOutput:
+        """Training-time forward: logits of both paths at (S, S), S = config.head.output_size.
+
+        Args:
+            images: (B, 3, H, W) normalised images.
+            text: (K, N, D) class embeddings; default `training_text()`.
+        """
+        patch_emb, global_emb = self.backbone(images)
+        return self.head(patch_emb, global_emb, self.training_text() if text is None else text)
+
+    def encode_decode(self, images: Tensor) -> Tensor:
+        """Test-time scores over all classes for whole images: (B, K, H, W) (the reference's `encode_decode`)."""
+        self._require_embeddings()
+        patch_emb, global_emb = self.backbone(images)
+        seen = self.seen_mask if self.config.apply_seen_bias else None
+        scores = self.head.predict(patch_emb, global_emb, self.class_embeddings, seen)
+        return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def slide_inference(self, images: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
+        """Average `encode_decode` over overlapping crops (config crop_size/stride), resized to `out_size`.
+
+        images (B, 3, H, W) -> (B, K, *out_size) (default: (H, W)).
+        """
+        b, _, h, w = images.shape
+        crop, stride = self.config.crop_size, self.config.stride
+        total = images.new_zeros((b, self.num_classes, h, w))
+        count = images.new_zeros((1, 1, h, w))
+        for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
+            total[:, :, y1:y2, x1:x2] += self.encode_decode(images[:, :, y1:y2, x1:x2])
+            count[:, :, y1:y2, x1:x2] += 1
+        scores = total / count
+        if out_size is not None and tuple(out_size) != (h, w):
+            scores = F.interpolate(scores, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return scores
+
+    @torch.no_grad()
+    def predict_scores(self, images: Tensor) -> Tensor:
+        """The reference's test-time class scores, before argmax.
+
+        Scores are sigmoid(w * decoder + (1 - w) * MPS) minus the seen-class bias, averaged over sliding
+        windows when the preset says so. Images are processed one at a time, as the reference evaluates with
+        batch size 1 (its Sinkhorn stopping rule is global over the batch, so batching would change results).
+
+        Args:
+            images: (B, 3, H, W) normalised as `config.mean`/`config.std`, any size.
+
+        Returns:
+            (B, K, H, W) scores; argmax over K gives the label map.
+        """
+        self._require_embeddings()
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        infer = self.slide_inference if self.config.test_mode == "slide" else self.encode_decode
+        return torch.cat([infer(images[i : i + 1]) for i in range(images.shape[0])])

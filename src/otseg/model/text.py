@@ -1,0 +1,170 @@
+"""Class text embeddings: prompt templates, live computation with the CLIP text tower, `.npy` loading, cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from otseg.model.config import ModelConfig
+
+# The reference's prompt template sets (OTSeg `templates_6` / `templates_8`), in the reference's order:
+# the order matters because prompt n of a class is row n of its (N, D) embedding block.
+TEMPLATES_6: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a portrait of a {}.",
+    "a part of a {}.",
+    "a segment of a {}.",
+    "a photo of small {}.",
+    "a photo of medium {}.",
+)
+TEMPLATES_8: tuple[str, ...] = (*TEMPLATES_6, "a photo of large {}.", "a background of a {}.")
+TEMPLATES_1: tuple[str, ...] = ("a photo of a {}.",)  # ZegCLIP's single prompt
+
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "templates_1": TEMPLATES_1,
+    "templates_6": TEMPLATES_6,
+    "templates_8": TEMPLATES_8,
+}
+
+
+def resolve_templates(templates: Sequence[str] | str | None, config: ModelConfig | None = None) -> tuple[str, ...]:
+    """Templates from a set name, an explicit list, or (None) the config's set. Each must contain one "{}"."""
+    if templates is None:
+        templates = config.templates if config is not None else "templates_6"
+    if isinstance(templates, str):
+        if templates not in TEMPLATE_SETS:
+            raise KeyError(f"unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)}")
+        return TEMPLATE_SETS[templates]
+    out = tuple(templates)
+    if not out:
+        raise ValueError("no prompt templates given")
+    for t in out:
+        if t.count("{}") != 1:
+            raise ValueError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
+    return out
+
+
+def validate_class_names(names: Sequence[str]) -> list[str]:
+    """Strip names and reject empty lists, empty names and duplicates with a message saying which."""
+    if isinstance(names, str):
+        raise TypeError(f"class names must be a list of strings, got the single string {names!r}")
+    cleaned = [str(n).strip() for n in names]
+    if not cleaned:
+        raise ValueError("the class list is empty: give at least one class name")
+    empty = [i for i, n in enumerate(cleaned) if not n]
+    if empty:
+        raise ValueError(f"class name(s) at position(s) {empty} are empty")
+    seen: dict[str, int] = {}
+    for i, n in enumerate(cleaned):
+        if n in seen:
+            raise ValueError(f"class name {n!r} appears twice (positions {seen[n]} and {i}); names must be unique")
+        seen[n] = i
+    return cleaned
+
+
+def _weights_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 over a module's state dict (names, shapes, bytes); memoised on the module."""
+    cached = getattr(module, "_otseg_fingerprint", None)
+    if cached is not None:
+        return cached
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    digest = h.hexdigest()
+    object.__setattr__(module, "_otseg_fingerprint", digest)
+    return digest
+
+
+def cache_dir() -> Path:
+    """Where computed embeddings are cached: $OTSEG_CACHE_DIR, else ~/.cache/otseg."""
+    root = os.environ.get("OTSEG_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "otseg")
+    return Path(root) / "text_embeddings"
+
+
+@torch.no_grad()
+def compute_class_embeddings(
+    text_encoder: torch.nn.Module,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    use_cache: bool = True,
+    batch_size: int = 256,
+) -> Tensor:
+    """Embed every (class, template) text with the CLIP text tower, as the reference's notebook did.
+
+    Each text embedding is L2-normalised, reshaped to (K, N, D), and normalised again.
+    Results are cached on disk keyed by the text weights, the templates and the class names.
+
+    Returns:
+        (K, N, D) float32.
+    """
+    from otseg.clip.tokenizer import tokenize
+
+    names = validate_class_names(class_names)
+    templates = resolve_templates(templates)
+    key = hashlib.sha256(
+        json.dumps([_weights_fingerprint(text_encoder), list(templates), names]).encode()
+    ).hexdigest()[:32]
+    path = cache_dir() / f"{key}.pt"
+    if use_cache and path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a corrupt cache entry is recomputed, never fatal
+            path.unlink(missing_ok=True)
+    texts = [t.format(n) for n in names for t in templates]
+    device = next(text_encoder.parameters()).device
+    chunks = []
+    for i in range(0, len(texts), batch_size):
+        tokens = tokenize(texts[i : i + batch_size]).to(device)
+        chunks.append(F.normalize(text_encoder(tokens).float(), dim=-1).cpu())
+    emb = F.normalize(torch.cat(chunks).reshape(len(names), len(templates), -1), dim=-1)
+    if use_cache:
+        from otseg.utils import atomic_torch_save
+
+        try:
+            atomic_torch_save(emb, path)
+        except OSError:  # a read-only home is no reason to fail
+            pass
+    return emb
+
+
+def load_class_embeddings(path: str | os.PathLike) -> Tensor:
+    """Read class embeddings (K, N, D) from a reference `.npy`, a `.pt` tensor or a `.safetensors` file.
+
+    The dtype is kept (the reference's VOC/Context files are float16, and those rounded values are part of
+    the published numbers); `OTSeg.set_class_embeddings` upcasts exactly.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"class embedding file {p} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            t = torch.from_numpy(np.load(p, allow_pickle=False))
+        elif suffix in (".pt", ".pth"):
+            t = torch.load(p, map_location="cpu", weights_only=True)
+            if isinstance(t, dict):
+                t = t.get("class_embeddings", t.get("embeddings"))
+        elif suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            t = load_file(str(p))["class_embeddings"]
+        else:
+            raise ValueError(f"unknown extension {suffix!r}; use .npy, .pt or .safetensors")
+    except (ValueError, OSError, KeyError, RuntimeError) as e:
+        raise ValueError(f"cannot read class embeddings from {p}: {e}") from e
+    if not isinstance(t, Tensor) or t.dim() != 3:
+        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"class embeddings in {p} must have shape (K, N, D), got {shape}")
+    return t

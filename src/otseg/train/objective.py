@@ -1,0 +1,114 @@
+"""Training objective of the three settings: label remapping, transductive pseudo-labels, total loss.
+
+- inductive: only the seen classes' text is used; a seen class id becomes its index among the seen classes,
+  unseen pixels become ignore (255) — which the losses then treat as negatives (see `losses`).
+- transductive (self-training): all classes' text; seen ids unchanged; each unseen pixel gets the pseudo-label
+  argmax over unseen classes of sigmoid(0.5 * MPS + 0.5 * decoder), from detached training outputs.
+- fully supervised: all classes, labels unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from otseg.model.head import HeadOutput
+from otseg.train.losses import IGNORE_INDEX, seg_loss_plus
+
+__all__ = ["UNSEEN_MARK", "compute_losses", "fill_pseudo_labels", "remap_labels", "total_loss", "training_losses"]
+
+UNSEEN_MARK = -1  # transient label value of unseen-class pixels between remapping and pseudo-labelling
+
+
+def remap_labels(labels: Tensor, seen: list[int] | tuple[int, ...], unseen: list[int] | tuple[int, ...],
+                 setting: str) -> Tensor:
+    """Map dataset class ids to training targets.
+
+    Args:
+        labels: (B, H, W) or (B, 1, H, W) int64 dataset class ids, 255 = ignore.
+        seen, unseen: dataset class ids of the split.
+        setting: "inductive" (seen id -> index among `seen`, unseen -> 255), "transductive" (seen id kept,
+            unseen -> UNSEEN_MARK, to be pseudo-labelled), or "fully" (unchanged).
+    """
+    if setting not in ("inductive", "transductive", "fully"):
+        raise ValueError(f"unknown setting {setting!r}; use inductive, transductive or fully")
+    if setting == "fully":
+        return labels.clone()
+    lut_size = max([*seen, *unseen, IGNORE_INDEX]) + 1
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= lut_size):
+        lo, hi = int(labels.min()), int(labels.max())
+        raise ValueError(f"label values span {lo}..{hi}, outside the class ids 0..{lut_size - 2} and 255")
+    lut = torch.full((lut_size,), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+    unseen_value = IGNORE_INDEX if setting == "inductive" else UNSEEN_MARK
+    for i, c in enumerate(seen):
+        lut[c] = i if setting == "inductive" else c
+    for c in unseen:
+        lut[c] = unseen_value
+    return lut[labels]
+
+
+def fill_pseudo_labels(labels: Tensor, out: HeadOutput, seen: list[int] | tuple[int, ...]) -> Tensor:
+    """Replace UNSEEN_MARK pixels by the most likely unseen class (the reference's self-training rule).
+
+    Args:
+        labels: (B, H, W) after `remap_labels(..., "transductive")`.
+        out: training outputs over ALL classes.
+        seen: seen class ids (their channels are excluded from the argmax).
+    """
+    with torch.no_grad():
+        logits = out.decoder_logits.detach()
+        if out.mps_logits is not None:
+            logits = 0.5 * out.mps_logits.detach() + 0.5 * logits
+        probs = torch.sigmoid(logits)
+        probs[:, list(seen)] = -1.0
+        pseudo = probs.argmax(dim=1)
+        if pseudo.shape[-2:] != labels.shape[-2:]:
+            raise ValueError(f"output size {tuple(pseudo.shape[-2:])} != label size {tuple(labels.shape[-2:])}")
+    return torch.where(labels == UNSEEN_MARK, pseudo, labels)
+
+
+def training_losses(
+    out: HeadOutput,
+    labels: Tensor,
+    mask_weight: float = 100.0,
+    dice_weight: float = 1.0,
+    num_masks: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Loss dict over both outputs, keys `decode.*` and `score.*`; the total is the sum of the `*loss*` keys.
+
+    Args:
+        out: head outputs (K channels).
+        labels: (B, H, W) targets in 0..K-1 or 255 (already remapped / pseudo-labelled).
+    """
+    losses = {}
+    outputs = {"decode": out.decoder_logits, "score": out.mps_logits}
+    for prefix, logits in outputs.items():
+        if logits is None:
+            continue
+        for key, value in seg_loss_plus(logits, labels, mask_weight, dice_weight, num_masks).items():
+            losses[f"{prefix}.{key}"] = value
+    return losses
+
+
+def total_loss(losses: dict[str, Tensor]) -> Tensor:
+    """Sum of the entries whose key contains 'loss' (mmseg's rule)."""
+    return sum(v for k, v in losses.items() if "loss" in k)
+
+
+def compute_losses(model, images: Tensor, labels: Tensor, num_masks: Tensor | None = None) -> dict[str, Tensor]:
+    """One training step's loss dict for an `OTSeg` model in its configured setting.
+
+    Args:
+        model: an `otseg.OTSeg` (its config gives the setting and the seen/unseen split).
+        images: (B, 3, H, W) normalised crops.
+        labels: (B, H, W) or (B, 1, H, W) dataset class ids, 255 = ignore.
+    """
+    cfg = model.config
+    if labels.dim() == 4:
+        labels = labels[:, 0]
+    seen, unseen = list(cfg.seen_classes), list(cfg.unseen_classes)
+    targets = remap_labels(labels, seen, unseen, cfg.setting)
+    out = model(images)
+    if cfg.setting == "transductive":
+        targets = fill_pseudo_labels(targets, out, seen)
+    return training_losses(out, targets, num_masks=num_masks)
