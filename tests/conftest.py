@@ -10,7 +10,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("OTSEG_GOLDEN", REPO.parent / "shared" / "golden"))
-REFERENCE_EMBEDDINGS = Path(os.environ.get("OTSEG_REFERENCE_EMBEDDINGS", REPO.parent / "shared" / "reference-embeddings"))
+REFERENCE_EMBEDDINGS = Path(
+    os.environ.get("OTSEG_REFERENCE_EMBEDDINGS", REPO.parent / "shared" / "reference-embeddings")
+)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -13,9 +13,7 @@ from otseg.clip.model import CLIP
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.model.config import TextConfig, VisionConfig
 
-GOLDEN = Path(
-    os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden")
-)
+GOLDEN = Path(os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden"))
 ATOL, RTOL = 1e-5, 1e-4
 
 

@@ -13,9 +13,7 @@ from otseg.clip.text import TextEncoder
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.model.config import TextConfig, VisionConfig
 
-GOLDEN = Path(
-    os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden")
-)
+GOLDEN = Path(os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden"))
 ATOL, RTOL = 1e-5, 1e-4
 
 
@@ -75,9 +73,7 @@ def test_state_dict_keys_and_loading_from_clip(fixture: dict) -> None:
     encoder = TextEncoder(_config(fixture["config"]))
     assert set(encoder.state_dict()) == expected
     backbone = VPTVisionTransformer(
-        VisionConfig(
-            image_size=32, patch_size=16, width=64, layers=3, heads=1, output_dim=32, deep_prompt_layers=2
-        )
+        VisionConfig(image_size=32, patch_size=16, width=64, layers=3, heads=1, output_dim=32, deep_prompt_layers=2)
     )
     report = load_clip_weights(backbone, encoder, sd)
     assert report.ignored == ["logit_scale"]

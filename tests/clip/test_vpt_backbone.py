@@ -12,9 +12,7 @@ from otseg.clip.loading import load_clip_weights, resize_positional_embedding
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.model.config import VisionConfig
 
-GOLDEN = Path(
-    os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden")
-)
+GOLDEN = Path(os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden"))
 ATOL, RTOL = 1e-5, 1e-4
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_golden
 
+from conftest import load_golden
 from otseg.model.checkpoint import map_reference_key
 from otseg.model.config import HeadConfig
 from otseg.model.head import OTSegHead
 from otseg.ops import record_sinkhorn_calls
-from otseg.train.objective import fill_pseudo_labels, remap_labels, training_losses
 from otseg.train.losses import IGNORE_INDEX
+from otseg.train.objective import fill_pseudo_labels, remap_labels, training_losses
 
 G = load_golden("decode_head.pt")
 TOL = {"atol": 1e-5, "rtol": 1e-4}
@@ -23,8 +23,13 @@ WEIGHT_SETS = [("state_dict", "results"), ("state_dict_perturbed", "results_pert
 def build_head(state_key: str) -> OTSegHead:
     c = G["config"]
     cfg = HeadConfig(
-        embed_dim=c["embed_dims"], num_layers=c["num_layers"], num_heads=c["num_heads"],
-        ffn_dim=4 * c["embed_dims"], output_size=c["img_size"], dropout=0.0, attn_dropout=0.0,
+        embed_dim=c["embed_dims"],
+        num_layers=c["num_layers"],
+        num_heads=c["num_heads"],
+        ffn_dim=4 * c["embed_dims"],
+        output_size=c["img_size"],
+        dropout=0.0,
+        attn_dropout=0.0,
     )
     head = OTSegHead(cfg)
     state = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_golden
 
+from conftest import load_golden
 from otseg import OTSeg
 from otseg.model.checkpoint import convert_reference_state_dict
 from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
@@ -25,13 +25,24 @@ def tiny_config(setting: str) -> ModelConfig:
         name="golden-tiny",
         setting=setting,
         vision=VisionConfig(
-            image_size=b["input_resolution"], patch_size=b["patch_size"], width=b["width"], layers=b["layers"],
-            heads=b["heads"], output_dim=b["output_dim"], num_prompt_tokens=b["num_tokens"],
-            deep_prompt_layers=b["total_d_layer"], prompt_dropout=0.0,
+            image_size=b["input_resolution"],
+            patch_size=b["patch_size"],
+            width=b["width"],
+            layers=b["layers"],
+            heads=b["heads"],
+            output_dim=b["output_dim"],
+            num_prompt_tokens=b["num_tokens"],
+            deep_prompt_layers=b["total_d_layer"],
+            prompt_dropout=0.0,
         ),
         head=HeadConfig(
-            embed_dim=h["embed_dims"], num_layers=h["num_layers"], num_heads=h["num_heads"],
-            ffn_dim=4 * h["embed_dims"], output_size=h["img_size"], dropout=0.0, attn_dropout=0.0,
+            embed_dim=h["embed_dims"],
+            num_layers=h["num_layers"],
+            num_heads=h["num_heads"],
+            ffn_dim=4 * h["embed_dims"],
+            output_size=h["img_size"],
+            dropout=0.0,
+            attn_dropout=0.0,
         ),
         class_names=tuple(ref["class_names"]),
         unseen_classes=tuple(ref["novel_class"]),

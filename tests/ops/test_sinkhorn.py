@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_golden
 
+from conftest import load_golden
 from otseg.ops import record_sinkhorn_calls, sinkhorn, sinkhorn_potentials
 
 GOLDEN_CASES = load_golden("sinkhorn.pt")["cases"]

@@ -97,9 +97,7 @@ def _read_torchscript(path: Path) -> Mapping[str, object]:
     with warnings.catch_warnings():
         # Recent torch flags torch.jit.load as deprecated, but the released CLIP weights only exist as
         # TorchScript archives; the warning would fire on every model load and cannot be acted upon.
-        warnings.filterwarnings(
-            "ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning
-        )
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning)
         module = torch.jit.load(str(path), map_location="cpu")
     return module.float().state_dict()
 
@@ -346,9 +344,7 @@ def load_clip_weights(
     return report
 
 
-def load_openai_clip(
-    path: PathLike, *, vision_heads: int | None = None, text_heads: int | None = None
-) -> CLIP:
+def load_openai_clip(path: PathLike, *, vision_heads: int | None = None, text_heads: int | None = None) -> CLIP:
     """Build a `CLIP` from a checkpoint's shapes and load it strictly; returned in eval mode.
 
     The head counts default to width // 64 (see `infer_clip_configs`).

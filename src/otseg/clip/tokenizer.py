@@ -222,11 +222,7 @@ class SimpleTokenizer:
             fused: list[str] = []
             position = 0
             while position < len(pieces):
-                if (
-                    position + 1 < len(pieces)
-                    and pieces[position] == left
-                    and pieces[position + 1] == right
-                ):
+                if position + 1 < len(pieces) and pieces[position] == left and pieces[position + 1] == right:
                     fused.append(left + right)
                     position += 2
                 else:

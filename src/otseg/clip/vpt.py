@@ -41,8 +41,7 @@ class VPTVisionTransformer(VisionTransformer):
         if not 1 <= cfg.deep_prompt_layers <= cfg.layers - 1:
             # The reference's shallow (0) and "reverse" (< 0) variants are unused by every released config.
             raise ValueError(
-                f"deep_prompt_layers must be in 1..layers-1 = 1..{cfg.layers - 1}, "
-                f"got {cfg.deep_prompt_layers}"
+                f"deep_prompt_layers must be in 1..layers-1 = 1..{cfg.layers - 1}, got {cfg.deep_prompt_layers}"
             )
         if cfg.num_prompt_tokens < 1:
             raise ValueError(f"num_prompt_tokens must be >= 1, got {cfg.num_prompt_tokens}")
@@ -105,9 +104,7 @@ class VPTVisionTransformer(VisionTransformer):
     def forward(self, images: Tensor, return_blocks: Literal[False] = ...) -> tuple[Tensor, Tensor]: ...
 
     @overload
-    def forward(
-        self, images: Tensor, return_blocks: Literal[True]
-    ) -> tuple[Tensor, Tensor, BlockActivations]: ...
+    def forward(self, images: Tensor, return_blocks: Literal[True]) -> tuple[Tensor, Tensor, BlockActivations]: ...
 
     def forward(
         self, images: Tensor, return_blocks: bool = False

@@ -41,9 +41,18 @@ _HEAD_RULES: list[tuple[re.Pattern[str], str]] = [
         re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.multihead_attn\.(q|k|v|proj)\.(weight|bias)$"),
         r"head.layers.\1.attn.\2.\3",
     ),
-    (re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.(linear1|linear2)\.(weight|bias)$"), r"head.layers.\1.\2.\3"),
-    (re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.norm2\.(weight|bias)$"), r"head.layers.\1.norm_attn.\2"),
-    (re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.norm3\.(weight|bias)$"), r"head.layers.\1.norm_ffn.\2"),
+    (
+        re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.(linear1|linear2)\.(weight|bias)$"),
+        r"head.layers.\1.\2.\3",
+    ),
+    (
+        re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.norm2\.(weight|bias)$"),
+        r"head.layers.\1.norm_attn.\2",
+    ),
+    (
+        re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.norm3\.(weight|bias)$"),
+        r"head.layers.\1.norm_ffn.\2",
+    ),
 ]
 
 # Reference keys dropped by name, with the reason shown to the user.
@@ -106,8 +115,9 @@ class ConversionReport:
         reasons: dict[str, int] = {}
         for reason in self.dropped.values():
             reasons[reason] = reasons.get(reason, 0) + 1
-        lines = [f"mapped {len(self.mapped)} reference keys; dropped {len(self.dropped)} "
-                 f"({self.dropped_numel:,} values):"]
+        lines = [
+            f"mapped {len(self.mapped)} reference keys; dropped {len(self.dropped)} ({self.dropped_numel:,} values):"
+        ]
         lines += [f"  - {n} x {reason}" for reason, n in reasons.items()]
         for key, (old, new) in self.resized.items():
             lines.append(f"  resized {key} {old} -> {new}")
@@ -125,9 +135,13 @@ def read_reference_state_dict(path: str | os.PathLike, allow_pickle: bool = Fals
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except Exception as e:
-        hint = "" if allow_pickle else (
-            " If this is a genuine OTSeg release file from a source you trust, retry with allow_pickle=True "
-            "(CLI: --allow-pickle); it holds objects that weights_only loading refuses."
+        hint = (
+            ""
+            if allow_pickle
+            else (
+                " If this is a genuine OTSeg release file from a source you trust, retry with allow_pickle=True "
+                "(CLI: --allow-pickle); it holds objects that weights_only loading refuses."
+            )
         )
         raise ValueError(f"cannot read reference checkpoint {p}: {type(e).__name__}: {e}.{hint}") from e
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
@@ -238,10 +252,12 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
     cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
     for p in (cfg_path, weights_path):
         if not p.is_file():
-            raise FileNotFoundError(f"{p} does not exist; expected a folder written by `otseg convert` or save_pretrained")
+            raise FileNotFoundError(
+                f"{p} does not exist; expected a folder written by `otseg convert` or save_pretrained"
+            )
     meta = json.loads(cfg_path.read_text(encoding="utf-8"))
     if meta.get("format") != "otseg":
-        raise ValueError(f"{cfg_path} is not an otseg config (no \"format\": \"otseg\")")
+        raise ValueError(f'{cfg_path} is not an otseg config (no "format": "otseg")')
     config = ModelConfig.from_dict(meta["config"])
     model = OTSeg(config)
     tensors = load_file(str(weights_path))

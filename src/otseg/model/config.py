@@ -163,8 +163,7 @@ def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
         fields = {f.name: f for f in dataclasses.fields(target)}
         if leaf not in fields:
             raise KeyError(
-                f"unknown config key {dotted!r}; valid keys here: {sorted(fields)} "
-                f"(sections: vision., text., head.)"
+                f"unknown config key {dotted!r}; valid keys here: {sorted(fields)} (sections: vision., text., head.)"
             )
         current = getattr(target, leaf)
         setattr(target, leaf, _coerce(value, current, dotted))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -113,9 +114,9 @@ def compute_class_embeddings(
 
     names = validate_class_names(class_names)
     templates = resolve_templates(templates)
-    key = hashlib.sha256(
-        json.dumps([_weights_fingerprint(text_encoder), list(templates), names]).encode()
-    ).hexdigest()[:32]
+    key = hashlib.sha256(json.dumps([_weights_fingerprint(text_encoder), list(templates), names]).encode()).hexdigest()[
+        :32
+    ]
     path = cache_dir() / f"{key}.pt"
     if use_cache and path.is_file():
         try:
@@ -132,10 +133,8 @@ def compute_class_embeddings(
     if use_cache:
         from otseg.utils import atomic_torch_save
 
-        try:
+        with contextlib.suppress(OSError):  # a read-only home is no reason to fail
             atomic_torch_save(emb, path)
-        except OSError:  # a read-only home is no reason to fail
-            pass
     return emb
 
 

@@ -52,9 +52,7 @@ def transport_weighted_scores(
     return scores, plan
 
 
-def mps_scores(
-    pixels: Tensor, prompts: Tensor, eps: float = 0.05, max_iter: int = 100, thresh: float = 1e-6
-) -> Tensor:
+def mps_scores(pixels: Tensor, prompts: Tensor, eps: float = 0.05, max_iter: int = 100, thresh: float = 1e-6) -> Tensor:
     """Multi-Prompt Sinkhorn score map.
 
     Args:

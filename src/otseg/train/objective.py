@@ -15,13 +15,21 @@ from torch import Tensor
 from otseg.model.head import HeadOutput
 from otseg.train.losses import IGNORE_INDEX, seg_loss_plus
 
-__all__ = ["UNSEEN_MARK", "compute_losses", "fill_pseudo_labels", "remap_labels", "total_loss", "training_losses"]
+__all__ = [
+    "UNSEEN_MARK",
+    "compute_losses",
+    "fill_pseudo_labels",
+    "remap_labels",
+    "total_loss",
+    "training_losses",
+]
 
 UNSEEN_MARK = -1  # transient label value of unseen-class pixels between remapping and pseudo-labelling
 
 
-def remap_labels(labels: Tensor, seen: list[int] | tuple[int, ...], unseen: list[int] | tuple[int, ...],
-                 setting: str) -> Tensor:
+def remap_labels(
+    labels: Tensor, seen: list[int] | tuple[int, ...], unseen: list[int] | tuple[int, ...], setting: str
+) -> Tensor:
     """Map dataset class ids to training targets.
 
     Args:
