@@ -53,14 +53,32 @@ def build_model(
     return model
 
 
-def load_clip_into(model: OTSeg, clip: str | os.PathLike | dict) -> None:
-    """Load OpenAI CLIP weights into the image tower and attach a text tower built from the same file."""
+def load_clip_into(
+    model: OTSeg,
+    clip: str | os.PathLike | dict,
+    *,
+    vision_heads: int | None = None,
+    text_heads: int | None = None,
+) -> None:
+    """Load OpenAI CLIP weights into the image tower and attach a text tower built from the same file.
+
+    Head counts are not stored in a checkpoint; they default to width // 64 (OpenAI's rule, right for the
+    released models). Pass `text_heads` / `vision_heads` for models that break it (e.g. small test CLIPs).
+    The image tower itself is `model.backbone`, built from `model.config.vision`, so `vision_heads` only
+    matters to the shape inference and is accepted for symmetry with `infer_clip_configs`.
+    """
     from otseg.clip.loading import infer_clip_configs, load_clip_weights, read_clip_state_dict
     from otseg.clip.text import TextEncoder
 
     sd = read_clip_state_dict(clip) if not isinstance(clip, dict) else clip
-    _, text_cfg = infer_clip_configs(sd)
-    text_encoder = TextEncoder(text_cfg)
-    load_clip_weights(model.backbone, text_encoder, sd)
+    try:
+        _, text_cfg = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
+        text_encoder = TextEncoder(text_cfg)
+        load_clip_weights(model.backbone, text_encoder, sd)
+    except ValueError as e:
+        # The state dict was read above, so these errors only know "<in-memory state dict>": name the file.
+        if isinstance(clip, dict):
+            raise
+        raise ValueError(f"cannot load CLIP weights from {clip}: {e}") from e
     model.config.text = text_cfg  # saved with the model, so the text tower can be rebuilt from our format
     model.attach_text_encoder(text_encoder)

@@ -50,8 +50,14 @@ def resolve_templates(templates: Sequence[str] | str | None, config: ModelConfig
     if not out:
         raise ValueError("no prompt templates given")
     for t in out:
+        if not isinstance(t, str):
+            raise TypeError(f"prompt templates must be strings, got {type(t).__name__} {t!r}")
         if t.count("{}") != 1:
             raise ValueError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
+        try:  # other braces ("{0}", "{name}", a lone "{") would only fail later, inside str.format
+            t.format("x")
+        except (IndexError, KeyError, ValueError) as e:
+            raise ValueError(f"prompt template {t!r} is not a valid format string ({e}); use '{{{{' for a brace") from e
     return out
 
 
@@ -59,7 +65,12 @@ def validate_class_names(names: Sequence[str]) -> list[str]:
     """Strip names and reject empty lists, empty names and duplicates with a message saying which."""
     if isinstance(names, str):
         raise TypeError(f"class names must be a list of strings, got the single string {names!r}")
-    cleaned = [str(n).strip() for n in names]
+    names = list(names)  # a generator would be used up by the type check below
+    bad = [(i, n) for i, n in enumerate(names) if not isinstance(n, str)]
+    if bad:  # str(None) == "None" would silently become a class
+        i, n = bad[0]
+        raise TypeError(f"class names must be strings; position {i} holds the {type(n).__name__} {n!r}")
+    cleaned = [n.strip() for n in names]
     if not cleaned:
         raise ValueError("the class list is empty: give at least one class name")
     empty = [i for i, n in enumerate(cleaned) if not n]
@@ -73,18 +84,38 @@ def validate_class_names(names: Sequence[str]) -> list[str]:
     return cleaned
 
 
+def _weights_signature(module: torch.nn.Module) -> tuple:
+    """Cheap identity of a module's current weights: storage, in-place version counter, dtype, shape.
+
+    Any in-place update (`load_state_dict`, an optimizer step, `p.add_()`) bumps a tensor's `_version`, and
+    re-assigning `p.data` or moving the module changes `data_ptr`, so a changed signature means the weights
+    may have changed and the (expensive) hash must be recomputed.
+    """
+    return tuple(
+        (name, t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape))
+        for name, t in module.state_dict(keep_vars=True).items()
+    )
+
+
 def _weights_fingerprint(module: torch.nn.Module) -> str:
-    """sha256 over a module's state dict (names, shapes, bytes); memoised on the module."""
-    cached = getattr(module, "_otseg_fingerprint", None)
-    if cached is not None:
-        return cached
+    """sha256 over a module's state dict (names, dtypes, shapes, values).
+
+    Memoised on the module, but only for as long as its weights are unchanged (see `_weights_signature`):
+    a memo that outlived a weight update would make the cache return embeddings of the old weights.
+    Hashing the ViT-B/16 text tower takes about a second, hence the memo.
+    """
+    signature = _weights_signature(module)
+    memo = getattr(module, "_otseg_fingerprint", None)
+    if memo is not None and memo[0] == signature:
+        return memo[1]
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
+        # The dtype is part of the key: fp16 and fp32 towers holding the same values embed differently.
+        h.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
         h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
     digest = h.hexdigest()
-    object.__setattr__(module, "_otseg_fingerprint", digest)
+    object.__setattr__(module, "_otseg_fingerprint", (signature, digest))
     return digest
 
 
@@ -120,8 +151,19 @@ def compute_class_embeddings(
     path = cache_dir() / f"{key}.pt"
     if use_cache and path.is_file():
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            cached = torch.load(path, map_location="cpu", weights_only=True)
         except Exception:  # a corrupt cache entry is recomputed, never fatal
+            cached = None
+        # A file that loads but holds something else (truncated by hand, overwritten) is as corrupt as one
+        # that does not load: only a float32 (K, N, D) tensor of the expected K and N is a hit.
+        if (
+            isinstance(cached, Tensor)
+            and cached.dtype == torch.float32
+            and cached.dim() == 3
+            and cached.shape[:2] == (len(names), len(templates))
+        ):
+            return cached
+        with contextlib.suppress(OSError):
             path.unlink(missing_ok=True)
     texts = [t.format(n) for n in names for t in templates]
     device = next(text_encoder.parameters()).device
@@ -148,6 +190,10 @@ def load_class_embeddings(path: str | os.PathLike) -> Tensor:
     if not p.is_file():
         raise FileNotFoundError(f"class embedding file {p} does not exist")
     suffix = p.suffix.lower()
+    if suffix not in (".npy", ".pt", ".pth", ".safetensors"):
+        raise ValueError(
+            f"cannot read class embeddings from {p}: unknown extension {suffix!r}; use .npy, .pt or .safetensors"
+        )
     try:
         if suffix == ".npy":
             t = torch.from_numpy(np.load(p, allow_pickle=False))
@@ -155,15 +201,21 @@ def load_class_embeddings(path: str | os.PathLike) -> Tensor:
             t = torch.load(p, map_location="cpu", weights_only=True)
             if isinstance(t, dict):
                 t = t.get("class_embeddings", t.get("embeddings"))
-        elif suffix == ".safetensors":
+        else:
             from safetensors.torch import load_file
 
-            t = load_file(str(p))["class_embeddings"]
-        else:
-            raise ValueError(f"unknown extension {suffix!r}; use .npy, .pt or .safetensors")
-    except (ValueError, OSError, KeyError, RuntimeError) as e:
-        raise ValueError(f"cannot read class embeddings from {p}: {e}") from e
-    if not isinstance(t, Tensor) or t.dim() != 3:
-        shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"class embeddings in {p} must have shape (K, N, D), got {shape}")
+            tensors = load_file(str(p))
+            # Our files name the tensor "class_embeddings"; a file holding a single tensor is unambiguous.
+            t = tensors.get("class_embeddings", next(iter(tensors.values())) if len(tensors) == 1 else None)
+    # Any failure to parse (a bad pickle raises pickle.UnpicklingError, a bad zip RuntimeError, a bad .npy
+    # header ValueError, safetensors its own error type) is reported the same way, naming the file.
+    except Exception as e:
+        raise ValueError(f"cannot read class embeddings from {p}: {type(e).__name__}: {e}") from e
+    if not isinstance(t, Tensor):
+        what = "no 'class_embeddings' tensor" if t is None else f"a {type(t).__name__}, not a tensor"
+        raise ValueError(f"class embeddings in {p}: the file holds {what}")
+    if t.dim() != 3:
+        raise ValueError(f"class embeddings in {p} must have shape (K, N, D), got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"class embeddings in {p} must be floating point, got {t.dtype}")
     return t

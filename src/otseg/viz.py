@@ -1,0 +1,84 @@
+"""Pictures of results: colour palettes, overlays, side-by-side panels with a legend (PIL only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["colorize", "label_map_panel", "overlay", "palette"]
+
+IGNORE_COLOR = (0, 0, 0)
+
+
+def palette(num_classes: int, seed: int = 0) -> np.ndarray:
+    """(num_classes, 3) uint8 distinct colours (golden-ratio hues, fixed saturation/value pattern)."""
+    import colorsys
+
+    colors = []
+    for i in range(num_classes):
+        hue = (i * 0.618033988749895 + 0.1 * seed) % 1.0
+        sat = 0.65 + 0.3 * ((i // 7) % 2)
+        val = 0.95 - 0.25 * ((i // 3) % 2)
+        colors.append([round(255 * c) for c in colorsys.hsv_to_rgb(hue, sat, val)])
+    return np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
+
+
+def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Label map (H, W) with values 0..K-1 (255 = ignore) -> RGB (H, W, 3) uint8."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:num_classes] = palette(num_classes)
+    lut[255] = IGNORE_COLOR
+    return lut[labels.astype(np.int64).clip(0, 255)]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
+    """Blend the colourised label map over an RGB image (H, W, 3) uint8."""
+    mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, num_classes).astype(np.float32)
+    return mixed.clip(0, 255).astype(np.uint8)
+
+
+def _legend(class_names: Sequence[str], present: Sequence[int], height: int, num_classes: int) -> Image.Image:
+    font = ImageFont.load_default()
+    row = 16
+    width = 20 + max((len(class_names[c]) for c in present), default=4) * 7 + 10
+    legend = Image.new("RGB", (max(width, 80), max(height, row * len(present) + 8)), "white")
+    draw = ImageDraw.Draw(legend)
+    colors = palette(num_classes)
+    for i, c in enumerate(present):
+        y = 4 + i * row
+        draw.rectangle([4, y + 2, 16, y + 12], fill=tuple(int(v) for v in colors[c]), outline="black")
+        draw.text((22, y), class_names[c], fill="black", font=font)
+    return legend
+
+
+def label_map_panel(
+    image: np.ndarray,
+    labels: np.ndarray | Sequence[np.ndarray],
+    class_names: Sequence[str],
+    titles: Sequence[str] | None = None,
+) -> Image.Image:
+    """Side-by-side picture: the image, then each label map as an overlay, then a legend of present classes.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        labels: one (H, W) label map or several (e.g. ground truth and predictions of several methods).
+        class_names: K names (legend text).
+        titles: optional caption per panel (image first).
+    """
+    maps = [labels] if isinstance(labels, np.ndarray) else list(labels)
+    k = len(class_names)
+    panels = [Image.fromarray(image)] + [Image.fromarray(overlay(image, m, k, alpha=0.6)) for m in maps]
+    present = sorted({int(v) for m in maps for v in np.unique(m) if v < k})
+    h, w = image.shape[:2]
+    caption = 16 if titles else 0
+    legend = _legend(class_names, present, h, k)
+    canvas = Image.new("RGB", (w * len(panels) + legend.width, max(h, legend.height) + caption), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, panel in enumerate(panels):
+        canvas.paste(panel, (i * w, caption))
+        if titles and i < len(titles):
+            draw.text((i * w + 4, 2), titles[i], fill="black", font=ImageFont.load_default())
+    canvas.paste(legend, (w * len(panels), caption))
+    return canvas

@@ -1,0 +1,89 @@
+"""The command-line interface, run in-process as a user would call it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import golden_file, load_golden
+from PIL import Image
+
+from otseg.cli import main
+
+# Overrides that turn the voc12-inductive preset into the tiny architecture of the golden segmentor.
+TINY = [
+    "vision.image_size=64", "vision.width=64", "vision.layers=3", "vision.heads=4", "vision.output_dim=32",
+    "vision.deep_prompt_layers=2", "head.embed_dim=32", "head.ffn_dim=128", "head.output_size=64",
+    "crop_size=64", "stride=48",
+]  # fmt: skip
+
+
+def _sets(items: list[str]) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_presets_lists_and_describes(capsys):
+    assert main(["presets"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "voc12-inductive" in names and "coco-transductive" in names and len(names) >= 9
+    assert main(["presets", "context59-inductive"]) == 0
+    assert "480" in capsys.readouterr().out
+
+
+def test_params_agrees_with_the_reference_key_table(capsys):
+    tsv = golden_file("official_state_dict_voc.tsv")
+    assert main(["params", "--preset", "voc12-inductive", "--reference-keys", str(tsv)]) == 0
+    out = capsys.readouterr().out
+    assert "10,666,240" in out and "13,821,184" in out
+    assert "every reference key is mapped or dropped by name; trainable counts agree" in out
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys):
+    assert main(["params", "--preset", "no-such-preset"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown preset 'no-such-preset'" in err and "voc12-inductive" in err and "Traceback" not in err
+    assert main(["params", "--set", "head.no_such_key=1"]) == 2
+    assert "head.no_such_key" in capsys.readouterr().err
+    assert main(["params", "--set", "head.use_mps=maybe"]) == 2
+    assert "maybe" in capsys.readouterr().err
+    assert main(["convert", "/no/such.pth", "--preset", "voc12-inductive", "--out", "x"]) == 2
+    assert "/no/such.pth" in capsys.readouterr().err
+
+
+def test_demo_writes_pictures(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--height", "64", "--width", "96", *_sets(TINY)]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM weights" in out and "Sinkhorn calls" in out
+    panel = Image.open(tmp_path / "prediction.png")
+    assert panel.height >= 64 and panel.width > 2 * 96  # image | overlay | legend
+
+
+def test_convert_reference_checkpoint_to_our_format(tmp_path, capsys):
+    import otseg
+
+    seg, backbone = load_golden("segmentor.pt"), load_golden("backbone.pt")
+    ref_sd = {**{"backbone." + k: v for k, v in backbone["state_dict"].items()}, **seg["state_dict"]}
+    ckpt = tmp_path / "ref.pth"
+    torch.save({"meta": {"CLASSES": ("a", "b"), "config": "..."}, "state_dict": ref_sd, "optimizer": {}}, ckpt)
+    emb = tmp_path / "emb.npy"
+    np.save(emb, seg["text_embedding"].numpy())
+    out_dir = tmp_path / "converted"
+    args = ["convert", str(ckpt), "--preset", "voc12-inductive", "--out", str(out_dir), "--embeddings", str(emb)]
+    assert main([*args, *_sets(TINY)]) == 0
+    out = capsys.readouterr().out
+    assert "dropped 19" in out and "never called" in out
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["format"] == "otseg" and config["config"]["vision"]["width"] == 64
+    model = otseg.load_pretrained(out_dir)
+    assert torch.equal(model.head.q_proj.weight, seg["state_dict"]["decode_head.q_proj.weight"])
+    assert torch.equal(model.class_embeddings, seg["text_embedding"].float())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["convert", "--help"], ["params", "--help"]])
+def test_help_exits_cleanly(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    assert "usage: otseg" in capsys.readouterr().out
