@@ -193,7 +193,7 @@ class OTSeg(nn.Module):
         """The reference's test-time class scores, before argmax.
 
         Scores are sigmoid(w * decoder + (1 - w) * MPS) minus the seen-class bias, averaged over sliding
-        windows when the preset says so. Images are processed one at a time, as the reference evaluates with
+        windows when the preset says so. Runs in eval mode (the model's mode is restored afterwards). Images are processed one at a time, as the reference evaluates with
         batch size 1 (its Sinkhorn stopping rule is global over the batch, so batching would change results).
 
         Args:
@@ -206,4 +206,9 @@ class OTSeg(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
         infer = self.slide_inference if self.config.test_mode == "slide" else self.encode_decode
-        return torch.cat([infer(images[i : i + 1]) for i in range(images.shape[0])])
+        was_training = self.training
+        self.eval()  # dropout off whatever mode the caller left the model in
+        try:
+            return torch.cat([infer(images[i : i + 1]) for i in range(images.shape[0])])
+        finally:
+            self.train(was_training)
