@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import golden_file, load_golden
 from PIL import Image
 
+from conftest import golden_file, load_golden
 from otseg.cli import main
 
 # Overrides that turn the voc12-inductive preset into the tiny architecture of the golden segmentor.

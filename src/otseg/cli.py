@@ -179,8 +179,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = model.config
     k, n, d = cfg.num_classes, cfg.num_prompts, cfg.head.embed_dim
     model.set_class_embeddings(torch.nn.functional.normalize(torch.randn(k, n, d), dim=-1))
-    print(f"built {args.preset} in {time.perf_counter() - t0:.1f}s: {model.num_parameters():,} parameters, "
-          f"{model.num_parameters(trainable_only=True):,} trainable; {k} classes x {n} prompts")
+    print(
+        f"built {args.preset} in {time.perf_counter() - t0:.1f}s: {model.num_parameters():,} parameters, "
+        f"{model.num_parameters(trainable_only=True):,} trainable; {k} classes x {n} prompts"
+    )
 
     h, w = args.height, args.width
     rgb = _synthetic_image(h, w, args.seed)
@@ -193,13 +195,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     labels = scores.argmax(dim=1)[0].numpy().astype(np.uint8)
     crops = len(calls) // max(1, (cfg.head.num_layers + int(cfg.head.use_mps)))
-    print(f"predicted a {h}x{w} image in {elapsed:.1f}s ({crops} sliding-window crop(s) of {cfg.crop_size}, "
-          f"stride {cfg.stride}); scores {tuple(scores.shape)}")
+    print(
+        f"predicted a {h}x{w} image in {elapsed:.1f}s ({crops} sliding-window crop(s) of {cfg.crop_size}, "
+        f"stride {cfg.stride}); scores {tuple(scores.shape)}"
+    )
     print(f"Sinkhorn calls: {len(calls)}, iterations per call: {[c.iterations for c in calls]}")
     present, counts = np.unique(labels, return_counts=True)
     top = sorted(zip(counts, present, strict=True), reverse=True)[:5]
-    print("largest predicted classes: " + ", ".join(f"{model.class_names[c]} {100 * n / labels.size:.1f}%"
-                                                   for n, c in top))
+    print(
+        "largest predicted classes: "
+        + ", ".join(f"{model.class_names[c]} {100 * n / labels.size:.1f}%" for n, c in top)
+    )
     Image.fromarray(rgb).save(out_dir / "image.png")
     label_map_panel(rgb, labels, model.class_names).save(out_dir / "prediction.png")
     print(f"wrote {out_dir / 'image.png'} and {out_dir / 'prediction.png'} (image | label map, with a legend)")

@@ -31,29 +31,39 @@ __all__ = [
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+_RESERVED_META = frozenset({"format", "format_version", "config", "class_names", "has_text_encoder"})
 
-# Reference decode-head key -> ours. The reference decoder layer subclasses nn.TransformerDecoderLayer,
-# whose cross-attention slot `multihead_attn` holds the MPSA module and whose norm2 / norm3 follow the
-# attention / FFN residuals.
-_HEAD_RULES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"^decode_head\.q_proj\.(weight|bias)$"), r"head.q_proj.\1"),
-    (
-        re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.multihead_attn\.(q|k|v|proj)\.(weight|bias)$"),
-        r"head.layers.\1.attn.\2.\3",
-    ),
-    (
-        re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.(linear1|linear2)\.(weight|bias)$"),
-        r"head.layers.\1.\2.\3",
-    ),
-    (
-        re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.norm2\.(weight|bias)$"),
-        r"head.layers.\1.norm_attn.\2",
-    ),
-    (
-        re.compile(r"^decode_head\.decoder_1\.layers\.(\d+)\.norm3\.(weight|bias)$"),
-        r"head.layers.\1.norm_ffn.\2",
-    ),
+# Reference decode-head names and ours, as templates whose {placeholders} match the patterns below; they are
+# compiled in both directions (reference -> ours for loading, ours -> reference for error messages). The
+# reference decoder layer subclasses nn.TransformerDecoderLayer, whose cross-attention slot `multihead_attn`
+# holds the MPSA module and whose norm2 / norm3 follow the attention / FFN residuals.
+_PLACEHOLDERS = {"layer": r"\d+", "param": r"weight|bias", "proj": r"q|k|v|proj", "linear": r"linear1|linear2"}
+_HEAD_NAMES: list[tuple[str, str]] = [
+    ("decode_head.q_proj.{param}", "head.q_proj.{param}"),
+    ("decode_head.decoder_1.layers.{layer}.multihead_attn.{proj}.{param}", "head.layers.{layer}.attn.{proj}.{param}"),
+    ("decode_head.decoder_1.layers.{layer}.{linear}.{param}", "head.layers.{layer}.{linear}.{param}"),
+    ("decode_head.decoder_1.layers.{layer}.norm2.{param}", "head.layers.{layer}.norm_attn.{param}"),
+    ("decode_head.decoder_1.layers.{layer}.norm3.{param}", "head.layers.{layer}.norm_ffn.{param}"),
 ]
+
+
+def _compile_template(template: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, name, literal, name, ...
+    body = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_PLACEHOLDERS[p]})" for i, p in enumerate(parts))
+    return re.compile(f"^{body}$")
+
+
+_HEAD_RULES = [(_compile_template(ref), ours) for ref, ours in _HEAD_NAMES]
+_INVERSE_HEAD_RULES = [(_compile_template(ours), ref) for ref, ours in _HEAD_NAMES]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str | None:
+    for pattern, template in rules:
+        m = pattern.match(key)
+        if m:
+            return template.format(**m.groupdict())
+    return None
+
 
 # Reference keys dropped by name, with the reason shown to the user.
 _DROP_RULES: list[tuple[re.Pattern[str], str]] = [
@@ -96,10 +106,17 @@ def map_reference_key(key: str, keep_text_encoder: bool = False) -> tuple[str | 
     for pattern, reason in _DROP_RULES:
         if pattern.search(key):
             return None, reason
-    for pattern, repl in _HEAD_RULES:
-        if pattern.match(key):
-            return pattern.sub(repl, key), ""
+    ours = _rename(key, _HEAD_RULES)
+    if ours is not None:
+        return ours, ""
     raise KeyError(f"no mapping rule for reference key {key!r}")
+
+
+def _reference_key(our_key: str) -> str:
+    """The reference name of one of our keys (for messages: it is what a user can find in the .pth file)."""
+    if our_key.startswith(("backbone.", "text_encoder.")):
+        return our_key
+    return _rename(our_key, _INVERSE_HEAD_RULES) or our_key
 
 
 @dataclass
@@ -145,10 +162,17 @@ def read_reference_state_dict(path: str | os.PathLike, allow_pickle: bool = Fals
         )
         raise ValueError(f"cannot read reference checkpoint {p}: {type(e).__name__}: {e}.{hint}") from e
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
-        return ckpt["state_dict"], ckpt.get("meta") or {}
-    if isinstance(ckpt, dict) and all(isinstance(v, Tensor) for v in ckpt.values()):
-        return ckpt, {}
-    raise ValueError(f"{p} is not an mmseg checkpoint: expected a dict with a 'state_dict' entry")
+        state_dict, meta = ckpt["state_dict"], ckpt.get("meta") or {}
+    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
+        state_dict, meta = ckpt, {}
+    else:
+        raise ValueError(f"{p} is not an mmseg checkpoint: expected a dict with a 'state_dict' entry")
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{p}: 'state_dict' is a {type(state_dict).__name__}, not a dict of tensors")
+    bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
+    if bad:
+        raise ValueError(f"{p}: 'state_dict' entries that are not tensors: {bad[:8]}")
+    return state_dict, meta
 
 
 def convert_reference_state_dict(
@@ -165,25 +189,29 @@ def convert_reference_state_dict(
     keep_text = any(k.startswith("text_encoder.") for k in ours)
     report = ConversionReport()
     out: dict[str, Tensor] = {}
-    unknown = []
+    no_rule: list[str] = []
+    not_in_model: list[str] = []
     for key, value in ref_sd.items():
         try:
             new_key, reason = map_reference_key(key, keep_text_encoder=keep_text)
         except KeyError:
-            unknown.append(key)
+            no_rule.append(key)
             continue
         if new_key is None:
             report.dropped[key] = reason
             report.dropped_numel += value.numel()
             continue
-        if new_key not in ours:
-            unknown.append(key)
+        if new_key not in ours:  # a known name the model lacks, e.g. a 4th decoder layer
+            not_in_model.append(f"{key} (-> {new_key})")
             continue
         expected = ours[new_key].shape
         if new_key == "backbone.positional_embedding" and value.shape != expected:
             grid = model.config.vision.grid_size
             report.resized[key] = (tuple(value.shape), tuple(expected))
-            value = resize_positional_embedding(value.float(), grid)
+            try:
+                value = resize_positional_embedding(value.float(), grid)
+            except ValueError as e:
+                raise ValueError(f"{source}: cannot resize {key} {tuple(value.shape)} to {tuple(expected)}: {e}") from e
         if value.shape != expected:
             raise ValueError(
                 f"{source}: {key} has shape {tuple(value.shape)} but the model's {new_key} is {tuple(expected)}; "
@@ -191,12 +219,18 @@ def convert_reference_state_dict(
             )
         out[new_key] = value.to(ours[new_key].dtype)
         report.mapped[key] = new_key
-    missing = sorted(set(ours) - set(out))
+    # name missing keys as the checkpoint would (what a user can look up), with ours alongside where different
+    missing = []
+    for our_key in sorted(set(ours) - set(out)):
+        ref_key = _reference_key(our_key)
+        missing.append(ref_key if ref_key == our_key else f"{ref_key} (-> {our_key})")
     problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} unexpected key(s) with no mapping rule: {unknown[:8]}")
+    if no_rule:
+        problems.append(f"{len(no_rule)} unexpected key(s) with no mapping rule: {no_rule[:8]}")
+    if not_in_model:
+        problems.append(f"{len(not_in_model)} unexpected key(s) this model has no place for: {not_in_model[:8]}")
     if missing:
-        problems.append(f"{len(missing)} model key(s) missing from the checkpoint: {missing[:8]}")
+        problems.append(f"{len(missing)} key(s) the model needs are missing from the checkpoint: {missing[:8]}")
     if problems:
         raise ValueError(f"{source} does not fit this OTSeg model: " + "; ".join(problems))
     return out, report
@@ -225,6 +259,9 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, extra:
     from otseg.utils import atomic_write, atomic_write_text
 
     d = Path(directory)
+    clash = sorted(set(extra or {}) & _RESERVED_META)
+    if clash:
+        raise ValueError(f"extra config.json entries {clash} would overwrite what load_pretrained reads")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if getattr(model, "has_class_embeddings", False):
         tensors["class_embeddings"] = model.class_embeddings.detach().cpu().contiguous()
@@ -255,10 +292,23 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
             raise FileNotFoundError(
                 f"{p} does not exist; expected a folder written by `otseg convert` or save_pretrained"
             )
-    meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    if meta.get("format") != "otseg":
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != "otseg":
         raise ValueError(f'{cfg_path} is not an otseg config (no "format": "otseg")')
-    config = ModelConfig.from_dict(meta["config"])
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{cfg_path} has format_version {version!r}; this otseg reads up to {FORMAT_VERSION} (upgrade otseg)"
+        )
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f'{cfg_path} has no "config" object')
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path}: {e}") from e
     model = OTSeg(config)
     tensors = load_file(str(weights_path))
     if meta.get("has_text_encoder"):

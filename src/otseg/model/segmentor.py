@@ -128,13 +128,14 @@ class OTSeg(nn.Module):
             templates: prompt templates with one "{}" each, or a template-set name ("templates_6"); default:
                 the preset's set. The number of templates is the number of prompts N.
         """
-        from otseg.model.text import compute_class_embeddings, resolve_templates
+        from otseg.model.text import compute_class_embeddings, resolve_templates, validate_class_names
 
         if self.text_encoder is None:
             raise RuntimeError(
                 "this model has no CLIP text tower, so it cannot embed class names; build it with CLIP weights "
                 "(build_model(..., clip='ViT-B-16.pt')) or call set_class_embeddings() with precomputed ones"
             )
+        names = validate_class_names(names)
         emb = compute_class_embeddings(self.text_encoder, names, resolve_templates(templates, self.config))
         self.set_class_embeddings(emb, class_names=names)
 
@@ -193,8 +194,9 @@ class OTSeg(nn.Module):
         """The reference's test-time class scores, before argmax.
 
         Scores are sigmoid(w * decoder + (1 - w) * MPS) minus the seen-class bias, averaged over sliding
-        windows when the preset says so. Runs in eval mode (the model's mode is restored afterwards). Images are processed one at a time, as the reference evaluates with
-        batch size 1 (its Sinkhorn stopping rule is global over the batch, so batching would change results).
+        windows when the preset says so. Runs in eval mode (the model's mode is restored afterwards). Images are
+        processed one at a time, as the reference evaluates with batch size 1 (its Sinkhorn stopping rule is
+        global over the batch, so batching would change results).
 
         Args:
             images: (B, 3, H, W) normalised as `config.mean`/`config.std`, any size.

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from otseg.model.head import HeadOutput
-from otseg.train.losses import IGNORE_INDEX, seg_loss_plus
+from otseg.train.losses import IGNORE_INDEX, count_present_masks, seg_loss_plus
 
 __all__ = [
     "UNSEEN_MARK",
@@ -103,15 +103,25 @@ def total_loss(losses: dict[str, Tensor]) -> Tensor:
     return sum(v for k, v in losses.items() if "loss" in k)
 
 
-def compute_losses(model, images: Tensor, labels: Tensor, num_masks: Tensor | None = None) -> dict[str, Tensor]:
+def compute_losses(
+    model,
+    images: Tensor,
+    labels: Tensor,
+    num_masks: Tensor | None = None,
+    num_masks_reducer=None,
+    config=None,
+) -> dict[str, Tensor]:
     """One training step's loss dict for an `OTSeg` model in its configured setting.
 
     Args:
-        model: an `otseg.OTSeg` (its config gives the setting and the seen/unseen split).
+        model: an `otseg.OTSeg` (or a DistributedDataParallel wrapping one).
         images: (B, 3, H, W) normalised crops.
         labels: (B, H, W) or (B, 1, H, W) dataset class ids, 255 = ignore.
+        num_masks: explicit loss normaliser; default: present (image, class) pairs of this batch.
+        num_masks_reducer: maps this batch's present-pair count to the normaliser (e.g. a cross-process mean).
+        config: the model's `ModelConfig` (default `model.config`; pass it when `model` is a DDP wrapper).
     """
-    cfg = model.config
+    cfg = config if config is not None else model.config
     if labels.dim() == 4:
         labels = labels[:, 0]
     seen, unseen = list(cfg.seen_classes), list(cfg.unseen_classes)
@@ -119,4 +129,6 @@ def compute_losses(model, images: Tensor, labels: Tensor, num_masks: Tensor | No
     out = model(images)
     if cfg.setting == "transductive":
         targets = fill_pseudo_labels(targets, out, seen)
+    if num_masks is None and num_masks_reducer is not None:
+        num_masks = num_masks_reducer(count_present_masks(targets, out.decoder_logits.shape[1]))
     return training_losses(out, targets, num_masks=num_masks)

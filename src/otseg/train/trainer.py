@@ -1,0 +1,402 @@
+"""Iteration-based trainer: AdamW + poly schedule, autocast, gradient accumulation, DDP, atomic resumable
+checkpoints, JSONL metrics (TensorBoard optional), tqdm progress on rank 0.
+
+Resuming reproduces an uninterrupted run exactly: the sample order is a function of (seed, step), every
+sample's augmentation is seeded by its position in that order, and the RNG states (torch, numpy, python) are
+saved with the weights, optimizer, scaler and step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from otseg.train.distributed import DistInfo, all_reduce_mean, barrier
+from otseg.train.objective import compute_losses, total_loss
+from otseg.train.schedule import build_optimizer, poly_lr
+from otseg.utils import atomic_torch_save, atomic_write_text
+
+__all__ = ["StepBatchSampler", "TrainConfig", "Trainer", "find_latest_checkpoint"]
+
+CKPT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings (defaults = the reference's effective recipe, spec section 4.3)."""
+
+    max_iters: int = 20000
+    batch_size: int = 4  # per process; the reference used 4 per GPU on 4 GPUs (global batch 16)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4  # effective lr of every trainable parameter in the reference
+    weight_decay: float = 0.01
+    min_lr: float = 1e-6
+    power: float = 0.9
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    amp: Literal["none", "bf16", "fp16"] = "none"  # Sinkhorn always runs in float32
+    eval_interval: int = 0  # 0 = evaluate at the end only
+    checkpoint_interval: int = 1000
+    keep_checkpoints: int = 2  # older iter_*.pt files are deleted (the newest N are kept)
+    log_interval: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    tensorboard: bool = False
+    init_from: str | None = None  # weights to start from (transductive: the inductive checkpoint)
+    device: str | None = None  # None = cuda if available
+
+
+def find_latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
+    """The `iter_N.pt` with the largest N in `work_dir`, or None."""
+    d = Path(work_dir)
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_PATTERN.match(p.name))]
+    return max(found)[1] if found else None
+
+
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields this rank's micro-batches for steps start..max_iters-1 as lists of (dataset index, sample seed).
+
+    The global order is a fresh permutation of the dataset per epoch, drawn from (seed, epoch); micro-batch j
+    of step s takes the next `batch * world` positions of that order, and rank r takes every world-th one.
+    Each sample's seed is derived from its global position, so augmentation does not depend on workers,
+    ranks or where a run was resumed.
+    """
+
+    def __init__(self, n: int, batch: int, world: int, rank: int, accum: int, start: int, stop: int, seed: int):
+        if n == 0:
+            raise ValueError("the training set is empty")
+        self.n, self.batch, self.world, self.rank, self.accum = n, batch, world, rank, accum
+        self.start, self.stop, self.seed = start, stop, seed
+        self._perm_epoch, self._perm = -1, None
+
+    def _position(self, pos: int) -> int:
+        epoch, offset = divmod(pos, self.n)
+        if epoch != self._perm_epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+        return self._perm[offset]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        per_micro = self.batch * self.world
+        for step in range(self.start, self.stop):
+            for micro in range(self.accum):
+                base = (step * self.accum + micro) * per_micro
+                positions = range(base + self.rank, base + per_micro, self.world)
+                yield [(self._position(p), (self.seed * 1_000_003 + p) % 2**63) for p in positions]
+
+    def __len__(self) -> int:
+        return (self.stop - self.start) * self.accum
+
+
+class _SeededDataset(Dataset):
+    """Calls `dataset.get(index, rng)` with a generator seeded per sample (falls back to `dataset[index]`)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, seed = key
+        if hasattr(self.dataset, "get"):
+            return self.dataset.get(index, np.random.default_rng(seed))
+        return self.dataset[index]
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "label": torch.stack([s["label"] for s in samples]),
+        "path": [s.get("path", "") for s in samples],
+    }
+
+
+class Trainer:
+    """Trains an `otseg.OTSeg` in its configured setting (inductive, transductive or fully supervised).
+
+    Args:
+        model: the segmentor (with class embeddings set and CLIP weights loaded).
+        train_set: dataset of dicts {"image": (3, H, W) float, "label": (H, W) int64}, all the same crop size;
+            if it has `get(index, rng)`, augmentation draws from the per-sample generator.
+        cfg: optimisation settings.
+        work_dir: receives `iter_N.pt` checkpoints, `last_checkpoint` (name of the newest), `metrics.jsonl`,
+            `config.json`.
+        evaluate: optional callback `evaluate(model) -> dict` run every `cfg.eval_interval` steps and at the end.
+        dist_info: from `init_distributed()`; single process by default.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        train_set: Dataset,
+        cfg: TrainConfig,
+        work_dir: str | os.PathLike,
+        evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
+        dist_info: DistInfo | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.dist = dist_info or DistInfo(
+            device=torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        )
+        self.work_dir = Path(work_dir)
+        self.model = model.to(self.dist.device)
+        self.train_set = train_set
+        self.evaluate_fn = evaluate
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16")
+        self.step = 0
+        self.ddp_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            # find_unused_parameters: the last decoder layer's value/FFN path only feeds discarded queries.
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=True
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainable_state(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if not k.startswith("text_encoder.")}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        rng = {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": "otseg-train",
+            "step": self.step,
+            "model": self._trainable_state(),
+            "class_embeddings": self.model.class_embeddings.detach().cpu(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_to_plain(rng),
+            "train_config": asdict(self.cfg),
+            "model_config": self.model.config.to_dict(),
+            "class_names": list(self.model.class_names),
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write `iter_{step}.pt` atomically (rank 0), then prune old ones. Returns the path on rank 0."""
+        path = None
+        if self.dist.is_main:
+            path = self.work_dir / f"iter_{self.step}.pt"
+            atomic_torch_save(self.checkpoint_state(), path)
+            atomic_write_text(self.work_dir / "last_checkpoint", path.name + "\n")
+            ckpts = sorted((int(m.group(1)), p) for p in self.work_dir.iterdir() if (m := CKPT_PATTERN.match(p.name)))
+            for _, old in ckpts[: -self.cfg.keep_checkpoints]:
+                old.unlink(missing_ok=True)
+        barrier()
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike, weights_only_init: bool = False) -> None:
+        """Resume from a trainer checkpoint (or, with weights_only_init, take only its weights)."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint {p} does not exist")
+        try:
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"cannot read checkpoint {p} ({type(e).__name__}: {e}); it may be truncated") from e
+        if not isinstance(ckpt, dict) or ckpt.get("format") != "otseg-train":
+            raise ValueError(f"{p} is not an otseg training checkpoint")
+        state = ckpt["model"]
+        result = self.model.load_state_dict(state, strict=False)
+        unexpected = list(result.unexpected_keys)
+        missing = [k for k in result.missing_keys if not k.startswith("text_encoder.")]
+        if missing or unexpected:
+            raise ValueError(f"{p} does not fit this model: missing {missing[:6]}, unexpected {unexpected[:6]}")
+        if weights_only_init:
+            return
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = int(ckpt["step"])
+        _restore_rng(ckpt["rng"])
+
+    # ------------------------------------------------------------------ training
+    def _loader(self) -> DataLoader:
+        d = self.dist
+        sampler = StepBatchSampler(
+            len(self.train_set), self.cfg.batch_size, d.world_size, d.rank, self.cfg.grad_accum,
+            self.step, self.cfg.max_iters, self.cfg.seed,
+        )  # fmt: skip
+        return DataLoader(
+            _SeededDataset(self.train_set),
+            batch_sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            collate_fn=_collate,
+            pin_memory=d.device.type == "cuda",
+            persistent_workers=False,
+            # Its own generator: drawing worker seeds from the global RNG would shift the dropout stream
+            # between an uninterrupted and a resumed run.
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
+
+    def _autocast(self):
+        if self.cfg.amp == "none":
+            return torch.autocast(self.dist.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    def _num_masks_reducer(self, count: Tensor) -> Tensor:
+        # The reference all-reduces the number of present masks and divides by the world size.
+        return all_reduce_mean(count.float()).clamp(min=1)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        with open(self.work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self._tb.add_scalar(k, v, record.get("step", 0))
+
+    def train(self, resume: str | None = None) -> dict[str, Any]:
+        """Run to `cfg.max_iters`. `resume`: None, "auto" (latest in work_dir if any), or a checkpoint path."""
+        cfg = self.cfg
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if resume == "auto":
+            resume = str(find_latest_checkpoint(self.work_dir) or "") or None
+        if resume:
+            self.load_checkpoint(resume)
+        else:
+            _seed_everything(cfg.seed + self.dist.rank)
+            if cfg.init_from:
+                self.load_checkpoint(cfg.init_from, weights_only_init=True)
+        if self.dist.is_main:
+            atomic_write_text(
+                self.work_dir / "config.json",
+                json.dumps({"train": asdict(cfg), "model": self.model.config.to_dict()}, indent=2) + "\n",
+            )
+        self._tb = None
+        if cfg.tensorboard and self.dist.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.work_dir / "tensorboard"))
+
+        progress = None
+        if self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
+        self.ddp_model.train()
+        last_eval: dict[str, Any] = {}
+        micro, window, t0 = 0, {}, time.perf_counter()
+        for batch in self._loader():
+            images = batch["image"].to(self.dist.device, non_blocking=True)
+            labels = batch["label"].to(self.dist.device, non_blocking=True)
+            lr = poly_lr(self.step, cfg.max_iters, cfg.lr, cfg.min_lr, cfg.power, cfg.warmup_iters, cfg.warmup_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with self._autocast():
+                losses = compute_losses(
+                    self.ddp_model, images, labels, num_masks_reducer=self._num_masks_reducer, config=self.model.config
+                )
+                loss = total_loss(losses) / cfg.grad_accum
+            if not torch.isfinite(loss):
+                self.save_failure_note(losses)
+                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                raise FloatingPointError(
+                    f"non-finite loss at step {self.step} ({parts}); the last good checkpoint in {self.work_dir} "
+                    "is kept: lower the learning rate or train without --amp"
+                )
+            self.scaler.scale(loss).backward()
+            for k, v in losses.items():
+                window[k] = window.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+            micro += 1
+            if micro < cfg.grad_accum:
+                continue
+            micro = 0
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{sum(v for k, v in window.items() if 'loss' in k):.3f}", lr=f"{lr:.2e}")
+            if self.step % cfg.log_interval == 0 or self.step == cfg.max_iters:
+                values = torch.tensor(list(window.values()), device=self.dist.device)
+                values = all_reduce_mean(values) / (cfg.log_interval if self.step % cfg.log_interval == 0 else 1)
+                record = {"step": self.step, "lr": lr, **dict(zip(window, values.tolist(), strict=True))}
+                record["loss"] = sum(v for k, v in record.items() if "loss" in k and k != "loss")
+                record["time_per_iter"] = (time.perf_counter() - t0) / max(1, cfg.log_interval)
+                self._log(record)
+                window, t0 = {}, time.perf_counter()
+            if self.step % cfg.checkpoint_interval == 0 or self.step == cfg.max_iters:
+                self.save_checkpoint()
+            if self.evaluate_fn is not None and (
+                (cfg.eval_interval and self.step % cfg.eval_interval == 0) or self.step == cfg.max_iters
+            ):
+                last_eval = self.evaluate_fn(self.model)
+                self._log({"step": self.step, **{f"eval/{k}": v for k, v in last_eval.items() if _is_number(v)}})
+                self.ddp_model.train()
+        if progress is not None:
+            progress.close()
+        if self._tb is not None:
+            self._tb.close()
+        return {"step": self.step, "eval": last_eval}
+
+    def save_failure_note(self, losses: dict[str, Tensor]) -> None:
+        if self.dist.is_main:
+            note = {"step": self.step, "losses": {k: float(v.detach()) for k, v in losses.items()}}
+            atomic_write_text(self.work_dir / "nonfinite_loss.json", json.dumps(note, indent=2) + "\n")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_to_plain(rng: dict[str, Any]) -> dict[str, Any]:
+    """RNG states as tensors / lists / ints only, so checkpoints load with weights_only=True."""
+    py = rng["python"]
+    np_state = rng["numpy"]
+    out = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
+        "torch": rng["torch"],
+    }
+    if "cuda" in rng:
+        out["cuda"] = rng["cuda"]
+    return out
+
+
+def _plain(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), *npst[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
