@@ -87,3 +87,27 @@ def test_help_exits_cleanly(argv, capsys):
         main(argv)
     assert exc.value.code == 0
     assert "usage: otseg" in capsys.readouterr().out
+
+
+def test_score_writes_the_public_keys(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    for i in range(3):
+        gt = rng.integers(0, 20, (24, 32)).astype(np.uint8)
+        gt[:2] = 255
+        pred = np.where(rng.random((24, 32)) < 0.7, gt, rng.integers(0, 20, (24, 32))).astype(np.uint8)
+        pred[pred == 255] = 0
+        Image.fromarray(gt).save(tmp_path / "gt" / f"img{i}.png")
+        Image.fromarray(pred).save(tmp_path / "pred" / f"img{i}.png")
+    out = tmp_path / "res.json"
+    argv = ["score", "--preset", "voc12-inductive", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt")]
+    assert main([*argv, "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert {"miou_seen", "miou_unseen", "hiou", "per_class_iou"} <= set(res)
+    s, u = res["miou_seen"], res["miou_unseen"]
+    assert res["hiou"] == pytest.approx(2 * s * u / (s + u))
+    assert len(res["per_class_iou"]) == 20 and (tmp_path / "res.md").is_file()
+    (tmp_path / "pred" / "img0.png").unlink()
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "img0" in capsys.readouterr().err

@@ -135,6 +135,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ score
+def cmd_score(args: argparse.Namespace) -> int:
+    from otseg.eval.metrics import format_markdown
+    from otseg.eval.score import score_folders, write_results
+    from otseg.model.presets import get_preset
+
+    cfg = get_preset(args.preset)
+    metrics = score_folders(
+        args.pred, args.gt, cfg.class_names, cfg.seen_classes, cfg.unseen_classes,
+        reduce_zero_label=args.reduce_zero_label,
+    )  # fmt: skip
+    json_path, md_path = write_results(metrics, args.out, title=f"{args.preset}: {args.pred}")
+    print(format_markdown(metrics, title=args.preset))
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ demo
 def _synthetic_image(height: int, width: int, seed: int):
     """A generated RGB picture (sky, ground, a few shapes) as a uint8 numpy array (H, W, 3)."""
@@ -228,6 +245,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. head.use_mps=false")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "score",
+        help="score folders of label-map PNGs: mIoU(S), mIoU(U), hIoU, per-class IoU",
+        description="Score predicted label maps against ground truth. Both folders hold PNGs with the same file "
+        "stems; values are class indices 0..K-1 in the preset's class order, 255 = ignore.",
+    )
+    p.add_argument("--preset", required=True, help="gives the class names and the seen/unseen split")
+    p.add_argument("--pred", required=True, help="folder of predicted label maps (*.png)")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label maps (*.png)")
+    p.add_argument("--out", required=True, help="results JSON (a Markdown table is written beside it)")
+    p.add_argument(
+        "--reduce-zero-label",
+        action="store_true",
+        help="ground truth is raw VOC/Context (0 = background -> ignore, c -> c-1), as the datasets store it",
+    )
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("presets", help="list the model presets, or describe one")
     p.add_argument("name", nargs="?", help="a preset to describe")
