@@ -115,8 +115,14 @@ class _SeededDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, seed = key
+        rng = np.random.default_rng(seed)
         if hasattr(self.dataset, "get"):
-            return self.dataset.get(index, np.random.default_rng(seed))
+            return self.dataset.get(index, rng)
+        transform = getattr(self.dataset, "transform", None)
+        if hasattr(self.dataset, "load") and transform is not None:  # otseg.data.SegmentationDataset
+            image, label = self.dataset.load(index)
+            image_t, label_t = transform(image, label, rng=rng)
+            return {"image": image_t, "label": label_t, "path": str(self.dataset.samples[index][0])}
         return self.dataset[index]
 
 
