@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ REFERENCE_EMBEDDINGS = Path(
 )
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# Test helpers that write fake datasets (`from fake_layouts import make_voc`) importable from every test folder.
+sys.path.insert(0, str(REPO / "tests" / "data"))
 
 
 def golden_file(name: str) -> Path:

@@ -175,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from otseg.eval.evaluate import evaluate
     from otseg.model.config import _coerce
     from otseg.train.distributed import init_distributed, shutdown
-    from otseg.train.trainer import TrainConfig, Trainer
+    from otseg.train.trainer import TrainConfig, Trainer, default_train_config
 
     model_over, train_over = _split_overrides(args.set)
     model = otseg.build_model(args.preset, **model_over)
@@ -190,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     _class_embeddings_for(model, args)
 
-    tcfg = TrainConfig()
+    tcfg = default_train_config(model.config)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in train_over.items():
         if key not in fields:
