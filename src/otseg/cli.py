@@ -161,6 +161,24 @@ def _class_embeddings_for(model, args: argparse.Namespace) -> None:
         )
 
 
+def _custom_dataset_overrides(args: argparse.Namespace) -> dict:
+    """With --dataset custom, the classes and the seen/unseen split come from the folder's classes.txt and
+    split.json, not from the preset (whose architecture and recipe are kept)."""
+    if getattr(args, "dataset", None) != "custom":
+        return {}
+    from otseg.data.datasets import read_custom_classes
+
+    classes = read_custom_classes(args.data_root)
+    setting = None
+    if not classes.unseen:
+        setting = "fully"  # no unseen classes: nothing to hold out, every class is seen
+    over = {"dataset": "custom", "class_names": classes.class_names, "unseen_classes": classes.unseen}
+    if setting:
+        over["setting"] = setting
+    print(f"custom dataset: {classes.num_classes} classes ({len(classes.unseen)} unseen) from {args.data_root}")
+    return over
+
+
 def _dataset_name(args: argparse.Namespace, model_cfg) -> str:
     return args.dataset or model_cfg.dataset
 
@@ -175,9 +193,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from otseg.eval.evaluate import evaluate
     from otseg.model.config import _coerce
     from otseg.train.distributed import init_distributed, shutdown
-    from otseg.train.trainer import TrainConfig, Trainer, default_train_config
+    from otseg.train.trainer import TrainConfig, Trainer, _seed_everything, default_train_config
 
     model_over, train_over = _split_overrides(args.set)
+    model_over.update(_custom_dataset_overrides(args))
+    # The trainable weights (VPT prompts, head) are drawn at build time and torch's default seed differs per
+    # process: seed first (the same on every rank), so that a run is reproducible from --seed.
+    seed = args.seed if args.seed is not None else _coerce(train_over.get("seed", "0"), 0, "train.seed")
+    _seed_everything(seed)
     model = otseg.build_model(args.preset, **model_over)
     if args.clip:
         from otseg.model.build import load_clip_into
@@ -204,6 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     tcfg.tensorboard = tcfg.tensorboard or args.tensorboard
 
     dist_info = init_distributed(tcfg.device)
+    trainer = None
     try:
         data_cfg = data_config_for(model.config)
         name = _dataset_name(args, model.config)
@@ -228,6 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             write_results(result["eval"], Path(args.work_dir) / "eval.json", title=args.preset)
             print(format_markdown(result["eval"], title=f"{args.preset} after {result['step']} iterations"))
     finally:
+        trainer = None  # frees its DistributedDataParallel wrapper before shutdown() destroys the process group
         shutdown()
     return 0
 
@@ -243,6 +268,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from otseg.train.distributed import init_distributed, shutdown
 
     model_over, _ = _split_overrides(args.set)
+    model_over.update(_custom_dataset_overrides(args))
     model = load_model(args.checkpoint, preset=args.preset, overrides=model_over, allow_pickle=args.allow_pickle)
     if args.clip:
         from otseg.model.build import load_clip_into

@@ -157,3 +157,21 @@ def test_sampler_splits_positions_across_ranks_and_resumes():
         merged = sorted(ranks[0][step] + ranks[1][step])
         assert merged == sorted(single[step])
     assert list(StepBatchSampler(10, 4, 1, 0, 1, 3, 5, seed=1)) == single[3:]
+
+
+def test_bf16_autocast_trains_with_sinkhorn_in_float32(tmp_path, monkeypatch):
+    import otseg.ops.mps as mps_module
+
+    seen_dtypes = []
+    original = mps_module.sinkhorn
+
+    def spy(cost, *args, **kwargs):
+        plan = original(cost, *args, **kwargs)
+        seen_dtypes.append(plan.dtype)
+        return plan
+
+    monkeypatch.setattr(mps_module, "sinkhorn", spy)
+    trainer = Trainer(tiny_model(), SquaresDataset(), train_cfg(max_iters=3, amp="bf16"), tmp_path)
+    trainer.train()
+    assert trainer.step == 3 and seen_dtypes and set(seen_dtypes) == {torch.float32}
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -42,6 +42,8 @@ def load_model(
         ) from e
     if isinstance(ckpt, dict) and ckpt.get("format") == "otseg-train":
         cfg = ModelConfig.from_dict(ckpt["model_config"])
+        if overrides:  # e.g. `otseg eval --set head.seen_bias=0`; were silently ignored for these checkpoints
+            cfg = apply_overrides(cfg, overrides)
         model = OTSeg(cfg)
         result = model.load_state_dict(ckpt["model"], strict=False)
         missing = [k for k in result.missing_keys if not k.startswith("text_encoder.")]

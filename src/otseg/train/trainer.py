@@ -8,6 +8,7 @@ saved with the weights, optimizer, scaler and step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -134,6 +135,39 @@ class _SeededDataset(Dataset):
         return self.dataset[index]
 
 
+class _LossOutputs(torch.nn.Module):
+    """What DDP wraps: the model, with every output the loss does not read detached.
+
+    DDP (find_unused_parameters=True) marks as "used" every parameter reachable from any tensor in the forward
+    output, dataclass fields included. `HeadOutput.layer_queries` holds the last decoder layer's updated
+    queries, whose value/FFN parameters never reach the loss: left attached, DDP waits for their gradients and
+    the second step fails with "Expected to have finished reduction in the prior iteration".
+    """
+
+    LOSS_FIELDS = ("decoder_logits", "mps_logits")
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, text: Tensor | None = None) -> Any:
+        out = self.model(images, text)
+        if not dataclasses.is_dataclass(out):
+            return out
+        detached = {
+            f.name: _detach_all(getattr(out, f.name)) for f in dataclasses.fields(out) if f.name not in self.LOSS_FIELDS
+        }
+        return dataclasses.replace(out, **detached)
+
+
+def _detach_all(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detach_all(v) for v in value)
+    return value
+
+
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "image": torch.stack([s["image"] for s in samples]),
@@ -181,7 +215,7 @@ class Trainer:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             # find_unused_parameters: the last decoder layer's value/FFN path only feeds discarded queries.
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=True
+                _LossOutputs(self.model), device_ids=ids, find_unused_parameters=True
             )
 
     # ------------------------------------------------------------------ checkpoints
@@ -318,7 +352,9 @@ class Trainer:
             progress = tqdm(total=cfg.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
         self.ddp_model.train()
         last_eval: dict[str, Any] = {}
-        micro, window, t0 = 0, {}, time.perf_counter()
+        # window: per-key sums over the optimizer steps since the last log record (window_steps of them; fewer
+        # than log_interval after a resume off the log grid or at a max_iters off the grid).
+        micro, window, window_steps, t0 = 0, {}, 0, time.perf_counter()
         for batch in self._loader():
             images = batch["image"].to(self.dist.device, non_blocking=True)
             labels = batch["label"].to(self.dist.device, non_blocking=True)
@@ -348,17 +384,19 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            window_steps += 1
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{sum(v for k, v in window.items() if 'loss' in k):.3f}", lr=f"{lr:.2e}")
+                window_loss = sum(v for k, v in window.items() if "loss" in k) / window_steps
+                progress.set_postfix(loss=f"{window_loss:.3f}", lr=f"{lr:.2e}")
             if self.step % cfg.log_interval == 0 or self.step == cfg.max_iters:
                 values = torch.tensor(list(window.values()), device=self.dist.device)
-                values = all_reduce_mean(values) / (cfg.log_interval if self.step % cfg.log_interval == 0 else 1)
+                values = all_reduce_mean(values) / window_steps
                 record = {"step": self.step, "lr": lr, **dict(zip(window, values.tolist(), strict=True))}
                 record["loss"] = sum(v for k, v in record.items() if "loss" in k and k != "loss")
-                record["time_per_iter"] = (time.perf_counter() - t0) / max(1, cfg.log_interval)
+                record["time_per_iter"] = (time.perf_counter() - t0) / window_steps
                 self._log(record)
-                window, t0 = {}, time.perf_counter()
+                window, window_steps, t0 = {}, 0, time.perf_counter()
             if self.step % cfg.checkpoint_interval == 0 or self.step == cfg.max_iters:
                 self.save_checkpoint()
             if self.evaluate_fn is not None and (
