@@ -590,3 +590,18 @@ def test_text_head_count_survives_the_round_trip(tmp_path):
     assert_same_model(model, loaded)
     torch.testing.assert_close(text_output(loaded).reshape(TEXT["output"].shape), TEXT["output"], **TOL)
     assert torch.equal(encode_decode(loaded), encode_decode(model))
+
+
+def test_load_pretrained_applies_inference_overrides(tmp_path):
+    import otseg
+    from otseg.model.checkpoint import load_pretrained, save_pretrained
+
+    model = otseg.build_model(
+        "voc12-inductive", vision__width=64, vision__layers=2, vision__heads=1, vision__image_size=32,
+        vision__output_dim=32, vision__deep_prompt_layers=1, head__embed_dim=32, head__ffn_dim=64,
+    )  # fmt: skip
+    save_pretrained(model, tmp_path)
+    loaded = load_pretrained(tmp_path, overrides={"stride": 256, "head.seen_bias": 0.0})
+    assert loaded.config.stride == 256 and loaded.config.head.seen_bias == 0.0
+    with pytest.raises(ValueError, match="no_such"):
+        load_pretrained(tmp_path, overrides={"no_such": 1})

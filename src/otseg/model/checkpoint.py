@@ -279,8 +279,13 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, extra:
     return d
 
 
-def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Load a model saved by `save_pretrained` (or written by `otseg convert`)."""
+def load_pretrained(
+    directory: str | os.PathLike, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None
+):
+    """Load a model saved by `save_pretrained` (or written by `otseg convert`).
+
+    `overrides` change inference settings of the saved config (e.g. {"stride": 256, "head.seen_bias": 0.0}).
+    """
     from safetensors.torch import load_file
 
     from otseg.model.segmentor import OTSeg
@@ -307,8 +312,13 @@ def load_pretrained(directory: str | os.PathLike, device: str | torch.device = "
         raise ValueError(f'{cfg_path} has no "config" object')
     try:
         config = ModelConfig.from_dict(meta["config"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{cfg_path}: {e}") from e
+        if overrides:
+            from otseg.model.config import apply_overrides
+
+            config = apply_overrides(config, overrides)
+    except (TypeError, ValueError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise ValueError(f"{cfg_path}: {message}") from e
     model = OTSeg(config)
     tensors = load_file(str(weights_path))
     if meta.get("has_text_encoder"):

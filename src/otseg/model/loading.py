@@ -30,7 +30,7 @@ def load_model(
 
     p = Path(path)
     if p.is_dir():
-        return load_pretrained(p)
+        return load_pretrained(p, overrides=overrides)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
     try:
