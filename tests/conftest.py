@@ -34,6 +34,31 @@ def load_golden(name: str) -> dict:
     return torch.load(golden_file(name), map_location="cpu", weights_only=True)
 
 
+def golden_segmentor_config(setting: str = "inductive"):
+    """The architecture, classes and slide settings of the golden tiny segmentor (`segmentor.pt`), dropout off."""
+    from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
+
+    ref = load_golden("segmentor.pt")["config"]["inductive"]
+    b, h, test = ref["backbone"], ref["decode_head"], ref["test_cfg"]
+    return ModelConfig(
+        name="golden-tiny",
+        setting=setting,
+        vision=VisionConfig(
+            image_size=b["input_resolution"], patch_size=b["patch_size"], width=b["width"], layers=b["layers"],
+            heads=b["heads"], output_dim=b["output_dim"], num_prompt_tokens=b["num_tokens"],
+            deep_prompt_layers=b["total_d_layer"], prompt_dropout=0.0,
+        ),
+        head=HeadConfig(
+            embed_dim=h["embed_dims"], num_layers=h["num_layers"], num_heads=h["num_heads"],
+            ffn_dim=4 * h["embed_dims"], output_size=h["img_size"], dropout=0.0, attn_dropout=0.0,
+        ),
+        class_names=tuple(ref["class_names"]),
+        unseen_classes=tuple(ref["novel_class"]),
+        crop_size=test["crop_size"][0],
+        stride=test["stride"][0],
+    )  # fmt: skip
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the text-embedding cache of every test out of the user's home."""

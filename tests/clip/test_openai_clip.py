@@ -2,31 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import golden_file
 from otseg.clip.loading import infer_clip_configs, load_clip_weights, load_openai_clip, read_clip_state_dict
 from otseg.clip.model import CLIP
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.model.config import TextConfig, VisionConfig
 
-GOLDEN = Path(os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden"))
 ATOL, RTOL = 1e-5, 1e-4
-
-
-def _golden(name: str) -> Path:
-    path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"golden fixture {path} not found (set OTSEG_GOLDEN to the golden directory)")
-    return path
 
 
 @pytest.fixture(scope="module")
 def fixture() -> dict:
-    return torch.load(_golden("openai_clip.pt"), weights_only=True)
+    return torch.load(golden_file("openai_clip.pt"), weights_only=True)
 
 
 def _build(cfg: dict) -> CLIP:
@@ -70,14 +62,14 @@ def test_infer_configs_and_load_openai_clip(fixture: dict) -> None:
     assert (vision.layers, vision.heads, vision.output_dim) == (3, 1, 32)
     assert (text.context_length, text.vocab_size, text.width) == (77, 49408, 16)
     assert (text.heads, text.layers, text.output_dim) == (4, 2, 32)
-    model = load_openai_clip(_golden("openai_clip_jit.pt"), text_heads=4)
+    model = load_openai_clip(golden_file("openai_clip_jit.pt"), text_heads=4)
     with torch.no_grad():
         per_image, _ = model(fixture["images"], fixture["tokens"])
     torch.testing.assert_close(per_image, fixture["logits_per_image"], atol=ATOL, rtol=RTOL)
 
 
 def test_torchscript_archive_equals_plain_state_dict(fixture: dict) -> None:
-    from_jit = read_clip_state_dict(_golden("openai_clip_jit.pt"))
+    from_jit = read_clip_state_dict(golden_file("openai_clip_jit.pt"))
     plain = fixture["state_dict"]
     assert len(from_jit) == 74
     assert set(from_jit) == set(plain)

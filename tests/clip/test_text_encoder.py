@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import golden_file
 from otseg.clip.loading import load_clip_weights, read_clip_state_dict, text_state_dict
 from otseg.clip.text import TextEncoder
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.model.config import TextConfig, VisionConfig
 
-GOLDEN = Path(os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden"))
 ATOL, RTOL = 1e-5, 1e-4
-
-
-def _golden(name: str) -> Path:
-    path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"golden fixture {path} not found (set OTSEG_GOLDEN to the golden directory)")
-    return path
 
 
 @pytest.fixture(scope="module")
 def fixture() -> dict:
-    return torch.load(_golden("text_encoder.pt"), weights_only=True)
+    return torch.load(golden_file("text_encoder.pt"), weights_only=True)
 
 
 def _config(cfg: dict) -> TextConfig:
@@ -42,7 +32,7 @@ def _config(cfg: dict) -> TextConfig:
 
 @pytest.fixture(scope="module")
 def encoder(fixture: dict) -> TextEncoder:
-    clip_sd = torch.load(_golden("openai_clip.pt"), weights_only=True)["state_dict"]
+    clip_sd = torch.load(golden_file("openai_clip.pt"), weights_only=True)["state_dict"]
     state = dict(fixture["state_dict"])
     # Omitted from the fixture to save space; bit-identical to the tiny CLIP's.
     state["token_embedding.weight"] = clip_sd["token_embedding.weight"]
@@ -63,7 +53,7 @@ def test_outputs(fixture: dict, encoder: TextEncoder) -> None:
 
 
 def test_state_dict_keys_and_loading_from_clip(fixture: dict) -> None:
-    sd = read_clip_state_dict(_golden("openai_clip_jit.pt"))
+    sd = read_clip_state_dict(golden_file("openai_clip_jit.pt"))
     text = text_state_dict(sd)
     expected = {*fixture["state_dict"], "token_embedding.weight"}
     assert set(text) == expected

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
+from conftest import golden_file
 from otseg.clip.loading import load_clip_weights, resize_positional_embedding
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.model.config import VisionConfig
 
-GOLDEN = Path(os.environ.get("OTSEG_GOLDEN", Path(__file__).resolve().parents[2].parent / "shared" / "golden"))
 ATOL, RTOL = 1e-5, 1e-4
-
-
-def _golden(name: str) -> Path:
-    path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"golden fixture {path} not found (set OTSEG_GOLDEN to the golden directory)")
-    return path
 
 
 @pytest.fixture(scope="module")
 def fixture() -> dict:
-    return torch.load(_golden("backbone.pt"), weights_only=True)
+    return torch.load(golden_file("backbone.pt"), weights_only=True)
 
 
 def _config(cfg: dict) -> VisionConfig:
@@ -44,7 +34,7 @@ def _config(cfg: dict) -> VisionConfig:
 @pytest.fixture(scope="module")
 def backbone(fixture: dict) -> VPTVisionTransformer:
     model = VPTVisionTransformer(_config(fixture["config"]))
-    report = load_clip_weights(model, None, _golden("openai_clip_jit.pt"))
+    report = load_clip_weights(model, None, golden_file("openai_clip_jit.pt"))
     assert len(report.missing_prompt) == 6
     assert report.positional_resize == ((5, 64), (17, 64))
     loaded = model.state_dict()

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 import otseg
-from conftest import golden_file, load_golden
+from conftest import golden_file, golden_segmentor_config, load_golden
 from otseg import OTSeg
 from otseg.clip.model import resize_positional_embedding
 from otseg.clip.text import TextEncoder
@@ -30,7 +30,7 @@ from otseg.model.checkpoint import (
     save_pretrained,
 )
 from otseg.model.checkpoint import _reference_key as reference_key_of  # names missing keys in error messages
-from otseg.model.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
+from otseg.model.config import ModelConfig, TextConfig
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 EMPTY_WEIGHT = "decode_head.loss_decode.criterion.empty_weight"
@@ -235,37 +235,7 @@ FAKE_TEXT = {
 
 
 def tiny_config(setting: str = "inductive") -> ModelConfig:
-    """The golden segmentor's architecture (a local copy of test_segmentor_golden.tiny_config)."""
-    ref = SEG["config"]["inductive"]
-    b, h, test = ref["backbone"], ref["decode_head"], ref["test_cfg"]
-    return ModelConfig(
-        name="golden-tiny",
-        setting=setting,
-        vision=VisionConfig(
-            image_size=b["input_resolution"],
-            patch_size=b["patch_size"],
-            width=b["width"],
-            layers=b["layers"],
-            heads=b["heads"],
-            output_dim=b["output_dim"],
-            num_prompt_tokens=b["num_tokens"],
-            deep_prompt_layers=b["total_d_layer"],
-            prompt_dropout=0.0,
-        ),
-        head=HeadConfig(
-            embed_dim=h["embed_dims"],
-            num_layers=h["num_layers"],
-            num_heads=h["num_heads"],
-            ffn_dim=4 * h["embed_dims"],
-            output_size=h["img_size"],
-            dropout=0.0,
-            attn_dropout=0.0,
-        ),
-        class_names=tuple(ref["class_names"]),
-        unseen_classes=tuple(ref["novel_class"]),
-        crop_size=test["crop_size"][0],
-        stride=test["stride"][0],
-    )
+    return golden_segmentor_config(setting)
 
 
 def reference_state_dict() -> dict[str, Tensor]:

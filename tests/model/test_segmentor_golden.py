@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import load_golden
+from conftest import golden_segmentor_config, load_golden
 from otseg import OTSeg
 from otseg.model.checkpoint import convert_reference_state_dict
-from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
+from otseg.model.config import ModelConfig
 from otseg.train.objective import compute_losses
 
 SEG = load_golden("segmentor.pt")
@@ -18,37 +18,8 @@ TOL = {"atol": 1e-5, "rtol": 1e-4}
 SETTINGS = {"inductive": "inductive", "self_training": "transductive"}
 
 
-def tiny_config(setting: str) -> ModelConfig:
-    ref = SEG["config"]["inductive"]
-    b, h, test = ref["backbone"], ref["decode_head"], ref["test_cfg"]
-    return ModelConfig(
-        name="golden-tiny",
-        setting=setting,
-        vision=VisionConfig(
-            image_size=b["input_resolution"],
-            patch_size=b["patch_size"],
-            width=b["width"],
-            layers=b["layers"],
-            heads=b["heads"],
-            output_dim=b["output_dim"],
-            num_prompt_tokens=b["num_tokens"],
-            deep_prompt_layers=b["total_d_layer"],
-            prompt_dropout=0.0,
-        ),
-        head=HeadConfig(
-            embed_dim=h["embed_dims"],
-            num_layers=h["num_layers"],
-            num_heads=h["num_heads"],
-            ffn_dim=4 * h["embed_dims"],
-            output_size=h["img_size"],
-            dropout=0.0,
-            attn_dropout=0.0,
-        ),
-        class_names=tuple(ref["class_names"]),
-        unseen_classes=tuple(ref["novel_class"]),
-        crop_size=test["crop_size"][0],
-        stride=test["stride"][0],
-    )
+def tiny_config(setting: str = "inductive") -> ModelConfig:
+    return golden_segmentor_config(setting)
 
 
 def reference_state_dict() -> dict[str, torch.Tensor]:
