@@ -135,9 +135,7 @@ def make_voc(
     return root
 
 
-def make_context(
-    root: Path, n_train: int = 6, n_val: int = 3, size: tuple[int, int] = (64, 80), seed: int = 1
-) -> Path:
+def make_context(root: Path, n_train: int = 6, n_val: int = 3, size: tuple[int, int] = (64, 80), seed: int = 1) -> Path:
     """PASCAL Context: ROOT/VOCdevkit/VOC2010/{JPEGImages, SegmentationClassContext, ImageSets/SegmentationContext}.
 
     Raw ids: 0 background, classes 1..59 (mode-L PNGs, as mmseg's converter writes). Returns ROOT.
