@@ -474,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_score)
 
+    from otseg.benchmark import add_bench_parser
+
+    add_bench_parser(sub)
+
     p = sub.add_parser("presets", help="list the model presets, or describe one")
     p.add_argument("name", nargs="?", help="a preset to describe")
     p.set_defaults(func=cmd_presets)

@@ -11,7 +11,13 @@ All are plain PyTorch functions/modules, usable outside OTSeg:
 
 from otseg.ops.mps import mps_scores, prompt_pixel_similarity, transport_weighted_scores
 from otseg.ops.mpsa import MultiPromptSinkhornAttention, SoftmaxCrossAttention
-from otseg.ops.sinkhorn import SinkhornInfo, record_sinkhorn_calls, sinkhorn, sinkhorn_potentials
+from otseg.ops.sinkhorn import (
+    SinkhornInfo,
+    record_sinkhorn_calls,
+    sinkhorn,
+    sinkhorn_overrides,
+    sinkhorn_potentials,
+)
 
 __all__ = [
     "MultiPromptSinkhornAttention",
@@ -21,6 +27,7 @@ __all__ = [
     "prompt_pixel_similarity",
     "record_sinkhorn_calls",
     "sinkhorn",
+    "sinkhorn_overrides",
     "sinkhorn_potentials",
     "transport_weighted_scores",
 ]
