@@ -1,0 +1,251 @@
+"""A small CLIP for the demo world: the real CLIP towers at small widths, pretrained contrastively on captions.
+
+The model is `otseg.clip.model.CLIP` (the same vision and text code that loads OpenAI's ViT-B/16), with a 64 px
+image, 8 px patches and widths of 64-128. It is trained from scratch with CLIP's symmetric InfoNCE loss on the
+world's pretraining corpus (`world.pretraining_corpus`): captioned images of **all** classes, unseen included,
+and no masks. Whatever the text tower knows about an unseen class name therefore comes from captions, as it
+does for the real CLIP.
+
+The result is saved as a plain state dict with OpenAI's key names (`visual.conv1.weight`, `token_embedding.weight`,
+`logit_scale`, ...), the format `otseg.clip.loading.read_clip_state_dict` reads, and head counts follow OpenAI's
+width // 64 rule so that `build_model(..., clip=path)` infers the architecture from the file alone. It is cached
+under `<otseg cache>/demo/` keyed by a hash of the world and training settings, and rebuilt on first use.
+
+Determinism: initialisation, batch order and augmentation come from seeded generators, so a rebuild on the same
+machine with the same thread count gives the same weights. Different CPUs or thread counts may round matrix
+products differently; the cache key does not cover that.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from otseg.clip.model import CLIP
+from otseg.demo.world import CLASS_NAMES, WorldConfig, demo_cache_root, iter_split, pretraining_corpus, unseen_ids
+from otseg.model.config import IMAGENET_MEAN, IMAGENET_STD, TextConfig, VisionConfig
+
+__all__ = ["TinyClipConfig", "evaluate_zero_shot", "tiny_clip_path", "train_tiny_clip"]
+
+# Bump when the training code changes what it produces, so that cached checkpoints are rebuilt.
+TINY_CLIP_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TinyClipConfig:
+    """Architecture and pretraining recipe of the demo CLIP."""
+
+    patch_size: int = 8
+    vision_width: int = 128  # heads = width // 64 (OpenAI's rule), so the loader infers them from the file
+    vision_layers: int = 3
+    text_width: int = 64
+    text_layers: int = 3
+    embed_dim: int = 64
+    context_length: int = 77  # stored table size: `compute_class_embeddings` tokenises to 77
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    warmup: int = 40
+    seed: int = 0
+
+    def vision_config(self, image_size: int) -> VisionConfig:
+        return VisionConfig(
+            image_size=image_size,
+            patch_size=self.patch_size,
+            width=self.vision_width,
+            layers=self.vision_layers,
+            heads=max(1, self.vision_width // 64),
+            output_dim=self.embed_dim,
+        )
+
+    def text_config(self) -> TextConfig:
+        return TextConfig(
+            context_length=self.context_length,
+            width=self.text_width,
+            heads=max(1, self.text_width // 64),
+            layers=self.text_layers,
+            output_dim=self.embed_dim,
+        )
+
+    def key(self, world: WorldConfig) -> str:
+        """Hash of the world and of this recipe: the cache key of the trained weights."""
+        spec = {"world": world.key(), "clip": dataclasses.asdict(self), "v": TINY_CLIP_VERSION}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _normalise(images: np.ndarray) -> Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) with the demo models' mean/std (0..255 scale)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _tokenize_all(captions: list[str]) -> Tensor:
+    """Token ids (N, L), L = the longest caption. The text tower is causal and reads the sentence at its
+    end-of-text token, so padding after it changes nothing: training on short rows is exact and cheap."""
+    from otseg.clip.tokenizer import get_tokenizer
+
+    tok = get_tokenizer()
+    ids = [[tok.sot_token_id, *tok.encode(c), tok.eot_token_id] for c in captions]
+    width = max(len(i) for i in ids)
+    out = torch.zeros(len(ids), width, dtype=torch.int64)
+    for row, seq in enumerate(ids):
+        out[row, : len(seq)] = torch.tensor(seq)
+    return out
+
+
+def _lr_at(step: int, cfg: TinyClipConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_tiny_clip(world: WorldConfig, cfg: TinyClipConfig, progress: bool = True) -> tuple[CLIP, dict[str, Any]]:
+    """Pretrain a tiny CLIP on the world's captioned images; returns the model (eval mode) and a summary."""
+    t0 = time.perf_counter()
+    images, captions = pretraining_corpus(world)
+    tokens = _tokenize_all(captions)
+    if tokens.shape[1] > cfg.context_length:
+        raise ValueError(f"a caption needs {tokens.shape[1]} tokens, more than context_length {cfg.context_length}")
+    t_data = time.perf_counter() - t0
+
+    torch.manual_seed(cfg.seed)
+    model = CLIP(cfg.vision_config(world.image_size), cfg.text_config())
+    # Sparse gradients for the 49408-row token table: the captions use a few dozen tokens, and a dense Adam
+    # step over the whole table would cost more than the rest of the model. Unused rows keep their init.
+    model.token_embedding.sparse = True
+    dense = [p for n, p in model.named_parameters() if n != "token_embedding.weight"]
+    decay = [p for p in dense if p.dim() >= 2]
+    no_decay = [p for p in dense if p.dim() < 2]  # biases, norms, logit_scale, class token
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    opt_emb = torch.optim.SparseAdam([model.token_embedding.weight], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(captions)
+    order, cursor = torch.randperm(n, generator=gen), 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="tiny CLIP pretraining", dynamic_ncols=True)
+    model.train()
+    labels = torch.arange(cfg.batch_size)
+    losses: list[float] = []
+    for step in range(cfg.steps):
+        if cursor + cfg.batch_size > n:  # a new epoch: a fresh permutation
+            order, cursor = torch.randperm(n, generator=gen), 0
+        idx = order[cursor : cursor + cfg.batch_size]
+        cursor += cfg.batch_size
+        x = _normalise(images[idx.numpy()])
+        flip = torch.rand(len(idx), generator=gen) < 0.5  # captions do not say left or right
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        tok = tokens[idx]
+        tok = tok[:, : int((tok != 0).sum(1).max())]  # trim the batch's common padding
+        lr = _lr_at(step, cfg)
+        for group in (*opt.param_groups, *opt_emb.param_groups):
+            group["lr"] = lr
+        logits_img, logits_txt = model(x, tok)
+        loss = 0.5 * (F.cross_entropy(logits_img, labels[: len(idx)]) + F.cross_entropy(logits_txt, labels[: len(idx)]))
+        opt.zero_grad(set_to_none=True)
+        opt_emb.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        opt_emb.step()
+        with torch.no_grad():  # CLIP's clamp: a temperature below 0.01 makes training unstable
+            model.logit_scale.clamp_(0, math.log(100))
+        losses.append(float(loss.detach()))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    if bar is not None:
+        bar.close()
+    model.token_embedding.sparse = False
+    model.eval()
+    info = {
+        "config": dataclasses.asdict(cfg),
+        "world_key": world.key(),
+        "pretraining_images": n,
+        "seconds_data": round(t_data, 2),
+        "seconds_total": round(time.perf_counter() - t0, 2),
+        "loss_first_20": round(float(np.mean(losses[:20])), 4),
+        "loss_last_20": round(float(np.mean(losses[-20:])), 4),
+    }
+    return model, info
+
+
+@torch.no_grad()
+def evaluate_zero_shot(model: CLIP, world: WorldConfig, num_images: int = 400) -> dict[str, float]:
+    """CLIP-style zero-shot classification of single objects (crops of val images), seen vs unseen classes.
+
+    A diagnostic of what the text tower knows: every visible object of the first val images is cut out on a
+    neutral background and classified against "a photo of a {class} shape." for all 16 classes.
+    """
+    from otseg.clip.tokenizer import tokenize
+
+    text = F.normalize(model.encode_text(tokenize([f"a photo of a {c} shape." for c in CLASS_NAMES])), dim=-1)
+    crops, targets = [], []
+    for i, (_, image, label, _, _) in enumerate(iter_split(world, "val")):
+        if i >= num_images:
+            break
+        for c in np.unique(label):
+            if c == 255:
+                continue
+            crop = np.full_like(image, 128)
+            crop[label == c] = image[label == c]
+            crops.append(crop)
+            targets.append(int(c))
+    feats = F.normalize(model.encode_image(_normalise(np.stack(crops))), dim=-1)
+    pred = (feats @ text.t()).argmax(1).numpy()
+    targets_arr = np.asarray(targets)
+    unseen = np.isin(targets_arr, unseen_ids())
+    correct = pred == targets_arr
+    return {
+        "accuracy_seen": round(100 * float(correct[~unseen].mean()), 2),
+        "accuracy_unseen": round(100 * float(correct[unseen].mean()), 2),
+        "objects": len(targets),
+    }
+
+
+def tiny_clip_path(
+    world: WorldConfig,
+    cfg: TinyClipConfig | None = None,
+    cache: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Path:
+    """Path of the tiny CLIP checkpoint for `world`, pretrained and cached on first use.
+
+    Beside it, `<name>.json` records the recipe, the pretraining loss and time and the zero-shot accuracy.
+    """
+    from otseg.utils import atomic_torch_save, atomic_write_text
+
+    cfg = cfg or TinyClipConfig()
+    base = Path(cache) if cache is not None else demo_cache_root()
+    path = base / f"tiny-clip-{cfg.key(world)}.pt"
+    if path.is_file():
+        return path
+    model, info = train_tiny_clip(world, cfg, progress=progress)
+    info["zero_shot"] = evaluate_zero_shot(model, world)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
+    atomic_torch_save(state, path)  # last: its presence means the whole entry is complete
+    return path
