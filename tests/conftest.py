@@ -63,3 +63,28 @@ def golden_segmentor_config(setting: str = "inductive"):
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the text-embedding cache of every test out of the user's home."""
     monkeypatch.setenv("OTSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "otseg-cache"))
+
+
+def make_tiny_model(seed: int = 0, with_text: bool = True, setting: str = "inductive"):
+    """A random-weight OTSeg of the golden tiny architecture (fast), with a random tiny CLIP text tower so that
+    `set_classes` works, and its configured classes set. Predictions are meaningless; shapes and plumbing are real.
+    """
+    import dataclasses
+
+    from otseg.clip.text import TextEncoder
+    from otseg.model.config import TextConfig
+    from otseg.model.segmentor import OTSeg
+
+    base = golden_segmentor_config(setting)
+    cfg = dataclasses.replace(
+        base,
+        text=TextConfig(width=32, heads=2, layers=1, output_dim=base.head.embed_dim),
+        templates=("a photo of a {}.", "a picture of a {}."),
+        test_short_side=base.crop_size,
+    )
+    torch.manual_seed(seed)
+    model = OTSeg(cfg)
+    if with_text:
+        model.attach_text_encoder(TextEncoder(cfg.text))
+        model.set_classes(cfg.class_names)
+    return model.eval()

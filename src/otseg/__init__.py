@@ -6,6 +6,7 @@ from otseg.model.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings, load_class_embeddings
+from otseg.predictor import Prediction, Predictor
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,8 @@ __all__ = [
     "HeadConfig",
     "ModelConfig",
     "OTSeg",
+    "Prediction",
+    "Predictor",
     "TextConfig",
     "VisionConfig",
     "build_model",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -219,7 +218,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if key not in fields:
             raise ValueError(f"unknown training setting train.{key}; valid: {sorted(fields)}")
         setattr(tcfg, key, _coerce(value, getattr(tcfg, key), f"train.{key}"))
-    for name in ("max_iters", "batch_size", "amp", "seed", "num_workers", "eval_interval", "init_from", "device"):
+    for name in (
+        "max_iters", "batch_size", "amp", "seed", "num_workers", "eval_interval", "init_from", "device", "bad_samples",
+    ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             setattr(tcfg, name, value)
@@ -282,6 +283,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data_cfg = data_config_for(model.config)
         name = _dataset_name(args, model.config)
         val_set = build_dataset(name, args.data_root, "val", TestTransform(data_cfg))
+        if model.num_classes != val_set.num_classes:
+            raise ValueError(
+                f"the model from {args.checkpoint} scores {model.num_classes} classes but the {name} dataset has "
+                f"{val_set.num_classes}: give --embeddings with one row per dataset class, or --clip to embed the "
+                "dataset's class names"
+            )
         metrics = evaluate(
             model, val_set, dist_info=dist_info, limit=args.limit, save_predictions=args.save_predictions
         )
@@ -314,81 +321,58 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------ demo
-def _synthetic_image(height: int, width: int, seed: int):
-    """A generated RGB picture (sky, ground, a few shapes) as a uint8 numpy array (H, W, 3)."""
-    import numpy as np
+# ------------------------------------------------------------------------------------------------ segment
+def _predictor_from_args(args: argparse.Namespace):
+    from otseg.predictor import Predictor
 
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.zeros((height, width, 3), np.float32)
-    horizon = height * 0.55
-    sky = y < horizon
-    img[sky] = np.stack([90 + 60 * y / horizon, 140 + 60 * y / horizon, 235 - 20 * y / horizon], -1)[sky]
-    img[~sky] = np.array([70, 130, 60]) + rng.normal(0, 12, (int((~sky).sum()), 3))
-    for _ in range(4):
-        cy, cx = rng.uniform(0.3, 0.9) * height, rng.uniform(0.1, 0.9) * width
-        r = rng.uniform(0.06, 0.15) * min(height, width)
-        mask = (y - cy) ** 2 + (x - cx) ** 2 < r**2
-        img[mask] = rng.uniform(20, 235, 3)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    if args.checkpoint:
+        return Predictor.from_pretrained(
+            args.checkpoint,
+            device=args.device or "cpu",
+            clip=args.clip,
+            preset=args.preset,
+            allow_pickle=args.allow_pickle,
+            progress=not args.no_progress,
+        )
+    if args.clip:
+        raise ValueError("--clip goes with --checkpoint (the demo model has its own text tower)")
+    return Predictor.from_pretrained(args.model, device=args.device or "cpu", progress=not args.no_progress)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
+def cmd_segment(args: argparse.Namespace) -> int:
+    from otseg.segment import parse_class_list, segment_images
 
-    import otseg
-    from otseg.ops import record_sinkhorn_calls
-    from otseg.viz import label_map_panel
-
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    print(
-        "otseg demo: runs the full OTSeg pipeline (VPT CLIP ViT-B/16, MPS path, MPSA decoder, OTSeg+ ensemble,\n"
-        "sliding window) on a GENERATED image with RANDOM weights and random class embeddings: no CLIP weights\n"
-        "or datasets can be downloaded here, so the labels below are meaningless. It shows that the model runs\n"
-        "end to end and what it costs. With real weights: otseg convert / build_model(..., clip=...)."
-    )
-    t0 = time.perf_counter()
-    model = otseg.build_model(args.preset, **_parse_overrides(args.set)).eval()
-    cfg = model.config
-    k, n, d = cfg.num_classes, cfg.num_prompts, cfg.head.embed_dim
-    model.set_class_embeddings(torch.nn.functional.normalize(torch.randn(k, n, d), dim=-1))
-    print(
-        f"built {args.preset} in {time.perf_counter() - t0:.1f}s: {model.num_parameters():,} parameters, "
-        f"{model.num_parameters(trainable_only=True):,} trainable; {k} classes x {n} prompts"
-    )
-
-    h, w = args.height, args.width
-    rgb = _synthetic_image(h, w, args.seed)
-    mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
-    std = torch.tensor(cfg.std).view(1, 3, 1, 1)
-    images = (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() - mean) / std
-    t0 = time.perf_counter()
-    with record_sinkhorn_calls() as calls:
-        scores = model.predict_scores(images)
-    elapsed = time.perf_counter() - t0
-    labels = scores.argmax(dim=1)[0].numpy().astype(np.uint8)
-    crops = len(calls) // max(1, (cfg.head.num_layers + int(cfg.head.use_mps)))
-    print(
-        f"predicted a {h}x{w} image in {elapsed:.1f}s ({crops} sliding-window crop(s) of {cfg.crop_size}, "
-        f"stride {cfg.stride}); scores {tuple(scores.shape)}"
-    )
-    print(f"Sinkhorn calls: {len(calls)}, iterations per call: {[c.iterations for c in calls]}")
-    present, counts = np.unique(labels, return_counts=True)
-    top = sorted(zip(counts, present, strict=True), reverse=True)[:5]
-    print(
-        "largest predicted classes: "
-        + ", ".join(f"{model.class_names[c]} {100 * n / labels.size:.1f}%" for n, c in top)
-    )
-    Image.fromarray(rgb).save(out_dir / "image.png")
-    label_map_panel(rgb, labels, model.class_names).save(out_dir / "prediction.png")
-    print(f"wrote {out_dir / 'image.png'} and {out_dir / 'prediction.png'} (image | label map, with a legend)")
+    names = parse_class_list(args.classes) if args.classes else None
+    predictor = _predictor_from_args(args)
+    if names is None:
+        print(f"classes (the model's own, --classes to change): {', '.join(predictor.default_class_names)}")
+    summary = segment_images(predictor, args.images, args.out, class_names=names, progress=not args.no_progress)
+    done, failed = len(summary["images"]), len(summary["failed"])
+    print(f"wrote label maps, overlays and class fractions of {done} image(s) to {args.out} (summary.json)")
+    if failed:
+        print(f"otseg segment: {failed} image(s) could not be read (listed above and in summary.json)", file=sys.stderr)
+        return 1
     return 0
+
+
+def cmd_classes(args: argparse.Namespace) -> int:
+    from otseg.predictor import default_class_names
+
+    for name in default_class_names(args.model, preset=args.preset):
+        print(name)
+    return 0
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="demo", help="a built-in model: 'demo' (default; trained on first use)")
+    p.add_argument(
+        "--checkpoint", help="instead of --model: an otseg folder, an iter_N.pt from otseg train, or a reference .pth"
+    )
+    p.add_argument("--clip", help="OpenAI CLIP weights (ViT-B-16.pt) for the text tower, to name any class")
+    p.add_argument("--preset", help="the preset a reference .pth was trained with (e.g. voc12-inductive)")
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--allow-pickle", action="store_true", help="load old pickled checkpoints (trusted files only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -399,14 +383,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run the full model on a generated image (random weights) and save a picture")
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--preset", default="voc12-inductive", help="model preset (default: voc12-inductive)")
-    p.add_argument("--height", type=int, default=512, help="generated image height (default: 512)")
-    p.add_argument("--width", type=int, default=683, help="generated image width (default: 683)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. head.use_mps=false")
-    p.set_defaults(func=cmd_demo)
+    from otseg.demo.run import add_demo_parser
+
+    add_demo_parser(sub)
+
+    p = sub.add_parser(
+        "segment",
+        help="segment your images with your class names: label maps, overlays with a legend, class fractions",
+        description="Segment images (files or folders) with any class names. Writes, per image, <stem>_labels.png "
+        "(palette PNG: pixel value = class index), <stem>_overlay.png (colours over the image, with a legend) and "
+        "<stem>.json (class fractions), plus summary.json. Unreadable images are reported and skipped.",
+    )
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--classes", help="comma-separated names, e.g. 'cat,sofa,wall', or a .txt file with one per line "
+                   "(default: the model's own classes: otseg classes)")  # fmt: skip
+    p.add_argument("--out", default="runs/segment", help="output folder (default: runs/segment)")
+    _add_model_arguments(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("classes", help="list a model's default class names (what segment uses without --classes)")
+    p.add_argument("--model", default="demo", help="'demo', a preset name, or a model file/folder (default: demo)")
+    p.add_argument("--preset", help="the preset a reference .pth was trained with")
+    p.set_defaults(func=cmd_classes)
 
     p = sub.add_parser(
         "train",
@@ -434,6 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
     p.add_argument("--random-init", action="store_true", help="allow training without CLIP weights (smoke tests)")
+    p.add_argument(
+        "--bad-samples",
+        dest="bad_samples",
+        choices=["stop", "skip"],
+        help="an unreadable/corrupt image or label, out-of-range label or size mismatch: stop training with a "
+        "message naming the file (default), or skip the sample (counted, logged to metrics.jsonl)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -475,8 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     from otseg.benchmark import add_bench_parser
+    from otseg.export import add_export_parser
+    from otseg.web import add_serve_parser
 
     add_bench_parser(sub)
+    add_export_parser(sub)
+    add_serve_parser(sub)
 
     p = sub.add_parser("presets", help="list the model presets, or describe one")
     p.add_argument("name", nargs="?", help="a preset to describe")
@@ -504,15 +513,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """An error's message on one line (KeyError's without the quotes repr adds).
+
+    Library messages sometimes span lines; an exception re-raised from a DataLoader worker carries the
+    worker's whole traceback, whose last line is the original error.
+    """
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
+    if "Original Traceback" in message and lines:
+        return lines[-1]
+    return " ".join(lines) or type(error).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `otseg` command line; expected errors become `otseg COMMAND: error: MESSAGE` and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    # Bad input of any kind raises one of these with a message naming the file or setting: OSError covers
+    # unreadable files (FileNotFoundError, PIL's UnidentifiedImageError), ValueError bad values, corrupt
+    # checkpoints and bad training samples (otseg.train.trainer.BadSampleError), FloatingPointError a
+    # non-finite loss. OTSEG_DEBUG=1 shows the traceback instead.
     except (ValueError, KeyError, FileNotFoundError, RuntimeError, OSError, FloatingPointError) as e:
-        if os.environ.get("OTSEG_DEBUG"):
+        if os.environ.get("OTSEG_DEBUG", "") not in ("", "0"):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"otseg {args.command}: error: {message}", file=sys.stderr)
+        print(f"otseg {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"otseg {args.command}: interrupted", file=sys.stderr)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text"]
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "is_atomic_temp_file"]
 
 
 @contextlib.contextmanager
@@ -22,13 +22,45 @@ def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates the file 0600; give the result the permissions a plain open() would (0666 minus umask).
+    os.chmod(tmp_path, 0o666 & ~_umask())
     try:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
     finally:
+        # After a failure (or an exception in the writer) the partial temp file goes; a process killed
+        # mid-write leaves it behind, but under a name (".NAME.XXXX.tmp") no reader takes for the real file.
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a power cut right after os.replace could otherwise undo it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def is_atomic_temp_file(name: str, target_name: str | None = None) -> bool:
+    """Whether `name` is a temp file left by an interrupted atomic write (of `target_name`, if given)."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    return target_name is None or name.startswith(f".{target_name}.")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
@@ -39,8 +71,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """`torch.save(obj, path)` through a temp file: `path` is either the old file or the complete new one."""
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

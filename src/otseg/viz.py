@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["colorize", "label_map_panel", "overlay", "palette"]
+__all__ = ["colorize", "label_map_panel", "overlay", "overlay_with_legend", "palette", "palette_label_image"]
 
 IGNORE_COLOR = (0, 0, 0)
 
@@ -82,3 +82,42 @@ def label_map_panel(
             draw.text((i * w + 4, 2), titles[i], fill="black", font=ImageFont.load_default())
     canvas.paste(legend, (w * len(panels), caption))
     return canvas
+
+
+def overlay_with_legend(
+    image: np.ndarray, labels: np.ndarray, class_names: Sequence[str], alpha: float = 0.5, legend: bool = True
+) -> Image.Image:
+    """The colour label map blended over `image` (H, W, 3) uint8, with a legend of the classes present at its right.
+
+    Small images are enlarged (nearest neighbour) so that the legend text stays readable beside them.
+    """
+    k = len(class_names)
+    picture = Image.fromarray(overlay(image, labels, k, alpha=alpha))
+    if not legend:
+        return picture
+    scale = max(1, -(-128 // max(min(image.shape[:2]), 1)))  # at least 128 px on the short side
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    present = sorted(int(v) for v in np.unique(labels) if v < k)
+    key = _legend(class_names, present, picture.height, k)
+    canvas = Image.new("RGB", (picture.width + key.width, max(picture.height, key.height)), "white")
+    canvas.paste(picture, (0, 0))
+    canvas.paste(key, (picture.width, 0))
+    return canvas
+
+
+def palette_label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+    """A label map (H, W) as a palette ("P" mode) PNG-ready image: pixel value = class index (255 = ignore).
+
+    Label tools read the indices; image viewers show the `palette` colours.
+    """
+    if labels.size and (labels.min() < 0 or labels.max() > 255):
+        raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a palette image (0..255)")
+    if num_classes > 255:
+        raise ValueError(f"{num_classes} classes do not fit a palette image (at most 255); save the array instead")
+    img = Image.fromarray(labels.astype(np.uint8))  # "L"; putpalette below makes it "P"
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:num_classes] = palette(num_classes)
+    lut[255] = IGNORE_COLOR
+    img.putpalette(lut.ravel().tolist())
+    return img

@@ -52,3 +52,28 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     with Image.open(panels[0]) as im:
         assert im.width > 5 * 64 * 4  # image, ground truth and three or four predictions, then the legend
     assert len(info["classes"]) == len(CLASS_NAMES)
+
+
+def test_demo_model_for_the_predictor(tmp_path, capsys):
+    """The "demo" model: built on first use (here at quick sizes), then cached; a Predictor segments with it."""
+    import numpy as np
+
+    from otseg import Predictor
+    from otseg.demo.pretrained import demo_model_dir
+    from otseg.demo.run import DemoSettings
+
+    settings = DemoSettings.quick(seed=2)
+    path = demo_model_dir(settings=settings, cache=tmp_path, progress=False)
+    assert "building the demo model" in capsys.readouterr().out
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert demo_model_dir(settings=settings, cache=tmp_path, progress=False) == path  # cached: no rebuild
+    assert "building" not in capsys.readouterr().out
+
+    predictor = Predictor.from_pretrained(path)
+    assert predictor.default_class_names == list(CLASS_NAMES)
+    assert predictor.model.config.head.ensemble_weight == 0.5  # OTSeg+
+    image = np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)
+    result = predictor.predict(image, ["red striped", "a brand new name"])
+    assert result.labels.shape == (80, 100) and result.scores.shape == (2, 80, 100)
+    # Names are matched to the training split: "red striped" is a seen class, the new name is not.
+    assert predictor.model.seen_mask.tolist() == [True, False]

@@ -117,6 +117,22 @@ _CUSTOM_HINT = (
 
 # ---- file reading ----------------------------------------------------------------------------------------
 
+# What PIL raises for a file it cannot decode: OSError (truncated, broken data; UnidentifiedImageError is one),
+# SyntaxError (some malformed headers), ValueError, and DecompressionBombError (an absurd pixel count, not an
+# OSError).
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    """`exc`'s message on one line (decoder messages occasionally span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
 
 def read_image(path: str | Path) -> np.ndarray:
     """Decode an image file to a uint8 `(H, W, 3)` RGB array (EXIF orientation applied, as OpenCV's imread).
@@ -128,13 +144,16 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         with Image.open(path) as im:
+            # Decode every byte here, inside the try: PIL opens lazily, and a truncated file would otherwise
+            # fail later (or, with ImageFile.LOAD_TRUNCATED_IMAGES, never) without naming the file.
+            im.load()
             im = ImageOps.exif_transpose(im)
             rgb = im.convert("RGB")
             return np.asarray(rgb, dtype=np.uint8)
     except FileNotFoundError:
         raise FileNotFoundError(f"image file {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
-        raise OSError(f"cannot read image {path}: {exc} (corrupt, truncated or unreadable file)") from exc
+    except _DECODE_ERRORS as exc:
+        raise OSError(f"cannot read image {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from exc
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -160,8 +179,8 @@ def read_label(path: str | Path) -> np.ndarray:
                 return np.array(im).astype(np.int64)
     except FileNotFoundError:
         raise FileNotFoundError(f"label file {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as exc:
-        raise OSError(f"cannot read label {path}: {exc} (corrupt, truncated or unreadable file)") from exc
+    except _DECODE_ERRORS as exc:
+        raise OSError(f"cannot read label {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from exc
     raise ValueError(
         f"label {path} is a mode-{mode} image; expected a single-channel index map (PNG mode L or P) holding "
         "class ids, not a colour-coded mask"

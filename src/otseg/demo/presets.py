@@ -100,9 +100,7 @@ def demo_model_config(
         dataset="custom",
         class_names=CLASS_NAMES,
         unseen_classes=() if setting == "fully" else unseen_ids(),
-        # A registered set with the same number of prompts: the model sizes its embedding buffer from it. The
-        # prompts actually used are `demo_templates(method)`, passed to `set_classes`.
-        templates="templates_1" if zeg else "templates_6",
+        templates=demo_templates(method),  # saved with the model, so set_classes() later uses the same prompts
         reference_embeddings=None,
         test_mode="slide",
         crop_size=world.image_size,
@@ -140,9 +138,9 @@ def demo_data_config(model_cfg: ModelConfig) -> DataConfig:
 class DemoRecipe:
     """Training lengths of the demo (one recipe for every method)."""
 
-    iters: int = 700  # inductive and fully supervised; transductive runs half, from the inductive weights
+    iters: int = 1800  # inductive and fully supervised; transductive runs half, from the inductive weights
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 2e-3
     warmup_iters: int = 50
 
 

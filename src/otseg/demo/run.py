@@ -29,11 +29,11 @@ from otseg.demo.presets import (
     DemoRecipe,
     demo_data_config,
     demo_model_config,
-    demo_templates,
     demo_train_config,
     training_arch,
     transductive_init_step,
 )
+from otseg.demo.pretrained import save_demo_model
 from otseg.demo.tiny_clip import TinyClipConfig, tiny_clip_path
 from otseg.demo.world import CLASS_NAMES, WorldConfig, seen_ids, unseen_ids, world_dir
 
@@ -205,6 +205,51 @@ def _write_panels(
 # ---- the run ----------------------------------------------------------------------------------------------
 
 
+def demo_datasets(cfg: DemoSettings, root: Path) -> tuple[Any, Any]:
+    """The world's training set (the demo augmentation) and test set, through the regular custom-layout loader."""
+    from otseg.data.datasets import build_custom
+    from otseg.data.transforms import TestTransform, TrainTransform
+
+    data_cfg = demo_data_config(demo_model_config("otseg", "inductive", cfg.world, cfg.clip))
+    train_set = build_custom(root, "train", TrainTransform(data_cfg), seed=cfg.world.seed)
+    val_set = build_custom(root, "val", TestTransform(data_cfg))
+    return train_set, val_set
+
+
+def train_demo_model(
+    cfg: DemoSettings,
+    method: str,
+    setting: str,
+    clip_state: dict[str, torch.Tensor],
+    train_set: Any,
+    work: Path,
+    init_from: str | None = None,
+    progress: bool = True,
+    label: str = "",
+) -> Any:
+    """Build one demo model from the tiny CLIP and train it with the regular `Trainer` in `work` (fresh).
+
+    Returns the trained `OTSeg` (its text tower attached, classes set to the world's 16).
+    """
+    from otseg.model.build import load_clip_into
+    from otseg.model.segmentor import OTSeg
+    from otseg.train.trainer import Trainer
+
+    model_cfg = demo_model_config(method, setting, cfg.world, cfg.clip)  # type: ignore[arg-type]
+    torch.manual_seed(cfg.world.seed)  # the head and prompt initialisation
+    model = OTSeg(model_cfg)
+    load_clip_into(model, clip_state)
+    model.set_classes(CLASS_NAMES)
+    train_cfg = demo_train_config(setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)  # type: ignore[arg-type]
+    shutil.rmtree(work, ignore_errors=True)  # a fresh run, never a silent resume of an older one
+    start = f"from the inductive {Path(init_from).stem}" if init_from else "from the CLIP weights"
+    arch = training_arch(method)
+    print(f"{label + ' ' if label else ''}train {arch} {setting}: {train_cfg.max_iters} iterations {start}", flush=True)
+    with _quiet_tqdm(progress):
+        Trainer(model, train_set, train_cfg, work).train()
+    return model
+
+
 def run_demo(
     out_dir: str | Path,
     seed: int = 0,
@@ -222,12 +267,8 @@ def run_demo(
         progress: progress bars (stage messages are printed either way).
         settings: explicit sizes (overrides `seed` and `quick`).
     """
-    from otseg.data.datasets import build_custom
-    from otseg.data.transforms import TestTransform, TrainTransform
     from otseg.eval.evaluate import evaluate
-    from otseg.model.build import load_clip_into
     from otseg.model.segmentor import OTSeg
-    from otseg.train.trainer import Trainer
 
     t_start = time.perf_counter()
     cfg = settings or (DemoSettings.quick(seed) if quick else DemoSettings.full(seed))
@@ -262,9 +303,7 @@ def run_demo(
     from otseg.clip.loading import read_clip_state_dict
 
     clip_sd = read_clip_state_dict(clip_file)
-    data_cfg = demo_data_config(demo_model_config("otseg", "inductive", cfg.world, cfg.clip))
-    train_set = build_custom(root, "train", TrainTransform(data_cfg), seed=seed)
-    val_set = build_custom(root, "val", TestTransform(data_cfg))
+    train_set, val_set = demo_datasets(cfg, root)
     panel_ids = _panel_indices(val_set, min(NUM_PANELS, len(val_set)))
 
     results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -289,28 +328,23 @@ def run_demo(
     runs = [(arch, setting) for arch in ("zegclip", "otseg") for setting in SETTINGS]
     for n, (arch, setting) in enumerate(runs, 1):
         methods = [m for m in METHODS if training_arch(m) == arch]
-        model_cfg = demo_model_config(methods[-1], setting, cfg.world, cfg.clip)
-        torch.manual_seed(seed)  # the head and prompt initialisation
-        model = OTSeg(model_cfg)
-        load_clip_into(model, clip_sd)
-        model.set_classes(CLASS_NAMES, templates=demo_templates(arch))
         init_from = str(ckpts[(arch, "inductive")]) if setting == "transductive" else None
-        train_cfg = demo_train_config(setting, cfg.recipe, seed=seed, init_from=init_from)
-        work = out / "runs" / f"{arch}-{setting}"
-        shutil.rmtree(work, ignore_errors=True)  # a fresh run, never a silent resume of an older one
-        start = f"from the inductive {Path(init_from).stem}" if init_from else "from the CLIP weights"
-        print(f"[{n}/{len(runs)}] train {arch} {setting}: {train_cfg.max_iters} iterations {start}", flush=True)
         t0 = time.perf_counter()
-        with _quiet_tqdm(progress):
-            trainer = Trainer(model, train_set, train_cfg, work)
-            trainer.train()
+        model = train_demo_model(
+            cfg, methods[-1], setting, clip_sd, train_set, out / "runs" / f"{arch}-{setting}", init_from, progress,
+            label=f"[{n}/{len(runs)}]",
+        )  # fmt: skip
         stage(f"train {arch} {setting}", t0)
+        work = out / "runs" / f"{arch}-{setting}"
         if setting == "inductive":
             ckpts[(arch, setting)] = work / f"iter_{transductive_init_step(cfg.recipe)}.pt"
         for method in methods:
             model.head.cfg.ensemble_weight = 0.5 if method == "otseg+" else 1.0
             score(model, method, setting)
         if arch == "otseg" and setting == "inductive":
+            # The model behind Predictor.from_pretrained("demo") / `otseg segment --model demo` (OTSeg+ inductive).
+            model.head.cfg.ensemble_weight = 0.5
+            save_demo_model(model, cfg)
             # The control: OTSeg+ with the unseen classes' text replaced by random unit vectors, which carry no
             # knowledge of those classes; the seen classes and the seen-class bias are unchanged.
             model.head.cfg.ensemble_weight = 0.5
@@ -376,7 +410,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="run the miniature zero-shot benchmark end to end on the CPU (no downloads)",
         description="Generate a miniature zero-shot segmentation world, pretrain a tiny CLIP on its captions, train "
         "ZegCLIP-style and OTSeg models (inductive, transductive, fully supervised), evaluate them and a control, "
-        "print the table and write results.json and pictures. About 10 minutes on 2 CPU cores; the world and the "
+        "print the table and write results.json and pictures. About 12 minutes on 2 CPU cores; the world and the "
         "tiny CLIP are cached for later runs.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")

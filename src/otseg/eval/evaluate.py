@@ -56,23 +56,26 @@ def evaluate(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
-    for i in indices:
-        sample = dataset[i]
-        label = sample["label"].to(d.device)
-        scores = model.predict_scores(sample["image"][None].to(d.device))
-        if scores.shape[-2:] != label.shape[-2:]:
-            scores = F.interpolate(scores, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False)
-        pred = scores.argmax(dim=1)[0]
-        cm.update(pred, label, source=str(sample.get("path", i)))
-        if out_dir is not None:
-            from PIL import Image
+    try:
+        for i in indices:
+            # A corrupt or inconsistent file raises here (OSError / ValueError naming it, from otseg.data).
+            sample = dataset[i]
+            label = sample["label"].to(d.device)
+            scores = model.predict_scores(sample["image"][None].to(d.device))
+            if scores.shape[-2:] != label.shape[-2:]:
+                scores = F.interpolate(scores, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False)
+            pred = scores.argmax(dim=1)[0]
+            cm.update(pred, label, source=str(sample.get("path", i)))
+            if out_dir is not None:
+                from PIL import Image
 
-            stem = Path(str(sample.get("path", f"{i:06d}"))).stem
-            Image.fromarray(pred.cpu().numpy().astype(np.uint8)).save(out_dir / f"{stem}.png")
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+                stem = Path(str(sample.get("path", f"{i:06d}"))).stem
+                Image.fromarray(pred.cpu().numpy().astype(np.uint8)).save(out_dir / f"{stem}.png")
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:  # also on an error: its message then starts on a line of its own
+            bar.close()
     cm.all_reduce()
     # The split follows the model's current classes (set_classes may have replaced the preset's).
     seen_mask = model.seen_mask.cpu()

@@ -21,10 +21,12 @@ from otseg.model.config import ModelConfig
 
 __all__ = [
     "ConversionReport",
+    "check_state_dict_fits",
     "load_pretrained",
     "load_reference_checkpoint",
     "map_reference_key",
     "read_reference_state_dict",
+    "safe_torch_load",
     "save_pretrained",
 ]
 
@@ -141,26 +143,105 @@ class ConversionReport:
         return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- safe reading
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def safe_torch_load(
+    path: str | os.PathLike, what: str = "checkpoint", allow_pickle: bool = False, pickle_hint: str | None = None
+) -> Any:
+    """`torch.load(path, weights_only=not allow_pickle)` on the CPU, with one-line errors naming the file.
+
+    Args:
+        what: the kind of file, for messages ("checkpoint", "reference checkpoint", ...).
+        allow_pickle: unpickle arbitrary objects (only for trusted files: unpickling can run code).
+        pickle_hint: what to tell the user when safe loading refuses pickled objects; default: pass --allow-pickle.
+
+    Raises:
+        FileNotFoundError: `path` is not a file.
+        ValueError: the file holds pickled objects that weights_only loading refuses, or it cannot be read
+            (truncated, corrupt, not a torch file).
+    """
+    import pickle
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if allow_pickle or "Weights only load failed" not in text:
+            raise ValueError(f"cannot read {what} {p}: {_first_sentence(text)}; the file may be corrupt") from e
+        found = _UNSAFE_GLOBAL.search(text)
+        objects = f" (e.g. {found.group(1)})" if found else ""
+        hint = pickle_hint or (
+            "if the file comes from a source you trust, retry with --allow-pickle (allow_pickle=True in Python); "
+            "unpickling can run arbitrary code"
+        )
+        raise ValueError(
+            f"{what} {p} holds pickled Python objects{objects} that safe loading (torch.load with "
+            f"weights_only=True) refuses: {hint}"
+        ) from e
+    except Exception as e:  # torch raises RuntimeError / EOFError / OSError / ... for truncated or foreign files
+        raise ValueError(
+            f"cannot read {what} {p} ({type(e).__name__}: {_first_sentence(str(e))}); the file is truncated, "
+            "corrupt or not a PyTorch file (an interrupted copy or download?)"
+        ) from e
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of a (possibly long, multi-line) library message, on one line."""
+    flat = " ".join(text.split())
+    cut = flat.find(". ")
+    return (flat[:cut] if 0 < cut < 300 else flat[:300]) or "no message"
+
+
+def check_state_dict_fits(
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    source: str,
+    ignore_missing: tuple[str, ...] = ("text_encoder.",),
+    fix: str = "is it a checkpoint of another preset or model size? build the model from the config it was saved "
+    "with (otseg presets lists them; --set overrides must match the training run)",
+) -> None:
+    """Raise a one-line ValueError naming `source` if `state` does not fit `model` key for key and shape for shape.
+
+    Keys starting with one of `ignore_missing` may be absent (e.g. the frozen text tower is never saved).
+    Checked before `load_state_dict`, whose own size-mismatch error is a multi-line RuntimeError.
+    """
+    ours = model.state_dict()
+    missing = [k for k in ours if k not in state and not k.startswith(ignore_missing)]
+    unexpected = [k for k in state if k not in ours]
+    shapes = [
+        f"{k} {tuple(v.shape)} vs the model's {tuple(ours[k].shape)}"
+        for k, v in state.items()
+        if k in ours and isinstance(v, Tensor) and v.shape != ours[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) {missing[:5]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:3])}")
+    if problems:
+        raise ValueError(f"{source} does not fit this model: {', '.join(problems)}; {fix}")
+
+
 def read_reference_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[dict[str, Tensor], dict]:
     """Read a reference (mmcv) checkpoint: returns (state_dict, meta).
 
     Loaded with `weights_only=True` unless `allow_pickle` (only for files you trust: pickle runs code).
     """
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"reference checkpoint {p} does not exist")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as e:
-        hint = (
-            ""
-            if allow_pickle
-            else (
-                " If this is a genuine OTSeg release file from a source you trust, retry with allow_pickle=True "
-                "(CLI: --allow-pickle); it holds objects that weights_only loading refuses."
-            )
-        )
-        raise ValueError(f"cannot read reference checkpoint {p}: {type(e).__name__}: {e}.{hint}") from e
+    ckpt = safe_torch_load(
+        p,
+        "reference checkpoint",
+        allow_pickle,
+        pickle_hint="if this is a genuine OTSeg release file from a source you trust, retry with allow_pickle=True "
+        "(CLI: --allow-pickle); unpickling can run arbitrary code",
+    )
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         state_dict, meta = ckpt["state_dict"], ckpt.get("meta") or {}
     elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
@@ -320,20 +401,31 @@ def load_pretrained(
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise ValueError(f"{cfg_path}: {message}") from e
     model = OTSeg(config)
-    tensors = load_file(str(weights_path))
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as e:  # safetensors' own error type for a truncated or foreign file
+        raise ValueError(
+            f"cannot read {weights_path} ({type(e).__name__}: {_first_sentence(str(e))}); the file is truncated "
+            "or corrupt: copy it again or re-run save_pretrained / otseg convert"
+        ) from e
     if meta.get("has_text_encoder"):
         from otseg.clip.text import TextEncoder
 
         model.attach_text_encoder(TextEncoder(config.text))
     emb = tensors.pop("class_embeddings", None)
     seen = tensors.pop("seen_mask", None)
-    result = model.load_state_dict(tensors, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{weights_path} does not match its config: missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}"
-        )
+    check_state_dict_fits(
+        model,
+        tensors,
+        f"{weights_path} (with its {CONFIG_FILE})",
+        ignore_missing=(),
+        fix="the two files come from different saves: copy both from the same save_pretrained / otseg convert run",
+    )
+    model.load_state_dict(tensors, strict=True)
     if emb is not None:
         seen_idx = torch.nonzero(seen.bool()).flatten().tolist() if seen is not None else None
-        model.set_class_embeddings(emb, class_names=meta.get("class_names"), seen=seen_idx)
+        try:
+            model.set_class_embeddings(emb, class_names=meta.get("class_names"), seen=seen_idx)
+        except ValueError as e:
+            raise ValueError(f"{weights_path}: class_embeddings {tuple(emb.shape)} do not fit its config: {e}") from e
     return model.to(device)

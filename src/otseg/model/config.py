@@ -87,7 +87,8 @@ class ModelConfig:
     dataset: str = "voc12"  # key into otseg.data.classes
     class_names: tuple[str, ...] = ()
     unseen_classes: tuple[int, ...] = ()  # indices into class_names; seen = the rest, ascending
-    templates: str = "templates_6"  # key into otseg.model.text.TEMPLATE_SETS
+    # A key into otseg.model.text.TEMPLATE_SETS, or the prompt templates themselves (each with one "{}").
+    templates: str | tuple[str, ...] = "templates_6"
     reference_embeddings: str | None = None  # file name of the reference's .npy (e.g. "voc12_otseg.npy")
     test_mode: Literal["slide", "whole"] = "slide"
     crop_size: int = 512
@@ -107,9 +108,9 @@ class ModelConfig:
 
     @property
     def num_prompts(self) -> int:
-        from otseg.model.text import TEMPLATE_SETS
+        from otseg.model.text import resolve_templates
 
-        return len(TEMPLATE_SETS[self.templates])
+        return len(resolve_templates(self.templates))
 
     @property
     def apply_seen_bias(self) -> bool:
@@ -127,7 +128,7 @@ class ModelConfig:
         for key, sub_cls in sub.items():
             if key in d and isinstance(d[key], dict):
                 d[key] = _strict_build(sub_cls, d[key], key)
-        for key in ("class_names", "unseen_classes", "mean", "std"):
+        for key in ("class_names", "unseen_classes", "mean", "std", "templates"):
             if key in d and isinstance(d[key], list):
                 d[key] = tuple(d[key])
         return _strict_build(cls, d, "model")

@@ -108,13 +108,14 @@ class OTSegHead(nn.Module):
         # The reference upsamples to the configured img_size whatever the input size.
         return F.interpolate(flat.reshape(b, k, *grid), size=(size, size), mode="bilinear", align_corners=False)
 
-    def forward(self, patch_emb: Tensor, global_emb: Tensor, text: Tensor) -> HeadOutput:
+    def forward(self, patch_emb: Tensor, global_emb: Tensor, text: Tensor, upsample: bool = True) -> HeadOutput:
         """Training-time forward.
 
         Args:
             patch_emb: (B, C, H, W) L2-normalised patch embeddings from the backbone.
             global_emb: (B, C) L2-normalised global embedding.
             text: (K, N, C) class text embeddings (any float dtype; computed in the embeddings' promoted dtype).
+            upsample: False leaves both logit maps at the patch grid, (B, K, H, W).
 
         Returns:
             HeadOutput with (B, K, S, S) logits, S = cfg.output_size.
@@ -128,14 +129,15 @@ class OTSegHead(nn.Module):
             scores = mps_scores(
                 memory, queries, self.cfg.sinkhorn_eps, self.cfg.sinkhorn_max_iter, self.cfg.sinkhorn_thresh
             )
-            mps_logits = self._upsample(scores, grid)
+            mps_logits = self._upsample(scores, grid) if upsample else scores.reshape(*scores.shape[:2], *grid)
 
         x, layer_queries, layer_maps = queries, [], []
         for layer in self.layers:
             x, score_map = layer(x, memory)
             layer_queries.append(x)
             layer_maps.append(score_map)
-        decoder_logits = self._upsample(self.combine_layer_maps(layer_maps), grid)
+        combined = self.combine_layer_maps(layer_maps)
+        decoder_logits = self._upsample(combined, grid) if upsample else combined.reshape(*combined.shape[:2], *grid)
         return HeadOutput(decoder_logits, mps_logits, queries, layer_queries, layer_maps)
 
     def ensemble_logits(self, out: HeadOutput) -> Tensor:
@@ -151,7 +153,11 @@ class OTSegHead(nn.Module):
         Args:
             seen_mask: (K,) bool, classes that get the seen-class bias; None for no bias.
         """
-        probs = torch.sigmoid(self.ensemble_logits(self.forward(patch_emb, global_emb, text)))
+        # Bilinear upsampling is linear, so blending the two paths on the patch grid and upsampling once equals
+        # upsampling both and blending (to float rounding), at half the upsampling cost.
+        grid_logits = self.ensemble_logits(self.forward(patch_emb, global_emb, text, upsample=False))
+        b, k = grid_logits.shape[:2]
+        probs = torch.sigmoid(self._upsample(grid_logits.reshape(b, k, -1), tuple(grid_logits.shape[-2:])))
         if seen_mask is not None and self.cfg.seen_bias:
             bias = seen_mask.to(probs.dtype) * self.cfg.seen_bias
             probs = probs - bias[None, :, None, None]

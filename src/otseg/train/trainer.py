@@ -4,6 +4,13 @@ checkpoints, JSONL metrics (TensorBoard optional), tqdm progress on rank 0.
 Resuming reproduces an uninterrupted run exactly: the sample order is a function of (seed, step), every
 sample's augmentation is seeded by its position in that order, and the RNG states (torch, numpy, python) are
 saved with the weights, optimizer, scaler and step.
+
+Bad training data (an unreadable, corrupt or truncated image or label, label values out of range, an
+image/label size mismatch) is caught where the sample is loaded, in the DataLoader worker or in-process, and
+reported in the main process as one line naming the file. `TrainConfig.bad_samples` says what happens then:
+"stop" ends training (`BadSampleError`; the checkpoints written so far stay), "skip" replaces the sample by
+the next readable one in dataset order (deterministic, so resuming stays exact), warns once per file, and
+logs a count and the files to metrics.jsonl; too many bad samples stop the run all the same.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import math
 import os
 import random
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -28,10 +36,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from otseg.train.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr
-from otseg.utils import atomic_torch_save, atomic_write_text
+from otseg.utils import atomic_torch_save, atomic_write_text, is_atomic_temp_file
 
 __all__ = [
     "REFERENCE_ITERS",
+    "BadSampleError",
     "StepBatchSampler",
     "TrainConfig",
     "Trainer",
@@ -40,6 +49,18 @@ __all__ = [
 ]
 
 CKPT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
+
+# What reading a bad sample raises (otseg.data.datasets turns every decoder failure into one of these, naming
+# the file): OSError (FileNotFoundError, unreadable / corrupt / truncated files) and ValueError (label values
+# out of range, size mismatch, colour-coded masks).
+SAMPLE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
+# With bad_samples="skip", how many samples (the bad one and the next ones in dataset order) are tried before
+# a micro-batch slot is given up on.
+_MAX_REPLACEMENT_TRIES = 8
+
+
+class BadSampleError(ValueError):
+    """A training sample could not be read or failed its checks, and training stopped."""
 
 
 @dataclass
@@ -67,6 +88,12 @@ class TrainConfig:
     tensorboard: bool = False
     init_from: str | None = None  # weights to start from (transductive: the inductive checkpoint)
     device: str | None = None  # None = cuda if available
+    # An unreadable / corrupt sample, out-of-range label or size mismatch: "stop" training with a message
+    # naming the file, or "skip" it (replaced by the next readable sample; counted and logged).
+    bad_samples: Literal["stop", "skip"] = "stop"
+    # With "skip", stop anyway once more than this share of the samples read for one micro-batch, or of the
+    # distinct samples of the dataset, is bad: the data is broken, not a stray file.
+    max_bad_fraction: float = 0.5
 
 
 def find_latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
@@ -114,25 +141,57 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
 
 class _SeededDataset(Dataset):
-    """Calls `dataset.get(index, rng)` with a generator seeded per sample (falls back to `dataset[index]`)."""
+    """Calls `dataset.get(index, rng)` with a generator seeded per sample (falls back to `dataset[index]`).
 
-    def __init__(self, dataset: Dataset) -> None:
+    A sample that raises one of `SAMPLE_ERRORS` does not raise here (in a DataLoader worker the exception would
+    reach the main process as a multi-line traceback): the item records it under "bad" as (sample, message)
+    pairs. With `skip_bad` the next samples in dataset order are tried (same augmentation seed) until one
+    loads; without, or when none of `_MAX_REPLACEMENT_TRIES` loads, the item is marked "failed".
+    """
+
+    def __init__(self, dataset: Dataset, skip_bad: bool = False) -> None:
         self.dataset = dataset
+        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, seed = key
+    def _sample_name(self, index: int) -> str:
+        samples = getattr(self.dataset, "samples", None)
+        try:
+            return str(samples[index][0]) if samples is not None else f"sample {index}"
+        except (IndexError, KeyError, TypeError):
+            return f"sample {index}"
+
+    def _load(self, index: int, seed: int) -> dict[str, Any]:
         rng = np.random.default_rng(seed)
         if hasattr(self.dataset, "get"):
             return self.dataset.get(index, rng)
         transform = getattr(self.dataset, "transform", None)
         if hasattr(self.dataset, "load") and transform is not None:  # otseg.data.SegmentationDataset
-            image, label = self.dataset.load(index)
-            image_t, label_t = transform(image, label, rng=rng)
+            image, label = self.dataset.load(index)  # reads and checks the files: the only step that may fail
+            try:
+                image_t, label_t = transform(image, label, rng=rng)
+            except SAMPLE_ERRORS as e:
+                # An error of the transform itself is a bug, not bad data: never skip it as a bad file.
+                raise RuntimeError(f"transform failed on {self._sample_name(index)}: {e}") from e
             return {"image": image_t, "label": label_t, "path": str(self.dataset.samples[index][0])}
         return self.dataset[index]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, seed = key
+        n = len(self.dataset)
+        bad: list[tuple[str, str]] = []
+        for k in range(min(n, _MAX_REPLACEMENT_TRIES) if self.skip_bad else 1):
+            j = (index + k) % n  # deterministic replacement: resuming and worker layouts see the same one
+            try:
+                item = dict(self._load(j, seed))
+            except SAMPLE_ERRORS as e:
+                bad.append((self._sample_name(j), " ".join(str(e).split()) or type(e).__name__))
+                continue
+            item["bad"] = bad
+            return item
+        return {"bad": bad, "failed": True}
 
 
 class _LossOutputs(torch.nn.Module):
@@ -169,10 +228,17 @@ def _detach_all(value: Any) -> Any:
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack a micro-batch; "bad" lists the (sample, message) pairs met, "failed" a slot left without a sample."""
+    bad = [b for s in samples for b in s.get("bad", ())]
+    requested = len(samples)
+    if any(s.get("failed") for s in samples):
+        return {"bad": bad, "failed": True, "requested": requested}
     return {
         "image": torch.stack([s["image"] for s in samples]),
         "label": torch.stack([s["label"] for s in samples]),
         "path": [s.get("path", "") for s in samples],
+        "bad": bad,
+        "requested": requested,
     }
 
 
@@ -199,6 +265,10 @@ class Trainer:
         evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
         dist_info: DistInfo | None = None,
     ) -> None:
+        if cfg.bad_samples not in ("stop", "skip"):
+            raise ValueError(f"train.bad_samples must be 'stop' or 'skip', got {cfg.bad_samples!r}")
+        if not 0.0 < cfg.max_bad_fraction <= 1.0:
+            raise ValueError(f"train.max_bad_fraction must be in (0, 1], got {cfg.max_bad_fraction}")
         self.cfg = cfg
         self.dist = dist_info or DistInfo(
             device=torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -210,6 +280,10 @@ class Trainer:
         self.optimizer = build_optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16")
         self.step = 0
+        # bad_samples="skip" bookkeeping (this process, this run): sample -> first message, and how many times
+        # a bad sample was replaced.
+        self.bad_files: dict[str, str] = {}
+        self.skipped_samples = 0
         self.ddp_model: torch.nn.Module = self.model
         if self.dist.enabled:
             ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
@@ -258,28 +332,89 @@ class Trainer:
         return path
 
     def load_checkpoint(self, path: str | os.PathLike, weights_only_init: bool = False) -> None:
-        """Resume from a trainer checkpoint (or, with weights_only_init, take only its weights)."""
+        """Resume from a trainer checkpoint (or, with weights_only_init, take only its weights).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file cannot be read (`_UnreadableCheckpoint`), is not a training checkpoint, or does
+                not fit this model; one line naming the file.
+        """
+        from otseg.model.checkpoint import check_state_dict_fits, safe_torch_load
+
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint {p} does not exist")
         try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ValueError(f"cannot read checkpoint {p} ({type(e).__name__}: {e}); it may be truncated") from e
+            ckpt = safe_torch_load(
+                p,
+                "checkpoint",
+                pickle_hint="checkpoints written by otseg train never hold any, so this is not one of them; pass "
+                "the iter_N.pt of a training run",
+            )
+        except ValueError as e:
+            raise _UnreadableCheckpoint(str(e)) from e
         if not isinstance(ckpt, dict) or ckpt.get("format") != "otseg-train":
-            raise ValueError(f"{p} is not an otseg training checkpoint")
+            raise ValueError(f"{p} is not an otseg training checkpoint (an iter_N.pt written by otseg train)")
+        absent = [k for k in ("model", "optimizer", "scaler", "step", "rng") if k not in ckpt]
+        if absent:
+            raise ValueError(f"training checkpoint {p} lacks {absent}: it is damaged; use an older iter_N.pt")
         state = ckpt["model"]
-        result = self.model.load_state_dict(state, strict=False)
-        unexpected = list(result.unexpected_keys)
-        missing = [k for k in result.missing_keys if not k.startswith("text_encoder.")]
-        if missing or unexpected:
-            raise ValueError(f"{p} does not fit this model: missing {missing[:6]}, unexpected {unexpected[:6]}")
+        saved_names = ckpt.get("class_names")
+        fix = "was it trained with another preset or other --set sizes? train with the same ones"
+        if saved_names is not None and len(saved_names) != len(self.model.class_names):
+            fix += (
+                f" (it was trained on {len(saved_names)} classes, this model has {len(self.model.class_names)}: "
+                "the weights are class-agnostic, so that alone would not matter)"
+            )
+        check_state_dict_fits(self.model, state, f"checkpoint {p}", fix=fix)
+        self.model.load_state_dict(state, strict=False)  # strict=False: the frozen text tower is never saved
         if weights_only_init:
             return
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise ValueError(
+                f"checkpoint {p}: its optimizer state does not fit this model's trainable parameters ({e}); "
+                "to start a new run from its weights use --init-from instead of --resume"
+            ) from e
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
         _restore_rng(ckpt["rng"])
+
+    def _resume_auto(self) -> bool:
+        """Resume from the newest readable `iter_N.pt` in work_dir; False when there is none (start fresh).
+
+        A newest file that cannot be read (copied in half, disk trouble: our own writes are atomic) is
+        reported and the one before it is used, so that one bad file does not cost the whole run.
+        """
+        found = sorted(
+            ((int(m.group(1)), p) for p in self.work_dir.iterdir() if (m := CKPT_PATTERN.match(p.name))), reverse=True
+        )
+        for i, (_, path) in enumerate(found):
+            try:
+                self.load_checkpoint(path)
+                return True
+            except _UnreadableCheckpoint as e:
+                if i + 1 == len(found):
+                    raise
+                self._warn(f"{e}; resuming from the previous checkpoint {found[i + 1][1].name} instead")
+        return False
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete temp files of checkpoint writes that a killed process left behind (never read; only disk)."""
+        if not self.dist.is_main:
+            return
+        for p in self.work_dir.iterdir():
+            if is_atomic_temp_file(p.name) and (
+                p.name.startswith(".iter_") or is_atomic_temp_file(p.name, "last_checkpoint")
+            ):
+                p.unlink(missing_ok=True)
+
+    def _warn(self, message: str) -> None:
+        prefix = f"[rank {self.dist.rank}] " if self.dist.enabled else ""
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"otseg train: warning: {prefix}{message}", file=sys.stderr)
 
     # ------------------------------------------------------------------ training
     def _loader(self) -> DataLoader:
@@ -289,7 +424,7 @@ class Trainer:
             self.step, self.cfg.max_iters, self.cfg.seed,
         )  # fmt: skip
         return DataLoader(
-            _SeededDataset(self.train_set),
+            _SeededDataset(self.train_set, skip_bad=self.cfg.bad_samples == "skip"),
             batch_sampler=sampler,
             num_workers=self.cfg.num_workers,
             collate_fn=_collate,
@@ -326,11 +461,14 @@ class Trainer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        self._remove_stale_temp_files()
+        resumed = False
         if resume == "auto":
-            resume = str(find_latest_checkpoint(self.work_dir) or "") or None
-        if resume:
+            resumed = self._resume_auto()
+        elif resume:
             self.load_checkpoint(resume)
-        else:
+            resumed = True
+        if not resumed:
             _seed_everything(cfg.seed + self.dist.rank)
             if cfg.init_from:
                 self.load_checkpoint(cfg.init_from, weights_only_init=True)
@@ -350,12 +488,25 @@ class Trainer:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=cfg.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
+        try:
+            return self._run(progress)
+        finally:
+            # Also on an error (bad sample, non-finite loss): the bar ends its line before the error message.
+            if progress is not None:
+                progress.close()
+            if self._tb is not None:
+                self._tb.close()
+
+    def _run(self, progress: Any) -> dict[str, Any]:
+        """The training loop proper (`train` sets up and cleans up around it)."""
+        cfg = self.cfg
         self.ddp_model.train()
         last_eval: dict[str, Any] = {}
         # window: per-key sums over the optimizer steps since the last log record (window_steps of them; fewer
         # than log_interval after a resume off the log grid or at a max_iters off the grid).
         micro, window, window_steps, t0 = 0, {}, 0, time.perf_counter()
         for batch in self._loader():
+            self._check_bad_samples(batch)
             images = batch["image"].to(self.dist.device, non_blocking=True)
             labels = batch["label"].to(self.dist.device, non_blocking=True)
             lr = poly_lr(self.step, cfg.max_iters, cfg.lr, cfg.min_lr, cfg.power, cfg.warmup_iters, cfg.warmup_ratio)
@@ -369,9 +520,11 @@ class Trainer:
             if not torch.isfinite(loss):
                 self.save_failure_note(losses)
                 parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+                last = find_latest_checkpoint(self.work_dir)
+                kept = f"the last good checkpoint {last} is kept" if last else f"no checkpoint in {self.work_dir} yet"
                 raise FloatingPointError(
-                    f"non-finite loss at step {self.step} ({parts}); the last good checkpoint in {self.work_dir} "
-                    "is kept: lower the learning rate or train without --amp"
+                    f"non-finite loss at step {self.step} ({parts}); {kept}: lower the learning rate or train "
+                    "without --amp, then --resume auto"
                 )
             self.scaler.scale(loss).backward()
             for k, v in losses.items():
@@ -405,16 +558,71 @@ class Trainer:
                 last_eval = self.evaluate_fn(self.model)
                 self._log({"step": self.step, **{f"eval/{k}": v for k, v in last_eval.items() if _is_number(v)}})
                 self.ddp_model.train()
-        if progress is not None:
-            progress.close()
-        if self._tb is not None:
-            self._tb.close()
-        return {"step": self.step, "eval": last_eval}
+        self._report_skipped()
+        return {"step": self.step, "eval": last_eval, "skipped_samples": self.skipped_samples}
+
+    # ------------------------------------------------------------------ bad samples
+    def _check_bad_samples(self, batch: dict[str, Any]) -> None:
+        """Count/warn the bad samples of a micro-batch, or raise `BadSampleError` (on every process at once)."""
+        cfg = self.cfg
+        bad: list[tuple[str, str]] = batch.get("bad") or []
+        reason = None
+        if bad and cfg.bad_samples == "stop":
+            reason = f"{bad[0][1]}; to skip such samples instead, pass --bad-samples skip (train.bad_samples=skip)"
+        elif batch.get("failed"):
+            reason = (
+                f"{bad[-1][1] if bad else 'a bad sample'}; no readable sample among the {_MAX_REPLACEMENT_TRIES} "
+                "tried in its place"
+            )
+        elif bad:
+            for sample, message in bad:
+                self.skipped_samples += 1
+                if sample not in self.bad_files:  # warn and log once per file
+                    self.bad_files[sample] = message
+                    self._warn(f"skipping bad sample at step {self.step}: {message}")
+                    self._log({"step": self.step, "skipped_sample": sample, "error": message})
+            read = len(bad) + batch["requested"]
+            n = len(self.train_set)
+            if len(bad) / read > cfg.max_bad_fraction:
+                reason = (
+                    f"{len(bad)} of the {read} samples read for one batch were bad (more than "
+                    f"train.max_bad_fraction={cfg.max_bad_fraction}), e.g. {bad[0][1]}"
+                )
+            elif len(self.bad_files) > cfg.max_bad_fraction * n:
+                reason = (
+                    f"{len(self.bad_files)} of the {n} training samples are bad (more than "
+                    f"train.max_bad_fraction={cfg.max_bad_fraction}), e.g. {bad[0][1]}"
+                )
+        if self.dist.enabled:  # a process that stopped alone would leave the others waiting in a collective
+            flag = torch.tensor([1.0 if reason else 0.0], device=self.dist.device)
+            if float(all_reduce_mean(flag)) > 0 and reason is None:
+                reason = "another process stopped on a bad training sample (see its message)"
+        if reason is None:
+            return
+        self._report_skipped()
+        last = find_latest_checkpoint(self.work_dir)
+        kept = f"the last checkpoint {last} is kept" if last else "no checkpoint was written yet"
+        if self.dist.is_main and bad:
+            self._log({"step": self.step, "stopped_on_bad_sample": bad[0][0], "error": bad[0][1]})
+        raise BadSampleError(f"training stopped at step {self.step}: {reason}; {kept}")
+
+    def _report_skipped(self) -> None:
+        """Summary of the skipped samples: a warning and a metrics.jsonl record (nothing when none)."""
+        if not self.bad_files:
+            return
+        names = sorted(self.bad_files)
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        self._warn(f"skipped {self.skipped_samples} time(s) {len(names)} bad sample(s): {shown}")
+        self._log({"step": self.step, "skipped_samples": self.skipped_samples, "bad_samples": names})
 
     def save_failure_note(self, losses: dict[str, Tensor]) -> None:
         if self.dist.is_main:
             note = {"step": self.step, "losses": {k: float(v.detach()) for k, v in losses.items()}}
             atomic_write_text(self.work_dir / "nonfinite_loss.json", json.dumps(note, indent=2) + "\n")
+
+
+class _UnreadableCheckpoint(ValueError):
+    """The checkpoint file itself cannot be read (truncated, corrupt, holds pickled objects)."""
 
 
 def _is_number(v: Any) -> bool:

@@ -1,0 +1,550 @@
+"""ONNX export of the OTSeg segmentor for a fixed class set, and numpy helpers to run the exported file.
+
+    >>> from otseg.export import export_onnx
+    >>> export_onnx(model, "otseg.onnx")                       # the model's current classes, baked in
+    >>> import onnxruntime as ort
+    >>> from otseg.export import normalise_image, onnx_slide_inference
+    >>> session = ort.InferenceSession("otseg.onnx", providers=["CPUExecutionProvider"])
+    >>> scores = onnx_slide_inference(session, normalise_image(rgb, session))   # (1, K, H, W)
+
+What is exported: `model.encode_decode(image)`, the whole-image test forward, for the model's current class set
+(the (K, N, D) class text embeddings are constants of the graph). Input `image`: float32 (B, 3, H, W) normalised
+with the config's mean/std on the 0..255 scale; output `scores`: float32 (B, K, H, W), the sigmoid of the OTSeg+
+ensemble minus the seen-class bias where the config applies it, upsampled to the input size. H and W are fixed
+(default `config.crop_size`: the ViT's positional table is resampled for that grid at export time); the batch
+dimension is dynamic. Larger images go through `onnx_slide_inference` (the reference's sliding window, in numpy).
+
+Sinkhorn: the reference's data-dependent stopping rule (stop when the potentials stop moving) needs the host to look
+at every iteration, which a static graph cannot do. The export therefore runs `sinkhorn_iters` iterations per call
+with no check (`otseg.ops.sinkhorn`'s `fixed_iters`), default `config.head.sinkhorn_max_iter` = the reference's
+cap, so every problem runs at least as long as the reference lets it. The log-domain update is used: it cannot
+overflow for any eps, whereas the default scaling update relies on a host-side overflow check that a graph cannot
+carry. Batched images stay independent (the reference's stopping statistic is global over a batch; a fixed count
+is not), so a batch of B gives each image's own result.
+
+Exporter: the torch.export-based exporter (`torch.onnx.export(..., dynamo=True)`, needs `onnxscript`), the default
+since torch 2.9. The legacy TorchScript exporter is deprecated and cannot trace the in-place scaling update.
+
+Everything a user needs to run the file alone is stored in its `metadata_props` (keys `otseg.*`, values JSON):
+class names, seen classes, mean, std, input size, crop size, stride, test short side, Sinkhorn iterations, the
+full model config; and in a sidecar `OUT.onnx.json` with the same content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from otseg.model.segmentor import OTSeg, slide_windows
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "ONNX_FORMAT",
+    "add_export_parser",
+    "cmd_export",
+    "compare_with_onnxruntime",
+    "export_onnx",
+    "normalise_image",
+    "onnx_metadata",
+    "onnx_slide_inference",
+]
+
+ONNX_FORMAT = "otseg-onnx"
+ONNX_FORMAT_VERSION = 1
+DEFAULT_OPSET = 18  # the opset torch's ONNX function library is written in: no version conversion needed
+SINKHORN_UPDATE = "log"  # see the module docstring
+_META_PREFIX = "otseg."
+_INSTALL_HINT = "pip install 'otseg[onnx]'  (onnx, onnxscript, onnxruntime)"
+
+
+# ------------------------------------------------------------------------------------------------ dependencies
+def _require(module: str, purpose: str) -> Any:
+    """Import an optional dependency, or raise a RuntimeError that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise RuntimeError(
+            f"{purpose} needs the Python package {module!r}, which is not installed: {_INSTALL_HINT}"
+        ) from e
+
+
+# ------------------------------------------------------------------------------------------------ export
+class _EncodeDecode(nn.Module):
+    """The graph that is exported: images (B, 3, H, W) -> scores (B, K, H, W), `OTSeg.encode_decode`."""
+
+    def __init__(self, model: OTSeg) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.model.encode_decode(image)
+
+
+def _as_size(image_size: int | Sequence[int] | None, model: OTSeg) -> tuple[int, int]:
+    """The fixed (H, W) of the export, validated against the patch size."""
+    if image_size is None:
+        size = (model.config.crop_size, model.config.crop_size)
+    elif isinstance(image_size, int):
+        size = (image_size, image_size)
+    else:
+        size = tuple(int(s) for s in image_size)
+        if len(size) != 2:
+            raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+    patch = model.config.vision.patch_size
+    if any(s <= 0 or s % patch for s in size):
+        raise ValueError(
+            f"image size {size[0]}x{size[1]} is not a positive multiple of the patch size {patch}; "
+            f"pick e.g. {model.config.crop_size} (the model's crop size)"
+        )
+    return size[0], size[1]
+
+
+@contextlib.contextmanager
+def _class_set(model: OTSeg, class_names: Sequence[str] | None) -> Iterator[None]:
+    """Use `class_names` (embedded with the model's text tower) inside the block; restore the model's own after."""
+    if class_names is None or (model.has_class_embeddings and list(class_names) == model.class_names):
+        yield
+        return
+    if model.text_encoder is None:
+        raise ValueError(
+            "this model has no CLIP text tower, so it cannot embed new class names: load it with its CLIP weights "
+            "(--clip ViT-B-16.pt) or export its own classes (leave out class_names/--classes)"
+        )
+    saved = (model.class_embeddings, list(model.class_names), model.seen_mask, model.has_class_embeddings)
+    model.set_classes(list(class_names))
+    try:
+        yield
+    finally:
+        model.class_embeddings, model.class_names, model.seen_mask, model.has_class_embeddings = saved
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter (missing torchvision ops, deprecations inside torch) for the export only."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_metadata(model: OTSeg, image_size: tuple[int, int], sinkhorn_iters: int, opset: int) -> dict[str, Any]:
+    """What is stored with an export (metadata_props and the sidecar JSON), as plain JSON values."""
+    import otseg
+
+    cfg = model.config
+    return {
+        "format": ONNX_FORMAT,
+        "format_version": ONNX_FORMAT_VERSION,
+        "otseg_version": otseg.__version__,
+        "class_names": list(model.class_names),
+        "seen_classes": [int(i) for i in torch.nonzero(model.seen_mask).flatten().tolist()],
+        "seen_bias_applied": bool(cfg.apply_seen_bias and cfg.head.seen_bias),
+        "input_name": "image",
+        "output_name": "scores",
+        "input_size": list(image_size),
+        "input_layout": "float32 (B, 3, H, W), RGB, (pixel in 0..255 - mean) / std",
+        "output_layout": "float32 (B, K, H, W) class scores; argmax over K gives the label map",
+        "mean": list(cfg.mean),
+        "std": list(cfg.std),
+        "crop_size": cfg.crop_size,
+        "stride": cfg.stride,
+        "test_mode": cfg.test_mode,
+        "test_short_side": cfg.test_short_side,
+        "sinkhorn_iters": sinkhorn_iters,
+        "sinkhorn_update": SINKHORN_UPDATE,
+        "opset": opset,
+        "config": cfg.to_dict(),
+    }
+
+
+def export_onnx(
+    model: OTSeg,
+    path: str | os.PathLike,
+    *,
+    class_names: Sequence[str] | None = None,
+    image_size: int | Sequence[int] | None = None,
+    sinkhorn_iters: int | None = 100,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    sidecar: bool = True,
+) -> Path:
+    """Export `model.encode_decode` for a fixed class set to an ONNX file, atomically.
+
+    Args:
+        model: an OTSeg model with class embeddings (or a text tower and `class_names`).
+        path: the .onnx file to write (parent folders are created; an existing file is replaced only on success).
+        class_names: export these classes instead of the model's own, embedded with the model's CLIP text tower;
+            the model's own class set is restored afterwards.
+        image_size: fixed input (H, W), or one int for a square; multiples of the patch size.
+            Default `config.crop_size` (what `onnx_slide_inference` feeds it).
+        sinkhorn_iters: Sinkhorn iterations per call in the graph (no stopping check); None =
+            `config.head.sinkhorn_max_iter`. Fewer iterations make a smaller, faster graph and move the scores
+            further from the reference's (see `otseg.ops.sinkhorn`).
+        opset: ONNX opset (>= 18).
+        dynamic_batch: make the batch dimension dynamic (else it is fixed at 1).
+        sidecar: also write `<path>.json` with the metadata.
+
+    Returns:
+        The path written. The graph maps `image` float32 (B, 3, H, W) -> `scores` float32 (B, K, H, W), equal to
+        `model.encode_decode(image)` under `sinkhorn_overrides(fixed_iters=sinkhorn_iters, update="log")`.
+    """
+    from otseg.ops.sinkhorn import sinkhorn_overrides
+    from otseg.utils import atomic_write, atomic_write_text
+
+    if not isinstance(model, OTSeg):
+        raise TypeError(f"export_onnx needs an otseg.OTSeg model, got {type(model).__name__}")
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the path of the .onnx file to write, e.g. {out / 'otseg.onnx'}")
+    iters = model.config.head.sinkhorn_max_iter if sinkhorn_iters is None else int(sinkhorn_iters)
+    if iters < 1:
+        raise ValueError(f"sinkhorn_iters must be >= 1, got {sinkhorn_iters}")
+    if not isinstance(opset, int) or opset < DEFAULT_OPSET:
+        raise ValueError(f"opset must be an int >= {DEFAULT_OPSET} (torch's exporter writes opset 18+), got {opset!r}")
+    height, width = _as_size(image_size, model)
+    _require("onnxscript", "ONNX export (torch.onnx's exporter)")
+    _require("onnx", "ONNX export")
+
+    with _class_set(model, class_names):
+        if not model.has_class_embeddings:
+            raise ValueError(
+                "the model has no class text embeddings to bake into the export: give class_names (--classes, "
+                "needs the CLIP text tower) or load a model saved with its embeddings"
+            )
+        device = next(model.parameters()).device
+        # Batch 2 for the example: torch.export specialises a dynamic dimension whose example size is 0 or 1.
+        batch = 2 if dynamic_batch else 1
+        example = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+        dynamic_shapes = {"image": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
+        was_training = model.training
+        model.eval()
+        try:
+            with _quiet_exporter(), sinkhorn_overrides(fixed_iters=iters, update=SINKHORN_UPDATE), torch.no_grad():
+                program = torch.onnx.export(
+                    _EncodeDecode(model).eval(),
+                    (example,),
+                    dynamo=True,
+                    input_names=["image"],
+                    output_names=["scores"],
+                    opset_version=opset,
+                    dynamic_shapes=dynamic_shapes,
+                    external_data=False,
+                    optimize=True,
+                    verbose=False,
+                )
+        except Exception as e:
+            raise RuntimeError(f"ONNX export of {model.config.name} failed: {type(e).__name__}: {e}") from e
+        finally:
+            model.train(was_training)
+        meta = export_metadata(model, (height, width), iters, opset)
+
+    program.model.metadata_props.update({_META_PREFIX + k: json.dumps(v) for k, v in meta.items()})
+    program.model.doc_string = (
+        f"OTSeg segmentor {model.config.name}: image (B, 3, {height}, {width}) normalised -> scores "
+        f"(B, {len(meta['class_names'])}, {height}, {width}); classes: {', '.join(meta['class_names'])}"
+    )
+    atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
+    if sidecar:
+        atomic_write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ running it
+def onnx_metadata(source: Any) -> dict[str, Any]:
+    """The `otseg.*` metadata of an export, decoded: from an onnxruntime session, or a path to the .onnx file.
+
+    Raises ValueError when the file was not written by `export_onnx`.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if not p.is_file():
+            raise FileNotFoundError(f"ONNX file {p} does not exist")
+        onnx = _require("onnx", "reading ONNX metadata")
+        raw = {prop.key: prop.value for prop in onnx.load(str(p), load_external_data=False).metadata_props}
+        where = str(p)
+    else:
+        raw = dict(source.get_modelmeta().custom_metadata_map)
+        where = "this ONNX session"
+    meta = {k[len(_META_PREFIX) :]: json.loads(v) for k, v in raw.items() if k.startswith(_META_PREFIX)}
+    if meta.get("format") != ONNX_FORMAT:
+        raise ValueError(f"{where} was not written by otseg's export_onnx (no otseg.format metadata)")
+    return meta
+
+
+def normalise_image(rgb: np.ndarray, mean: Sequence[float] | Any, std: Sequence[float] | None = None) -> np.ndarray:
+    """(H, W, 3) RGB, 0..255 (uint8 or float) -> (1, 3, H, W) float32 normalised as the model expects.
+
+    `mean` is either the three means (with `std` the three standard deviations) or an onnxruntime session /
+    metadata dict of an export, which carries both.
+    """
+    if std is None:
+        meta = mean if isinstance(mean, Mapping) else onnx_metadata(mean)
+        mean, std = meta["mean"], meta["std"]
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {arr.shape}")
+    m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
+    s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+    return ((arr.astype(np.float32).transpose(2, 0, 1) - m) / s)[None]
+
+
+def _batch_is_dynamic(session: Any) -> bool:
+    dim = session.get_inputs()[0].shape[0]
+    return not isinstance(dim, int)
+
+
+def onnx_slide_inference(
+    session: Any,
+    images: np.ndarray,
+    crop: int | None = None,
+    stride: int | None = None,
+) -> np.ndarray:
+    """The reference's sliding-window inference with an exported model: average the scores of overlapping crops.
+
+    Args:
+        session: an `onnxruntime.InferenceSession` of a file written by `export_onnx` (square input size).
+        images: (B, 3, H, W) or (3, H, W) float32, normalised (see `normalise_image`); H, W >= the crop size
+            (resize first: the reference resizes the short side to `test_short_side`).
+        crop: crop size; default the export's input size (the only size its graph accepts).
+        stride: window stride; default the model config's.
+
+    Returns:
+        (B, K, H, W) float32 scores, as `OTSeg.slide_inference` (the same windows and averaging).
+    """
+    meta = onnx_metadata(session)
+    in_h, in_w = meta["input_size"]
+    if in_h != in_w:
+        raise ValueError(f"sliding windows need a square export; this one takes {in_h}x{in_w} images")
+    crop = in_h if crop is None else int(crop)
+    if crop != in_h:
+        raise ValueError(f"crop {crop} differs from the export's fixed input size {in_h}; re-export with that size")
+    stride = int(meta["stride"] if stride is None else stride)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"images must have shape (B, 3, H, W) or (3, H, W), got {np.shape(images)}")
+    b, _, h, w = x.shape
+    if h < crop or w < crop:
+        raise ValueError(
+            f"image {h}x{w} is smaller than the crop {crop}: resize it so that both sides are >= {crop} "
+            f"(the reference resizes the short side to {meta.get('test_short_side')})"
+        )
+    name = session.get_inputs()[0].name
+    groups = [x] if _batch_is_dynamic(session) else [x[i : i + 1] for i in range(b)]
+    total = np.zeros((b, len(meta["class_names"]), h, w), dtype=np.float32)
+    count = np.zeros((1, 1, h, w), dtype=np.float32)
+    for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
+        start = 0
+        for group in groups:
+            window = np.ascontiguousarray(group[:, :, y1:y2, x1:x2])
+            scores = session.run(None, {name: window})[0]
+            total[start : start + len(group), :, y1:y2, x1:x2] += scores
+            start += len(group)
+        count[:, :, y1:y2, x1:x2] += 1
+    return total / count
+
+
+def compare_with_onnxruntime(
+    model: OTSeg,
+    path: str | os.PathLike,
+    images: Tensor | None = None,
+    *,
+    batch: int = 2,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Run the export with onnxruntime and the model with PyTorch on the same images; report the differences.
+
+    Args:
+        model: the model that was exported (same class set).
+        path: the .onnx file.
+        images: (B, 3, H, W) normalised images at the export's input size; default: `batch` random ones.
+
+    Returns:
+        {"max_abs_diff": ONNX vs PyTorch with the same fixed-iteration Sinkhorn,
+         "max_abs_diff_default": ONNX vs PyTorch with its default (reference-stopping) Sinkhorn, image by image,
+         "argmax_agreement": fraction of pixels whose argmax class agrees with the fixed-iteration PyTorch run,
+         "argmax_agreement_default": the same against the default run}.
+    """
+    from otseg.ops.sinkhorn import sinkhorn_overrides
+
+    ort = _require("onnxruntime", "checking the export with onnxruntime")
+    meta = onnx_metadata(path)
+    if meta["class_names"] != list(model.class_names):
+        raise ValueError(f"{path} was exported for classes {meta['class_names']}, the model has {model.class_names}")
+    h, w = meta["input_size"]
+    if images is None:
+        images = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_scores = session.run(None, {meta["input_name"]: images.detach().cpu().float().numpy()})[0]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = images.to(device)
+            with sinkhorn_overrides(fixed_iters=meta["sinkhorn_iters"], update=meta["sinkhorn_update"]):
+                fixed = model.encode_decode(x).cpu().numpy()
+            default = torch.cat([model.encode_decode(x[i : i + 1]) for i in range(x.shape[0])]).cpu().numpy()
+    finally:
+        model.train(was_training)
+    labels = onnx_scores.argmax(1)
+    return {
+        "max_abs_diff": float(np.abs(onnx_scores - fixed).max()),
+        "max_abs_diff_default": float(np.abs(onnx_scores - default).max()),
+        "argmax_agreement": float((labels == fixed.argmax(1)).mean()),
+        "argmax_agreement_default": float((labels == default.argmax(1)).mean()),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def _parse_class_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not any(names):
+        raise ValueError(f"--classes expects comma-separated class names, e.g. 'cat,sofa,wall', got {text!r}")
+    return names
+
+
+def _parse_image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        size = [int(p) for p in parts]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size *= 2
+    if len(size) != 2:
+        raise ValueError(f"--image-size expects N or HxW (e.g. 512 or 512x640), got {text!r}")
+    return size[0], size[1]
+
+
+def _load_for_export(args: argparse.Namespace) -> OTSeg:
+    if args.model is not None:
+        if args.model != "demo":
+            raise ValueError(f"--model knows only 'demo', got {args.model!r}; for a file use --checkpoint PATH")
+        from otseg.predictor import Predictor
+
+        return Predictor.from_pretrained("demo").model
+    from otseg.model.loading import load_model
+
+    path = Path(args.checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; give a folder written by save_pretrained / otseg convert, an "
+            "iter_N.pt from otseg train, or a reference .pth with --preset"
+        )
+    return load_model(path, preset=args.preset, allow_pickle=args.allow_pickle)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """`otseg export --onnx OUT.onnx ...`: export a model to ONNX (and optionally check it with onnxruntime)."""
+    out = Path(args.onnx)
+    if out.is_dir():
+        raise ValueError(f"--onnx {out} is a folder; give the file to write, e.g. {out / 'otseg.onnx'}")
+    if args.sinkhorn_iters is not None and args.sinkhorn_iters < 1:
+        raise ValueError(f"--sinkhorn-iters must be >= 1, got {args.sinkhorn_iters}")
+    image_size = _parse_image_size(args.image_size) if args.image_size else None
+    classes = _parse_class_list(args.classes) if args.classes else None
+    _require("onnxscript", "otseg export --onnx")
+    if args.check:
+        _require("onnxruntime", "otseg export --check")
+
+    model = _load_for_export(args)
+    if args.clip:
+        from otseg.model.build import load_clip_into
+
+        load_clip_into(model, args.clip)
+    if classes is not None:
+        if model.text_encoder is None:
+            raise ValueError(
+                "--classes needs the model's CLIP text tower to embed the names, and this model has none: "
+                "add --clip ViT-B-16.pt, or leave out --classes to export the model's own classes"
+            )
+        model.set_classes(classes)
+    if not model.has_class_embeddings:
+        raise ValueError(
+            "the model has no class text embeddings: pass --classes 'a,b,c' (with --clip if it has no text tower)"
+        )
+    iters = args.sinkhorn_iters if args.sinkhorn_iters is not None else model.config.head.sinkhorn_max_iter
+    path = export_onnx(model, out, image_size=image_size, sinkhorn_iters=iters, opset=args.opset)
+    meta = onnx_metadata(path)
+    h, w = meta["input_size"]
+    size_mb = path.stat().st_size / 2**20
+    print(
+        f"wrote {path} ({size_mb:.1f} MiB) and {path.name}.json: image (B, 3, {h}, {w}) -> scores "
+        f"(B, {len(meta['class_names'])}, {h}, {w}); {iters} Sinkhorn iterations per call; opset {meta['opset']}"
+    )
+    print(f"classes: {', '.join(meta['class_names'])}")
+    if not args.check:
+        return 0
+    result = compare_with_onnxruntime(model, path)
+    print(
+        f"check (onnxruntime vs PyTorch, 2 random images): max |diff| {result['max_abs_diff']:.3g} with the same "
+        f"{iters}-iteration Sinkhorn, argmax agreement {100 * result['argmax_agreement']:.2f}%; "
+        f"vs PyTorch's default (reference stopping rule): max |diff| {result['max_abs_diff_default']:.3g}, "
+        f"argmax agreement {100 * result['argmax_agreement_default']:.2f}%"
+    )
+    if result["max_abs_diff"] > args.check_tol:
+        print(f"check FAILED: onnxruntime differs from PyTorch by more than --check-tol {args.check_tol:g}")
+        return 1
+    return 0
+
+
+def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `otseg export` on an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a model for a fixed class set to ONNX (run it with onnxruntime)",
+        description=(
+            "Export the whole-image test forward (encode_decode) for a fixed class set to ONNX: input 'image' "
+            "float32 (B, 3, H, W) normalised with the model's mean/std, output 'scores' (B, K, H, W). H, W are "
+            "fixed (default: the crop size); larger images go through otseg.export.onnx_slide_inference. "
+            "Sinkhorn runs a fixed number of iterations (no stopping check in a graph). Class names and "
+            "preprocessing are stored in the file's metadata and in OUT.onnx.json. Needs: " + _INSTALL_HINT
+        ),
+    )
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="otseg folder, iter_N.pt from otseg train, or reference .pth (+ --preset)")
+    src.add_argument("--model", choices=["demo"], help="a built-in model: 'demo' (the miniature demo model)")
+    p.add_argument("--preset", help="the preset a reference .pth was trained with")
+    p.add_argument("--classes", help="comma-separated class names to export instead of the model's own (text tower)")
+    p.add_argument("--clip", help="OpenAI CLIP weights (ViT-B-16.pt) for the text tower, to embed --classes")
+    p.add_argument(
+        "--sinkhorn-iters",
+        type=int,
+        metavar="N",
+        help="Sinkhorn iterations per call in the graph (default: the config's max_iter, the reference's cap)",
+    )
+    p.add_argument("--image-size", metavar="N|HxW", help="fixed input size (default: the model's crop size)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on random images")
+    p.add_argument(
+        "--check-tol",
+        type=float,
+        default=1e-3,
+        help="--check fails (exit 1) above this max |diff| vs PyTorch with the same Sinkhorn (default 1e-3)",
+    )
+    p.add_argument("--allow-pickle", action="store_true", help="load with pickle (trusted files only)")
+    p.set_defaults(func=cmd_export)
+    return p

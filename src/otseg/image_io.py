@@ -1,0 +1,136 @@
+"""Reading user images into uint8 RGB arrays: any file PIL reads, PIL images and numpy arrays.
+
+What users hand a segmenter is rarely a clean 8-bit RGB array: phone photos carry an EXIF orientation, scans are
+grayscale, screenshots have an alpha channel, microscopy and depth images are 16-bit. `read_image` turns each
+into the (H, W, 3) uint8 RGB array the models take, and fails with one line that names the file otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["IMAGE_SUFFIXES", "ImageInput", "describe_source", "find_images", "read_image", "to_rgb_array"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+def describe_source(image: Any) -> str:
+    """A short name of an image input for messages: the path, or the kind and size of an in-memory image."""
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    if isinstance(image, Image.Image):
+        return f"PIL image {image.mode} {image.width}x{image.height}"
+    if isinstance(image, np.ndarray):
+        return f"array {image.dtype} {tuple(image.shape)}"
+    return type(image).__name__
+
+
+def _scale_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
+    """Integer or float pixels -> uint8. 16-bit integers are divided by 257 (65535 -> 255); floats are taken as
+    0..1 when their maximum is at most 1, else as 0..255."""
+    if values.dtype == np.uint8:
+        return values
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8) * 255
+    if np.issubdtype(values.dtype, np.integer):
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(
+                f"{where}: integer pixel values span {values.min()}..{values.max()}; expected 0..255 (8-bit) or "
+                "0..65535 (16-bit)"
+            )
+        if values.size and values.max() <= 255 and values.dtype.itemsize == 1:
+            return values.astype(np.uint8)
+        # 16-bit data: full-range scaling, as image viewers show it.
+        return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
+    if np.issubdtype(values.dtype, np.floating):
+        if not np.isfinite(values).all():
+            raise ValueError(f"{where}: the image holds NaN or infinite values")
+        scale = 255.0 if values.size == 0 or float(values.max()) <= 1.0 else 1.0
+        return np.clip(np.rint(values.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+    raise ValueError(f"{where}: unsupported pixel type {values.dtype}; give uint8, uint16 or float pixels")
+
+
+def to_rgb_array(image: Image.Image | np.ndarray, where: str = "image") -> np.ndarray:
+    """A PIL image or an array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3) uint8 RGB.
+
+    Alpha is dropped (the colour channels are kept as stored), grayscale is repeated over three channels, 16-bit
+    values are scaled to 8 bits. A PIL image's EXIF orientation is NOT applied here (`read_image` does it).
+    """
+    if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            # PIL's convert("RGB") clips these to 0..255 instead of scaling; scale them ourselves.
+            arr = np.asarray(image)
+            if image.mode == "I" and arr.size and arr.max() <= 255:
+                arr = arr.astype(np.uint8)
+            elif image.mode != "F":
+                arr = arr.astype(np.uint16 if arr.size == 0 or arr.max() <= 65535 else np.int64)
+            return to_rgb_array(arr, where)
+        if image.mode != "RGB":
+            image = image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8).copy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a file path, a PIL image or a numpy array, got {type(image).__name__}")
+    arr = image
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(
+            f"{where}: expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {tuple(image.shape)} "
+            "(channels-first arrays need .transpose(1, 2, 0))"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{where}: the image is empty ({tuple(image.shape)})")
+    return np.ascontiguousarray(_scale_to_uint8(arr, where))
+
+
+def read_image(image: ImageInput) -> np.ndarray:
+    """Any image input -> (H, W, 3) uint8 RGB, upright (EXIF orientation applied for files and PIL images).
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is not a readable image (corrupt, truncated, not an image), naming the file.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as im:
+                im.load()  # decode now: a truncated file fails here, inside the try, with its name
+                upright = ImageOps.exif_transpose(im)
+                return to_rgb_array(upright, str(path))
+        except UnidentifiedImageError:
+            raise ValueError(f"{path} is not an image file PIL can read (corrupt, or an unsupported format)") from None
+        except (OSError, SyntaxError) as e:  # PIL reports truncated or broken data as OSError / SyntaxError
+            raise ValueError(f"{path} is corrupt or truncated: {e}") from None
+    if isinstance(image, Image.Image):
+        return to_rgb_array(ImageOps.exif_transpose(image), describe_source(image))
+    return to_rgb_array(image, describe_source(image))
+
+
+def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Expand files and folders (recursively, sorted) into image paths; a missing input is an error."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"{p} does not exist (give image files or folders of images)")
+    if not found:
+        where = ", ".join(str(i) for i in inputs)
+        raise ValueError(f"no images found in {where} (suffixes: {', '.join(IMAGE_SUFFIXES)})")
+    return found

@@ -1,0 +1,229 @@
+"""`Predictor`: segment any image with any list of class names.
+
+    >>> from otseg import Predictor
+    >>> predictor = Predictor.from_pretrained("demo")            # or a folder, an iter_N.pt, a reference .pth
+    >>> result = predictor.predict("photo.jpg", ["red striped", "blue dotted"])
+    >>> result.labels.shape, result.scores.shape                  # (H, W) and (K, H, W) at the image's own size
+    >>> result.fractions()                                        # {"red striped": 0.12, ...}
+
+Images may be a path, a PIL image or a numpy array of any size, grayscale, RGB, RGBA or 16-bit; files are turned
+upright by their EXIF orientation. The model sees the image resized to its test size (short side
+`config.test_short_side`) with sliding windows, as in the reference evaluation; scores come back at the input's
+size. Class text embeddings are cached per list of names, so repeated calls with the same names cost nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from otseg.image_io import ImageInput, read_image
+from otseg.model.segmentor import OTSeg
+
+__all__ = ["Prediction", "Predictor"]
+
+_EMBEDDING_CACHE_SIZE = 32
+
+
+@dataclass
+class Prediction:
+    """The result of `Predictor.predict` for one image.
+
+    Attributes:
+        labels: (H, W) int64 index into `class_names` of each pixel's best class, at the input image's size.
+        scores: (K, H, W) float32 class scores (sigmoid probabilities minus the seen-class bias, as the reference
+            scores them), at the input image's size.
+        class_names: the K names.
+        image: (H, W, 3) uint8 RGB image as the model saw it (upright), for drawing.
+    """
+
+    labels: np.ndarray
+    scores: np.ndarray
+    class_names: list[str]
+    image: np.ndarray
+
+    def fractions(self) -> dict[str, float]:
+        """Share of the image's pixels assigned to each class (all K names, summing to 1)."""
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.class_names))
+        total = max(int(self.labels.size), 1)
+        return {name: float(c) / total for name, c in zip(self.class_names, counts, strict=True)}
+
+    def overlay(self, alpha: float = 0.5, legend: bool = True) -> Any:
+        """A PIL image: the colour label map blended over the image, with a legend of the classes present."""
+        from otseg.viz import overlay_with_legend
+
+        return overlay_with_legend(self.image, self.labels, self.class_names, alpha=alpha, legend=legend)
+
+    def label_image(self) -> Any:
+        """The label map as a palette ("P" mode) PIL image: pixel value = class index, colours from `otseg.viz`."""
+        from otseg.viz import palette_label_image
+
+        return palette_label_image(self.labels, len(self.class_names))
+
+
+class Predictor:
+    """Segment images with an OTSeg model for any class names its text tower can embed.
+
+    Args:
+        model: an `OTSeg` model. To name new classes it needs its CLIP text tower (`model.text_encoder`);
+            without one, only the class set it already holds can be used.
+        device: where to run ("cpu", "cuda", ...); default: the model's device.
+        templates: prompt templates for new class names; default: the model config's templates.
+    """
+
+    def __init__(self, model: OTSeg, device: str | torch.device | None = None, templates: Sequence[str] | None = None):
+        if not isinstance(model, OTSeg):
+            raise TypeError(f"Predictor needs an otseg.OTSeg model, got {type(model).__name__}")
+        self.model = model.eval()
+        if device is not None:
+            self.model.to(device)
+        self.templates = tuple(templates) if templates is not None else None
+        self._embeddings: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()
+        if model.has_class_embeddings:  # the classes the model came with need no text tower
+            self._embeddings[tuple(model.class_names)] = model.class_embeddings.detach().clone()
+        self._default_names = list(model.class_names) if model.has_class_embeddings else list(model.config.class_names)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        device: str | torch.device = "cpu",
+        clip: str | os.PathLike | None = None,
+        preset: str | None = None,
+        allow_pickle: bool = False,
+        progress: bool = True,
+    ) -> Predictor:
+        """Load a predictor.
+
+        Args:
+            name_or_path: "demo" (the built-in miniature model: trained on first use, a few minutes on a CPU,
+                then cached), a folder written by `save_pretrained`/`otseg convert`, a training checkpoint
+                `iter_N.pt`, or a reference release `.pth` (needs `preset`).
+            clip: OpenAI CLIP weights (e.g. ViT-B-16.pt) for the text tower, when the file holds none (training
+                checkpoints and reference releases do not); needed to name new classes.
+            preset: the preset a reference `.pth` was trained with (e.g. "voc12-inductive").
+            allow_pickle: allow pickled objects in old checkpoint files (only for files you trust).
+            progress: progress bars when the demo model is built.
+        """
+        from otseg.model.build import load_clip_into
+        from otseg.model.loading import load_model
+
+        if str(name_or_path) == "demo":
+            from otseg.demo.pretrained import demo_model_dir
+
+            name_or_path = demo_model_dir(progress=progress)
+        model = load_model(name_or_path, preset=preset, allow_pickle=allow_pickle)
+        if clip is not None:
+            load_clip_into(model, clip)
+        return cls(model, device=device)
+
+    # ------------------------------------------------------------------ classes
+    @property
+    def default_class_names(self) -> list[str]:
+        """The class names the model was trained or configured with (used when `predict` gets none)."""
+        return list(self._default_names)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _use_classes(self, class_names: Sequence[str] | None) -> list[str]:
+        from otseg.model.text import compute_class_embeddings, resolve_templates, validate_class_names
+
+        names = validate_class_names(self._default_names if class_names is None else class_names)
+        key = tuple(names)
+        if key == tuple(self.model.class_names) and self.model.has_class_embeddings:
+            return names
+        emb = self._embeddings.get(key)
+        if emb is None:
+            if self.model.text_encoder is None:
+                raise ValueError(
+                    f"this model has no CLIP text tower, so it can only segment its own classes "
+                    f"({', '.join(self._default_names[:8])}{', ...' if len(self._default_names) > 8 else ''}); "
+                    "load it with clip=PATH (--clip on the command line) to name other classes"
+                )
+            templates = resolve_templates(self.templates or self.model.config.templates)
+            with torch.no_grad():
+                emb = compute_class_embeddings(self.model.text_encoder, names, templates)
+            self._embeddings[key] = emb
+            while len(self._embeddings) > _EMBEDDING_CACHE_SIZE:
+                self._embeddings.popitem(last=False)
+        self._embeddings.move_to_end(key)
+        self.model.set_class_embeddings(emb, class_names=names)
+        return names
+
+    # ------------------------------------------------------------------ prediction
+    def preprocess(self, image: np.ndarray) -> Tensor:
+        """(H, W, 3) uint8 RGB -> (1, 3, h, w) normalised tensor at the model's test size (short side)."""
+        from otseg.data.transforms import TestResize
+
+        cfg = self.model.config
+        resized, _ = TestResize(cfg.test_short_side)(image, None)
+        x = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32))
+        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
+        return ((x - mean) / std)[None].to(self.device)
+
+    @torch.no_grad()
+    def predict(self, image: ImageInput, class_names: Sequence[str] | None = None) -> Prediction:
+        """Segment one image.
+
+        Args:
+            image: a file path, PIL image or numpy array (H, W), (H, W, 3) or (H, W, 4); uint8, uint16 or float.
+            class_names: what to look for, e.g. ["cat", "sofa", "wall"]; default: `default_class_names`.
+
+        Returns:
+            A `Prediction` with labels (H, W) and scores (K, H, W) at the image's own (upright) size.
+        """
+        names = self._use_classes(class_names)
+        rgb = read_image(image)
+        h, w = rgb.shape[:2]
+        scores = self.model.predict_scores(self.preprocess(rgb))
+        if scores.shape[-2:] != (h, w):
+            scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
+        scores = scores[0].float().cpu()
+        return Prediction(
+            labels=scores.argmax(0).numpy().astype(np.int64),
+            scores=scores.numpy(),
+            class_names=names,
+            image=rgb,
+        )
+
+    def __repr__(self) -> str:
+        cfg = self.model.config
+        return (
+            f"Predictor(model={cfg.name!r}, classes={len(self._default_names)}, device={self.device}, "
+            f"text_tower={'yes' if self.model.text_encoder is not None else 'no'})"
+        )
+
+
+def default_class_names(name_or_path: str | os.PathLike, preset: str | None = None) -> list[str]:
+    """Class names of a model without building it when that is cheap: "demo", a preset name, or a model file."""
+    from otseg.model.presets import list_presets
+
+    if str(name_or_path) == "demo":
+        from otseg.demo.world import CLASS_NAMES
+
+        return list(CLASS_NAMES)
+    if str(name_or_path) in list_presets():
+        from otseg.model.presets import get_preset
+
+        return list(get_preset(str(name_or_path)).class_names)
+    p = Path(name_or_path)
+    if p.is_dir() and (p / "config.json").is_file():
+        import json
+
+        meta = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        return list(meta.get("class_names") or meta.get("config", {}).get("class_names", []))
+    return Predictor.from_pretrained(p, preset=preset).default_class_names

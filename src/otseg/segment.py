@@ -1,0 +1,107 @@
+"""`otseg segment`: run a `Predictor` over image files and folders and write what a user looks at.
+
+For each image `<stem>`:
+
+* `<stem>_labels.png`: the label map as a palette PNG (pixel value = index into the class list; viewers show
+  colours);
+* `<stem>_overlay.png`: the colour label map over the image, with a legend of the classes found;
+* `<stem>.json`: the class list, the image size and each class's share of the pixels.
+
+`summary.json` lists every image with its outputs, and the images that could not be read (with the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from otseg.predictor import Predictor
+from otseg.utils import atomic_write, atomic_write_text
+
+__all__ = ["output_stems", "parse_class_list", "segment_images"]
+
+
+def parse_class_list(text: str) -> list[str]:
+    """'cat, sofa,wall' -> ['cat', 'sofa', 'wall'] (names are validated by the predictor: no empties or repeats).
+
+    A path to a text file with one name per line is read instead.
+    """
+    p = Path(text)
+    if "," not in text and p.suffix == ".txt" and p.is_file():
+        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [n.strip() for n in text.split(",")]
+    if any(not n for n in names):
+        raise ValueError(f"--classes {text!r} has an empty name; give comma-separated names like 'cat,sofa,wall'")
+    return names
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names for the images: their stems, made unique with the parent folder (or a counter) on clashes."""
+    stems = [p.stem for p in paths]
+    out, used = [], set()
+    for p, stem in zip(paths, stems, strict=True):
+        name = stem if stems.count(stem) == 1 else f"{p.parent.name}_{stem}"
+        base, n = name, 1
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
+def _save_png(image: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def segment_images(
+    predictor: Predictor,
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    class_names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment every image and write its outputs; returns the summary (also written to `summary.json`).
+
+    An image that cannot be read is reported (its name and why) and skipped; the others are still written.
+    """
+    from tqdm.auto import tqdm
+
+    from otseg.image_io import find_images
+
+    paths = find_images(list(images))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(class_names) if class_names is not None else predictor.default_class_names
+    done: list[dict[str, Any]] = []
+    failed: list[dict[str, str]] = []
+    bar = tqdm(list(zip(paths, output_stems(paths), strict=True)), desc="segment", unit="image", disable=not progress)
+    for path, stem in bar:
+        try:
+            result = predictor.predict(path, names)
+        except (ValueError, OSError) as e:  # a bad file: say which and go on with the rest
+            failed.append({"image": str(path), "error": str(e)})
+            bar.write(f"skipped {path}: {e}")
+            continue
+        names = result.class_names
+        label_file, overlay_file, json_file = (out / f"{stem}{s}" for s in ("_labels.png", "_overlay.png", ".json"))
+        _save_png(result.label_image(), label_file)
+        _save_png(result.overlay(), overlay_file)
+        fractions = result.fractions()
+        record = {
+            "image": str(path),
+            "height": int(result.labels.shape[0]),
+            "width": int(result.labels.shape[1]),
+            "class_names": result.class_names,
+            "fractions": {k: round(v, 6) for k, v in fractions.items()},
+            "labels": label_file.name,
+            "overlay": overlay_file.name,
+        }
+        atomic_write_text(json_file, json.dumps(record, indent=2) + "\n")
+        done.append({**record, "json": json_file.name})
+    summary = {"class_names": names, "images": done, "failed": failed}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

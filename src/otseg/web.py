@@ -1,0 +1,283 @@
+"""`otseg serve`: a web page to segment an uploaded image with typed class names (Gradio, an optional extra).
+
+    $ pip install 'otseg[web]'
+    $ otseg serve                                  # the demo model, at http://127.0.0.1:7860
+    $ otseg serve --checkpoint runs/voc/iter_20000.pt --clip ViT-B-16.pt --port 8080
+
+From Python, `build_app(predictor)` returns the `gradio.Blocks` page without starting a server, and
+`launch(app, ...)` serves it:
+
+    >>> from otseg import Predictor
+    >>> from otseg.web import build_app, launch
+    >>> app = build_app(Predictor.from_pretrained("demo"))
+    >>> launch(app, port=7861)
+
+The page: an image upload, a text box of comma-separated class names (prefilled with the model's own classes) and
+a "Segment" button; it shows the label map blended over the image with a legend, and the share of the image's
+pixels given to each class. Bad input (no image, an empty or repeated class name, a file that is not an image)
+shows a message in the page. Gradio is imported only when the page is built, so the rest of otseg never needs
+it; analytics are switched off (no calls to gradio's servers), and no public share link is made unless asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import gradio
+
+    from otseg.predictor import Predictor
+
+__all__ = [
+    "ELEM_IDS",
+    "INSTALL_HINT",
+    "add_serve_parser",
+    "build_app",
+    "cmd_serve",
+    "import_gradio",
+    "launch",
+    "make_segment_fn",
+    "split_class_names",
+]
+
+INSTALL_HINT = "pip install 'otseg[web]'"
+
+# HTML ids of the page's parts, for styling and for driving the page from a browser (the tests do).
+ELEM_IDS = {
+    "image": "otseg-image",
+    "classes": "otseg-classes",
+    "button": "otseg-segment",
+    "overlay": "otseg-overlay",
+    "fractions": "otseg-fractions",
+}
+
+
+def import_gradio() -> Any:
+    """Import gradio with its usage analytics off, or fail with a one-line message saying how to install it.
+
+    Raises:
+        RuntimeError: gradio is not installed (`otseg` turns this into `otseg serve: error: ...`).
+    """
+    # Gradio reads this when imported: no analytics or version-check requests to api.gradio.app.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ImportError as e:
+        raise RuntimeError(
+            f"the web demo needs gradio, which is not installed ({e}); install with {INSTALL_HINT}"
+        ) from None
+    return gradio
+
+
+def split_class_names(text: str | None) -> list[str]:
+    """'cat, sofa,wall' (commas or new lines) -> ['cat', 'sofa', 'wall'].
+
+    Unlike `otseg.segment.parse_class_list`, a name ending in .txt is never read as a file: on a web page the
+    text comes from a visitor, who must not be able to make the server read its files.
+
+    Raises:
+        ValueError: the text holds no names, or an empty one between separators. Repeated names are left for
+            the predictor to reject, with its message.
+    """
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("type at least one class name, e.g. 'cat, sofa, wall'")
+    names = [n.strip() for n in re.split(r"[,\n]", text)]
+    empty = [i for i, n in enumerate(names) if not n]
+    if empty:
+        raise ValueError(
+            f"class name(s) at position(s) {empty} are empty (two commas in a row, or a comma at an end); "
+            "give comma-separated names like 'cat, sofa, wall'"
+        )
+    return names
+
+
+def make_segment_fn(predictor: Predictor) -> Callable[[str | None, str | None], tuple[Any, dict[str, float]]]:
+    """The page's "Segment" action: (uploaded image path, class-name text) -> (overlay PIL image, class fractions).
+
+    Bad input raises `gradio.Error`, which the page shows as a message (never a traceback).
+    """
+    gr = import_gradio()
+
+    def segment(image_path: str | None, class_text: str | None) -> tuple[Any, dict[str, float]]:
+        if not image_path:
+            raise gr.Error("Upload an image first.", title="No image", print_exception=False)
+        try:
+            names = split_class_names(class_text)
+            prediction = predictor.predict(image_path, names)
+        except (ValueError, TypeError, OSError) as e:
+            # Library messages name the server-side temporary file; the visitor knows it as "the uploaded image".
+            message = str(e).replace(str(image_path), "the uploaded image")
+            raise gr.Error(message[:1].upper() + message[1:], title="Cannot segment", print_exception=False) from None
+        return prediction.overlay(), prediction.fractions()
+
+    return segment
+
+
+def _explain_unreadable_uploads(image: Any, gr: Any) -> Any:
+    """Make an image input turn an upload it cannot open into a page message instead of a bare "Error".
+
+    Gradio opens the uploaded file itself (to apply the image mode) before the page's function runs. The
+    instance's `preprocess` is wrapped rather than gr.Image subclassed: gradio writes a `.pyi` stub beside the
+    source file of every component subclass, which must not happen inside an installed package.
+    """
+    preprocess = image.preprocess
+
+    def checked_preprocess(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except (OSError, ValueError, SyntaxError):  # PIL: UnidentifiedImageError (an OSError), broken data
+            name = getattr(payload, "orig_name", None) or "the uploaded file"
+            raise gr.Error(
+                f"{name} is not an image that can be read (corrupt, or an unsupported format); "
+                "upload a PNG, JPEG, WebP, BMP, TIFF or GIF file",
+                title="Unreadable image",
+                print_exception=False,
+            ) from None
+
+    image.preprocess = checked_preprocess
+    return image
+
+
+def build_app(predictor: Predictor, title: str = "OTSeg zero-shot segmentation") -> gradio.Blocks:
+    """The demo page for `predictor`, as a `gradio.Blocks` (not launched; serve it with `launch`).
+
+    Args:
+        predictor: the `otseg.Predictor` that segments. Calls are serialised (one at a time), since a predictor
+            switches its model's class set per call.
+        title: the page's title and heading.
+    """
+    gr = import_gradio()
+    segment = make_segment_fn(predictor)
+    defaults = ", ".join(predictor.default_class_names)
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(
+            f"# {title}\n"
+            "Upload an image, type the classes to look for (comma-separated, any words the model's text tower "
+            "can embed) and press **Segment**. The result shows each pixel's best class over the image, with a "
+            f"legend, and the share of the image given to each class.  \nModel: `{predictor!r}`"
+        )
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(
+                    label="Image",
+                    type="filepath",
+                    image_mode=None,  # hand the file over as uploaded: otseg reads any mode, EXIF orientation
+                    sources=["upload", "clipboard"],
+                    elem_id=ELEM_IDS["image"],
+                )
+                _explain_unreadable_uploads(image, gr)
+                classes = gr.Textbox(
+                    value=defaults,
+                    label="Class names (comma-separated)",
+                    placeholder="cat, sofa, wall",
+                    lines=2,
+                    elem_id=ELEM_IDS["classes"],
+                )
+                button = gr.Button("Segment", variant="primary", elem_id=ELEM_IDS["button"])
+            with gr.Column():
+                overlay = gr.Image(
+                    label="Segmentation (legend at the right)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id=ELEM_IDS["overlay"],
+                )
+                fractions = gr.Label(label="Share of the image per class", elem_id=ELEM_IDS["fractions"])
+        gr.on(
+            triggers=[button.click, classes.submit],
+            fn=segment,
+            inputs=[image, classes],
+            outputs=[overlay, fractions],
+            api_name="segment",
+            concurrency_limit=1,
+        )
+    return app
+
+
+def launch(
+    app: gradio.Blocks,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+) -> tuple[Any, str, str | None]:
+    """Serve the page: blocks until Ctrl+C, or returns at once with `prevent_thread_lock=True` (close with
+    `app.close()`). Returns gradio's (FastAPI app, local URL, share URL or None).
+
+    Analytics, server-side rendering (which would need Node.js), the MCP server and the PWA manifest are off;
+    `share=True` asks gradio.live for a public link (downloads gradio's tunnel client; needs the internet).
+    """
+    return app.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        show_error=True,
+        ssr_mode=False,
+        mcp_server=False,
+        pwa=False,
+    )
+
+
+def _load_predictor(args: argparse.Namespace) -> Predictor:
+    from otseg.predictor import Predictor
+
+    device = args.device or "cpu"
+    if args.checkpoint:
+        return Predictor.from_pretrained(
+            args.checkpoint, device=device, clip=args.clip, preset=args.preset, allow_pickle=args.allow_pickle
+        )
+    if args.clip:
+        raise ValueError("--clip goes with --checkpoint (the demo model has its own text tower)")
+    return Predictor.from_pretrained(args.model, device=device)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`otseg serve`: load the model, build the page and serve it until Ctrl+C."""
+    import_gradio()  # fail fast, before a model is loaded (the demo model trains for minutes on first use)
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    predictor = _load_predictor(args)
+    app = build_app(predictor)
+    _, local_url, share_url = launch(
+        app, host=args.host, port=args.port, share=args.share, prevent_thread_lock=True, quiet=True
+    )
+    print(f"serving {predictor!r} at {local_url}" + (f" and {share_url}" if share_url else ""))
+    print("press Ctrl+C to stop", flush=True)
+    app.block_thread()  # until Ctrl+C; closes the server
+    return 0
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `otseg serve` on an argparse subparsers object (`parser.add_subparsers()`)."""
+    p = subparsers.add_parser(
+        "serve",
+        help="a web page: upload an image, type class names, see the segmentation (needs otseg[web])",
+        description="Serve a web demo (Gradio): upload an image, type comma-separated class names, press Segment "
+        "and see the label map over the image with a legend and the share of each class. Needs the web extra: "
+        f"{INSTALL_HINT}. Local only unless --host or --share say otherwise.",
+    )
+    p.add_argument("--model", default="demo", help="a built-in model: 'demo' (default; trained on first use)")
+    p.add_argument(
+        "--checkpoint", help="instead of --model: an otseg folder, an iter_N.pt from otseg train, or a reference .pth"
+    )
+    p.add_argument("--clip", help="OpenAI CLIP weights (ViT-B-16.pt) for the text tower, to name any class")
+    p.add_argument("--preset", help="the preset a reference .pth was trained with (e.g. voc12-inductive)")
+    p.add_argument("--device", help="cpu (default) or cuda")
+    p.add_argument("--allow-pickle", action="store_true", help="load old pickled checkpoints (trusted files only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all interfaces)"
+    )
+    p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    p.add_argument(
+        "--share", action="store_true", help="also make a temporary public link through gradio.live (off by default)"
+    )
+    p.set_defaults(func=cmd_serve)
+    return p
