@@ -271,10 +271,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model_over, _ = _split_overrides(args.set)
     model_over.update(_custom_dataset_overrides(args))
     model = load_model(args.checkpoint, preset=args.preset, overrides=model_over, allow_pickle=args.allow_pickle)
-    if args.clip:
-        from otseg.model.build import load_clip_into
+    if args.clip:  # the text tower only: the checkpoint's backbone (trained prompts included) stays as loaded
+        from otseg.model.build import attach_clip_text_tower
 
-        load_clip_into(model, args.clip)
+        attach_clip_text_tower(model, args.clip)
     if args.embeddings or not model.has_class_embeddings:
         _class_embeddings_for(model, args)
     dist_info = init_distributed(args.device)

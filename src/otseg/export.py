@@ -470,10 +470,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         _require("onnxruntime", "otseg export --check")
 
     model = _load_for_export(args)
-    if args.clip:
-        from otseg.model.build import load_clip_into
+    if args.clip:  # the text tower only: the checkpoint's backbone (trained prompts included) stays as loaded
+        from otseg.model.build import attach_clip_text_tower
 
-        load_clip_into(model, args.clip)
+        attach_clip_text_tower(model, args.clip)
     if classes is not None:
         if model.text_encoder is None:
             raise ValueError(

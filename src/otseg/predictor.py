@@ -103,6 +103,7 @@ class Predictor:
         preset: str | None = None,
         allow_pickle: bool = False,
         progress: bool = True,
+        overrides: dict[str, Any] | None = None,
     ) -> Predictor:
         """Load a predictor.
 
@@ -115,17 +116,19 @@ class Predictor:
             preset: the preset a reference `.pth` was trained with (e.g. "voc12-inductive").
             allow_pickle: allow pickled objects in old checkpoint files (only for files you trust).
             progress: progress bars when the demo model is built.
+            overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
+                `.pth`, any preset field, as `otseg eval --set` takes them).
         """
-        from otseg.model.build import load_clip_into
+        from otseg.model.build import attach_clip_text_tower
         from otseg.model.loading import load_model
 
         if str(name_or_path) == "demo":
             from otseg.demo.pretrained import demo_model_dir
 
             name_or_path = demo_model_dir(progress=progress)
-        model = load_model(name_or_path, preset=preset, allow_pickle=allow_pickle)
-        if clip is not None:
-            load_clip_into(model, clip)
+        model = load_model(name_or_path, preset=preset, overrides=overrides, allow_pickle=allow_pickle)
+        if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
+            attach_clip_text_tower(model, clip)
         return cls(model, device=device)
 
     # ------------------------------------------------------------------ classes

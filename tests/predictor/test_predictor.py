@@ -154,3 +154,32 @@ def test_outputs_render(predictor):
     np.testing.assert_array_equal(np.asarray(label_img), result.labels)
     over = result.overlay()
     assert over.mode == "RGB" and over.height >= 128 and over.width > over.height  # enlarged, legend at the right
+
+
+def test_from_a_reference_checkpoint_with_clip_weights(tmp_path):
+    """A reference release .pth (no text tower inside) + OpenAI CLIP weights for the text tower."""
+    from conftest import golden_file, load_golden
+
+    seg, backbone = load_golden("segmentor.pt"), load_golden("backbone.pt")
+    ref_sd = {**{"backbone." + k: v for k, v in backbone["state_dict"].items()}, **seg["state_dict"]}
+    ckpt = tmp_path / "voc_inductive.pth"
+    torch.save({"meta": {"CLASSES": ("a", "b")}, "state_dict": ref_sd}, ckpt)
+    tiny = {  # the voc12-inductive preset at the golden tiny segmentor's sizes
+        "vision.image_size": 64, "vision.width": 64, "vision.layers": 3, "vision.heads": 4,
+        "vision.output_dim": 32, "vision.deep_prompt_layers": 2, "head.embed_dim": 32, "head.ffn_dim": 128,
+        "head.output_size": 64, "crop_size": 64, "stride": 48, "test_short_side": 64,
+    }  # fmt: skip
+    predictor = Predictor.from_pretrained(
+        ckpt, preset="voc12-inductive", clip=golden_file("openai_clip_jit.pt"), overrides=tiny
+    )
+    # The trained backbone comes from the .pth; the CLIP file only adds the text tower.
+    got = predictor.model.backbone.state_dict()
+    for key in ("prompt_embeddings", "conv1.weight", "transformer.resblocks.0.attn.in_proj_weight"):
+        assert torch.equal(got[key], backbone["state_dict"][key]), key
+    assert predictor.model.text_encoder is not None
+    result = predictor.predict(_picture(50, 90), ["cat", "sofa", "wall"])
+    assert result.labels.shape == (50, 90) and result.scores.shape == (3, 50, 90)
+    assert predictor.default_class_names[0] == "aeroplane" and len(predictor.default_class_names) == 20
+
+    with pytest.raises(ValueError, match="preset"):
+        Predictor.from_pretrained(ckpt)

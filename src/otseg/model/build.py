@@ -82,3 +82,30 @@ def load_clip_into(
         raise ValueError(f"cannot load CLIP weights from {clip}: {e}") from e
     model.config.text = text_cfg  # saved with the model, so the text tower can be rebuilt from our format
     model.attach_text_encoder(text_encoder)
+
+
+def attach_clip_text_tower(model: OTSeg, clip: str | os.PathLike | dict, *, text_heads: int | None = None) -> None:
+    """Attach CLIP's text tower (only) from an OpenAI checkpoint, leaving the image backbone as it is.
+
+    For models whose file holds the trained backbone but no text tower (training checkpoints, reference releases):
+    the backbone keeps its loaded weights, and `set_classes` can embed any name. The tower's output width must be
+    the head's width.
+    """
+    from otseg.clip.loading import _load_checked, infer_clip_configs, read_clip_state_dict, text_state_dict
+    from otseg.clip.text import TextEncoder
+
+    source = "<in-memory state dict>" if isinstance(clip, dict) else str(clip)
+    sd = clip if isinstance(clip, dict) else read_clip_state_dict(clip)
+    try:
+        _, text_cfg = infer_clip_configs(sd, text_heads=text_heads)
+    except ValueError as e:
+        raise ValueError(f"cannot read a CLIP text tower from {source}: {e}") from e
+    if text_cfg.output_dim != model.config.head.embed_dim:
+        raise ValueError(
+            f"the CLIP text tower in {source} embeds to {text_cfg.output_dim} dimensions but the model's head expects "
+            f"{model.config.head.embed_dim}: this CLIP is not the one the model was trained with"
+        )
+    text_encoder = TextEncoder(text_cfg)
+    _load_checked(text_encoder, text_state_dict(sd), source=source, what="the text encoder")
+    model.config.text = text_cfg
+    model.attach_text_encoder(text_encoder)
