@@ -15,12 +15,17 @@ METHODS = {"zegclip", "otseg", "otseg+"}
 SETTINGS = {"inductive", "transductive", "fully"}
 
 
-def test_quick_demo_runs_end_to_end(tmp_path, capsys):
+def _demo(out, *extra: str) -> int:
     parser = argparse.ArgumentParser()
     add_demo_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["demo", "--out", str(tmp_path / "demo"), "--quick", "--no-progress", "--seed", "1"])
+    args = parser.parse_args(["demo", "--out", str(out), "--quick", "--no-progress", "--seed", "1", *extra])
     assert args.func is cmd_demo
-    assert args.func(args) == 0
+    return args.func(args)
+
+
+def test_quick_demo_runs_end_to_end(tmp_path, capsys):
+    # Two worker processes, one thread each: the schedule the full demo uses on 2 cores.
+    assert _demo(tmp_path / "demo", "--workers", "2", "--threads", "1") == 0
 
     out = tmp_path / "demo"
     rows = json.loads((out / "results.json").read_text())
@@ -52,6 +57,11 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     with Image.open(panels[0]) as im:
         assert im.width > 5 * 64 * 4  # image, ground truth and three or four predictions, then the legend
     assert len(info["classes"]) == len(CLASS_NAMES)
+    assert info["workers"] == 2 and info["threads_per_worker"] == 1
+
+    # The same runs one after another in this process give the same numbers: the schedule does not matter.
+    assert _demo(tmp_path / "serial", "--workers", "1", "--threads", "1") == 0
+    assert json.loads((tmp_path / "serial" / "results.json").read_text()) == rows
 
 
 def test_demo_model_for_the_predictor(tmp_path, capsys):

@@ -175,3 +175,23 @@ def test_bf16_autocast_trains_with_sinkhorn_in_float32(tmp_path, monkeypatch):
     trainer.train()
     assert trainer.step == 3 and seen_dtypes and set(seen_dtypes) == {torch.float32}
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_backbone_lr_multiplier_scales_the_prompts_lr_only(tmp_path):
+    seen: list[dict[str, float]] = []
+
+    class Spy(Trainer):
+        def save_checkpoint(self):
+            seen.append({len(g["params"]): g["lr"] for g in self.optimizer.param_groups})
+            return super().save_checkpoint()
+
+    model = tiny_model()
+    prompts = sum(1 for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone."))
+    head = sum(1 for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone."))
+    assert prompts and head
+    Spy(model, SquaresDataset(), train_cfg(max_iters=4, power=0.0, backbone_lr_mult=0.1), tmp_path).train()
+    last = seen[-1]
+    assert set(last) == {prompts, head} and last[prompts] == pytest.approx(0.1 * last[head])
+    # The reference's setting (multiplier 1) keeps one group, so its checkpoints and runs are unchanged.
+    one = Trainer(tiny_model(), SquaresDataset(), train_cfg(max_iters=1), tmp_path / "one")
+    assert len(one.optimizer.param_groups) == 1

@@ -1,27 +1,33 @@
 """`otseg demo`: the miniature zero-shot benchmark, end to end, on a CPU.
 
-Stages: generate the world (cached), pretrain the tiny CLIP on captions (cached), train ZegCLIP-style and OTSeg
-models in the inductive, transductive and fully supervised settings with the regular `Trainer`, evaluate every
-method with the regular `evaluate`, evaluate the control (OTSeg+ with the unseen classes' text replaced by random
-unit vectors), print the table, and write `results.json`, `demo_info.json` and PNG panels to the output folder.
+Stages: generate the world (cached), unpack the shipped tiny CLIP (or pretrain one for a non-default recipe;
+cached), train ZegCLIP-style and OTSeg models in the inductive, transductive and fully supervised settings with
+the regular `Trainer`, evaluate every method with the regular `evaluate`, evaluate the control (OTSeg+ with the
+unseen classes' names replaced by made-up words), print the table, and write `results.json`,
+`demo_info.json` and PNG panels to the output folder.
+
+The six training runs are independent jobs (a transductive run waits for its inductive checkpoint) and run in
+parallel worker processes, one thread each by default: models this small keep one core busy with one thread,
+while two threads on one model mostly wait for each other. The results do not depend on the schedule.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
+import multiprocessing
+import os
+import queue
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from otseg.demo.presets import (
     METHODS,
@@ -37,7 +43,16 @@ from otseg.demo.pretrained import save_demo_model
 from otseg.demo.tiny_clip import TinyClipConfig, tiny_clip_path
 from otseg.demo.world import CLASS_NAMES, WorldConfig, seen_ids, unseen_ids, world_dir
 
-__all__ = ["DemoSettings", "add_demo_parser", "cmd_demo", "format_table", "run_demo"]
+__all__ = [
+    "DemoJob",
+    "DemoSettings",
+    "add_demo_parser",
+    "cmd_demo",
+    "control_names",
+    "demo_jobs",
+    "format_table",
+    "run_demo",
+]
 
 METHOD_TITLES = {"zegclip": "ZegCLIP", "otseg": "OTSeg", "otseg+": "OTSeg+", "control": "control"}
 NUM_PANELS = 4
@@ -66,32 +81,6 @@ class DemoSettings:
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _quiet_tqdm(enabled: bool) -> Iterator[None]:
-    """Silence the progress bars of the Trainer (which always shows one) when `enabled` is False.
-
-    The Trainer imports `tqdm.auto.tqdm` when `train()` starts, so swapping that attribute for the duration is
-    enough, and it is restored afterwards.
-    """
-    if enabled:
-        yield
-        return
-    import tqdm.auto
-
-    original = tqdm.auto.tqdm
-
-    class _Silent(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-    tqdm.auto.tqdm = _Silent
-    try:
-        yield
-    finally:
-        tqdm.auto.tqdm = original
 
 
 def _split_miou(per_class: dict[str, float | None], ids: Sequence[int]) -> float | None:
@@ -202,9 +191,6 @@ def _write_panels(
     return paths
 
 
-# ---- the run ----------------------------------------------------------------------------------------------
-
-
 def demo_datasets(cfg: DemoSettings, root: Path) -> tuple[Any, Any]:
     """The world's training set (the demo augmentation) and test set, through the regular custom-layout loader."""
     from otseg.data.datasets import build_custom
@@ -216,6 +202,52 @@ def demo_datasets(cfg: DemoSettings, root: Path) -> tuple[Any, Any]:
     return train_set, val_set
 
 
+# ---- the training jobs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    """One training run of the demo: a trained architecture in one setting, and the methods scored on it."""
+
+    arch: str  # "zegclip" or "otseg" (`training_arch`)
+    setting: str  # "inductive", "transductive" or "fully"
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}-{self.setting}"
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m in METHODS if training_arch(m) == self.arch]
+
+    @property
+    def depends_on(self) -> DemoJob | None:
+        """Transductive runs start from the inductive run's checkpoint at half its schedule."""
+        return DemoJob(self.arch, "inductive") if self.setting == "transductive" else None
+
+    def iters(self, recipe: DemoRecipe) -> int:
+        return demo_train_config(self.setting, recipe).max_iters  # type: ignore[arg-type]
+
+
+def demo_jobs() -> list[DemoJob]:
+    """The six runs, in the order workers take them up: the longest first (OTSeg's steps cost more than the
+    baseline's), the transductive ones last, as they wait for their inductive checkpoint."""
+    order = [("otseg", "inductive"), ("zegclip", "inductive"), ("otseg", "fully"), ("zegclip", "fully")]
+    order += [("otseg", "transductive"), ("zegclip", "transductive")]
+    return [DemoJob(a, s) for a, s in order]
+
+
+@dataclass(frozen=True)
+class _JobContext:
+    """What a job needs, picklable for a worker process."""
+
+    settings: DemoSettings
+    world_root: Path
+    clip_file: Path
+    out: Path
+    panel_ids: tuple[int, ...]
+
+
 def train_demo_model(
     cfg: DemoSettings,
     method: str,
@@ -225,7 +257,7 @@ def train_demo_model(
     work: Path,
     init_from: str | None = None,
     progress: bool = True,
-    label: str = "",
+    on_step: Callable[[int], None] | None = None,
 ) -> Any:
     """Build one demo model from the tiny CLIP and train it with the regular `Trainer` in `work` (fresh).
 
@@ -242,12 +274,174 @@ def train_demo_model(
     model.set_classes(CLASS_NAMES)
     train_cfg = demo_train_config(setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)  # type: ignore[arg-type]
     shutil.rmtree(work, ignore_errors=True)  # a fresh run, never a silent resume of an older one
-    start = f"from the inductive {Path(init_from).stem}" if init_from else "from the CLIP weights"
-    arch = training_arch(method)
-    print(f"{label + ' ' if label else ''}train {arch} {setting}: {train_cfg.max_iters} iterations {start}", flush=True)
-    with _quiet_tqdm(progress):
-        Trainer(model, train_set, train_cfg, work).train()
+    Trainer(model, train_set, train_cfg, work, progress=progress, on_step=on_step).train()
     return model
+
+
+def control_names(seed: int) -> list[str]:
+    """The world's class names with each unseen name replaced by a made-up two-word name (seeded): words the
+    tiny CLIP never read, so their embeddings carry no knowledge of the class they stand for."""
+    rng = np.random.default_rng((seed, 99))
+    consonants, vowels = list("bcdfghjklmnpqrstvwxz"), list("aeiou")
+
+    def word() -> str:
+        return "".join(str(rng.choice(consonants if i % 2 == 0 else vowels)) for i in range(5))
+
+    names = list(CLASS_NAMES)
+    for i in unseen_ids():
+        names[i] = f"{word()} {word()}"
+    return names
+
+
+def _control_embeddings(model: Any, seed: int) -> torch.Tensor:
+    """Class embeddings for the control: the seen classes' as they are, the unseen classes' from made-up names
+    (`control_names`), through the same text tower and prompt templates."""
+    model.set_classes(control_names(seed))
+    return model.class_embeddings.clone()
+
+
+def run_job(
+    job: DemoJob,
+    ctx: _JobContext,
+    on_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train one job's model and score its methods (and, for OTSeg inductive, the control; it also stores the
+    built-in demo model). Returns rows, per-class IoU, the panel images' label maps and timings."""
+    from otseg.clip.loading import read_clip_state_dict
+    from otseg.eval.evaluate import evaluate
+
+    cfg = ctx.settings
+    train_set, val_set = demo_datasets(cfg, ctx.world_root)
+    init_from = None
+    if job.depends_on is not None:
+        init_from = str(ctx.out / "runs" / job.depends_on.name / f"iter_{transductive_init_step(cfg.recipe)}.pt")
+    t0 = time.perf_counter()
+    model = train_demo_model(
+        cfg, job.methods[-1], job.setting, read_clip_state_dict(ctx.clip_file), train_set, ctx.out / "runs" / job.name,
+        init_from, progress=progress, on_step=on_step,
+    )  # fmt: skip
+    result: dict[str, Any] = {"rows": [], "per_class": {}, "predictions": {}, "timings": {}}
+    result["timings"][f"train {job.name}"] = round(time.perf_counter() - t0, 2)
+
+    def score(method: str, setting: str) -> None:
+        t_eval = time.perf_counter()
+        metrics = evaluate(model, val_set, progress=False)
+        result["timings"][f"eval {method} {setting}"] = round(time.perf_counter() - t_eval, 2)
+        result["rows"].append(_row(method, setting, metrics))
+        result["per_class"][f"{method} {setting}"] = metrics["per_class_iou"]
+        result["predictions"][(method, setting)] = _predict_labels(model, val_set, ctx.panel_ids)
+
+    for method in job.methods:
+        model.head.cfg.ensemble_weight = 0.5 if method == "otseg+" else 1.0
+        score(method, job.setting)
+    if job == DemoJob("otseg", "inductive"):
+        # The model behind Predictor.from_pretrained("demo") / `otseg segment --model demo` (OTSeg+ inductive).
+        model.head.cfg.ensemble_weight = 0.5
+        save_demo_model(model, cfg)
+        # The control: OTSeg+ with the unseen classes' names replaced by made-up words, whose embeddings carry no
+        # knowledge of those classes; the seen classes, the prompts and the seen-class bias are unchanged. (Random
+        # unit vectors would be out of the text tower's distribution: sigmoid scores near 0.5 that win even on
+        # seen pixels, which would charge the control for more than missing knowledge.)
+        model.set_class_embeddings(_control_embeddings(model, cfg.world.seed), CLASS_NAMES, seen=seen_ids())
+        score("control", "inductive")
+    return result
+
+
+# A worker process's channel back to the parent: ("step", job name, steps done) and ("done", job name, seconds).
+_worker_queue: Any = None
+
+
+def _init_worker(channel: Any, threads: int) -> None:
+    global _worker_queue
+    _worker_queue = channel
+    torch.set_num_threads(threads)
+
+
+def _run_job_in_worker(job: DemoJob, ctx: _JobContext) -> dict[str, Any]:
+    last = [0]
+
+    def on_step(step: int) -> None:
+        if step - last[0] >= 10:  # a message every 10 steps is plenty for a progress bar
+            _worker_queue.put(("step", job.name, step - last[0]))
+            last[0] = step
+
+    result = run_job(job, ctx, on_step=on_step)
+    _worker_queue.put(("step", job.name, job.iters(ctx.settings.recipe) - last[0]))
+    return result
+
+
+def _result_line(job: DemoJob, result: dict[str, Any]) -> str:
+    seconds = result["timings"][f"train {job.name}"]
+    parts = [
+        f"{METHOD_TITLES[r['method']]} mIoU(S) {r['miou_seen']} mIoU(U) {r['miou_unseen']} hIoU {r['hiou']}"
+        for r in result["rows"]
+    ]
+    return f"[done] {job.name} (trained in {seconds:.0f}s): " + "; ".join(parts)
+
+
+def _run_jobs(
+    jobs: list[DemoJob], ctx: _JobContext, workers: int, threads: int, progress: bool
+) -> dict[str, dict[str, Any]]:
+    """Run the jobs, `workers` at a time (in this process when 1), with one progress bar over all their steps."""
+    from tqdm.auto import tqdm
+
+    recipe = ctx.settings.recipe
+    total = sum(j.iters(recipe) for j in jobs)
+    bar = tqdm(total=total, desc=f"training {len(jobs)} models", unit="it", dynamic_ncols=True, disable=not progress)
+    say = bar.write if progress else (lambda text: print(text, flush=True))
+    done: dict[str, dict[str, Any]] = {}
+    try:
+        if workers <= 1:
+            previous = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                for job in jobs:
+                    say(f"[start] {job.name}: {job.iters(recipe)} iterations")
+                    done[job.name] = run_job(job, ctx, on_step=lambda _step: bar.update(1))
+                    say(_result_line(job, done[job.name]))
+            finally:
+                torch.set_num_threads(previous)
+            return done
+        mp = multiprocessing.get_context("spawn")  # fork after torch has started its thread pools can hang
+        channel = mp.Queue()
+        pool = mp.Pool(workers, initializer=_init_worker, initargs=(channel, threads))
+        try:
+            pending, running = list(jobs), {}
+            while pending or running:
+                for job in list(pending):
+                    if len(running) >= workers:
+                        break
+                    if job.depends_on is None or job.depends_on.name in done:
+                        pending.remove(job)
+                        running[job.name] = (job, pool.apply_async(_run_job_in_worker, (job, ctx)))
+                        say(f"[start] {job.name}: {job.iters(recipe)} iterations")
+                try:
+                    kind, _name, value = channel.get(timeout=0.2)
+                    if kind == "step":
+                        bar.update(value)
+                except queue.Empty:
+                    pass
+                for name, (job, handle) in list(running.items()):
+                    if handle.ready():
+                        done[name] = handle.get()  # re-raises a worker's exception here
+                        del running[name]
+                        say(_result_line(job, done[name]))
+            pool.close()
+        finally:
+            pool.terminate()  # after an error or Ctrl-C, do not wait minutes for the other runs to finish
+            pool.join()
+        return done
+    finally:
+        bar.close()
+
+
+# ---- the run ----------------------------------------------------------------------------------------------
+
+
+def default_workers() -> int:
+    """Parallel training processes: one per core, at most four (the dependencies allow little more)."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 def run_demo(
@@ -256,23 +450,29 @@ def run_demo(
     quick: bool = False,
     progress: bool = True,
     settings: DemoSettings | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Run the miniature benchmark and return the results rows (also written to `out_dir/results.json`).
 
     Args:
         out_dir: receives results.json, demo_info.json (settings, timings, per-class IoU, CLIP diagnostics),
             table.md, panels/*.png and the training work folders (runs/<arch>-<setting>/).
-        seed: seeds the world, the CLIP pretraining, every training run and the control's random vectors.
+        seed: seeds the world, every training run and the control's random vectors (the tiny CLIP is one fixed
+            model for every seed).
         quick: a seconds-long smoke run (tiny sizes, meaningless numbers).
         progress: progress bars (stage messages are printed either way).
         settings: explicit sizes (overrides `seed` and `quick`).
+        workers: parallel training processes (default: `default_workers()`); 1 trains in this process.
+        threads: torch threads of each training process (default: CPU cores / workers).
     """
-    from otseg.eval.evaluate import evaluate
-    from otseg.model.segmentor import OTSeg
-
     t_start = time.perf_counter()
     cfg = settings or (DemoSettings.quick(seed) if quick else DemoSettings.full(seed))
     seed = cfg.world.seed
+    workers = default_workers() if workers is None else workers
+    if workers < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"--workers and --threads must be at least 1, got {workers} and {threads}")
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -291,7 +491,8 @@ def run_demo(
     stage("tiny_clip", t0)
     clip_info_file = clip_file.with_suffix(".json")
     clip_info = json.loads(clip_info_file.read_text(encoding="utf-8")) if clip_info_file.is_file() else {}
-    print(f"[tiny CLIP] {clip_file} ({timings['tiny_clip']:.1f}s)", flush=True)
+    source = clip_info.get("source", "pretrained here")
+    print(f"[tiny CLIP] {clip_file} ({source}; {timings['tiny_clip']:.1f}s)", flush=True)
     if "zero_shot" in clip_info:
         zs = clip_info["zero_shot"]
         print(
@@ -300,60 +501,24 @@ def run_demo(
             flush=True,
         )
 
-    from otseg.clip.loading import read_clip_state_dict
-
-    clip_sd = read_clip_state_dict(clip_file)
-    train_set, val_set = demo_datasets(cfg, root)
-    panel_ids = _panel_indices(val_set, min(NUM_PANELS, len(val_set)))
+    _, val_set = demo_datasets(cfg, root)
+    panel_ids = tuple(_panel_indices(val_set, min(NUM_PANELS, len(val_set))))
+    ctx = _JobContext(cfg, root, clip_file, out, panel_ids)
+    jobs = demo_jobs()
+    print(f"[train] {len(jobs)} models, {workers} at a time, {threads} thread(s) each", flush=True)
+    t0 = time.perf_counter()
+    job_results = _run_jobs(jobs, ctx, workers, threads, progress)
+    stage("training and evaluation (wall)", t0)
 
     results: dict[tuple[str, str], dict[str, Any]] = {}
     per_class: dict[str, dict[str, Any]] = {}
     predictions: dict[tuple[str, str], list[np.ndarray]] = {}
-    ckpts: dict[tuple[str, str], Path] = {}
-
-    def score(model: OTSeg, method: str, setting: str) -> None:
-        t_eval = time.perf_counter()
-        metrics = evaluate(model, val_set, progress=progress)
-        stage(f"eval {method} {setting}", t_eval)
-        results[(method, setting)] = _row(method, setting, metrics)
-        per_class[f"{method} {setting}"] = metrics["per_class_iou"]
-        predictions[(method, setting)] = _predict_labels(model, val_set, panel_ids)
-        r = results[(method, setting)]
-        print(
-            f"  {METHOD_TITLES[method]:<8} {setting:<12} mIoU(S) {r['miou_seen']}  mIoU(U) {r['miou_unseen']}  "
-            f"hIoU {r['hiou']}",
-            flush=True,
-        )
-
-    runs = [(arch, setting) for arch in ("zegclip", "otseg") for setting in SETTINGS]
-    for n, (arch, setting) in enumerate(runs, 1):
-        methods = [m for m in METHODS if training_arch(m) == arch]
-        init_from = str(ckpts[(arch, "inductive")]) if setting == "transductive" else None
-        t0 = time.perf_counter()
-        model = train_demo_model(
-            cfg, methods[-1], setting, clip_sd, train_set, out / "runs" / f"{arch}-{setting}", init_from, progress,
-            label=f"[{n}/{len(runs)}]",
-        )  # fmt: skip
-        stage(f"train {arch} {setting}", t0)
-        work = out / "runs" / f"{arch}-{setting}"
-        if setting == "inductive":
-            ckpts[(arch, setting)] = work / f"iter_{transductive_init_step(cfg.recipe)}.pt"
-        for method in methods:
-            model.head.cfg.ensemble_weight = 0.5 if method == "otseg+" else 1.0
-            score(model, method, setting)
-        if arch == "otseg" and setting == "inductive":
-            # The model behind Predictor.from_pretrained("demo") / `otseg segment --model demo` (OTSeg+ inductive).
-            model.head.cfg.ensemble_weight = 0.5
-            save_demo_model(model, cfg)
-            # The control: OTSeg+ with the unseen classes' text replaced by random unit vectors, which carry no
-            # knowledge of those classes; the seen classes and the seen-class bias are unchanged.
-            model.head.cfg.ensemble_weight = 0.5
-            emb = model.class_embeddings.clone()
-            gen = torch.Generator().manual_seed(seed)
-            unseen = list(unseen_ids())
-            emb[unseen] = F.normalize(torch.randn(len(unseen), *emb.shape[1:], generator=gen), dim=-1)
-            model.set_class_embeddings(emb, CLASS_NAMES, seen=seen_ids())
-            score(model, "control", "inductive")
+    for job in jobs:
+        r = job_results[job.name]
+        results.update({(row["method"], row["setting"]): row for row in r["rows"]})
+        per_class.update(r["per_class"])
+        predictions.update(r["predictions"])
+        timings.update(r["timings"])
 
     rows = [results[(m, s)] for s in SETTINGS for m in METHODS]
     rows.insert(len(METHODS), results[("control", "inductive")])
@@ -389,7 +554,9 @@ def run_demo(
         "timings_s": timings,
         "per_class_iou": per_class,
         "panels": [str(p) for p in panels],
-        "torch_threads": torch.get_num_threads(),
+        "workers": workers,
+        "threads_per_worker": threads,
+        "cpu_count": os.cpu_count(),
     }
     (out / "demo_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     print(
@@ -408,28 +575,39 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "demo",
         help="run the miniature zero-shot benchmark end to end on the CPU (no downloads)",
-        description="Generate a miniature zero-shot segmentation world, pretrain a tiny CLIP on its captions, train "
-        "ZegCLIP-style and OTSeg models (inductive, transductive, fully supervised), evaluate them and a control, "
-        "print the table and write results.json and pictures. About 12 minutes on 2 CPU cores; the world and the "
-        "tiny CLIP are cached for later runs.",
+        description="Generate a miniature zero-shot segmentation world, load the tiny CLIP pretrained on its captions "
+        "(shipped with otseg), train ZegCLIP-style and OTSeg models (inductive, transductive, fully supervised), "
+        "evaluate them and a control, print the table and write results.json and pictures. About DEMO_MINUTES "
+        "minutes on 2 CPU cores.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the world, the CLIP and every run (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the world and of every training run (default: 0)")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run with meaningless numbers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="training processes run in parallel (default: one per CPU core, at most 4); 1 trains in this process",
+    )
     p.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: torch's choice, one per core); use 1 on a machine busy with other work, "
-        "where threads that wait for each other slow the small matrix products down many times",
+        help="torch CPU threads of each training process (default: CPU cores / workers); models this small gain "
+        "little from a second thread, and lose much when the machine is busy with other work",
     )
     p.set_defaults(func=cmd_demo)
     return p
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    run_demo(args.out, seed=args.seed, quick=args.quick, progress=not args.no_progress)
+    run_demo(
+        args.out,
+        seed=args.seed,
+        quick=args.quick,
+        progress=not args.no_progress,
+        workers=args.workers,
+        threads=args.threads,
+    )
     return 0

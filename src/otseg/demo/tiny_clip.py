@@ -13,14 +13,27 @@ token alone leaves them close to raw pixels (a linear probe on them scored about
 The dense term gives the miniature CLIP that property of the real one; it changes only how pretraining pools, not
 the architecture or the checkpoint format, and every method and the control use the same CLIP.
 
+Shipped weights: pretraining takes about 25 minutes on 2 CPU cores, more than the whole demo may take, so the
+package ships the default tiny CLIP (`tiny_clip.safetensors` beside this file, about 3 MB) and `tiny_clip_path`
+unpacks it into the cache instead of pretraining. The pack holds every tensor except the untouched rows of the
+49408-row token table: the captions use a few dozen tokens, the sparse optimiser never moves the other rows, and
+those rows are drawn from NumPy's legacy `RandomState`, whose stream is frozen across versions and platforms, so
+they are rebuilt exactly. The pack records the SHA-256 of the full state dict, checked on unpacking. To rebuild it
+from scratch (and compare with the shipped one, bit for bit)::
+
+    python -m otseg.demo.tiny_clip --out tiny_clip.safetensors
+
+The CLIP is one fixed model, as OpenAI's is: its corpus is drawn with its own seed (`TinyClipConfig.seed`), not
+the demo's `--seed`, which varies the segmentation world and the training runs.
+
 The result is saved as a plain state dict with OpenAI's key names (`visual.conv1.weight`, `token_embedding.weight`,
 `logit_scale`, ...), the format `otseg.clip.loading.read_clip_state_dict` reads, and head counts follow OpenAI's
 width // 64 rule so that `build_model(..., clip=path)` infers the architecture from the file alone. It is cached
 under `<otseg cache>/demo/` keyed by a hash of the world and training settings, and rebuilt on first use.
 
-Determinism: initialisation, batch order and augmentation come from seeded generators, so a rebuild on the same
-machine with the same thread count gives the same weights. Different CPUs or thread counts may round matrix
-products differently; the cache key does not cover that.
+Determinism: initialisation, batch order and augmentation come from seeded generators, and the rebuild command
+pins the thread count, so a rebuild with the same torch build on the same kind of CPU gives the same weights bit
+for bit. Other CPUs (another vector instruction set) may round matrix products differently.
 """
 
 from __future__ import annotations
@@ -47,7 +60,7 @@ from otseg.model.config import IMAGENET_MEAN, IMAGENET_STD, TextConfig, VisionCo
 __all__ = ["TinyClipConfig", "evaluate_zero_shot", "tiny_clip_path", "train_tiny_clip"]
 
 # Bump when the training code changes what it produces, so that cached checkpoints are rebuilt.
-TINY_CLIP_VERSION = 2
+TINY_CLIP_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -61,7 +74,7 @@ class TinyClipConfig:
     text_layers: int = 3
     embed_dim: int = 64
     context_length: int = 77  # stored table size: `compute_class_embeddings` tokenises to 77
-    steps: int = 1600
+    steps: int = 6000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.1
@@ -89,10 +102,36 @@ class TinyClipConfig:
             output_dim=self.embed_dim,
         )
 
+    def corpus_world(self, world: WorldConfig) -> WorldConfig:
+        """The world the pretraining corpus is drawn from: `world`'s sizes with this CLIP's own seed."""
+        return dataclasses.replace(world, seed=self.seed)
+
     def key(self, world: WorldConfig) -> str:
-        """Hash of the world and of this recipe: the cache key of the trained weights."""
-        spec = {"world": world.key(), "clip": dataclasses.asdict(self), "v": TINY_CLIP_VERSION}
+        """Hash of the corpus and of this recipe: the cache key of the trained weights (independent of the
+        world's seed: every demo seed uses the same CLIP)."""
+        spec = {"world": self.corpus_world(world).key(), "clip": dataclasses.asdict(self), "v": TINY_CLIP_VERSION}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def initial_token_table(cfg: TinyClipConfig) -> Tensor:
+    """The token table's initial values (vocab, text_width), N(0, 0.02^2) as CLIP's init.
+
+    Drawn from NumPy's legacy `RandomState`, whose stream is frozen across NumPy versions and platforms (torch's
+    CPU sampler is not guaranteed to be), so that the rows no caption uses can be rebuilt exactly from the seed.
+    """
+    vocab = cfg.text_config().vocab_size
+    table = np.random.RandomState(cfg.seed).standard_normal((vocab, cfg.text_width)) * 0.02
+    return torch.from_numpy(table.astype(np.float32))
+
+
+def state_digest(state: dict[str, Tensor]) -> str:
+    """SHA-256 of a state dict: names, dtypes, shapes and bytes, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _normalise(images: np.ndarray) -> Tensor:
@@ -143,7 +182,7 @@ def _lr_at(step: int, cfg: TinyClipConfig) -> float:
 def train_tiny_clip(world: WorldConfig, cfg: TinyClipConfig, progress: bool = True) -> tuple[CLIP, dict[str, Any]]:
     """Pretrain a tiny CLIP on the world's captioned images; returns the model (eval mode) and a summary."""
     t0 = time.perf_counter()
-    images, captions = pretraining_corpus(world)
+    images, captions = pretraining_corpus(cfg.corpus_world(world))
     tokens = _tokenize_all(captions)
     if tokens.shape[1] > cfg.context_length:
         raise ValueError(f"a caption needs {tokens.shape[1]} tokens, more than context_length {cfg.context_length}")
@@ -151,6 +190,8 @@ def train_tiny_clip(world: WorldConfig, cfg: TinyClipConfig, progress: bool = Tr
 
     torch.manual_seed(cfg.seed)
     model = CLIP(cfg.vision_config(world.image_size), cfg.text_config())
+    with torch.no_grad():
+        model.token_embedding.weight.copy_(initial_token_table(cfg))
     # Sparse gradients for the 49408-row token table: the captions use a few dozen tokens, and a dense Adam
     # step over the whole table would cost more than the rest of the model. Unused rows keep their init.
     model.token_embedding.sparse = True
@@ -215,7 +256,7 @@ def train_tiny_clip(world: WorldConfig, cfg: TinyClipConfig, progress: bool = Tr
     model.eval()
     info = {
         "config": dataclasses.asdict(cfg),
-        "world_key": world.key(),
+        "world_key": cfg.corpus_world(world).key(),
         "pretraining_images": n,
         "seconds_data": round(t_data, 2),
         "seconds_total": round(time.perf_counter() - t0, 2),
@@ -258,26 +299,147 @@ def evaluate_zero_shot(model: CLIP, world: WorldConfig, num_images: int = 400) -
     }
 
 
+SHIPPED_PACK = Path(__file__).with_name("tiny_clip.safetensors")
+PACK_FORMAT = "otseg-tiny-clip-pack/1"
+
+
+def pack_state(state: dict[str, Tensor], cfg: TinyClipConfig, key: str, info: dict[str, Any]) -> tuple[dict, dict]:
+    """A compact form of a trained tiny CLIP: (tensors, metadata) for `safetensors.torch.save_file`.
+
+    Every tensor is kept except the token table, of which only the rows that differ from `initial_token_table`
+    are stored (`token_embedding.rows`, `token_embedding.values`).
+    """
+    table = state["token_embedding.weight"]
+    rows = (table != initial_token_table(cfg)).any(dim=1).nonzero().squeeze(1)
+    tensors = {k: v.contiguous() for k, v in state.items() if k != "token_embedding.weight"}
+    tensors["token_embedding.rows"] = rows.to(torch.int64).contiguous()
+    tensors["token_embedding.values"] = table[rows].contiguous()
+    metadata = {
+        "format": PACK_FORMAT,
+        "key": key,
+        "sha256": state_digest(state),
+        "config": json.dumps(dataclasses.asdict(cfg), sort_keys=True),
+        "info": json.dumps(info, sort_keys=True),
+    }
+    return tensors, metadata
+
+
+def unpack_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Rebuild the full state dict from a pack (checked against its recorded SHA-256) -> (state, metadata)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    if metadata.get("format") != PACK_FORMAT:
+        raise ValueError(f"{path} is not a tiny CLIP pack (format {metadata.get('format')!r}, expected {PACK_FORMAT})")
+    cfg = TinyClipConfig(**json.loads(metadata["config"]))
+    table = initial_token_table(cfg)
+    table[tensors.pop("token_embedding.rows")] = tensors.pop("token_embedding.values")
+    state = {**tensors, "token_embedding.weight": table}
+    digest = state_digest(state)
+    if digest != metadata["sha256"]:
+        raise ValueError(
+            f"{path}: the unpacked tiny CLIP has SHA-256 {digest[:16]}..., the pack recorded "
+            f"{metadata['sha256'][:16]}...: the file is damaged; reinstall otseg, or rebuild it with "
+            "`python -m otseg.demo.tiny_clip --out FILE`"
+        )
+    return state, metadata
+
+
+def _shipped_state(key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """The shipped tiny CLIP and its info, if the package has one for `key` (the default recipe)."""
+    if not SHIPPED_PACK.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(SHIPPED_PACK), framework="pt") as f:
+        if (f.metadata() or {}).get("key") != key:
+            return None
+    state, metadata = unpack_state(SHIPPED_PACK)
+    info = json.loads(metadata["info"])
+    info["source"] = f"shipped with otseg ({SHIPPED_PACK.name}, SHA-256 {metadata['sha256'][:16]}...)"
+    return state, info
+
+
 def tiny_clip_path(
     world: WorldConfig,
     cfg: TinyClipConfig | None = None,
     cache: str | os.PathLike | None = None,
     progress: bool = True,
 ) -> Path:
-    """Path of the tiny CLIP checkpoint for `world`, pretrained and cached on first use.
+    """Path of the tiny CLIP checkpoint (OpenAI key names) for `world`, in the cache.
 
-    Beside it, `<name>.json` records the recipe, the pretraining loss and time and the zero-shot accuracy.
+    On first use it is unpacked from the shipped weights when `cfg` is the default recipe, else pretrained
+    (minutes). Beside it, `<name>.json` records the recipe, the pretraining loss and time and the zero-shot
+    accuracy.
     """
     from otseg.utils import atomic_torch_save, atomic_write_text
 
     cfg = cfg or TinyClipConfig()
+    key = cfg.key(world)
     base = Path(cache) if cache is not None else demo_cache_root()
-    path = base / f"tiny-clip-{cfg.key(world)}.pt"
+    path = base / f"tiny-clip-{key}.pt"
     if path.is_file():
         return path
-    model, info = train_tiny_clip(world, cfg, progress=progress)
-    info["zero_shot"] = evaluate_zero_shot(model, world)
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    shipped = _shipped_state(key)
+    if shipped is not None:
+        state, info = shipped
+    else:
+        model, info = train_tiny_clip(world, cfg, progress=progress)
+        info["zero_shot"] = evaluate_zero_shot(model, world)
+        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     atomic_torch_save(state, path)  # last: its presence means the whole entry is complete
     return path
+
+
+# Pretraining uses this many threads in `main`: matrix products may round differently with another count.
+REBUILD_THREADS = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m otseg.demo.tiny_clip --out FILE`: pretrain the default tiny CLIP from scratch and pack it."""
+    import argparse
+
+    from safetensors.torch import save_file
+
+    p = argparse.ArgumentParser(
+        prog="python -m otseg.demo.tiny_clip",
+        description="Pretrain the demo's tiny CLIP from scratch with the default recipe (about 25 minutes on 2 CPU "
+        f"cores, {REBUILD_THREADS} threads), write it as a pack, and compare it bit for bit with the shipped one.",
+    )
+    p.add_argument("--out", required=True, help="the pack to write (.safetensors)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(REBUILD_THREADS)
+    world, cfg = WorldConfig(), TinyClipConfig()
+    model, info = train_tiny_clip(world, cfg, progress=not args.no_progress)
+    info["zero_shot"] = evaluate_zero_shot(model, world)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors, metadata = pack_state(state, cfg, cfg.key(world), info)
+    save_file(tensors, args.out, metadata=metadata)
+    print(f"wrote {args.out}: SHA-256 of the state dict {metadata['sha256']}")
+    print(f"zero-shot single-object accuracy: {info['zero_shot']}")
+    if not SHIPPED_PACK.is_file():
+        print(f"no shipped pack at {SHIPPED_PACK} to compare with")
+        return 0
+    from safetensors import safe_open
+
+    with safe_open(str(SHIPPED_PACK), framework="pt") as f:
+        shipped = dict(f.metadata() or {})
+    if shipped.get("key") != metadata["key"]:
+        print(f"the shipped pack is for another recipe (key {shipped.get('key')}, this one {metadata['key']})")
+        return 1
+    same = shipped.get("sha256") == metadata["sha256"]
+    print(
+        "identical to the shipped pack, bit for bit"
+        if same
+        else f"DIFFERS from the shipped pack ({shipped.get('sha256')})"
+    )
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -64,7 +64,8 @@ def dice_loss(logits: Tensor, targets: Tensor, present: Tensor, num_masks: Tenso
 def pixel_accuracy(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Top-1 accuracy in percent over non-ignored pixels (mmseg's `accuracy`, with its epsilons)."""
     valid = labels != ignore_index
-    correct = (logits.argmax(dim=1) == labels) & valid
+    # max(dim).indices: the first maximal index, as argmax, but argmax over dim 1 of (B, K, H, W) is ~7x slower on CPU
+    correct = (logits.max(dim=1).indices == labels) & valid
     eps = torch.finfo(torch.float32).eps
     return (correct.sum().float() + eps) * (100.0 / (valid.sum().float() + eps))
 

@@ -69,7 +69,7 @@ def fill_pseudo_labels(labels: Tensor, out: HeadOutput, seen: list[int] | tuple[
             logits = 0.5 * out.mps_logits.detach() + 0.5 * logits
         probs = torch.sigmoid(logits)
         probs[:, list(seen)] = -1.0
-        pseudo = probs.argmax(dim=1)
+        pseudo = probs.max(dim=1).indices  # = argmax(dim=1) (first maximum), much faster on CPU
         if pseudo.shape[-2:] != labels.shape[-2:]:
             raise ValueError(f"output size {tuple(pseudo.shape[-2:])} != label size {tuple(labels.shape[-2:])}")
     return torch.where(labels == UNSEEN_MARK, pseudo, labels)

@@ -36,10 +36,30 @@ def poly_lr(
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], lr: float = 2e-4, weight_decay: float = 0.01
+    params: Iterable[torch.nn.Parameter] | Iterable[tuple[str, torch.nn.Parameter]],
+    lr: float = 2e-4,
+    weight_decay: float = 0.01,
+    backbone_lr_mult: float = 1.0,
 ) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, one group (the reference's effective setting)."""
-    trainable = [p for p in params if p.requires_grad]
+    """AdamW over the trainable parameters.
+
+    With `backbone_lr_mult` 1 (the reference's effective setting) there is one group. Otherwise `params` must be
+    named (`model.named_parameters()`), and the backbone's trainable parameters (the VPT prompts, `backbone.*`)
+    form a second group whose lr is `backbone_lr_mult` times the head's; each group keeps its factor in
+    `group["lr_mult"]`, which the trainer applies to the scheduled lr.
+    """
+    items = list(params)
+    named = [(n, p) for n, p in items] if items and isinstance(items[0], tuple) else [("", p) for p in items]
+    trainable = [(n, p) for n, p in named if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    if backbone_lr_mult == 1.0:
+        groups = [{"params": [p for _, p in trainable], "lr_mult": 1.0}]
+    else:
+        if any(not n for n, _ in trainable):
+            raise ValueError("backbone_lr_mult needs named parameters: pass model.named_parameters()")
+        backbone = [p for n, p in trainable if n.startswith("backbone.")]
+        rest = [p for n, p in trainable if not n.startswith("backbone.")]
+        groups = [{"params": rest, "lr_mult": 1.0}, {"params": backbone, "lr_mult": backbone_lr_mult}]
+        groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)

@@ -71,6 +71,8 @@ class TrainConfig:
     batch_size: int = 4  # per process; the reference used 4 per GPU on 4 GPUs (global batch 16)
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 2e-4  # effective lr of every trainable parameter in the reference
+    # lr of the backbone's trainable parameters (VPT prompts) relative to `lr` (the reference: 1, one lr for all)
+    backbone_lr_mult: float = 1.0
     weight_decay: float = 0.01
     min_lr: float = 1e-6
     power: float = 0.9
@@ -254,6 +256,9 @@ class Trainer:
             `config.json`.
         evaluate: optional callback `evaluate(model) -> dict` run every `cfg.eval_interval` steps and at the end.
         dist_info: from `init_distributed()`; single process by default.
+        progress: show a tqdm bar (on rank 0).
+        on_step: optional callback `on_step(step)` after every optimizer step (on rank 0), e.g. to drive a
+            progress display of several runs.
     """
 
     def __init__(
@@ -264,6 +269,8 @@ class Trainer:
         work_dir: str | os.PathLike,
         evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
         dist_info: DistInfo | None = None,
+        progress: bool = True,
+        on_step: Callable[[int], None] | None = None,
     ) -> None:
         if cfg.bad_samples not in ("stop", "skip"):
             raise ValueError(f"train.bad_samples must be 'stop' or 'skip', got {cfg.bad_samples!r}")
@@ -277,7 +284,9 @@ class Trainer:
         self.model = model.to(self.dist.device)
         self.train_set = train_set
         self.evaluate_fn = evaluate
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.lr, cfg.weight_decay)
+        self.show_progress = progress
+        self.on_step = on_step
+        self.optimizer = build_optimizer(self.model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16")
         self.step = 0
         # bad_samples="skip" bookkeeping (this process, this run): sample -> first message, and how many times
@@ -484,7 +493,7 @@ class Trainer:
             self._tb = SummaryWriter(str(self.work_dir / "tensorboard"))
 
         progress = None
-        if self.dist.is_main:
+        if self.dist.is_main and self.show_progress:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=cfg.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
@@ -511,7 +520,7 @@ class Trainer:
             labels = batch["label"].to(self.dist.device, non_blocking=True)
             lr = poly_lr(self.step, cfg.max_iters, cfg.lr, cfg.min_lr, cfg.power, cfg.warmup_iters, cfg.warmup_ratio)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_mult", 1.0)
             with self._autocast():
                 losses = compute_losses(
                     self.ddp_model, images, labels, num_masks_reducer=self._num_masks_reducer, config=self.model.config
@@ -542,6 +551,8 @@ class Trainer:
                 progress.update(1)
                 window_loss = sum(v for k, v in window.items() if "loss" in k) / window_steps
                 progress.set_postfix(loss=f"{window_loss:.3f}", lr=f"{lr:.2e}")
+            if self.on_step is not None and self.dist.is_main:
+                self.on_step(self.step)
             if self.step % cfg.log_interval == 0 or self.step == cfg.max_iters:
                 values = torch.tensor(list(window.values()), device=self.dist.device)
                 values = all_reduce_mean(values) / window_steps
