@@ -348,7 +348,7 @@ def run_job(
     return result
 
 
-# A worker process's channel back to the parent: ("step", job name, steps done) and ("done", job name, seconds).
+# A worker process's channel back to the parent: the number of training steps done since its last message.
 _worker_queue: Any = None
 
 
@@ -363,11 +363,11 @@ def _run_job_in_worker(job: DemoJob, ctx: _JobContext) -> dict[str, Any]:
 
     def on_step(step: int) -> None:
         if step - last[0] >= 10:  # a message every 10 steps is plenty for a progress bar
-            _worker_queue.put(("step", job.name, step - last[0]))
+            _worker_queue.put(step - last[0])
             last[0] = step
 
     result = run_job(job, ctx, on_step=on_step)
-    _worker_queue.put(("step", job.name, job.iters(ctx.settings.recipe) - last[0]))
+    _worker_queue.put(job.iters(ctx.settings.recipe) - last[0])
     return result
 
 
@@ -417,9 +417,9 @@ def _run_jobs(
                         running[job.name] = (job, pool.apply_async(_run_job_in_worker, (job, ctx)))
                         say(f"[start] {job.name}: {job.iters(recipe)} iterations")
                 try:
-                    kind, _name, value = channel.get(timeout=0.2)
-                    if kind == "step":
-                        bar.update(value)
+                    bar.update(channel.get(timeout=0.2))
+                    while True:
+                        bar.update(channel.get_nowait())
                 except queue.Empty:
                     pass
                 for name, (job, handle) in list(running.items()):
@@ -458,7 +458,7 @@ def run_demo(
     Args:
         out_dir: receives results.json, demo_info.json (settings, timings, per-class IoU, CLIP diagnostics),
             table.md, panels/*.png and the training work folders (runs/<arch>-<setting>/).
-        seed: seeds the world, every training run and the control's random vectors (the tiny CLIP is one fixed
+        seed: seeds the world, every training run and the control's made-up names (the tiny CLIP is one fixed
             model for every seed).
         quick: a seconds-long smoke run (tiny sizes, meaningless numbers).
         progress: progress bars (stage messages are printed either way).
