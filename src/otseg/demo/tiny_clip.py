@@ -130,7 +130,7 @@ def state_digest(state: dict[str, Tensor]) -> str:
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
     return h.hexdigest()
 
 
@@ -363,6 +363,13 @@ def _shipped_state(key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
     return state, info
 
 
+def _pretrain(world: WorldConfig, cfg: TinyClipConfig, progress: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Pretrain from scratch -> (state dict, info with the zero-shot accuracy)."""
+    model, info = train_tiny_clip(world, cfg, progress=progress)
+    info["zero_shot"] = evaluate_zero_shot(model, world)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, info
+
+
 def tiny_clip_path(
     world: WorldConfig,
     cfg: TinyClipConfig | None = None,
@@ -384,12 +391,7 @@ def tiny_clip_path(
     if path.is_file():
         return path
     shipped = _shipped_state(key)
-    if shipped is not None:
-        state, info = shipped
-    else:
-        model, info = train_tiny_clip(world, cfg, progress=progress)
-        info["zero_shot"] = evaluate_zero_shot(model, world)
-        state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state, info = shipped if shipped is not None else _pretrain(world, cfg, progress)
     atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     atomic_torch_save(state, path)  # last: its presence means the whole entry is complete
     return path
@@ -415,9 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(REBUILD_THREADS)
     world, cfg = WorldConfig(), TinyClipConfig()
-    model, info = train_tiny_clip(world, cfg, progress=not args.no_progress)
-    info["zero_shot"] = evaluate_zero_shot(model, world)
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    state, info = _pretrain(world, cfg, progress=not args.no_progress)
     tensors, metadata = pack_state(state, cfg, cfg.key(world), info)
     save_file(tensors, args.out, metadata=metadata)
     print(f"wrote {args.out}: SHA-256 of the state dict {metadata['sha256']}")
