@@ -16,7 +16,7 @@ from conftest import REFERENCE_EMBEDDINGS, golden_file, load_golden
 from otseg import OTSeg, get_preset, list_presets
 from otseg.clip.text import TextEncoder
 from otseg.clip.tokenizer import tokenize
-from otseg.model.build import load_clip_into
+from otseg.model.build import attach_clip_text_tower, load_clip_into
 from otseg.model.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
 from otseg.model.text import (
     TEMPLATE_SETS,
@@ -511,6 +511,21 @@ def test_load_clip_into_names_the_file_on_mismatch() -> None:
     path = golden_file("openai_clip_jit.pt")
     with pytest.raises(ValueError, match=r"openai_clip_jit\.pt"):
         load_clip_into(OTSeg(cfg), path, text_heads=4)
+
+
+def test_attach_clip_text_tower_keeps_the_backbone_and_checks_the_width() -> None:
+    torch.manual_seed(0)
+    model = OTSeg(tiny_config())
+    backbone = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    attach_clip_text_tower(model, golden_file("openai_clip_jit.pt"), text_heads=4)
+    assert model.text_encoder is not None and model.config.text == text_config()
+    after = model.backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in backbone.items())  # the image tower was not reloaded
+
+    cfg = tiny_config()
+    cfg.head.embed_dim = 48  # the golden CLIP embeds to 32
+    with pytest.raises(ValueError, match=r"openai_clip_jit\.pt embeds to 32 dimensions.*expects 48"):
+        attach_clip_text_tower(OTSeg(cfg), golden_file("openai_clip_jit.pt"), text_heads=4)
 
 
 def test_set_classes(tiny_model: OTSeg, fresh_cache: Path) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
 
 from otseg.model.config import ModelConfig, apply_overrides
 from otseg.model.segmentor import OTSeg
+
+if TYPE_CHECKING:
+    from otseg.clip.text import TextEncoder
 
 __all__ = ["build_model"]
 
@@ -67,21 +70,18 @@ def load_clip_into(
     The image tower itself is `model.backbone`, built from `model.config.vision`, so `vision_heads` only
     matters to the shape inference and is accepted for symmetry with `infer_clip_configs`.
     """
-    from otseg.clip.loading import infer_clip_configs, load_clip_weights, read_clip_state_dict
-    from otseg.clip.text import TextEncoder
+    from otseg.clip.loading import load_clip_weights
 
-    sd = read_clip_state_dict(clip) if not isinstance(clip, dict) else clip
+    sd, source = _read_clip(clip)
+    text_encoder = _text_tower(model, sd, source, vision_heads=vision_heads, text_heads=text_heads)
     try:
-        _, text_cfg = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
-        text_encoder = TextEncoder(text_cfg)
-        load_clip_weights(model.backbone, text_encoder, sd)
+        load_clip_weights(model.backbone, None, sd)  # the image tower; the text keys are the tower's above
     except ValueError as e:
         # The state dict was read above, so these errors only know "<in-memory state dict>": name the file.
         if isinstance(clip, dict):
             raise
         raise ValueError(f"cannot load CLIP weights from {clip}: {e}") from e
-    model.config.text = text_cfg  # saved with the model, so the text tower can be rebuilt from our format
-    model.attach_text_encoder(text_encoder)
+    _attach(model, text_encoder)
 
 
 def attach_clip_text_tower(model: OTSeg, clip: str | os.PathLike | dict, *, text_heads: int | None = None) -> None:
@@ -91,21 +91,39 @@ def attach_clip_text_tower(model: OTSeg, clip: str | os.PathLike | dict, *, text
     the backbone keeps its loaded weights, and `set_classes` can embed any name. The tower's output width must be
     the head's width.
     """
-    from otseg.clip.loading import _load_checked, infer_clip_configs, read_clip_state_dict, text_state_dict
+    sd, source = _read_clip(clip)
+    _attach(model, _text_tower(model, sd, source, text_heads=text_heads))
+
+
+def _read_clip(clip: str | os.PathLike | dict) -> tuple[dict, str]:
+    from otseg.clip.loading import read_clip_state_dict
+
+    if isinstance(clip, dict):
+        return clip, "<in-memory state dict>"
+    return read_clip_state_dict(clip), str(clip)
+
+
+def _text_tower(
+    model: OTSeg, sd: dict, source: str, *, vision_heads: int | None = None, text_heads: int | None = None
+) -> TextEncoder:
+    """CLIP's text tower built from `sd`'s shapes and loaded (strictly); its width checked against the head's."""
+    from otseg.clip.loading import _load_checked, infer_clip_configs, text_state_dict
     from otseg.clip.text import TextEncoder
 
-    source = "<in-memory state dict>" if isinstance(clip, dict) else str(clip)
-    sd = clip if isinstance(clip, dict) else read_clip_state_dict(clip)
     try:
-        _, text_cfg = infer_clip_configs(sd, text_heads=text_heads)
+        _, text_cfg = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
     except ValueError as e:
-        raise ValueError(f"cannot read a CLIP text tower from {source}: {e}") from e
+        raise ValueError(f"cannot load CLIP weights from {source}: {e}") from e
     if text_cfg.output_dim != model.config.head.embed_dim:
         raise ValueError(
             f"the CLIP text tower in {source} embeds to {text_cfg.output_dim} dimensions but the model's head expects "
-            f"{model.config.head.embed_dim}: this CLIP is not the one the model was trained with"
+            f"{model.config.head.embed_dim}: this CLIP is not the one the model was built for"
         )
     text_encoder = TextEncoder(text_cfg)
     _load_checked(text_encoder, text_state_dict(sd), source=source, what="the text encoder")
-    model.config.text = text_cfg
+    return text_encoder
+
+
+def _attach(model: OTSeg, text_encoder: TextEncoder) -> None:
+    model.config.text = text_encoder.text_cfg  # saved with the model, so the text tower can be rebuilt from our format
     model.attach_text_encoder(text_encoder)
