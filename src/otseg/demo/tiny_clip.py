@@ -348,15 +348,18 @@ def unpack_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
     return state, metadata
 
 
-def _shipped_state(key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-    """The shipped tiny CLIP and its info, if the package has one for `key` (the default recipe)."""
-    if not SHIPPED_PACK.is_file():
-        return None
+def _pack_metadata(path: Path) -> dict[str, str]:
+    """A pack's metadata (recipe key, SHA-256, ...), read without loading its tensors."""
     from safetensors import safe_open
 
-    with safe_open(str(SHIPPED_PACK), framework="pt") as f:
-        if (f.metadata() or {}).get("key") != key:
-            return None
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def _shipped_state(key: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+    """The shipped tiny CLIP and its info, if the package has one for `key` (the default recipe)."""
+    if not SHIPPED_PACK.is_file() or _pack_metadata(SHIPPED_PACK).get("key") != key:
+        return None
     state, metadata = unpack_state(SHIPPED_PACK)
     info = json.loads(metadata["info"])
     info["source"] = f"shipped with otseg ({SHIPPED_PACK.name}, SHA-256 {metadata['sha256'][:16]}...)"
@@ -425,10 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if not SHIPPED_PACK.is_file():
         print(f"no shipped pack at {SHIPPED_PACK} to compare with")
         return 0
-    from safetensors import safe_open
-
-    with safe_open(str(SHIPPED_PACK), framework="pt") as f:
-        shipped = dict(f.metadata() or {})
+    shipped = _pack_metadata(SHIPPED_PACK)
     if shipped.get("key") != metadata["key"]:
         print(f"the shipped pack is for another recipe (key {shipped.get('key')}, this one {metadata['key']})")
         return 1
