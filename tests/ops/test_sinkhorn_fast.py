@@ -162,6 +162,35 @@ def test_scaling_update_falls_back_to_the_log_domain_on_non_finite_values(monkey
         torch.testing.assert_close(plan, case["T"], atol=1e-6, rtol=1e-4)
 
 
+def test_absorbing_the_scalings_leaves_the_results_unchanged(monkeypatch):
+    # Real costs rarely push the scalings past e^15; a threshold of 0 re-absorbs them after every chunk, so the
+    # kernel is rebuilt many times. Plans, potentials and iteration counts must not notice.
+    sinkhorn_module = importlib.import_module("otseg.ops.sinkhorn")
+    absorbed = []
+    original = sinkhorn_module._ScalingRule.absorb
+
+    def counting(self, state):
+        absorbed.append(1)
+        return original(self, state)
+
+    monkeypatch.setattr(sinkhorn_module, "_ABSORB_LOG", 0.0)
+    monkeypatch.setattr(sinkhorn_module._ScalingRule, "absorb", counting)
+    for case in GOLDEN_CASES[:4]:
+        for check in (1, 3):
+            with record_sinkhorn_calls() as calls:
+                plan = sinkhorn(case["C"], case["epsilon"], check_every=check)
+            u, v, iters, _ = sinkhorn_potentials(case["C"], case["epsilon"], update="scaling", check_every=check)
+            assert calls[0].update == "scaling" and not calls[0].fallback
+            assert calls[0].iterations == iters == case["iterations"]
+            torch.testing.assert_close(plan, case["T"], atol=1e-6, rtol=1e-4)
+            log_plan = sinkhorn(case["C"], case["epsilon"], update="log")
+            torch.testing.assert_close(plan, log_plan, atol=1e-7, rtol=1e-4)
+            u_log, v_log, _, _ = sinkhorn_potentials(case["C"], case["epsilon"], update="log")
+            torch.testing.assert_close(u, u_log, atol=1e-6, rtol=0)
+            torch.testing.assert_close(v, v_log, atol=1e-6, rtol=0)
+    assert len(absorbed) > 10
+
+
 def test_tiny_eps_stays_finite_and_matches_the_log_domain():
     # eps = 0.005 with costs 0 / 1: exp(-200) underflows in float32, yet the stabilised first iteration copes.
     cost = torch.ones(2, 30, 3)

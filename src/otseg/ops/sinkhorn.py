@@ -224,8 +224,8 @@ class _ReferenceRule:
         v_new = eps * (self.prob.log_nu - torch.logsumexp(logits, dim=1)) + v
         return (u_new, v_new), (u_new - u).abs().mean()
 
-    def chunk_stats(self, state: tuple[Tensor, ...]) -> Tensor | None:
-        return None
+    def chunk_stats(self, state: tuple[Tensor, ...]) -> list[Tensor]:
+        return []
 
     def after_chunk(self, state: tuple[Tensor, ...], stats: list[float], more: bool) -> tuple[Tensor, ...]:
         return state
@@ -256,8 +256,8 @@ class _LogRule:
         g_new = self.prob.log_nu - torch.logsumexp(self.logits + f_new[:, :, None], dim=1)
         return (f_new, g_new), (f_new - f).abs().mean() * self.prob.eps
 
-    def chunk_stats(self, state: tuple[Tensor, ...]) -> Tensor | None:
-        return None
+    def chunk_stats(self, state: tuple[Tensor, ...]) -> list[Tensor]:
+        return []
 
     def after_chunk(self, state: tuple[Tensor, ...], stats: list[float], more: bool) -> tuple[Tensor, ...]:
         return state
@@ -279,7 +279,8 @@ class _ScalingRule:
 
     Frame: scaled potentials f = f0 + log a, g = g0 + log b, and a kernel K = exp(A + f0 + g0) (A = -C/eps),
     kept in both layouts (P, M, N) and (P, N, M) so both mat-vecs are row-vector x matrix products.
-    State: (log a (P, M), b (P, N)).
+    State: (log a (P, 1, M), b (P, 1, N)): row vectors, the shape `bmm` takes and returns, so an iteration makes no
+    reshapes (at 100 iterations of small problems every op counts).
     """
 
     name = "scaling"
@@ -288,10 +289,11 @@ class _ScalingRule:
         self.prob = prob
         self.kernel: Tensor | None = None
         self.kernel_t: Tensor | None = None
-        self.f0: Tensor | None = None
-        self.g0: Tensor | None = None
-        self.mu = prob.log_mu.exp()  # mu + 1e-8
-        self.nu = prob.log_nu.exp()
+        self.f0: Tensor | None = None  # (P, M)
+        self.g0: Tensor | None = None  # (P, N)
+        self.mu = prob.log_mu.exp()[:, None, :]  # mu + 1e-8, (P, 1, M)
+        self.nu = prob.log_nu.exp()[:, None, :]
+        self.frame_unchecked = False  # the first chunk after the frame is built also checks g0
 
     def initial(self) -> tuple[Tensor, ...]:
         return ()  # the first step builds the frame
@@ -311,39 +313,43 @@ class _ScalingRule:
         work = work.sub_(col_max[:, :, None]).exp_()
         col_sum = work.sum(dim=2)  # (P, N)
         g1 = prob.log_nu - col_max - torch.log(col_sum)  # = log nu - LSE_m(A + f1)
-        self.kernel_t = work.mul_((self.nu / col_sum)[:, :, None])  # exp(A + f1 + g1) = plan of iteration 1
+        self.kernel_t = work.mul_((self.nu[:, 0] / col_sum)[:, :, None])  # exp(A + f1 + g1) = plan of iteration 1
         self.kernel = self.kernel_t.transpose(1, 2).contiguous()  # both layouts: see the class docstring
         self.f0, self.g0 = f1, g1
-        state = (torch.zeros_like(f1), torch.ones_like(g1))
+        self.frame_unchecked = True
+        state = (torch.zeros_like(f1)[:, None, :], torch.ones_like(g1)[:, None, :])
         return state, f1.abs().mean() * prob.eps
 
     def step(self, state: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Tensor]:
         if not state:
             return self._first_step()
         log_a, b = state
-        s = torch.bmm(b[:, None, :], self.kernel_t).squeeze(1)  # K b  (P, M)
-        a_new = self.mu / s
+        a_new = self.mu / torch.bmm(b, self.kernel_t)  # mu / (K b)  (P, 1, M)
         log_a_new = torch.log(a_new)
-        t = torch.bmm(a_new[:, None, :], self.kernel).squeeze(1)  # K^T a  (P, N)
-        b_new = self.nu / t
+        b_new = self.nu / torch.bmm(a_new, self.kernel)  # nu / (K^T a)  (P, 1, N)
         # u - u_prev = eps * (log a_new - log a): the frame f0 cancels.
         return (log_a_new, b_new), (log_a_new - log_a).abs().mean() * self.prob.eps
 
-    def chunk_stats(self, state: tuple[Tensor, ...]) -> Tensor | None:
+    def chunk_stats(self, state: tuple[Tensor, ...]) -> list[Tensor]:
+        """Scalars for `after_chunk`: (min, max) of log a and of b, and of g0 after a new frame."""
         if not state:
-            return None
+            return []
         log_a, b = state
-        assert self.g0 is not None
-        return torch.stack([log_a.abs().amax(), b.log().abs().amax(), self.g0.abs().amax()])
+        values = [*torch.aminmax(log_a), *torch.aminmax(b)]
+        if self.frame_unchecked:
+            assert self.g0 is not None
+            values += [*torch.aminmax(self.g0)]
+        return values
 
     def after_chunk(self, state: tuple[Tensor, ...], stats: list[float], more: bool) -> tuple[Tensor, ...]:
         """Raise `_NonFinite` on inf/nan; re-absorb large scalings when more iterations follow."""
         if not state:
             return state
-        big_a, big_b, big_g = stats
-        if not (math.isfinite(big_a) and math.isfinite(big_b) and math.isfinite(big_g)):
+        if not all(math.isfinite(x) for x in stats) or stats[2] <= 0.0:  # b underflowed to 0: log b = -inf
             raise _NonFinite
-        if more and max(big_a, big_b) > _ABSORB_LOG:
+        self.frame_unchecked = False
+        a_min, a_max, b_min, b_max = stats[:4]
+        if more and max(-a_min, a_max, -math.log(b_min), math.log(b_max)) > _ABSORB_LOG:
             state = self.absorb(state)
         return state
 
@@ -351,11 +357,10 @@ class _ScalingRule:
         """Move the scalings into the potentials and the kernel (a, b -> 1)."""
         log_a, b = state
         assert self.kernel is not None and self.kernel_t is not None and self.f0 is not None and self.g0 is not None
-        a = log_a.exp()
-        self.kernel = self.kernel.mul_(a[:, :, None]).mul_(b[:, None, :])
+        self.kernel = self.kernel.mul_(log_a.exp().transpose(1, 2)).mul_(b)
         self.kernel_t = self.kernel.transpose(1, 2).contiguous()
-        self.f0 = self.f0 + log_a
-        self.g0 = self.g0 + b.log()
+        self.f0 = self.f0 + log_a[:, 0]
+        self.g0 = self.g0 + b[:, 0].log()
         return torch.zeros_like(log_a), torch.ones_like(b)
 
     def potentials(self, state: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
@@ -364,7 +369,7 @@ class _ScalingRule:
             return torch.zeros_like(self.prob.log_mu), torch.zeros_like(self.prob.log_nu)
         log_a, b = state
         assert self.f0 is not None and self.g0 is not None
-        return (self.f0 + log_a) * eps, (self.g0 + b.log()) * eps
+        return (self.f0 + log_a[:, 0]) * eps, (self.g0 + b[:, 0].log()) * eps
 
     def plan(self, state: tuple[Tensor, ...]) -> Tensor:
         """The plan K * a_m * b_n, built in place of the kernel (call once, at the end)."""
@@ -373,7 +378,7 @@ class _ScalingRule:
         log_a, b = state
         assert self.kernel is not None
         plan, self.kernel, self.kernel_t = self.kernel, None, None
-        return plan.mul_(log_a.exp()[:, :, None]).mul_(b[:, None, :])
+        return plan.mul_(log_a.exp().transpose(1, 2)).mul_(b)
 
 
 _RULES: dict[str, Callable[[_Problem], Any]] = {"scaling": _ScalingRule, "log": _LogRule, "reference": _ReferenceRule}
@@ -416,9 +421,7 @@ def _iterate(rule: Any, max_iter: int, thresh: float, check_every: CheckEvery, f
             state, err = rule.step(state)
             history.append(state)
             errs.append(err)
-        stats = rule.chunk_stats(state)
-        values = torch.stack(errs) if stats is None else torch.cat([torch.stack(errs), stats])
-        host = values.tolist()  # the only host synchronisation of this chunk
+        host = torch.stack(errs + rule.chunk_stats(state)).tolist()  # the only host synchronisation of this chunk
         syncs += 1
         chunk_errs, stats_host = host[:k], host[k:]
         for j, e in enumerate(chunk_errs):
@@ -447,7 +450,7 @@ def _solve(
         run = _iterate(rule, max_iter, thresh, check_every, fixed_iters)
         if update == "scaling" and fixed_iters is not None and run.state and not _is_compiling():
             # No check ran inside the loop: one look after it guards against overflow (skipped under compile).
-            rule.after_chunk(run.state, rule.chunk_stats(run.state).tolist(), False)
+            rule.after_chunk(run.state, torch.stack(rule.chunk_stats(run.state)).tolist(), False)
             run.syncs += 1
         return rule, run, False
     except _NonFinite:
