@@ -13,7 +13,7 @@ token alone leaves them close to raw pixels (a linear probe on them scored about
 The dense term gives the miniature CLIP that property of the real one; it changes only how pretraining pools, not
 the architecture or the checkpoint format, and every method and the control use the same CLIP.
 
-Shipped weights: pretraining takes about 25 minutes on 2 CPU cores, more than the whole demo may take, so the
+Shipped weights: pretraining takes 30-50 minutes on 2 CPU cores, more than the whole demo may take, so the
 package ships the default tiny CLIP (`tiny_clip.safetensors` beside this file, about 3 MB) and `tiny_clip_path`
 unpacks it into the cache instead of pretraining. The pack holds every tensor except the untouched rows of the
 49408-row token table: the captions use a few dozen tokens, the sparse optimiser never moves the other rows, and
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m otseg.demo.tiny_clip",
-        description="Pretrain the demo's tiny CLIP from scratch with the default recipe (about 25 minutes on 2 CPU "
+        description="Pretrain the demo's tiny CLIP from scratch with the default recipe (30-50 minutes on 2 CPU "
         f"cores, {REBUILD_THREADS} threads), write it as a pack, and compare it bit for bit with the shipped one.",
     )
     p.add_argument("--out", required=True, help="the pack to write (.safetensors)")
