@@ -471,3 +471,20 @@ def test_efficiency_counters_follow_mmcv_rules_and_count_attention():
     add_bench_parser(parser.add_subparsers())
     args = parser.parse_args(["bench", "--device", "cpu", "--repeats", "2", "--no-capped"])
     assert args.repeats == 2 and args.no_capped and callable(args.func)
+
+
+def test_efficiency_table_forces_the_default_loop_to_its_cap():
+    # A small image keeps this to seconds; what is checked is the protocol, not the speed.
+    from otseg.benchmark import efficiency_table, format_table
+
+    rows = efficiency_table(image_size=64, repeats=1, warmup=0)
+    by_name = {r["name"]: r for r in rows}
+    assert len(rows) == 3 and by_name["ZegCLIP-style baseline"]["sinkhorn_calls"] == 0
+    assert "sec_per_image_capped" not in by_name["ZegCLIP-style baseline"]
+    for name in ("OTSeg", "OTSeg+"):
+        row = by_name[name]
+        assert 0 < row["sinkhorn_iterations"] < 100  # random weights converge quickly...
+        assert row["sinkhorn_iterations_capped"] == 100  # ...and the override makes every call run to the cap
+        assert row["head_ms_capped"] > 0 and math.isfinite(row["head_overhead_capped"])
+    assert by_name["OTSeg+"]["sinkhorn_calls"] == by_name["OTSeg"]["sinkhorn_calls"] + 1  # the MPS path
+    assert "| OTSeg+ | 6 |" in format_table(rows) and "| 100, " in format_table(rows)
