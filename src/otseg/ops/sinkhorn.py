@@ -84,8 +84,8 @@ _LOG_OFFSET = 1e-8  # the reference adds this to the marginals inside log(); it 
 _ABSORB_LOG = 15.0  # re-absorb the scalings into the potentials once |log a| or |log b| exceeds this
 # The scaling update looks at its scalings (overflow, re-absorption) after a chunk that ends at least this many
 # iterations after its last look, and after the last chunk. Checking after every one-iteration chunk (the CPU's)
-# cost a third of an iteration at VOC inference shapes; 8 iterations move the scalings far less than the e^15 ->
-# e^88 margin, and a non-finite value is caught either way (the call is then redone in the log domain).
+# cost a third of an iteration at VOC inference shapes. The e^15 -> e^88 margin leaves room for 8 iterations of
+# growth, and should it not, the non-finite value is caught at the next look and the call redone in the log domain.
 _STATS_EVERY = 8
 _ADAPTIVE_FIRST, _ADAPTIVE_MAX = 4, 16  # chunk lengths of check_every="adaptive"
 
