@@ -280,7 +280,10 @@ def test_serve_command_serves_the_page_until_interrupted(gr: Any, tmp_path: Path
         ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
         assert set(ELEM_IDS.values()) <= ids
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=20)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve was still running 20 s after Ctrl+C; its output:\n{''.join(lines)}")
     finally:
         if proc.poll() is None:
             proc.kill()

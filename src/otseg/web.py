@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -251,7 +252,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     print(f"serving {predictor!r} at {local_url}" + (f" and {share_url}" if share_url else ""))
     print("press Ctrl+C to stop", flush=True)
-    app.block_thread()  # until Ctrl+C; closes the server
+    # Not gradio's block_thread(): it closes only the HTTP server, and the queue and worker threads it leaves can
+    # keep the interpreter from exiting. close() stops all of them.
+    try:
+        while app.is_running:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        app.close(verbose=False)
     return 0
 
 
