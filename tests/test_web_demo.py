@@ -239,8 +239,11 @@ def test_cli_serve_without_gradio_is_one_line_error(monkeypatch: pytest.MonkeyPa
     assert err.startswith("otseg serve: error:") and INSTALL_HINT in err and "\n" not in err
 
 
+# The server gets Ctrl+C as a terminal gives it: a test run started in the background by a shell without job
+# control (nohup ... &, some CI runners) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
 _SERVE_DRIVER = """
-import argparse, sys
+import argparse, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from otseg.web import add_serve_parser
 parser = argparse.ArgumentParser(prog="otseg")
 add_serve_parser(parser.add_subparsers(dest="command", required=True))

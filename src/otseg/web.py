@@ -252,8 +252,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     print(f"serving {predictor!r} at {local_url}" + (f" and {share_url}" if share_url else ""))
     print("press Ctrl+C to stop", flush=True)
-    # Not gradio's block_thread(): it closes only the HTTP server, and the queue and worker threads it leaves can
-    # keep the interpreter from exiting. close() stops all of them.
+    # Not gradio's block_thread(), which closes only the HTTP server: close() also stops the queue and the
+    # static-file workers.
     try:
         while app.is_running:
             time.sleep(0.1)
