@@ -226,7 +226,6 @@ def efficiency_table(
         Sinkhorn iterations per call (`*_capped`); plus device, image_size, repeats, timing. Overheads use the
         process CPU time on the CPU (steadier on a shared machine) and the wall clock elsewhere.
     """
-    from otseg.ops import record_sinkhorn_calls
     from otseg.ops.sinkhorn import sinkhorn_overrides
 
     device = torch.device(device)
@@ -245,8 +244,7 @@ def efficiency_table(
         mmcv_total, _ = mmcv_style_macs(model, lambda m=model: m.encode_decode(image))
         mmcv_ref, _ = mmcv_style_macs(model, lambda m=model: m.encode_decode(image), reference_types=True)
         full_total, full_groups = full_macs(model, lambda m=model: m.encode_decode(image))
-        with record_sinkhorn_calls() as calls:
-            model.predict_scores(image)
+        num_calls, mean_iterations = _sinkhorn_calls(model, image)
         rows.append(
             {
                 "name": name,
@@ -257,8 +255,8 @@ def efficiency_table(
                 "gmacs_mmcv_reference_types": mmcv_ref / 1e9,
                 "gmacs_full": full_total / 1e9,
                 "gmacs_full_head": full_groups.get("head", 0) / 1e9,
-                "sinkhorn_calls": len(calls),
-                "sinkhorn_iterations": statistics.mean(c.iterations for c in calls) if calls else 0.0,
+                "sinkhorn_calls": num_calls,
+                "sinkhorn_iterations": mean_iterations,
             }
         )
 
@@ -292,10 +290,7 @@ def efficiency_table(
         with sinkhorn_overrides(thresh=0.0):
             capped_times = _time_interleaved({n: predict(models[n]) for n in names}, device, warmup, repeats)
             capped_head = _time_interleaved({n: head_only(n) for n in names}, device, warmup, head_rounds)
-            for n in names:
-                with record_sinkhorn_calls() as calls:
-                    models[n].predict_scores(image)
-                capped_iterations[n] = statistics.mean(c.iterations for c in calls) if calls else 0.0
+            capped_iterations = {n: _sinkhorn_calls(models[n], image)[1] for n in names}
     for row in rows:
         name = row["name"]
         t, h = times[name], head_times[name]
@@ -326,6 +321,15 @@ def efficiency_table(
         row["image_size"] = image_size
         row["repeats"] = repeats
     return rows
+
+
+def _sinkhorn_calls(model: nn.Module, image: Tensor) -> tuple[int, float]:
+    """Sinkhorn calls of one `predict_scores(image)` and their mean iteration count (0 without calls)."""
+    from otseg.ops import record_sinkhorn_calls
+
+    with record_sinkhorn_calls() as calls:
+        model.predict_scores(image)
+    return len(calls), statistics.mean(c.iterations for c in calls) if calls else 0.0
 
 
 def _describe(device: torch.device) -> str:
