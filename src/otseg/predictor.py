@@ -14,9 +14,12 @@ size. Class text embeddings are cached per list of names, so repeated calls with
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ class Prediction:
     scores: np.ndarray
     class_names: list[str]
     image: np.ndarray
+    note: str | None = None  # set when a class name has words the model never learnt (`Predictor.vocabulary_note`)
 
     def fractions(self) -> dict[str, float]:
         """Share of the image's pixels assigned to each class (all K names, summing to 1)."""
@@ -78,15 +82,26 @@ class Predictor:
             without one, only the class set it already holds can be used.
         device: where to run ("cpu", "cuda", ...); default: the model's device.
         templates: prompt templates for new class names; default: the model config's templates.
+        vocabulary: every word the model's text tower has learnt, for models that know a small world only (the
+            built-in "demo" model lists its own in its config.json); class names with other words get a note.
+            None: no check (a real CLIP's text tower has read the web).
     """
 
-    def __init__(self, model: OTSeg, device: str | torch.device | None = None, templates: Sequence[str] | None = None):
+    def __init__(
+        self,
+        model: OTSeg,
+        device: str | torch.device | None = None,
+        templates: Sequence[str] | None = None,
+        vocabulary: Iterable[str] | None = None,
+    ):
         if not isinstance(model, OTSeg):
             raise TypeError(f"Predictor needs an otseg.OTSeg model, got {type(model).__name__}")
         self.model = model.eval()
         if device is not None:
             self.model.to(device)
         self.templates = tuple(templates) if templates is not None else None
+        self.vocabulary = frozenset(w.lower() for w in vocabulary) if vocabulary is not None else None
+        self._noted: set[tuple[str, ...]] = set()
         self._embeddings: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()
         if model.has_class_embeddings:  # the classes the model came with need no text tower
             self._embeddings[tuple(model.class_names)] = model.class_embeddings.detach().clone()
@@ -129,7 +144,7 @@ class Predictor:
         model = load_model(name_or_path, preset=preset, overrides=overrides, allow_pickle=allow_pickle)
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
             attach_clip_text_tower(model, clip)
-        return cls(model, device=device)
+        return cls(model, device=device, vocabulary=None if clip is not None else _saved_vocabulary(name_or_path))
 
     # ------------------------------------------------------------------ classes
     @property
@@ -166,6 +181,21 @@ class Predictor:
         self.model.set_class_embeddings(emb, class_names=names)
         return names
 
+    def vocabulary_note(self, class_names: Sequence[str] | None = None) -> str | None:
+        """A one-line note when class names use words outside the model's `vocabulary` (None when all are known,
+        or when the model declares no vocabulary): which words, and what the model knows."""
+        if self.vocabulary is None:
+            return None
+        names = self._default_names if class_names is None else class_names
+        unknown = sorted({w for name in names for w in _words(name)} - self.vocabulary)
+        if not unknown:
+            return None
+        return (
+            f"this model knows only the words of its training world ({', '.join(sorted(self.vocabulary))}); "
+            f"{', '.join(repr(w) for w in unknown)} {'is' if len(unknown) == 1 else 'are'} new to it, so the scores "
+            "of classes named with them carry no knowledge of what the words mean"
+        )
+
     # ------------------------------------------------------------------ prediction
     def preprocess(self, image: np.ndarray) -> Tensor:
         """(H, W, 3) uint8 RGB -> (1, 3, h, w) normalised tensor at the model's test size (short side)."""
@@ -190,6 +220,10 @@ class Predictor:
             A `Prediction` with labels (H, W) and scores (K, H, W) at the image's own (upright) size.
         """
         names = self._use_classes(class_names)
+        note = self.vocabulary_note(names)
+        if note is not None and tuple(names) not in self._noted:  # once per class list
+            self._noted.add(tuple(names))
+            warnings.warn(note, UserWarning, stacklevel=2)
         rgb = read_image(image)
         h, w = rgb.shape[:2]
         scores = self.model.predict_scores(self.preprocess(rgb))
@@ -201,6 +235,7 @@ class Predictor:
             scores=scores.numpy(),
             class_names=names,
             image=rgb,
+            note=note,
         )
 
     def __repr__(self) -> str:
@@ -209,6 +244,42 @@ class Predictor:
             f"Predictor(model={cfg.name!r}, classes={len(self._default_names)}, device={self.device}, "
             f"text_tower={'yes' if self.model.text_encoder is not None else 'no'})"
         )
+
+
+def _words(name: str) -> list[str]:
+    return re.findall(r"[a-z]+", name.lower())
+
+
+def _saved_vocabulary(path: str | os.PathLike) -> list[str] | None:
+    """The `vocabulary` a model folder's config.json declares, if any."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        vocabulary = json.loads(config.read_text(encoding="utf-8")).get("vocabulary")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_model has read this file already: a problem here only means no vocabulary check
+    if isinstance(vocabulary, list) and all(isinstance(w, str) for w in vocabulary):
+        return vocabulary
+    return None
+
+
+def _words(name: str) -> list[str]:
+    return re.findall(r"[a-z]+", name.lower())
+
+
+def _saved_vocabulary(path: str | os.PathLike) -> list[str] | None:
+    """The `vocabulary` a model folder's config.json declares, if any."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        vocabulary = json.loads(config.read_text(encoding="utf-8")).get("vocabulary")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_model has read this file already: a problem here only means no vocabulary check
+    if isinstance(vocabulary, list) and all(isinstance(w, str) for w in vocabulary):
+        return vocabulary
+    return None
 
 
 def default_class_names(name_or_path: str | os.PathLike, preset: str | None = None) -> list[str]:
@@ -225,8 +296,6 @@ def default_class_names(name_or_path: str | os.PathLike, preset: str | None = No
         return list(get_preset(str(name_or_path)).class_names)
     p = Path(name_or_path)
     if p.is_dir() and (p / "config.json").is_file():
-        import json
-
         meta = json.loads((p / "config.json").read_text(encoding="utf-8"))
         return list(meta.get("class_names") or meta.get("config", {}).get("class_names", []))
     return Predictor.from_pretrained(p, preset=preset).default_class_names

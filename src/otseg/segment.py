@@ -76,6 +76,9 @@ def segment_images(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(class_names) if class_names is not None else predictor.default_class_names
+    note = predictor.vocabulary_note(names)
+    if note is not None:
+        print(f"note: {note}", flush=True)
     done: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     bar = tqdm(list(zip(paths, output_stems(paths), strict=True)), desc="segment", unit="image", disable=not progress)
@@ -103,5 +106,7 @@ def segment_images(
         atomic_write_text(json_file, json.dumps(record, indent=2) + "\n")
         done.append({**record, "json": json_file.name})
     summary = {"class_names": names, "images": done, "failed": failed}
+    if note is not None:
+        summary["note"] = note
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -114,6 +114,8 @@ def make_segment_fn(predictor: Predictor) -> Callable[[str | None, str | None], 
             # Library messages name the server-side temporary file; the visitor knows it as "the uploaded image".
             message = str(e).replace(str(image_path), "the uploaded image")
             raise gr.Error(message[:1].upper() + message[1:], title="Cannot segment", print_exception=False) from None
+        if prediction.note is not None:
+            gr.Warning(prediction.note[:1].upper() + prediction.note[1:], title="Words the model does not know")
         return prediction.overlay(), prediction.fractions()
 
     return segment
@@ -161,6 +163,11 @@ def build_app(predictor: Predictor, title: str = "OTSeg zero-shot segmentation")
             "Upload an image, type the classes to look for (comma-separated, any words the model's text tower "
             "can embed) and press **Segment**. The result shows each pixel's best class over the image, with a "
             f"legend, and the share of the image given to each class.  \nModel: `{predictor!r}`"
+            + (
+                f"  \nThis model knows only these words: {', '.join(sorted(predictor.vocabulary))}."
+                if predictor.vocabulary is not None
+                else ""
+            )
         )
         with gr.Row():
             with gr.Column():

@@ -3,9 +3,10 @@
 Methods (the rows of the paper's table):
 
 * ``zegclip``: the ZegCLIP-style baseline: softmax multi-head cross-attention in the decoder, the last layer's
-  map as the logits, no MPS path, one prompt per class ("a photo of a {}.").
+  map as the logits, no MPS path, one prompt per class ("a photo of a {}.", ZegCLIP's).
 * ``otseg``: OTSeg with Multi-Prompt Sinkhorn Attention (MPSA) in the decoder, the gated combination of the
-  layer maps, the MPS path trained alongside, six prompts per class; evaluated on the decoder path alone.
+  layer maps, the MPS path trained alongside, the reference's six prompts per class (`TEMPLATES_6`, as its VOC
+  configs); evaluated on the decoder path alone.
 * ``otseg+``: the same trained model as ``otseg``, evaluated with the OTSeg+ ensemble (0.5 decoder + 0.5 MPS).
 
 Settings: ``inductive`` (masks of the 12 seen classes only; unseen pixels are ignored), ``transductive``
@@ -25,6 +26,7 @@ from otseg.data.config import DataConfig
 from otseg.demo.tiny_clip import TinyClipConfig
 from otseg.demo.world import CLASS_NAMES, WorldConfig, unseen_ids
 from otseg.model.config import IMAGENET_MEAN, IMAGENET_STD, HeadConfig, ModelConfig, Setting
+from otseg.model.text import TEMPLATES_1, TEMPLATES_6
 from otseg.train.trainer import TrainConfig
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "SETTINGS",
     "ZEGCLIP_TEMPLATES",
     "DemoRecipe",
+    "DemoSettings",
     "demo_data_config",
     "demo_model_config",
     "demo_templates",
@@ -44,17 +47,10 @@ __all__ = [
 METHODS: tuple[str, ...] = ("zegclip", "otseg", "otseg+")
 SETTINGS: tuple[Setting, ...] = ("inductive", "transductive", "fully")
 
-# Several prompts per class, phrased like the world's captions (as CLIP's prompts are phrased like web captions):
-# the text tower has read these sentence frames, with every class name, during pretraining.
-DEMO_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {} shape.",
-    "a picture of a {} shape.",
-    "an image of a {} shape.",
-    "there is a {} shape in the image.",
-    "a photo of a small {} shape.",
-    "a photo of a large {} shape.",
-)
-ZEGCLIP_TEMPLATES: tuple[str, ...] = DEMO_TEMPLATES[:1]  # ZegCLIP's single prompt
+# The reference's own prompts: its six VOC templates for OTSeg, and ZegCLIP's single one. The world's captions
+# give their words (portrait, part, segment, small, medium) a visual meaning, as web captions do for CLIP's.
+DEMO_TEMPLATES: tuple[str, ...] = TEMPLATES_6
+ZEGCLIP_TEMPLATES: tuple[str, ...] = TEMPLATES_1
 
 
 def training_arch(method: str) -> str:
@@ -146,6 +142,7 @@ class DemoRecipe:
     lr: float = 2e-3
     backbone_lr_mult: float = 0.1
     warmup_iters: int = 50
+    eval_points: int = 10  # held-out evaluations per run, for the training curves
 
 
 def demo_train_config(setting: Setting, recipe: DemoRecipe, seed: int = 0, init_from: str | None = None) -> TrainConfig:
@@ -176,3 +173,25 @@ def demo_train_config(setting: Setting, recipe: DemoRecipe, seed: int = 0, init_
 def transductive_init_step(recipe: DemoRecipe) -> int:
     """The inductive checkpoint a transductive run starts from (half the inductive schedule)."""
     return max(max(recipe.iters, 1) // 2, 1)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """Everything that sizes a demo run."""
+
+    world: WorldConfig
+    clip: TinyClipConfig
+    recipe: DemoRecipe
+
+    @classmethod
+    def full(cls, seed: int = 0) -> DemoSettings:
+        return cls(WorldConfig(seed=seed), TinyClipConfig(seed=seed), DemoRecipe())
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> DemoSettings:
+        """A smoke-test size (seconds): the same code paths, meaningless numbers."""
+        return cls(
+            WorldConfig(seed=seed, num_train=12, num_val=6, num_pretrain=64),
+            TinyClipConfig(seed=seed, steps=2, batch_size=16),
+            DemoRecipe(iters=4, batch_size=2, warmup_iters=1),
+        )

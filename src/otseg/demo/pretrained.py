@@ -1,30 +1,56 @@
 """The built-in demo model: OTSeg+ trained inductively on the miniature world, for `Predictor.from_pretrained("demo")`.
 
-`otseg demo` saves it as it goes; when it is not cached yet, `demo_model_dir` builds it: the world and the tiny CLIP
-(both cached), then one inductive OTSeg training run with the demo recipe (a few minutes on 2 CPU cores). It is
-stored in otseg's own format (`save_pretrained`: safetensors + config.json, with the CLIP text tower, so any class
-name can be embedded), under `<otseg cache>/demo/`, keyed by the world, the CLIP recipe and the training recipe.
+It is shipped with the package, as the tiny CLIP is: `demo_model.safetensors` beside this file holds what training
+changed (the VPT prompts, the head, the class embeddings), about 1 MB; the frozen towers come from the shipped tiny
+CLIP. `demo_model_dir` unpacks both into otseg's own folder format (`save_pretrained`: safetensors + config.json,
+with the CLIP text tower, so any class name can be embedded) under `<otseg cache>/demo/`, checking the SHA-256
+that the pack records for the whole model. That takes seconds. When the package has no pack for the current
+recipe, the model is trained instead (one inductive OTSeg run of the demo, minutes on a CPU); `otseg demo` also
+saves the model it trains there.
+
+To rebuild the shipped pack from scratch and compare it bit for bit (the tiny CLIP comes from its own pack)::
+
+    python -m otseg.demo.pretrained --out demo_model.safetensors
+
+The model only knows its world's words; its `config.json` lists them (`vocabulary`), and `Predictor` says so when
+a class name uses other words.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from otseg.demo.world import demo_cache_root
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
 
-if TYPE_CHECKING:
-    from otseg.demo.run import DemoSettings
+from otseg.clip.loading import read_clip_state_dict
+from otseg.demo.presets import DemoSettings
+from otseg.demo.tiny_clip import state_digest, tiny_clip_path
+from otseg.demo.training import demo_datasets, train_demo_model
+from otseg.demo.world import caption_vocabulary, demo_cache_root, world_dir
+from otseg.model.build import load_clip_into
+from otseg.model.checkpoint import save_pretrained
+from otseg.model.config import ModelConfig
+from otseg.model.segmentor import OTSeg
 
-__all__ = ["demo_model_dir", "demo_model_key", "save_demo_model"]
+__all__ = ["SHIPPED_MODEL", "demo_model_dir", "demo_model_key", "pack_demo_model", "save_demo_model"]
 
 DEMO_MODEL_METHOD = "otseg+"
 DEMO_MODEL_SETTING = "inductive"
+SHIPPED_MODEL = Path(__file__).with_name("demo_model.safetensors")
+PACK_FORMAT = "otseg-demo-model-pack/1"
+# The rebuild trains with this many threads, as each `otseg demo` worker does on a 2-core machine: matrix
+# products may round differently with another count.
+REBUILD_THREADS = 1
 
 
 def demo_model_key(settings: DemoSettings) -> str:
@@ -43,32 +69,107 @@ def _model_dir(settings: DemoSettings, cache: str | os.PathLike | None) -> Path:
     return base / f"model-{demo_model_key(settings)}"
 
 
-def save_demo_model(model: Any, settings: DemoSettings, cache: str | os.PathLike | None = None) -> Path:
-    """Store a trained demo model (OTSeg+, inductive) where `demo_model_dir` finds it."""
-    from otseg.model.checkpoint import save_pretrained
+def _extra(settings: DemoSettings) -> dict[str, Any]:
+    return {
+        "demo": {"seed": settings.world.seed, "method": DEMO_MODEL_METHOD, "setting": DEMO_MODEL_SETTING},
+        "vocabulary": sorted(caption_vocabulary()),
+    }
 
-    target = _model_dir(settings, cache)
-    extra = {"demo": {"seed": settings.world.seed, "method": DEMO_MODEL_METHOD, "setting": DEMO_MODEL_SETTING}}
-    save_pretrained(model, target, extra=extra)  # each file is written atomically; config.json last
-    return target
+
+def save_demo_model(model: OTSeg, settings: DemoSettings, cache: str | os.PathLike | None = None) -> Path:
+    """Store a trained demo model (OTSeg+, inductive) where `demo_model_dir` finds it."""
+    return save_pretrained(model, _model_dir(settings, cache), extra=_extra(settings))  # config.json last
+
+
+def _model_tensors(model: OTSeg) -> dict[str, Tensor]:
+    """Everything `save_pretrained` stores: the state dict, the class embeddings and the seen mask."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors["class_embeddings"] = model.class_embeddings.detach().cpu().contiguous()
+    tensors["seen_mask"] = model.seen_mask.detach().cpu().to(torch.uint8)
+    return tensors
+
+
+def _from_clip(config: ModelConfig, clip_state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors of a model of `config` freshly built (seeded) with the tiny CLIP loaded: what needs no storing."""
+    torch.manual_seed(0)
+    model = OTSeg(config)
+    load_clip_into(model, clip_state)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def pack_demo_model(model: OTSeg, settings: DemoSettings, clip_state: dict[str, Tensor]) -> tuple[dict, dict]:
+    """The compact form of a trained demo model: (tensors, metadata) for `safetensors.torch.save_file`.
+
+    Tensors equal to those of a fresh model with the tiny CLIP loaded (the frozen towers) are left out.
+    """
+    full = _model_tensors(model)
+    base = _from_clip(model.config, clip_state)
+    tensors = {
+        k: v for k, v in full.items() if k not in base or v.dtype != base[k].dtype or not torch.equal(v, base[k])
+    }
+    metadata = {
+        "format": PACK_FORMAT,
+        "key": demo_model_key(settings),
+        "sha256": state_digest(full),
+        "config": json.dumps(model.config.to_dict(), sort_keys=True),
+        "class_names": json.dumps(list(model.class_names)),
+        "extra": json.dumps(_extra(settings), sort_keys=True),
+    }
+    return tensors, metadata
+
+
+def _pack_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def unpack_demo_model(path: str | os.PathLike, clip_state: dict[str, Tensor]) -> tuple[OTSeg, dict[str, Any]]:
+    """Rebuild the demo model from a pack and the tiny CLIP, checked against the pack's SHA-256 -> (model, extra)."""
+    path = Path(path)
+    metadata = _pack_metadata(path)
+    if metadata.get("format") != PACK_FORMAT:
+        raise ValueError(f"{path} is not a demo model pack (format {metadata.get('format')!r}, expected {PACK_FORMAT})")
+    config = ModelConfig.from_dict(json.loads(metadata["config"]))
+    with safe_open(str(path), framework="pt") as f:
+        stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
+    state = {**_from_clip(config, clip_state), **stored}
+    digest = state_digest(state)
+    if digest != metadata["sha256"]:
+        raise ValueError(
+            f"{path}: the unpacked demo model has SHA-256 {digest[:16]}..., the pack recorded "
+            f"{metadata['sha256'][:16]}...: the file is damaged; reinstall otseg, or rebuild it with "
+            "`python -m otseg.demo.pretrained --out FILE`"
+        )
+    embeddings, seen = state.pop("class_embeddings"), state.pop("seen_mask")
+    model = OTSeg(config)
+    load_clip_into(model, clip_state)  # builds and attaches the text tower
+    model.load_state_dict(state, strict=True)
+    names = json.loads(metadata["class_names"])
+    model.set_class_embeddings(embeddings, class_names=names, seen=seen.bool())
+    return model.eval(), json.loads(metadata["extra"])
 
 
 def demo_model_dir(
     seed: int = 0, progress: bool = True, cache: str | os.PathLike | None = None, settings: DemoSettings | None = None
 ) -> Path:
-    """The folder of the demo model, trained and cached on first use (stage messages are printed)."""
-    from otseg.clip.loading import read_clip_state_dict
-    from otseg.demo.run import DemoSettings, demo_datasets, train_demo_model
-    from otseg.demo.tiny_clip import tiny_clip_path
-    from otseg.demo.world import world_dir
-
+    """The folder of the demo model: cached, else unpacked from the shipped pack, else trained (stage messages are
+    printed)."""
     cfg = settings or DemoSettings.full(seed)
     target = _model_dir(cfg, cache)
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
         return target
-    print("building the demo model (once; cached afterwards): world, tiny CLIP, OTSeg+ inductive training", flush=True)
-    root = world_dir(cfg.world, cache)
     clip_state = read_clip_state_dict(tiny_clip_path(cfg.world, cfg.clip, cache=cache, progress=progress))
+    if SHIPPED_MODEL.is_file() and _pack_metadata(SHIPPED_MODEL).get("key") == demo_model_key(cfg):
+        model, extra = unpack_demo_model(SHIPPED_MODEL, clip_state)
+        return save_pretrained(model, target, extra=extra)
+    print("building the demo model (once; cached afterwards): world, tiny CLIP, OTSeg+ inductive training", flush=True)
+    model = _train(cfg, clip_state, cache, progress)
+    return save_demo_model(model, cfg, cache)
+
+
+def _train(cfg: DemoSettings, clip_state: dict[str, Tensor], cache: str | os.PathLike | None, progress: bool) -> OTSeg:
+    """One inductive OTSeg run with the demo recipe, exactly as `otseg demo` trains it; ensemble weight 0.5."""
+    root = world_dir(cfg.world, cache)
     train_set, _ = demo_datasets(cfg, root)
     base = Path(cache) if cache is not None else demo_cache_root()
     base.mkdir(parents=True, exist_ok=True)
@@ -76,4 +177,39 @@ def demo_model_dir(
         model = train_demo_model(cfg, DEMO_MODEL_METHOD, DEMO_MODEL_SETTING, clip_state, train_set, Path(work),
                                  progress=progress)  # fmt: skip
     model.head.cfg.ensemble_weight = 0.5
-    return save_demo_model(model, cfg, cache)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m otseg.demo.pretrained --out FILE`: train the demo model from scratch, pack it, compare."""
+    p = argparse.ArgumentParser(
+        prog="python -m otseg.demo.pretrained",
+        description="Train the built-in demo model (OTSeg+, inductive, seed 0) from scratch as `otseg demo` does, "
+        f"with {REBUILD_THREADS} thread, write it as a pack, and compare it bit for bit with the shipped one.",
+    )
+    p.add_argument("--out", required=True, help="the pack to write (.safetensors)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    torch.set_num_threads(REBUILD_THREADS)
+    cfg = DemoSettings.full(0)
+    clip_state = read_clip_state_dict(tiny_clip_path(cfg.world, cfg.clip, progress=not args.no_progress))
+    with tempfile.TemporaryDirectory() as cache:
+        model = _train(cfg, clip_state, cache, progress=not args.no_progress)
+    tensors, metadata = pack_demo_model(model, cfg, clip_state)
+    save_file(tensors, args.out, metadata=metadata)
+    print(f"wrote {args.out}: SHA-256 of the model {metadata['sha256']}")
+    if not SHIPPED_MODEL.is_file():
+        print(f"no shipped pack at {SHIPPED_MODEL} to compare with")
+        return 0
+    shipped = _pack_metadata(SHIPPED_MODEL)
+    if shipped.get("key") != metadata["key"]:
+        print(f"the shipped pack is for another recipe (key {shipped.get('key')}, this one {metadata['key']})")
+        return 1
+    same = shipped.get("sha256") == metadata["sha256"]
+    differs = f"DIFFERS from the shipped pack ({shipped['sha256']})"
+    print("identical to the shipped pack, bit for bit" if same else differs)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

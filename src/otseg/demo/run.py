@@ -19,7 +19,6 @@ import math
 import multiprocessing
 import os
 import queue
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -29,19 +28,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from otseg.demo.card import world_card
+from otseg.demo.curves import last_fraction_change, plot_curves
 from otseg.demo.presets import (
     METHODS,
     SETTINGS,
     DemoRecipe,
-    demo_data_config,
-    demo_model_config,
+    DemoSettings,
     demo_train_config,
     training_arch,
     transductive_init_step,
 )
 from otseg.demo.pretrained import save_demo_model
-from otseg.demo.tiny_clip import TinyClipConfig, tiny_clip_path
-from otseg.demo.world import CLASS_NAMES, WorldConfig, seen_ids, unseen_ids, world_dir
+from otseg.demo.tiny_clip import tiny_clip_path
+from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
+from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids, world_dir
+from otseg.utils import atomic_write_text
 
 __all__ = [
     "DemoJob",
@@ -52,32 +54,17 @@ __all__ = [
     "demo_jobs",
     "format_table",
     "run_demo",
+    "run_demo_seeds",
 ]
 
-METHOD_TITLES = {"zegclip": "ZegCLIP", "otseg": "OTSeg", "otseg+": "OTSeg+", "control": "control"}
+METHOD_TITLES = {
+    "training-free": "training-free",
+    "zegclip": "ZegCLIP",
+    "otseg": "OTSeg",
+    "otseg+": "OTSeg+",
+    "control": "control",
+}
 NUM_PANELS = 4
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Everything that sizes a demo run."""
-
-    world: WorldConfig
-    clip: TinyClipConfig
-    recipe: DemoRecipe
-
-    @classmethod
-    def full(cls, seed: int = 0) -> DemoSettings:
-        return cls(WorldConfig(seed=seed), TinyClipConfig(seed=seed), DemoRecipe())
-
-    @classmethod
-    def quick(cls, seed: int = 0) -> DemoSettings:
-        """A smoke-test size (seconds): the same code paths, meaningless numbers."""
-        return cls(
-            WorldConfig(seed=seed, num_train=12, num_val=6, num_pretrain=64),
-            TinyClipConfig(seed=seed, steps=2, batch_size=16),
-            DemoRecipe(iters=4, batch_size=2, warmup_iters=1),
-        )
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -113,15 +100,18 @@ def _row(method: str, setting: str, metrics: dict[str, Any]) -> dict[str, Any]:
 def format_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
     """The results as a Markdown table, in the paper's layout (method, setting, mIoU(S), mIoU(U), hIoU)."""
 
-    def cell(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1f}"
+    def cell(r: dict[str, Any], key: str) -> str:
+        v, std = r[key], r.get(f"{key}_std")
+        if v is None:
+            return "-"
+        return f"{v:.1f} ± {std:.1f}" if std is not None else f"{v:.1f}"
 
     lines = [title] if title else []
     lines += ["| method | setting | mIoU(S) | mIoU(U) | hIoU |", "|---|---|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {METHOD_TITLES.get(r['method'], r['method'])} | {r['setting']} | {cell(r['miou_seen'])} | "
-            f"{cell(r['miou_unseen'])} | {cell(r['hiou'])} |"
+            f"| {METHOD_TITLES.get(r['method'], r['method'])} | {r['setting']} | {cell(r, 'miou_seen')} | "
+            f"{cell(r, 'miou_unseen')} | {cell(r, 'hiou')} |"
         )
     return "\n".join(lines)
 
@@ -191,17 +181,6 @@ def _write_panels(
     return paths
 
 
-def demo_datasets(cfg: DemoSettings, root: Path) -> tuple[Any, Any]:
-    """The world's training set (the demo augmentation) and test set, through the regular custom-layout loader."""
-    from otseg.data.datasets import build_custom
-    from otseg.data.transforms import TestTransform, TrainTransform
-
-    data_cfg = demo_data_config(demo_model_config("otseg", "inductive", cfg.world, cfg.clip))
-    train_set = build_custom(root, "train", TrainTransform(data_cfg), seed=cfg.world.seed)
-    val_set = build_custom(root, "val", TestTransform(data_cfg))
-    return train_set, val_set
-
-
 # ---- the training jobs ------------------------------------------------------------------------------------
 
 
@@ -248,36 +227,6 @@ class _JobContext:
     panel_ids: tuple[int, ...]
 
 
-def train_demo_model(
-    cfg: DemoSettings,
-    method: str,
-    setting: str,
-    clip_state: dict[str, torch.Tensor],
-    train_set: Any,
-    work: Path,
-    init_from: str | None = None,
-    progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
-) -> Any:
-    """Build one demo model from the tiny CLIP and train it with the regular `Trainer` in `work` (fresh).
-
-    Returns the trained `OTSeg` (its text tower attached, classes set to the world's 16).
-    """
-    from otseg.model.build import load_clip_into
-    from otseg.model.segmentor import OTSeg
-    from otseg.train.trainer import Trainer
-
-    model_cfg = demo_model_config(method, setting, cfg.world, cfg.clip)  # type: ignore[arg-type]
-    torch.manual_seed(cfg.world.seed)  # the head and prompt initialisation
-    model = OTSeg(model_cfg)
-    load_clip_into(model, clip_state)
-    model.set_classes(CLASS_NAMES)
-    train_cfg = demo_train_config(setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)  # type: ignore[arg-type]
-    shutil.rmtree(work, ignore_errors=True)  # a fresh run, never a silent resume of an older one
-    Trainer(model, train_set, train_cfg, work, progress=progress, on_step=on_step).train()
-    return model
-
-
 def control_names(seed: int) -> list[str]:
     """The world's class names with each unseen name replaced by a made-up two-word name (seeded): words the
     tiny CLIP never read, so their embeddings carry no knowledge of the class they stand for."""
@@ -307,30 +256,55 @@ def run_job(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train one job's model and score its methods (and, for OTSeg inductive, the control; it also stores the
-    built-in demo model). Returns rows, per-class IoU, the panel images' label maps and timings."""
+    built-in demo model). Returns rows (and, for inductive runs, rows without the seen-class bias), per-class IoU,
+    the held-out curve, the panel images' label maps and timings."""
     from otseg.clip.loading import read_clip_state_dict
     from otseg.eval.evaluate import evaluate
 
     cfg = ctx.settings
     train_set, val_set = demo_datasets(cfg, ctx.world_root)
+    holdout_set = demo_holdout_set(cfg, ctx.world_root)
     init_from = None
     if job.depends_on is not None:
         init_from = str(ctx.out / "runs" / job.depends_on.name / f"iter_{transductive_init_step(cfg.recipe)}.pt")
+    step = [0]
+    curve: list[tuple[int, float]] = []
+
+    def count_step(n: int) -> None:
+        step[0] = n
+        if on_step is not None:
+            on_step(n)
+
+    def holdout_eval(model: Any) -> dict[str, Any]:
+        """Seen mIoU on the held-out seen-only split, as the model would be scored (its bias included)."""
+        metrics = evaluate(model, holdout_set, progress=False)
+        value = _split_miou(metrics["per_class_iou"], seen_ids())
+        curve.append((step[0], round(float(value or 0.0), 2)))
+        return {"holdout_miou_seen": value}
+
     t0 = time.perf_counter()
     model = train_demo_model(
         cfg, job.methods[-1], job.setting, read_clip_state_dict(ctx.clip_file), train_set, ctx.out / "runs" / job.name,
-        init_from, progress=progress, on_step=on_step,
+        init_from, progress=progress, on_step=count_step, evaluate=holdout_eval,
     )  # fmt: skip
-    result: dict[str, Any] = {"rows": [], "per_class": {}, "predictions": {}, "timings": {}}
+    result: dict[str, Any] = {"rows": [], "rows_bias0": [], "per_class": {}, "predictions": {}, "timings": {}}
     result["timings"][f"train {job.name}"] = round(time.perf_counter() - t0, 2)
+    result["curve"] = curve
 
     def score(method: str, setting: str) -> None:
         t_eval = time.perf_counter()
         metrics = evaluate(model, val_set, progress=False)
-        result["timings"][f"eval {method} {setting}"] = round(time.perf_counter() - t_eval, 2)
         result["rows"].append(_row(method, setting, metrics))
         result["per_class"][f"{method} {setting}"] = metrics["per_class_iou"]
         result["predictions"][(method, setting)] = _predict_labels(model, val_set, ctx.panel_ids)
+        if model.config.apply_seen_bias and model.head.cfg.seen_bias:
+            bias = model.head.cfg.seen_bias
+            model.head.cfg.seen_bias = 0.0
+            try:
+                result["rows_bias0"].append(_row(method, setting, evaluate(model, val_set, progress=False)))
+            finally:
+                model.head.cfg.seen_bias = bias
+        result["timings"][f"eval {method} {setting}"] = round(time.perf_counter() - t_eval, 2)
 
     for method in job.methods:
         model.head.cfg.ensemble_weight = 0.5 if method == "otseg+" else 1.0
@@ -444,6 +418,22 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def _print_card(card: dict[str, Any]) -> None:
+    free = card["training_free"]
+    print(
+        "[world card] measured before any method is trained:\n"
+        f"  tiny CLIP pretraining: {card['tiny_clip_pretraining']}\n"
+        f"  text geometry (the reference's 6 templates): prompt spread ratio {card['prompt_spread_ratio']:.2f}, "
+        f"between-class cosine {card['between_class_cosine']:.2f} (within-class {card['within_class_cosine']:.2f}); "
+        "released CLIP embeddings: 0.37-0.48 and 0.79-0.84\n"
+        f"  headroom: a linear probe on the frozen patch features (all classes, fully supervised) reaches "
+        f"{card['linear_probe_miou']:.1f} mIoU\n"
+        f"  training-free (frozen patches vs prompts, cosine): mIoU(S) {free['miou_seen']:.1f}, "
+        f"mIoU(U) {free['miou_unseen']:.1f}, hIoU {free['hiou']:.1f}",
+        flush=True,
+    )
+
+
 def run_demo(
     out_dir: str | Path,
     seed: int = 0,
@@ -456,8 +446,9 @@ def run_demo(
     """Run the miniature benchmark and return the results rows (also written to `out_dir/results.json`).
 
     Args:
-        out_dir: receives results.json, demo_info.json (settings, timings, per-class IoU, CLIP diagnostics),
-            table.md, panels/*.png and the training work folders (runs/<arch>-<setting>/).
+        out_dir: receives results.json, demo_info.json (world card, settings, timings, per-class IoU, rows without
+            the seen-class bias, training curves), table.md, curves.png, panels/*.png and the training work folders
+            (runs/<arch>-<setting>/).
         seed: seeds the world, every training run and the control's made-up names (the tiny CLIP is one fixed
             model for every seed).
         quick: a seconds-long smoke run (tiny sizes, meaningless numbers).
@@ -501,6 +492,11 @@ def run_demo(
             flush=True,
         )
 
+    t0 = time.perf_counter()
+    card = world_card(root, clip_file)
+    stage("world card", t0)
+    _print_card(card)
+
     _, val_set = demo_datasets(cfg, root)
     panel_ids = tuple(_panel_indices(val_set, min(NUM_PANELS, len(val_set))))
     ctx = _JobContext(cfg, root, clip_file, out, panel_ids)
@@ -510,21 +506,27 @@ def run_demo(
     job_results = _run_jobs(jobs, ctx, workers, threads, progress)
     stage("training and evaluation (wall)", t0)
 
-    results: dict[tuple[str, str], dict[str, Any]] = {}
+    results: dict[tuple[str, str], dict[str, Any]] = {("training-free", "inductive"): card["training_free"]}
+    rows_bias0: list[dict[str, Any]] = [card["training_free"]]
     per_class: dict[str, dict[str, Any]] = {}
     predictions: dict[tuple[str, str], list[np.ndarray]] = {}
+    curves: dict[str, list[tuple[int, float]]] = {}
     for job in jobs:
         r = job_results[job.name]
         results.update({(row["method"], row["setting"]): row for row in r["rows"]})
+        rows_bias0.extend(r["rows_bias0"])
         per_class.update(r["per_class"])
         predictions.update(r["predictions"])
         timings.update(r["timings"])
-
-    rows = [results[(m, s)] for s in SETTINGS for m in METHODS]
-    rows.insert(len(METHODS), results[("control", "inductive")])
+        curves[job.name] = [tuple(p) for p in r["curve"]]  # type: ignore[misc]
+    rows = [results[key] for key in table_order()]
     t0 = time.perf_counter()
     panels = _write_panels(out, val_set, panel_ids, predictions)
+    curves_png = plot_curves(
+        curves, out / "curves.png", f"seed {seed}: seen mIoU (%) on the held-out seen-only split, during training"
+    )
     stage("panels", t0)
+    convergence = {name: last_fraction_change(curve) for name, curve in curves.items()}
     timings["total"] = round(time.perf_counter() - t_start, 2)
 
     title = (
@@ -534,16 +536,22 @@ def run_demo(
     table = format_table(rows, title)
     print()
     print(table)
+    print("\nConvergence (seen mIoU change on the held-out split over the last 20 % of training, points): " +
+          ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in convergence.items()))  # fmt: skip
     ind = {r["method"]: r for r in rows if r["setting"] == "inductive"}
     gap = None
     if ind["otseg+"]["miou_unseen"] is not None and ind["control"]["miou_unseen"] is not None:
         gap = round(ind["otseg+"]["miou_unseen"] - ind["control"]["miou_unseen"], 2)
-        print(f"\nOTSeg+ inductive mIoU(U) minus the control's: {gap:+.1f} points (the text encoder's knowledge)")
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+        print(f"OTSeg+ inductive mIoU(U) minus the control's: {gap:+.1f} points (the text encoder's knowledge)")
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "table.md", table + "\n")
     info = {
         "seed": seed,
         "quick": quick,
+        "world_card": card,
+        "rows_bias0": rows_bias0,
+        "curves": {k: [list(p) for p in v] for k, v in curves.items()},
+        "convergence_last20_points": convergence,
         "settings": {"world": cfg.world.to_dict(), "clip": asdict(cfg.clip), "recipe": asdict(cfg.recipe)},
         "world_dir": str(root),
         "tiny_clip": str(clip_file),
@@ -554,16 +562,78 @@ def run_demo(
         "timings_s": timings,
         "per_class_iou": per_class,
         "panels": [str(p) for p in panels],
+        "curves_png": str(curves_png),
         "workers": workers,
         "threads_per_worker": threads,
         "cpu_count": os.cpu_count(),
     }
-    (out / "demo_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(out / "demo_info.json", json.dumps(info, indent=2) + "\n")
     print(
-        f"\nwrote {out / 'results.json'}, {out / 'table.md'}, {out / 'demo_info.json'} and {len(panels)} panels in "
-        f"{out / 'panels'}; total {timings['total']:.0f}s",
+        f"\nwrote {out / 'results.json'}, {out / 'table.md'}, {out / 'demo_info.json'}, {curves_png.name} and "
+        f"{len(panels)} panels in {out / 'panels'}; total {timings['total']:.0f}s",
         flush=True,
     )
+    return rows
+
+
+def table_order() -> list[tuple[str, str]]:
+    """(method, setting) of the table's rows, in order: per setting, the methods; inductive also has the
+    training-free row first and the control last."""
+    order: list[tuple[str, str]] = []
+    for setting in SETTINGS:
+        methods = [*METHODS]
+        if setting == "inductive":
+            methods = ["training-free", *methods, "control"]
+        order += [(m, setting) for m in methods]
+    return order
+
+
+_METRICS = ("miou_seen", "miou_unseen", "hiou")
+
+
+def aggregate_rows(per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Mean and sample standard deviation of each cell over seeds: rows with `miou_seen` (the mean),
+    `miou_seen_std`, ... and `per_seed` (each seed's values)."""
+    out = []
+    for i, first in enumerate(per_seed[0]):
+        row: dict[str, Any] = {"method": first["method"], "setting": first["setting"]}
+        for key in _METRICS:
+            values = [rows[i][key] for rows in per_seed if rows[i][key] is not None]
+            row[key] = round(float(np.mean(values)), 2) if values else None
+            row[f"{key}_std"] = round(float(np.std(values, ddof=1)), 2) if len(values) > 1 else None
+        row["per_seed"] = [{k: rows[i][k] for k in _METRICS} for rows in per_seed]
+        out.append(row)
+    return out
+
+
+def run_demo_seeds(
+    out_dir: str | Path,
+    seeds: Sequence[int],
+    quick: bool = False,
+    progress: bool = True,
+    workers: int | None = None,
+    threads: int | None = None,
+) -> list[dict[str, Any]]:
+    """`run_demo` once per seed (in `out_dir/seed_<s>/`), then the table of means ± standard deviations across seeds
+    in `out_dir/results.json` and `table.md` (each cell also lists the seeds' values)."""
+    if not seeds:
+        raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+    out = Path(out_dir)
+    t0 = time.perf_counter()
+    per_seed = []
+    for s in seeds:
+        per_seed.append(run_demo(out / f"seed_{s}", seed=s, quick=quick, progress=progress, workers=workers,
+                                 threads=threads))  # fmt: skip
+    rows = aggregate_rows(per_seed)
+    title = f"Miniature zero-shot benchmark, seeds {', '.join(map(str, seeds))}: mean ± std over seeds, mIoU in %"
+    table = format_table(rows, title)
+    print()
+    print(table)
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out / "table.md", table + "\n")
+    info = {"seeds": list(seeds), "seconds_total": round(time.perf_counter() - t0, 1)}
+    atomic_write_text(out / "seeds_info.json", json.dumps(info, indent=2) + "\n")
+    print(f"\nwrote {out / 'results.json'} and {out / 'table.md'}; {len(seeds)} seeds in {info['seconds_total']:.0f}s")
     return rows
 
 
@@ -582,6 +652,12 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of every training run (default: 0)")
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="several seeds, e.g. 0,1,2: the whole table per seed (in OUT/seed_N/), then mean ± std per cell",
+    )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run with meaningless numbers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
@@ -601,7 +677,28 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        message = f"--seeds takes whole numbers separated by commas, e.g. 0,1,2; got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds needs distinct seeds, e.g. 0,1,2; got {text!r}")
+    return seeds
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if args.seeds is not None:
+        run_demo_seeds(
+            args.out,
+            args.seeds,
+            quick=args.quick,
+            progress=not args.no_progress,
+            workers=args.workers,
+            threads=args.threads,
+        )
+        return 0
     run_demo(
         args.out,
         seed=args.seed,

@@ -6,12 +6,10 @@ world's pretraining corpus (`world.pretraining_corpus`): captioned images of **a
 and no masks. Whatever the text tower knows about an unseen class name therefore comes from captions, as it
 does for the real CLIP.
 
-The loss has a second, dense term: the same InfoNCE with the image represented by the mean of its (normalised)
-patch embeddings instead of the class token. Segmentation heads read CLIP's patch tokens; the real CLIP's carry local
-semantics because it is deep and trained on 400M pairs, while a 3-layer CLIP trained on 12k captions with the class
-token alone leaves them close to raw pixels (a linear probe on them scored about as well as one on raw 8x8 pixels).
-The dense term gives the miniature CLIP that property of the real one; it changes only how pretraining pools, not
-the architecture or the checkpoint format, and every method and the control use the same CLIP.
+The loss is CLIP's alone: image-caption InfoNCE on the class token, with no dense or patch-level term and no
+masks. Its patch tokens are therefore as the real CLIP's are: the last block's patch outputs receive no gradient of
+their own, so scoring them against text without training is a weak segmenter (the demo's "training-free" row),
+while a trained head can read what they carry (the world card's linear probe).
 
 Shipped weights: pretraining takes 30-50 minutes on 2 CPU cores, more than the whole demo may take, so the
 package ships the default tiny CLIP (`tiny_clip.safetensors` beside this file, about 3 MB) and `tiny_clip_path`
@@ -44,6 +42,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ from otseg.model.config import IMAGENET_MEAN, IMAGENET_STD, TextConfig, VisionCo
 __all__ = ["TinyClipConfig", "evaluate_zero_shot", "tiny_clip_path", "train_tiny_clip"]
 
 # Bump when the training code changes what it produces, so that cached checkpoints are rebuilt.
-TINY_CLIP_VERSION = 3
+TINY_CLIP_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,8 @@ class TinyClipConfig:
     lr: float = 1e-3
     weight_decay: float = 0.1
     warmup: int = 40
-    # Weight of the dense term of the pretraining loss (see `train_tiny_clip`); 0 gives plain CLIP.
-    patch_loss_weight: float = 0.5
+    # The contrastive temperature's initial inverse (CLIP: 1 / 0.07, learnt up to its clamp of 100).
+    init_logit_scale: float = 1 / 0.07
     seed: int = 0
 
     def vision_config(self, image_size: int) -> VisionConfig:
@@ -179,8 +178,16 @@ def _lr_at(step: int, cfg: TinyClipConfig) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_tiny_clip(world: WorldConfig, cfg: TinyClipConfig, progress: bool = True) -> tuple[CLIP, dict[str, Any]]:
-    """Pretrain a tiny CLIP on the world's captioned images; returns the model (eval mode) and a summary."""
+def train_tiny_clip(
+    world: WorldConfig,
+    cfg: TinyClipConfig,
+    progress: bool = True,
+    on_step: Callable[[int, CLIP], None] | None = None,
+) -> tuple[CLIP, dict[str, Any]]:
+    """Pretrain a tiny CLIP on the world's captioned images; returns the model (eval mode) and a summary.
+
+    `on_step(step, model)` is called after every optimiser step (steps count from 1), e.g. to measure it midway.
+    """
     t0 = time.perf_counter()
     images, captions = pretraining_corpus(cfg.corpus_world(world))
     tokens = _tokenize_all(captions)
@@ -192,6 +199,7 @@ def train_tiny_clip(world: WorldConfig, cfg: TinyClipConfig, progress: bool = Tr
     model = CLIP(cfg.vision_config(world.image_size), cfg.text_config())
     with torch.no_grad():
         model.token_embedding.weight.copy_(initial_token_table(cfg))
+        model.logit_scale.fill_(math.log(cfg.init_logit_scale))
     # Sparse gradients for the 49408-row token table: the captions use a few dozen tokens, and a dense Adam
     # step over the whole table would cost more than the rest of the model. Unused rows keep their init.
     model.token_embedding.sparse = True
@@ -230,15 +238,9 @@ def train_tiny_clip(world: WorldConfig, cfg: TinyClipConfig, progress: bool = Tr
         lr = _lr_at(step, cfg)
         for group in (*opt.param_groups, *opt_emb.param_groups):
             group["lr"] = lr
-        global_emb, patch_emb = _image_embeddings(model, x)
+        image_emb = F.normalize(model.encode_image(x), dim=-1)
         text_emb = F.normalize(model.encode_text(tok), dim=-1)
-        scale = model.logit_scale.exp()
-        target = labels[: len(idx)]
-        loss = _contrastive(scale * F.normalize(global_emb, dim=-1) @ text_emb.t(), target)
-        if cfg.patch_loss_weight:
-            pooled = F.normalize(F.normalize(patch_emb, dim=-1).mean(dim=1), dim=-1)
-            dense = _contrastive(scale * pooled @ text_emb.t(), target)
-            loss = (1 - cfg.patch_loss_weight) * loss + cfg.patch_loss_weight * dense
+        loss = _contrastive(model.logit_scale.exp() * image_emb @ text_emb.t(), labels[: len(idx)])
         opt.zero_grad(set_to_none=True)
         opt_emb.zero_grad(set_to_none=True)
         loss.backward()
@@ -247,6 +249,8 @@ def train_tiny_clip(world: WorldConfig, cfg: TinyClipConfig, progress: bool = Tr
         with torch.no_grad():  # CLIP's clamp: a temperature below 0.01 makes training unstable
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1, model)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

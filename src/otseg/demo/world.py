@@ -55,6 +55,7 @@ __all__ = [
     "SceneObject",
     "WorldConfig",
     "caption_for",
+    "caption_vocabulary",
     "demo_cache_root",
     "generate_world",
     "iter_split",
@@ -66,7 +67,7 @@ __all__ = [
 ]
 
 # Bump when the generator's output changes, so that cached worlds (and CLIPs trained on them) are rebuilt.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # Hues in degrees. Red, yellow, green and blue are at least 55 degrees apart, far more than the per-object hue
 # jitter (+-8) plus the training-time hue augmentation (see `presets.demo_data_config`).
@@ -81,10 +82,11 @@ BACKGROUNDS: tuple[str, ...] = ("smooth", "cloudy", "grainy", "mottled")
 
 # Caption grammar. Templates of the demo presets are phrased the same way, as CLIP prompts are phrased like
 # web captions.
-_PREFIXES = ("a photo of ", "a picture of ", "an image of ", "there is ", "")
-_SMALL, _LARGE = 18.0, 25.0  # object sizes (px) below / above which a caption may say "small" / "large"
+_PREFIXES = ("a photo of ", "a picture of ", "an image of ")
+_SMALL, _LARGE = 20.0, 30.0  # bounding sizes (px) below / above which a caption says "small" / "large"
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered: soft, anti-aliased edges like a photograph
-_SPLIT_IDS = {"train": 1, "val": 2, "pretrain": 3}
+_SPLIT_IDS = {"train": 1, "val": 2, "pretrain": 3, "holdout": 4}
+SPLITS: tuple[str, ...] = ("train", "val", "holdout")  # the splits written to disk
 
 
 def seen_ids() -> tuple[int, ...]:
@@ -103,13 +105,16 @@ class WorldConfig:
     image_size: int = 64
     num_train: int = 600
     num_val: int = 200
+    # Seen classes only, never trained on: the validation split whose curve shows when training has converged.
+    num_holdout: int = 100
     num_pretrain: int = 12000  # captioned images for CLIP pretraining (kept in memory, never written)
     objects: tuple[int, int] = (2, 4)  # distinct classes per segmentation image (inclusive)
     pretrain_objects: tuple[int, int] = (1, 3)  # per pretraining image: single-object photos are common online
-    object_size: tuple[float, float] = (14.0, 30.0)  # bounding size in pixels
-    # Pretraining photos include close-ups (up to 44 px of 64), as web photos do: a large object shows its
-    # pattern in many patches.
-    pretrain_object_size: tuple[float, float] = (14.0, 44.0)
+    object_size: tuple[float, float] = (12.0, 40.0)  # bounding size in pixels: small, medium and large objects
+    pretrain_object_size: tuple[float, float] = (10.0, 44.0)
+    border_prob: float = 0.25  # objects cut off by the frame, as in photographs
+    pretrain_border_prob: float = 0.35
+    portrait_prob: float = 0.12  # pretraining close-ups: one object filling the frame ("a portrait of a ...")
     min_visible: float = 0.5  # share of an object's own area that must stay unoccluded
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +134,13 @@ class SceneObject:
     shape: str
     size: float
     mask: np.ndarray = field(repr=False)
+    full_area: float = 1.0  # pixels of the whole shape, inside and outside the frame
+    portrait: bool = False
+
+    @property
+    def visible(self) -> float:
+        """Share of the object that is visible (not cut off by the frame, not hidden by other objects)."""
+        return float(self.mask.sum()) / self.full_area
 
     @property
     def name(self) -> str:
@@ -166,15 +178,18 @@ def _shape_outline(shape: str, size: float, angle: float) -> np.ndarray | None:
     return _rotate(pts, angle)
 
 
-def _shape_alpha(shape: str, size: float, centre: tuple[float, float], angle: float, canvas: int) -> np.ndarray:
-    """Anti-aliased coverage (canvas, canvas) float32 in [0, 1] of one shape."""
+def _shape_alpha(
+    shape: str, size: float, centre: tuple[float, float], angle: float, canvas: int
+) -> tuple[np.ndarray, float]:
+    """Anti-aliased coverage (canvas, canvas) float32 in [0, 1] of one shape, and the shape's whole area in pixels
+    (inside and outside the frame: an object cut off by the border is only partly visible)."""
     ss = _SUPERSAMPLE
     cy, cx = centre
     # Draw only the shape's pixel box (a rotated shape stays within 0.75 * size of its centre), supersampled.
     reach = int(np.ceil(0.75 * size)) + 1
-    y0, x0 = max(int(cy) - reach, 0), max(int(cx) - reach, 0)
-    y1, x1 = min(int(cy) + reach + 1, canvas), min(int(cx) + reach + 1, canvas)
-    hi = Image.new("L", ((x1 - x0) * ss, (y1 - y0) * ss), 0)
+    y0, x0 = int(np.floor(cy)) - reach, int(np.floor(cx)) - reach
+    side = 2 * reach + 1
+    hi = Image.new("L", (side * ss, side * ss), 0)
     draw = ImageDraw.Draw(hi)
     ly, lx = cy - y0, cx - x0
     outline = _shape_outline(shape, size, angle)
@@ -184,10 +199,14 @@ def _shape_alpha(shape: str, size: float, centre: tuple[float, float], angle: fl
     else:
         pts = (outline + np.array([lx, ly])) * ss
         draw.polygon([tuple(p) for p in pts.tolist()], fill=255)
-    local = np.asarray(hi, dtype=np.float32).reshape(y1 - y0, ss, x1 - x0, ss).mean(axis=(1, 3)) / 255.0
+    local = np.asarray(hi, dtype=np.float32).reshape(side, ss, side, ss).mean(axis=(1, 3)) / 255.0
+    full_area = float((local >= 0.5).sum())
     alpha = np.zeros((canvas, canvas), np.float32)
-    alpha[y0:y1, x0:x1] = local
-    return alpha
+    cy0, cx0 = max(y0, 0), max(x0, 0)
+    cy1, cx1 = min(y0 + side, canvas), min(x0 + side, canvas)
+    if cy1 > cy0 and cx1 > cx0:
+        alpha[cy0:cy1, cx0:cx1] = local[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    return alpha, full_area
 
 
 def _hsv(h_deg: float, s: float, v: float) -> np.ndarray:
@@ -239,15 +258,15 @@ def _pattern(rng: np.random.Generator, texture: str, size: int) -> np.ndarray:
     u = x * np.cos(angle) + y * np.sin(angle) + rng.uniform(0, 10)
     v = -x * np.sin(angle) + y * np.cos(angle) + rng.uniform(0, 10)
     if texture == "striped":
-        period = rng.uniform(4.0, 5.0)
+        period = rng.uniform(6.0, 7.5)
         dark = (u % period) < period / 2
     elif texture == "dotted":
-        spacing = rng.uniform(4.0, 5.0)
-        radius = rng.uniform(1.0, 1.4)
+        spacing = rng.uniform(6.5, 8.0)
+        radius = rng.uniform(1.6, 2.1)
         du, dv = (u % spacing) - spacing / 2, (v % spacing) - spacing / 2
         dark = du**2 + dv**2 < radius**2
     elif texture == "checkered":
-        cell = rng.uniform(2.2, 3.0)
+        cell = rng.uniform(3.5, 4.5)
         dark = ((np.floor(u / cell) + np.floor(v / cell)) % 2) == 0
     else:
         raise ValueError(f"unknown texture {texture!r}")
@@ -270,13 +289,26 @@ def _object_paint(rng: np.random.Generator, colour_hue: float, texture: str, siz
 # ---- scenes -----------------------------------------------------------------------------------------------
 
 
+def _place(rng: np.random.Generator, size: int, obj_size: float, border: bool) -> tuple[float, float]:
+    """An object's centre: well inside the frame, or (`border`) near or past one edge, so the frame cuts it off."""
+    margin = obj_size / 2 + 1
+    inside = [float(rng.uniform(margin, size - margin)) for _ in range(2)]
+    if border:
+        axis, far = int(rng.integers(2)), bool(rng.integers(2))
+        depth = float(rng.uniform(-0.3, 0.3)) * obj_size  # centre distance to the edge (negative: outside)
+        inside[axis] = size - depth if far else depth
+    return inside[0], inside[1]
+
+
 def render_scene(
     rng: np.random.Generator,
     size: int,
     num_objects: int,
-    object_size: tuple[float, float] = (14.0, 30.0),
+    object_size: tuple[float, float] = (12.0, 40.0),
     min_visible: float = 0.5,
     classes: Sequence[int] | None = None,
+    border_prob: float = 0.0,
+    portrait: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[SceneObject], str]:
     """Draw one scene.
 
@@ -285,14 +317,19 @@ def render_scene(
         size: image side in pixels.
         num_objects: objects to place (distinct classes); fewer are kept when one cannot be placed without
             hiding more than `1 - min_visible` of an earlier one.
+        object_size: range of the objects' bounding sizes in pixels.
+        min_visible: share of an object's in-frame area that later objects must leave visible.
         classes: class ids to draw from (default: all).
+        border_prob: chance that an object is placed across the frame's edge (partly visible).
+        portrait: one close-up object filling most of the frame (`num_objects` is ignored).
 
     Returns:
         (image uint8 (size, size, 3) RGB, label uint8 (size, size) with class ids and 255 for background,
         the visible objects, the background kind).
     """
     pool = np.arange(len(CLASS_NAMES)) if classes is None else np.asarray(classes)
-    chosen = rng.choice(pool, size=min(num_objects, len(pool)), replace=False)
+    count = 1 if portrait else min(num_objects, len(pool))
+    chosen = rng.choice(pool, size=count, replace=False)
     kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     image = _background(rng, size, kind)
     label = np.full((size, size), 255, np.uint8)
@@ -302,11 +339,14 @@ def render_scene(
         texture = TEXTURES[class_id % len(TEXTURES)]
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         for _ in range(20):  # re-draw the placement until no earlier object would be mostly hidden
-            obj_size = float(rng.uniform(*object_size))
-            margin = obj_size / 2 + 1
-            centre = (float(rng.uniform(margin, size - margin)), float(rng.uniform(margin, size - margin)))
+            if portrait:
+                obj_size = float(rng.uniform(0.8, 0.95)) * size
+                centre = tuple(float(size / 2 + rng.uniform(-3, 3)) for _ in range(2))
+            else:
+                obj_size = float(rng.uniform(*object_size))
+                centre = _place(rng, size, obj_size, bool(rng.random() < border_prob))
             angle = float(rng.uniform(-0.35, 0.35))  # up to +-20 degrees: upright-ish, like most photos
-            alpha = _shape_alpha(shape, obj_size, centre, angle, size)
+            alpha, full_area = _shape_alpha(shape, obj_size, centre, angle, size)  # type: ignore[arg-type]
             mask = alpha >= 0.5
             if mask.sum() < 20:
                 continue
@@ -324,29 +364,54 @@ def render_scene(
         paint[y0 : y0 + extent, x0 : x0 + extent] = tile[: size - y0, : size - x0]
         image = image * (1 - alpha[..., None]) + paint * alpha[..., None]
         label[mask] = class_id
-        objects.append(SceneObject(class_id, shape, obj_size, mask))
+        objects.append(SceneObject(class_id, shape, obj_size, mask, full_area=max(full_area, 1.0), portrait=portrait))
     image = image + rng.normal(0.0, 3.0, image.shape)  # sensor noise
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), label, objects, kind
 
 
-def caption_for(rng: np.random.Generator, objects: Sequence[SceneObject], background: str) -> str:
-    """A caption naming every object (random order, sometimes with its size) and sometimes the background.
+def object_phrase(rng: np.random.Generator, o: SceneObject) -> str:
+    """How a caption names one object, with the words of CLIP's prompt templates given a visual meaning:
 
-    An object is "a [small|large] <colour> <pattern> <shape>", its shape word sometimes replaced by the generic
-    "shape" (the noun of the class prompts, "a photo of a red striped shape.").
+    * "a portrait of a X": a close-up filling the frame;
+    * "a segment of a X": under half of the object is visible (cut off by the frame or hidden by others);
+    * "a part of a X": half to 80 % visible;
+    * "small X" / "medium X" / "large X" (or "a X"): a whole object, by its size.
+
+    The shape is sometimes named after the class ("red striped circle"); it is not part of the class.
     """
-    phrases = []
-    for i in rng.permutation(len(objects)).tolist():
-        o = objects[i]
-        size_word = "small " if o.size < _SMALL else "large " if o.size > _LARGE else ""
-        if size_word and rng.random() < 0.3:
-            size_word = ""
-        noun = o.shape if rng.random() < 0.6 else "shape"
-        phrases.append(f"a {size_word}{o.name} {noun}")
-    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    prefix = _PREFIXES[int(rng.integers(len(_PREFIXES)))]
+    noun = f" {o.shape}" if rng.random() < 0.3 else ""
+    if o.portrait:
+        return f"a portrait of a {o.name}{noun}"
+    if o.visible < 0.5:
+        return f"a segment of a {o.name}{noun}"
+    if o.visible < 0.8:
+        return f"a part of a {o.name}{noun}"
+    if rng.random() < 0.25:
+        return f"a {o.name}{noun}"
+    size_word = "small" if o.size < _SMALL else "large" if o.size > _LARGE else "medium"
+    return f"{size_word} {o.name}{noun}"
+
+
+def caption_vocabulary() -> set[str]:
+    """Every word the captions can use (class words, shapes, size and part words, prefixes, backgrounds): all a
+    text tower pretrained on this world has read."""
+    words = {w for name in CLASS_NAMES for w in name.split()} | set(SHAPES) | set(BACKGROUNDS)
+    words |= {"a", "of", "portrait", "segment", "part", "small", "medium", "large", "and", "on", "background"}
+    words |= {w for prefix in _PREFIXES for w in prefix.split()}
+    return words
+
+
+def caption_for(rng: np.random.Generator, objects: Sequence[SceneObject], background: str) -> str:
+    """A caption naming every object (random order, `object_phrase`) and sometimes the background."""
+    phrases = [object_phrase(rng, objects[i]) for i in rng.permutation(len(objects)).tolist()]
+    listed = " and ".join(phrases)
     r = rng.random()
-    suffix = f" on a {background} background" if r < 0.4 else " in the image" if r < 0.55 else ""
+    if phrases[0].startswith("a ") and r < 0.3:
+        prefix = ""  # "a part of a red striped." stands alone, as the templates do
+    else:
+        prefix = _PREFIXES[0] if r < 0.75 else _PREFIXES[1] if r < 0.9 else _PREFIXES[2]
+    r = rng.random()
+    suffix = f" on a {background} background" if r < 0.4 else ""
     return f"{prefix}{listed}{suffix}."
 
 
@@ -356,14 +421,20 @@ def _scene(cfg: WorldConfig, split: str, index: int) -> tuple[np.ndarray, np.nda
     lo, hi = cfg.pretrain_objects if pretrain else cfg.objects
     n = int(rng.integers(lo, hi + 1))
     sizes = cfg.pretrain_object_size if pretrain else cfg.object_size
-    image, label, objects, kind = render_scene(rng, cfg.image_size, n, sizes, cfg.min_visible)
+    border = cfg.pretrain_border_prob if pretrain else cfg.border_prob
+    portrait = pretrain and bool(rng.random() < cfg.portrait_prob)
+    classes = seen_ids() if split == "holdout" else None
+    image, label, objects, kind = render_scene(
+        rng, cfg.image_size, n, sizes, cfg.min_visible, classes=classes, border_prob=border, portrait=portrait
+    )
     return image, label, objects, caption_for(rng, objects, kind)
 
 
 def iter_split(cfg: WorldConfig, split: str) -> Iterator[tuple[str, np.ndarray, np.ndarray, list[SceneObject], str]]:
-    """(stem, image, label, objects, caption) for every image of `split` ("train", "val" or "pretrain")."""
-    count = {"train": cfg.num_train, "val": cfg.num_val, "pretrain": cfg.num_pretrain}[split]
-    for i in range(count):
+    """(stem, image, label, objects, caption) for every image of `split` ("train", "val", "holdout" or
+    "pretrain")."""
+    count = {"train": cfg.num_train, "val": cfg.num_val, "holdout": cfg.num_holdout, "pretrain": cfg.num_pretrain}
+    for i in range(count[split]):
         yield (f"{split}_{i:05d}", *_scene(cfg, split, i))
 
 
@@ -385,13 +456,13 @@ def generate_world(root: str | os.PathLike, cfg: WorldConfig) -> Path:
     Layout::
 
         root/classes.txt, split.json ({"unseen": [names]}), world.json (settings, classes, split)
-        root/{train,val}/images/<stem>.png, labels/<stem>.png (class ids, 255 = background), captions.json
+        root/{train,val,holdout}/images/<stem>.png, labels/<stem>.png (class ids, 255 = background), captions.json
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     (root / "classes.txt").write_text("\n".join(CLASS_NAMES) + "\n", encoding="utf-8")
     (root / "split.json").write_text(json.dumps({"unseen": list(UNSEEN_NAMES)}) + "\n", encoding="utf-8")
-    for split in ("train", "val"):
+    for split in SPLITS:
         images, labels = root / split / "images", root / split / "labels"
         images.mkdir(parents=True, exist_ok=True)
         labels.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,70 @@
+"""Training curves of the demo runs: seen-class mIoU on the held-out split against the iteration, as a PNG, and the
+convergence test the demo reports (how much that mIoU moved over the last 20 % of training)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+__all__ = ["last_fraction_change", "plot_curves"]
+
+Curve = Sequence[tuple[int, float]]
+# Line colours, distinct on white (the runs are few).
+_COLOURS = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+    (127, 127, 127),
+)  # fmt: skip
+
+
+def last_fraction_change(curve: Curve, fraction: float = 0.2) -> float | None:
+    """Largest absolute change of the curve's value over its last `fraction` of iterations: the largest
+    |value(t) - value(end)| for the evaluations at t >= (1 - fraction) * end. None for fewer than two points there.
+
+    curve: (iteration, value) pairs in increasing iteration order, the last at the end of training.
+    """
+    if not curve:
+        return None
+    end_step, end_value = curve[-1]
+    window = [v for s, v in curve if s >= (1 - fraction) * end_step]
+    if len(window) < 2:
+        return None
+    return max(abs(v - end_value) for v in window)
+
+
+def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "") -> Path:
+    """Draw one line per run (value in % against iteration) with a legend; returns the PNG's path."""
+    width, height, left, right, top, bottom = 760, 420, 56, 190, 34, 40
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    plot_w, plot_h = width - left - right, height - top - bottom
+    max_step = max((s for c in curves.values() for s, _ in c), default=1) or 1
+
+    def xy(step: float, value: float) -> tuple[float, float]:
+        return left + plot_w * step / max_step, top + plot_h * (1 - value / 100.0)
+
+    draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
+    for value in range(0, 101, 20):
+        _, y = xy(0, value)
+        draw.line([left, y, left + plot_w, y], fill=(225, 225, 225))
+        draw.text((left - 30, y - 6), f"{value:>3}", fill="black")
+    for i in range(5):
+        step = round(max_step * i / 4)
+        x, _ = xy(step, 0)
+        draw.text((x - 12, top + plot_h + 6), str(step), fill="black")
+    draw.text((left + plot_w // 2 - 30, height - 18), "iteration", fill="black")
+    draw.text((left, 10), title or "seen mIoU (%) on the held-out seen-only split", fill="black")
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        points = [xy(s, v) for s, v in curve]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+        ly = top + 10 + 18 * i
+        draw.line([left + plot_w + 12, ly + 6, left + plot_w + 32, ly + 6], fill=colour, width=3)
+        draw.text((left + plot_w + 38, ly), name, fill="black")
+    path = Path(path)
+    image.save(path)
+    return path

@@ -1,0 +1,109 @@
+"""The world card's definitions, recomputed on small cases (not the shipped values)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from otseg.demo.card import linear_probe_miou, prompt_geometry, training_free_metrics
+from otseg.demo.curves import last_fraction_change, plot_curves
+from otseg.demo.run import aggregate_rows, format_table
+from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids
+
+REFERENCE_EMBEDDINGS = Path(__file__).resolve().parents[3] / "shared" / "reference-embeddings"
+
+
+def test_prompt_geometry_by_hand():
+    # Two classes, two prompts each, in 3-D: prompts of class 0 at +-30 degrees around x, class 1 around y.
+    a = math.radians(30)
+    e = torch.tensor(
+        [
+            [[math.cos(a), 0.0, math.sin(a)], [math.cos(a), 0.0, -math.sin(a)]],
+            [[0.0, math.cos(a), math.sin(a)], [0.0, math.cos(a), -math.sin(a)]],
+        ]
+    )
+    g = prompt_geometry(e)
+    within = math.cos(2 * a)  # the two prompts of a class are 60 degrees apart
+    assert g["within_class_cosine"] == pytest.approx(within)
+    assert g["between_class_cosine"] == pytest.approx(0.0)  # the class means are x and y
+    assert g["prompt_spread_ratio"] == pytest.approx((1 - within) / 1.0)
+
+
+def test_prompt_geometry_ignores_scale_and_rejects_bad_shapes():
+    e = torch.randn(5, 3, 8, generator=torch.Generator().manual_seed(0))
+    assert prompt_geometry(e * 7.0)["prompt_spread_ratio"] == pytest.approx(prompt_geometry(e)["prompt_spread_ratio"])
+    with pytest.raises(ValueError, match="K >= 2, N >= 2"):
+        prompt_geometry(torch.randn(4, 1, 8))
+
+
+@pytest.mark.skipif(not REFERENCE_EMBEDDINGS.is_dir(), reason="needs ../shared/reference-embeddings")
+@pytest.mark.parametrize(("name", "ratio", "between"), [("voc12", 0.48, 0.835), ("coco", 0.369, 0.794)])
+def test_prompt_geometry_of_the_released_embeddings(name, ratio, between):
+    g = prompt_geometry(np.load(REFERENCE_EMBEDDINGS / f"{name}_otseg.npy"))
+    assert g["prompt_spread_ratio"] == pytest.approx(ratio, abs=0.002)
+    assert g["between_class_cosine"] == pytest.approx(between, abs=0.002)
+
+
+def _blocks(labels_patch: np.ndarray, scale: int = 4) -> np.ndarray:
+    return np.kron(labels_patch, np.ones((scale, scale), np.uint8))
+
+
+def test_linear_probe_separates_separable_features_and_not_noise():
+    rng = np.random.default_rng(0)
+    k, d = 4, 8
+    centres = torch.eye(d)[:k] * 3
+    patch_labels = rng.integers(0, k, (40, 4, 4)).astype(np.uint8)
+    feats = centres[torch.from_numpy(patch_labels.astype(np.int64))].permute(0, 3, 1, 2)  # (B, D, 4, 4)
+    feats = feats + 0.05 * torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))
+    labels = _blocks(patch_labels)  # (B, 16, 16): each patch covers 4x4 pixels
+    miou = linear_probe_miou(feats[:30], labels[:30], feats[30:], labels[30:], num_classes=k, train_stride=1)
+    assert miou > 80.0
+    noise = torch.randn(feats.shape, generator=torch.Generator().manual_seed(2))
+    chance = linear_probe_miou(noise[:30], labels[:30], noise[30:], labels[30:], num_classes=k, train_stride=1)
+    assert chance < 40.0
+
+
+def test_training_free_scores_features_against_prompts():
+    k, d = len(CLASS_NAMES), 32
+    text = torch.nn.functional.normalize(torch.randn(k, 2, d, generator=torch.Generator().manual_seed(0)), dim=-1)
+    means = torch.nn.functional.normalize(text.mean(1), dim=-1)
+    # One class per image (bilinear upsampling would blend scores across patch borders otherwise).
+    patch_labels = np.repeat(np.arange(k, dtype=np.uint8), 16).reshape(k, 4, 4)
+    feats = means[torch.from_numpy(patch_labels.astype(np.int64))].permute(0, 3, 1, 2)
+    labels = _blocks(patch_labels)
+    row = training_free_metrics(feats, text, labels)
+    assert row["miou_seen"] == pytest.approx(100.0) and row["miou_unseen"] == pytest.approx(100.0)
+    # Features pointing at the wrong class score zero.
+    shifted = means[torch.from_numpy(((patch_labels.astype(np.int64) + 1) % k))].permute(0, 3, 1, 2)
+    assert training_free_metrics(shifted, text, labels)["hiou"] == pytest.approx(0.0)
+    assert set(seen_ids()) | set(unseen_ids()) == set(range(k))
+
+
+def test_last_fraction_change_and_plot(tmp_path):
+    curve = [(100, 10.0), (200, 30.0), (300, 40.0), (400, 44.5), (500, 45.0)]
+    assert last_fraction_change(curve) == pytest.approx(0.5)  # points at >= 400: 44.5 and 45.0
+    assert last_fraction_change(curve, fraction=0.5) == pytest.approx(5.0)  # from 250 on: 40, 44.5 and 45
+    assert last_fraction_change([(10, 1.0)]) is None
+    png = plot_curves({"a": curve, "b": [(s, v / 2) for s, v in curve]}, tmp_path / "c.png")
+    from PIL import Image
+
+    with Image.open(png) as im:
+        assert im.size == (760, 420)
+        assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 4  # not a blank page
+
+
+def test_aggregate_rows_mean_and_std():
+    def rows(s, u):
+        return [{"method": "otseg", "setting": "inductive", "miou_seen": s, "miou_unseen": u, "hiou": None}]
+
+    agg = aggregate_rows([rows(10.0, 1.0), rows(20.0, 3.0), rows(30.0, None)])
+    row = agg[0]
+    assert row["miou_seen"] == 20.0 and row["miou_seen_std"] == 10.0
+    assert row["miou_unseen"] == 2.0 and row["miou_unseen_std"] == pytest.approx(1.41, abs=0.01)
+    assert row["hiou"] is None and row["hiou_std"] is None
+    assert [p["miou_seen"] for p in row["per_seed"]] == [10.0, 20.0, 30.0]
+    assert "| OTSeg | inductive | 20.0 ± 10.0 | 2.0 ± 1.4 | - |" in format_table(agg)
