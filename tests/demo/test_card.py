@@ -78,7 +78,7 @@ def test_training_free_scores_features_against_prompts():
     row = training_free_metrics(feats, text, labels)
     assert row["miou_seen"] == pytest.approx(100.0) and row["miou_unseen"] == pytest.approx(100.0)
     # Features pointing at the wrong class score zero.
-    shifted = means[torch.from_numpy(((patch_labels.astype(np.int64) + 1) % k))].permute(0, 3, 1, 2)
+    shifted = means[torch.from_numpy((patch_labels.astype(np.int64) + 1) % k)].permute(0, 3, 1, 2)
     assert training_free_metrics(shifted, text, labels)["hiou"] == pytest.approx(0.0)
     assert set(seen_ids()) | set(unseen_ids()) == set(range(k))
 
