@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 
+import pytest
+import torch
 from PIL import Image
 
 from otseg.clip.loading import infer_clip_configs, read_clip_state_dict
@@ -29,9 +32,10 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
 
     out = tmp_path / "demo"
     rows = json.loads((out / "results.json").read_text())
-    assert len(rows) == 10
+    assert len(rows) == 11
     assert {(r["method"], r["setting"]) for r in rows} == {(m, s) for m in METHODS for s in SETTINGS} | {
-        ("control", "inductive")
+        ("control", "inductive"),
+        ("training-free", "inductive"),
     }
     for r in rows:
         assert set(r) == {"method", "setting", "miou_seen", "miou_unseen", "hiou"}
@@ -41,8 +45,22 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| method | setting | mIoU(S) | mIoU(U) | hIoU |" in printed
     assert "| control | inductive |" in printed and "seed 1" in printed
+    assert "| training-free | inductive |" in printed
+    assert printed.index("[world card]") < printed.index("[train]")  # the card is printed before training
 
     info = json.loads((out / "demo_info.json").read_text())
+    card = info["world_card"]
+    assert {"prompt_spread_ratio", "between_class_cosine", "linear_probe_miou", "tiny_clip_pretraining"} <= set(card)
+    assert "InfoNCE" in card["tiny_clip_pretraining"] and "no dense" in card["tiny_clip_pretraining"]
+    assert card["training_free"] == rows[0] and rows[0]["method"] == "training-free"
+    # Every inductive row also at bias 0 (the training-free row has no bias to remove).
+    assert {(r["method"], r["setting"]) for r in info["rows_bias0"]} == {
+        (m, "inductive") for m in ("training-free", *METHODS, "control")
+    }
+    # The held-out curves: 2 evaluations per run (quick recipe), and the picture.
+    assert set(info["curves"]) == {f"{a}-{s}" for a in ("zegclip", "otseg") for s in SETTINGS}
+    assert all(len(c) == 2 for c in info["curves"].values())
+    assert (out / "curves.png").is_file()
     assert info["seed"] == 1 and set(info["timings_s"]) >= {"world", "tiny_clip", "total"}
     # The tiny CLIP is a plain OpenAI-format state dict that the regular loader reads and sizes on its own.
     sd = read_clip_state_dict(info["tiny_clip"])
@@ -53,15 +71,25 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert config["train"]["init_from"].endswith("otseg-inductive/iter_2.pt")
 
     panels = sorted((out / "panels").glob("*.png"))
-    assert len(panels) == 3 * min(4, info["settings"]["world"]["num_val"])
+    assert len(panels) == 3 * min(4, info["settings"]["world"]["num_val"])  # curves.png is beside, not here
     with Image.open(panels[0]) as im:
         assert im.width > 5 * 64 * 4  # image, ground truth and three or four predictions, then the legend
     assert len(info["classes"]) == len(CLASS_NAMES)
     assert info["workers"] == 2 and info["threads_per_worker"] == 1
 
-    # The same runs one after another in this process give the same numbers: the schedule does not matter.
-    assert _demo(tmp_path / "serial", "--workers", "1", "--threads", "1") == 0
-    assert json.loads((tmp_path / "serial" / "results.json").read_text()) == rows
+    # Several seeds: each seed's table in its folder, then mean ± std per cell. Seed 1 gives the same numbers run
+    # one job after another in this process: the schedule does not matter.
+    assert _demo(tmp_path / "seeds", "--seeds", "1,2", "--workers", "1", "--threads", "1") == 0
+    assert json.loads((tmp_path / "seeds" / "seed_1" / "results.json").read_text()) == rows
+    seed_2 = json.loads((tmp_path / "seeds" / "seed_2" / "results.json").read_text())
+    summary = json.loads((tmp_path / "seeds" / "results.json").read_text())
+    assert [(r["method"], r["setting"]) for r in summary] == [(r["method"], r["setting"]) for r in rows]
+    for mean, a, b in zip(summary, rows, seed_2, strict=True):
+        for key in ("miou_seen", "miou_unseen", "hiou"):
+            values = [v for v in (a[key], b[key]) if v is not None]
+            assert mean[key] == (round(sum(values) / len(values), 2) if values else None)
+            assert (mean[f"{key}_std"] is None) == (len(values) < 2)
+    assert "±" in (tmp_path / "seeds" / "table.md").read_text()
 
 
 def test_demo_model_for_the_predictor(tmp_path, capsys):
@@ -69,8 +97,8 @@ def test_demo_model_for_the_predictor(tmp_path, capsys):
     import numpy as np
 
     from otseg import Predictor
+    from otseg.demo.presets import DemoSettings
     from otseg.demo.pretrained import demo_model_dir
-    from otseg.demo.run import DemoSettings
 
     settings = DemoSettings.quick(seed=2)
     path = demo_model_dir(settings=settings, cache=tmp_path, progress=False)
@@ -81,9 +109,61 @@ def test_demo_model_for_the_predictor(tmp_path, capsys):
 
     predictor = Predictor.from_pretrained(path)
     assert predictor.default_class_names == list(CLASS_NAMES)
+    # The model knows its world's words only, and says so once per class list when a name uses others.
+    assert predictor.vocabulary is not None and {"red", "striped", "portrait"} <= predictor.vocabulary
+    assert predictor.vocabulary_note(["red striped", "blue dotted"]) is None
+    note = predictor.vocabulary_note(["red striped", "a brand new name"])
+    assert note is not None and "'brand', 'name', 'new' are new to it" in note and "red" in note
     assert predictor.model.config.head.ensemble_weight == 0.5  # OTSeg+
     image = np.random.default_rng(0).integers(0, 255, (80, 100, 3), dtype=np.uint8)
-    result = predictor.predict(image, ["red striped", "a brand new name"])
+    with pytest.warns(UserWarning, match="new to it"):
+        result = predictor.predict(image, ["red striped", "a brand new name"])
+    assert result.note == note
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the same list again is quiet
+        again = predictor.predict(image, ["red striped", "a brand new name"])
+    assert again.note == note
     assert result.labels.shape == (80, 100) and result.scores.shape == (2, 80, 100)
     # Names are matched to the training split: "red striped" is a seen class, the new name is not.
     assert predictor.model.seen_mask.tolist() == [True, False]
+
+
+def test_demo_model_pack_round_trip(tmp_path):
+    """The shipped form of the demo model: only what training changed is stored, the frozen towers come from the
+    tiny CLIP, and unpacking rebuilds every tensor bit for bit (a damaged pack is refused)."""
+    from safetensors.torch import save_file
+
+    from otseg.clip.loading import read_clip_state_dict
+    from otseg.demo.presets import DemoSettings
+    from otseg.demo.pretrained import _model_tensors, _train, pack_demo_model, unpack_demo_model
+    from otseg.demo.tiny_clip import tiny_clip_path
+
+    settings = DemoSettings.quick(seed=3)
+    clip_state = read_clip_state_dict(tiny_clip_path(settings.world, settings.clip, cache=tmp_path, progress=False))
+    model = _train(settings, clip_state, tmp_path, progress=False)
+    tensors, metadata = pack_demo_model(model, settings, clip_state)
+    assert not any(k.startswith(("text_encoder.", "backbone.transformer.")) for k in tensors)  # frozen: not stored
+    assert any(k.startswith("head.") for k in tensors) and "class_embeddings" in tensors
+    save_file(tensors, tmp_path / "pack.safetensors", metadata=metadata)
+    rebuilt, extra = unpack_demo_model(tmp_path / "pack.safetensors", clip_state)
+    original, again = _model_tensors(model), _model_tensors(rebuilt)
+    assert original.keys() == again.keys()
+    assert all(torch.equal(original[k], again[k]) for k in original)
+    assert rebuilt.config.head.ensemble_weight == 0.5 and "striped" in extra["vocabulary"]
+
+    key = next(k for k in tensors if k.startswith("head."))
+    damaged = dict(tensors)
+    damaged[key] = tensors[key].clone()
+    damaged[key].view(-1)[0] += 1.0
+    save_file(damaged, tmp_path / "damaged.safetensors", metadata=metadata)
+    with pytest.raises(ValueError, match="damaged"):
+        unpack_demo_model(tmp_path / "damaged.safetensors", clip_state)
+
+
+def test_shipped_demo_model_matches_the_default_recipe():
+    """The package ships the demo model for the default recipe (so "demo" loads in seconds, with no training)."""
+    from otseg.demo.presets import DemoSettings
+    from otseg.demo.pretrained import SHIPPED_MODEL, _pack_metadata, demo_model_key
+
+    assert SHIPPED_MODEL.is_file()
+    assert _pack_metadata(SHIPPED_MODEL)["key"] == demo_model_key(DemoSettings.full(0))

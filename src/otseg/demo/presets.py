@@ -191,7 +191,7 @@ class DemoSettings:
     def quick(cls, seed: int = 0) -> DemoSettings:
         """A smoke-test size (seconds): the same code paths, meaningless numbers."""
         return cls(
-            WorldConfig(seed=seed, num_train=12, num_val=6, num_pretrain=64),
+            WorldConfig(seed=seed, num_train=12, num_val=6, num_holdout=4, num_pretrain=64),
             TinyClipConfig(seed=seed, steps=2, batch_size=16),
-            DemoRecipe(iters=4, batch_size=2, warmup_iters=1),
+            DemoRecipe(iters=4, batch_size=2, warmup_iters=1, eval_points=2),
         )

@@ -145,7 +145,7 @@ def unpack_demo_model(path: str | os.PathLike, clip_state: dict[str, Tensor]) ->
     load_clip_into(model, clip_state)  # builds and attaches the text tower
     model.load_state_dict(state, strict=True)
     names = json.loads(metadata["class_names"])
-    model.set_class_embeddings(embeddings, class_names=names, seen=seen.bool())
+    model.set_class_embeddings(embeddings, class_names=names, seen=torch.nonzero(seen).flatten().tolist())
     return model.eval(), json.loads(metadata["extra"])
 
 

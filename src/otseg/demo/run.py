@@ -297,7 +297,7 @@ def run_job(
         result["rows"].append(_row(method, setting, metrics))
         result["per_class"][f"{method} {setting}"] = metrics["per_class_iou"]
         result["predictions"][(method, setting)] = _predict_labels(model, val_set, ctx.panel_ids)
-        if model.config.apply_seen_bias and model.head.cfg.seen_bias:
+        if setting == "inductive" and model.config.apply_seen_bias and model.head.cfg.seen_bias:
             bias = model.head.cfg.seen_bias
             model.head.cfg.seen_bias = 0.0
             try:
