@@ -80,9 +80,9 @@ class DataCheck:
         for split in self.splits:
             expected = EXPECTED_COUNTS.get(self.dataset, {}).get(split)
             got = self.counts.get(split)
-            got_s = "not readable" if got is None else f"{got:,}"
+            got_s = "not counted (see the errors below)" if got is None else f"{got:,} images"
             exp_s = f" (official: {expected:,})" if expected is not None else ""
-            lines.append(f"  {split}: {got_s} images{exp_s}")
+            lines.append(f"  {split}: {got_s}{exp_s}")
         lines += [f"  {p.severity}: {p.message}" for p in self.problems]
         lines.append("  usable" if self.usable else f"  NOT usable: {len(self.errors)} error(s)")
         return "\n".join(lines)
@@ -138,8 +138,9 @@ def _structure(dataset: str, root: Path, splits: tuple[str, ...], check: DataChe
                     twice = train & set(aug.read_text().split())
                     if twice:
                         check.warn(
-                            f"{len(twice):,} images of train.txt are also in {aug.name} (mmsegmentation's 10,582-image "
-                            f"trainaug.txt?): they are trained on twice per epoch; {fix} writes {aug.name} without them"
+                            f"{len(twice):,} images of train.txt are also in {aug} (mmsegmentation's 10,582-image "
+                            f"trainaug.txt?): they are trained on twice per epoch; otseg prepare voc12 writes "
+                            f"{aug.name} without them ({fix})"
                         )
         else:
             need_dir(voc / "SegmentationClassContext")

@@ -8,6 +8,7 @@ manual steps instead.
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.request
@@ -68,10 +69,15 @@ def fetch(
     part = dest / f".{final.name}.part"
     limit = max_bytes if max_bytes is not None else (entry.size if entry.size is not None else None)
     _download(entry.url, part, limit=limit, timeout_s=timeout_s, progress=progress)
-    if entry.size is not None and part.stat().st_size != entry.size:
-        got = part.stat().st_size
+    got_size = part.stat().st_size
+    if entry.size is not None and got_size < entry.size:
+        raise OSError(
+            f"{entry.url}: download incomplete ({got_size:,} of {entry.size:,} bytes, kept in {part}); run the "
+            "command again to resume"
+        )
+    if entry.size is not None and got_size > entry.size:
         part.unlink()
-        raise ValueError(f"{entry.url} gave {got:,} bytes, {entry.name} has {entry.size:,}: removed; run again")
+        raise ValueError(f"{entry.url} gave {got_size:,} bytes, {entry.name} has {entry.size:,}: removed; run again")
     if entry.digests:
         got_digests = file_digests(part, tuple(entry.digests))
         bad = {k: got_digests[k] for k, v in entry.digests.items() if got_digests[k] != v}
@@ -133,13 +139,23 @@ def _download(url: str, part: Path, *, limit: int | None, timeout_s: float, prog
         try:
             with open(part, "ab" if have else "wb") as f:
                 written = have
-                while chunk := response.read(_CHUNK):
-                    written += len(chunk)
-                    if limit is not None and written > limit:
-                        raise ValueError(f"{url} sent more than the expected {limit:,} bytes; stopped")
-                    f.write(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
+                try:
+                    while chunk := response.read(_CHUNK):
+                        written += len(chunk)
+                        if limit is not None and written > limit:
+                            raise ValueError(f"{url} sent more than the expected {limit:,} bytes; stopped")
+                        f.write(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+                    f.write(getattr(exc, "partial", b"") or b"")
+                    raise OSError(
+                        f"{url}: connection lost after {f.tell():,} bytes ({type(exc).__name__}); run the command "
+                        "again to resume"
+                    ) from None
+            if total is not None and written < total:
+                raise OSError(f"{url}: connection closed after {written:,} of {total:,} bytes; run the command again "
+                              "to resume")  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()
