@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from otseg.data.datasets import _DECODE_ERRORS, build_dataset
+from otseg.data.datasets import _DECODE_ERRORS, PREPARE_HINTS, build_dataset
 
 __all__ = [
     "EXPECTED_COUNTS",
@@ -35,7 +35,6 @@ EXPECTED_COUNTS: dict[str, dict[str, int]] = {
     "coco_stuff164k": {"train": 118287, "val": 5000},
     "ade20k": {"train": 20210, "val": 2000},
 }
-_PREPARE_NAME = {"voc12": "voc12", "context59": "context59", "coco_stuff164k": "coco", "ade20k": "ade20k"}
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ class DataCheck:
 
 
 def _prepare_fix(dataset: str, root: Path) -> str:
-    return f"run otseg prepare {_PREPARE_NAME[dataset]} --src DOWNLOADS --data-root {root}"
+    return PREPARE_HINTS[dataset].replace("ROOT", str(root))
 
 
 def _first_existing(*candidates: Path) -> Path:
