@@ -237,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         data_cfg = data_config_for(model.config)
         name = _dataset_name(args, model.config)
-        require_usable(name, args.data_root, ("train", "val"))
+        require_usable(name, args.data_root, ("train", "val"), verbose=dist_info.is_main)
         if dist_info.is_main:
             for note in (warmup_warning(tcfg), batch_note(tcfg, dist_info.world_size)):
                 if note:
@@ -294,7 +294,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         name = _dataset_name(args, model.config)
         from otseg.data.check import require_usable
 
-        require_usable(name, args.data_root, ("val",))
+        require_usable(name, args.data_root, ("val",), verbose=dist_info.is_main)
         val_set = build_dataset(name, args.data_root, "val", TestTransform(data_cfg))
         if model.num_classes != val_set.num_classes:
             raise ValueError(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from otseg.data.datasets import _DECODE_ERRORS, PREPARE_HINTS, build_dataset
+from otseg.data.datasets import _ALIASES, _DECODE_ERRORS, PREPARE_HINTS, build_dataset
 
 __all__ = [
     "EXPECTED_COUNTS",
@@ -227,12 +227,16 @@ def check_preset(preset: str, root: str | Path, sample: int = 6) -> DataCheck:
     return check_dataset(dataset, root, splits, sample=sample)
 
 
-def require_usable(dataset: str, root: str | Path, splits: tuple[str, ...], sample: int = 2) -> DataCheck:
-    """The start-up check of train / eval: prints warnings; raises ValueError (one line) on the first error."""
+def require_usable(
+    dataset: str, root: str | Path, splits: tuple[str, ...], sample: int = 2, verbose: bool = True
+) -> DataCheck:
+    """The start-up check of train / eval: prints warnings (if `verbose`); raises ValueError (one line) on the
+    first error."""
+    dataset = _ALIASES.get(dataset, dataset)
     if dataset not in EXPECTED_COUNTS:  # custom datasets: their builder checks them
         return DataCheck(dataset, Path(root), splits)
     check = check_dataset(dataset, root, splits, sample=sample)
-    for message in check.warnings:
+    for message in check.warnings if verbose else ():
         print(f"data warning: {message}")
     if not check.usable:
         more = len(check.errors) - 1
@@ -247,7 +251,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     elif not args.dataset:
         raise ValueError("otseg check-data needs --preset NAME (e.g. voc12-inductive) or --dataset NAME")
     else:
-        dataset = {"coco": "coco_stuff164k", "voc": "voc12", "context": "context59"}.get(args.dataset, args.dataset)
+        dataset = _ALIASES.get(args.dataset, args.dataset)
         if dataset not in EXPECTED_COUNTS:
             raise ValueError(f"--dataset {args.dataset!r}: valid: {', '.join(EXPECTED_COUNTS)}")
         check = check_dataset(dataset, args.data_root, sample=args.sample)

@@ -184,6 +184,8 @@ def find_input(
         stars = "/".join(["*"] * depth)
         pattern = "/".join(p for p in (stars, anchor.rstrip("/")) if p)
         candidates = sorted(src.glob(pattern)) if pattern else [src]
+        if depth == 0 and anchor and src.name == anchor.rstrip("/").rsplit("/", 1)[-1]:
+            candidates.append(src)  # --src is the extracted folder itself
         for folder in candidates:
             if folder.is_dir() and (folder / marker).exists() and (accept is None or accept(folder)):
                 return Input("folder", folder, anchor)
@@ -324,7 +326,8 @@ def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total
                 results.append(_run(job))
                 bar.update(1)
             return results
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        try:
             pending: set[Future[Any]] = set()
             for job in jobs:
                 pending.add(pool.submit(_run, job))
@@ -336,6 +339,11 @@ def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total
             for fut in pending:
                 results.append(fut.result())
                 bar.update(1)
+        except BaseException:
+            # An error or Ctrl+C: drop the queued jobs instead of finishing them (finished files stay valid).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         return results
     finally:
         bar.close()
