@@ -186,12 +186,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     import otseg
+    from otseg.data.check import require_usable
     from otseg.data.config import data_config_for
     from otseg.data.datasets import build_dataset
     from otseg.data.transforms import TestTransform, TrainTransform
     from otseg.eval.evaluate import evaluate
     from otseg.model.config import _coerce
     from otseg.train.distributed import init_distributed, shutdown
+    from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
     from otseg.train.trainer import TrainConfig, Trainer, _seed_everything, default_train_config
 
     model_over, train_over = _split_overrides(args.set)
@@ -226,9 +228,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(tcfg, name, value)
     tcfg.deterministic = tcfg.deterministic or args.deterministic
     tcfg.tensorboard = tcfg.tensorboard or args.tensorboard
-    from otseg.data.check import require_usable
-    from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
-
     resuming = args.resume not in (None, "auto") or (Path(args.work_dir) / "last_checkpoint").is_file()
     require_transductive_init(args.preset, model.config.setting, model.config.dataset, tcfg, resuming)
 
@@ -269,6 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from otseg.data.check import require_usable
     from otseg.data.config import data_config_for
     from otseg.data.datasets import build_dataset
     from otseg.data.transforms import TestTransform
@@ -292,8 +292,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.to(dist_info.device)
         data_cfg = data_config_for(model.config)
         name = _dataset_name(args, model.config)
-        from otseg.data.check import require_usable
-
         require_usable(name, args.data_root, ("val",), verbose=dist_info.is_main)
         val_set = build_dataset(name, args.data_root, "val", TestTransform(data_cfg))
         if model.num_classes != val_set.num_classes:
