@@ -63,7 +63,7 @@ def _convert_map(data: bytes, dest: Path, where: str) -> int:
             if im.mode not in ("L", "P"):
                 raise ValueError(f"mode {im.mode}, expected a single-channel map")
             values = np.asarray(im, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{where}: not a COCO-Stuff label map ({exc})") from None
     write_png_atomic(dest, stuff_thing_lut()[values])
     return 1

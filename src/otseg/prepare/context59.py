@@ -44,7 +44,7 @@ from otseg.prepare.common import (
     write_png_atomic,
 )
 
-__all__ = ["CONTEXT59_CATEGORY_IDS", "decode_rle", "label_lut", "prepare_context59", "render_mask"]
+__all__ = ["CONTEXT59_CATEGORY_IDS", "MAX_SIDE", "decode_rle", "label_lut", "prepare_context59", "render_mask"]
 
 WHAT = "otseg prepare context59"
 # The PASCAL Context category ids (459-class numbering) of the 59 classes, increasing; id i-th -> class i+1.
@@ -54,6 +54,11 @@ CONTEXT59_CATEGORY_IDS = (
     368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
 )  # fmt: skip
 assert len(CONTEXT59_CATEGORY_IDS) == get_dataset_classes("context59").num_classes
+
+
+# Bounds that keep memory finite for any input: PASCAL images are at most 500 px a side, the JSON about 0.5 GB.
+MAX_SIDE = 10_000
+MAX_JSON_BYTES = 4 << 30
 
 
 def label_lut(max_id: int) -> np.ndarray:
@@ -96,6 +101,8 @@ def decode_rle(segmentation: dict[str, Any], where: str) -> np.ndarray:
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
         raise ValueError(f"{where}: segmentation is not a run-length encoding {{size, counts}} (polygons?)")
     h, w = (int(v) for v in segmentation["size"])
+    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
+        raise ValueError(f"{where}: mask size {h}x{w} is outside 1..{MAX_SIDE} pixels a side")
     runs = _rle_counts(segmentation["counts"], where)
     if (runs < 0).any() or int(runs.sum()) != h * w:
         raise ValueError(f"{where}: RLE runs add up to {int(runs.sum())} pixels, the mask has {h}x{w} = {h * w}")
@@ -111,6 +118,8 @@ def render_mask(height: int, width: int, annotations: list[tuple[int, dict[str, 
         if m.shape != ids.shape:
             raise ValueError(f"{where}: an annotation is {m.shape[0]}x{m.shape[1]}, the image {height}x{width}")
         ids[m] = category
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) > 1_000_000):
+        raise ValueError(f"{where}: category ids outside 0..1000000 ({int(ids.min())}..{int(ids.max())})")
     lut = label_lut(int(ids.max()) if ids.size else 0)
     return lut[ids].astype(np.uint8)
 
@@ -143,18 +152,30 @@ def prepare_context59(opts: PrepareOptions) -> dict[str, int]:
         if note:
             print(note)
     json_path = json_in.path / "trainval_merged.json"
+    if json_path.stat().st_size > MAX_JSON_BYTES:
+        raise ValueError(
+            f"{json_path} has {json_path.stat().st_size:,} bytes: not PASCAL Context's trainval_merged.json"
+        )
     data = _load_json(json_path, str(json_path))
 
-    images: dict[int, dict[str, Any]] = {}
-    for img in data["images"]:
-        if img.get("phase") in ("train", "val"):
-            stem = safe_stem(Path(str(img["file_name"])).stem, f"{json_path}: image {img.get('image_id')}")
-            images[int(img["image_id"])] = {**img, "stem": stem}
-    anns: dict[int, list[tuple[int, dict[str, Any]]]] = {i: [] for i in images}
-    for ann in data["annos_segmentation"]:
-        image_id = int(ann["image_id"])
-        if image_id in anns:
-            anns[image_id].append((int(ann["category_id"]), ann["segmentation"]))
+    try:
+        images: dict[int, dict[str, Any]] = {}
+        for img in data["images"]:
+            if img.get("phase") in ("train", "val"):
+                stem = safe_stem(Path(str(img["file_name"])).stem, f"{json_path}: image {img.get('image_id')}")
+                images[int(img["image_id"])] = {**img, "stem": stem}
+        anns: dict[int, list[tuple[int, dict[str, Any]]]] = {i: [] for i in images}
+        for ann in data["annos_segmentation"]:
+            image_id = int(ann["image_id"])
+            if image_id in anns:
+                anns[image_id].append((int(ann["category_id"]), ann["segmentation"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, ValueError) and str(json_path) in str(exc):
+            raise
+        raise ValueError(
+            f"{json_path}: unexpected PASCAL in Detail entry ({type(exc).__name__}: {exc}); download "
+            "trainval_merged.json again"
+        ) from None
     del data
 
     out = opts.data_root / "VOCdevkit" / "VOC2010"
