@@ -67,6 +67,14 @@ def test_verify_says_why_a_file_is_not_a_known_one(tmp_path, capsys):
     assert main(["weights", "verify", str(text), "--no-progress"]) == 1
     assert "not a CLIP archive" in capsys.readouterr().out
 
+    import torch
+
+    ckpt = tmp_path / "voc_inductive.pth"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, ckpt)
+    assert main(["weights", "verify", str(ckpt), "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "torch.save zip archive" in out and "no published checksum" in out
+
 
 class _Boom:
     """Unpickling this would create a file: proof that verify never unpickles."""

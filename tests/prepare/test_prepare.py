@@ -214,3 +214,23 @@ def test_corrupt_mat_file_names_the_file(tmp_path, capsys):
     assert _prepare("voc12", src, tmp_path / "data", "--workers", "0") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{voc['others'][0]}.mat" in err and "GTcls" in err
+
+
+def test_downloads_extracted_in_place_and_src_as_the_folder_itself(tmp_path, capsys):
+    # The archives extracted straight into the data root: prepare there, in place, and it converts what is missing.
+    root = tmp_path / "data"
+    voc = make_voc2012(root, archive=False)
+    sbd = make_sbd(root, voc, archive=False)
+    image = root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{voc['train'][0]}.jpg"
+    before = image.read_bytes()
+    assert _prepare("voc12", root, root, "--workers", "0") == 0
+    assert image.read_bytes() == before
+    lists = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    assert (lists / "trainaug.txt").read_text().split() == sbd["aug"]
+    assert main(["check-data", "--preset", "voc12-inductive", "--data-root", str(root)]) == 0
+
+    # --src may also be the extracted ADE20K folder itself.
+    ade_src = tmp_path / "ade"
+    make_ade20k(ade_src, archive=False)
+    assert _prepare("ade20k", ade_src / "ADEChallengeData2016", tmp_path / "ade-out") == 0
+    assert "training 3 images / 3 annotations" in capsys.readouterr().out

@@ -226,6 +226,10 @@ def identify(
     if target is not None:
         return Identification(path, None, f"{path.name} is named like {target.name}, for which no checksum is "
                               f"published, so it cannot be verified ({looks})")  # fmt: skip
+    if kind == "checkpoint":
+        return Identification(path, None, f"{path.name} is {looks}; the reference's released checkpoints have no "
+                              "published checksum, so no checkpoint can be identified (load it with --preset: "
+                              "otseg convert / otseg eval check its keys)")  # fmt: skip
     return Identification(path, None, f"{path.name} ({size:,} bytes) is {looks}: it matches no known file "
                           "(otseg weights list shows them)")  # fmt: skip
 
