@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REFERENCE_EMBEDDINGS
 from otseg.cli import main
@@ -66,8 +67,6 @@ def test_verify_says_why_a_file_is_not_a_known_one(tmp_path, capsys):
     text.write_text("<html>Google Drive virus scan warning</html>")
     assert main(["weights", "verify", str(text), "--no-progress"]) == 1
     assert "not a CLIP archive" in capsys.readouterr().out
-
-    import torch
 
     ckpt = tmp_path / "voc_inductive.pth"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, ckpt)
