@@ -234,3 +234,14 @@ def test_downloads_extracted_in_place_and_src_as_the_folder_itself(tmp_path, cap
     make_ade20k(ade_src, archive=False)
     assert _prepare("ade20k", ade_src / "ADEChallengeData2016", tmp_path / "ade-out") == 0
     assert "training 3 images / 3 annotations" in capsys.readouterr().out
+
+
+def test_a_damaged_archive_is_one_line(tmp_path, capsys):
+    src = tmp_path / "downloads"
+    voc = make_voc2012(src, archive=True)
+    make_sbd(src, voc, archive=True)
+    tar = src / "benchmark.tgz"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])  # a download cut in the middle
+    assert _prepare("voc12", src, tmp_path / "data", "--skip-checksum", "--workers", "0") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "benchmark.tgz" in err and "download it again" in err

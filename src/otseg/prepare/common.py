@@ -21,6 +21,7 @@ import re
 import shutil
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -77,6 +78,17 @@ def safe_stem(name: str, what: str) -> str:
 # ---- inputs ----------------------------------------------------------------------------------------------
 
 
+# What reading a truncated or damaged archive raises.
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)
+
+
+def _damaged(source: str, exc: BaseException) -> str:
+    return (
+        f"{source}: cannot read it ({type(exc).__name__}: {' '.join(str(exc).split())}); the download is incomplete "
+        "or damaged: download it again"
+    )
+
+
 @dataclass(frozen=True)
 class Member:
     """One file of an input: `rel` is its path below the anchor (posix); `path` is set for folder inputs."""
@@ -85,12 +97,16 @@ class Member:
     size: int
     path: Path | None
     _read: Callable[[], bytes] = field(repr=False)
+    source: str = ""  # the archive or folder, for messages
 
     def read(self) -> bytes:
         """The member's bytes (for tar inputs: call before asking the iterator for the next member)."""
         if self.size > MAX_MEMBER_BYTES:
-            raise ValueError(f"{self.rel}: {self.size:,} bytes, more than any file of these datasets")
-        return self._read()
+            raise ValueError(f"{self.source}: {self.rel} has {self.size:,} bytes, more than any file of these datasets")
+        try:
+            return self._read()
+        except _ARCHIVE_ERRORS as exc:
+            raise ValueError(_damaged(self.source, exc)) from None
 
 
 @dataclass(frozen=True)
@@ -108,10 +124,14 @@ class Input:
         """Files below the anchor whose relative path starts with one of `prefixes`, in archive/name order."""
         if self.kind == "folder":
             yield from self._folder_members(prefixes)
-        elif self.kind == "zip":
-            yield from self._zip_members(prefixes)
-        else:
-            yield from self._tar_members(prefixes)
+            return
+        try:
+            if self.kind == "zip":
+                yield from self._zip_members(prefixes)
+            else:
+                yield from self._tar_members(prefixes)
+        except _ARCHIVE_ERRORS as exc:
+            raise ValueError(_damaged(self.describe(), exc)) from None
 
     def _relative(self, name: str) -> str | None:
         name = name.replace("\\", "/")
@@ -128,9 +148,9 @@ class Input:
                     entries = sorted((e for e in it if e.is_file()), key=lambda e: e.name)
                 for e in entries:
                     p = Path(e.path)
-                    yield Member(prefix + e.name, e.stat().st_size, p, p.read_bytes)
+                    yield Member(prefix + e.name, e.stat().st_size, p, p.read_bytes, str(self.path))
             elif folder.is_file():
-                yield Member(prefix, folder.stat().st_size, folder, folder.read_bytes)
+                yield Member(prefix, folder.stat().st_size, folder, folder.read_bytes, str(self.path))
 
     def _zip_members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
         with zipfile.ZipFile(self.path) as zf:
@@ -139,7 +159,7 @@ class Input:
                     continue
                 rel = self._relative(info.filename)
                 if rel is not None and rel.startswith(prefixes):
-                    yield Member(rel, info.file_size, None, lambda info=info: zf.read(info))
+                    yield Member(rel, info.file_size, None, lambda info=info: zf.read(info), self.describe())
 
     def _tar_members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
         with tarfile.open(self.path, "r:*") as tf:
@@ -154,7 +174,7 @@ class Input:
                         assert f is not None
                         return f.read()
 
-                    yield Member(rel, info.size, None, read)
+                    yield Member(rel, info.size, None, read, self.describe())
 
 
 def find_input(
