@@ -186,12 +186,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     import otseg
+    from otseg.data.check import require_usable
     from otseg.data.config import data_config_for
     from otseg.data.datasets import build_dataset
     from otseg.data.transforms import TestTransform, TrainTransform
     from otseg.eval.evaluate import evaluate
     from otseg.model.config import _coerce
     from otseg.train.distributed import init_distributed, shutdown
+    from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
     from otseg.train.trainer import TrainConfig, Trainer, _seed_everything, default_train_config
 
     model_over, train_over = _split_overrides(args.set)
@@ -226,12 +228,19 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(tcfg, name, value)
     tcfg.deterministic = tcfg.deterministic or args.deterministic
     tcfg.tensorboard = tcfg.tensorboard or args.tensorboard
+    resuming = args.resume not in (None, "auto") or (Path(args.work_dir) / "last_checkpoint").is_file()
+    require_transductive_init(args.preset, model.config.setting, model.config.dataset, tcfg, resuming)
 
     dist_info = init_distributed(tcfg.device)
     trainer = None
     try:
         data_cfg = data_config_for(model.config)
         name = _dataset_name(args, model.config)
+        require_usable(name, args.data_root, ("train", "val"), verbose=dist_info.is_main)
+        if dist_info.is_main:
+            for note in (warmup_warning(tcfg), batch_note(tcfg, dist_info.world_size)):
+                if note:
+                    print(note)
         train_set = build_dataset(name, args.data_root, "train", TrainTransform(data_cfg))
         val_set = build_dataset(name, args.data_root, "val", TestTransform(data_cfg))
         if dist_info.is_main:
@@ -259,6 +268,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from otseg.data.check import require_usable
     from otseg.data.config import data_config_for
     from otseg.data.datasets import build_dataset
     from otseg.data.transforms import TestTransform
@@ -282,6 +292,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         model.to(dist_info.device)
         data_cfg = data_config_for(model.config)
         name = _dataset_name(args, model.config)
+        require_usable(name, args.data_root, ("val",), verbose=dist_info.is_main)
         val_set = build_dataset(name, args.data_root, "val", TestTransform(data_cfg))
         if model.num_classes != val_set.num_classes:
             raise ValueError(
@@ -486,6 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(sub)
     add_export_parser(sub)
     add_serve_parser(sub)
+
+    from otseg.data.check import add_check_data_parser
+    from otseg.prepare import add_prepare_parser
+    from otseg.weights.commands import add_weights_parser
+
+    add_prepare_parser(sub)
+    add_check_data_parser(sub)
+    add_weights_parser(sub)
 
     p = sub.add_parser("presets", help="list the model presets, or describe one")
     p.add_argument("name", nargs="?", help="a preset to describe")

@@ -198,7 +198,7 @@ def test_missing_voc_aug_names_path_and_hint(tmp_path: Path) -> None:
         build_dataset("voc12", root, "train")
     msg = str(exc.value)
     assert str(root / "VOCdevkit" / "VOC2012" / "SegmentationClassAug") in msg
-    assert "SBD" in msg and "tools/convert_datasets/voc_aug.py" in msg
+    assert "SBD" in msg and "otseg prepare voc12" in msg and "benchmark.tgz" in msg and "mmseg" not in msg
 
 
 def test_missing_voc_list_and_images(tmp_path: Path) -> None:
@@ -221,12 +221,12 @@ def test_missing_context_and_coco_hints(tmp_path: Path) -> None:
     shutil.rmtree(root / "VOCdevkit" / "VOC2010" / "SegmentationClassContext")
     with pytest.raises(FileNotFoundError, match="SegmentationClassContext") as exc:
         build_dataset("context59", root, "val")
-    assert "tools/convert_datasets/pascal_context.py" in str(exc.value) and "Detail API" in str(exc.value)
+    assert "otseg prepare context59" in str(exc.value) and "trainval_merged.json" in str(exc.value)
     root = make_coco_stuff(tmp_path / "coco", n_train=1, n_val=1)
     shutil.rmtree(root / "coco_stuff164k" / "annotations" / "val2017")
     with pytest.raises(FileNotFoundError, match="annotations") as exc:
         build_dataset("coco_stuff164k", root, "val")
-    assert "tools/convert_datasets/coco_stuff164k.py" in str(exc.value)
+    assert "otseg prepare coco" in str(exc.value) and "stuffthingmaps_trainval2017.zip" in str(exc.value)
     label = next((root / "coco_stuff164k" / "annotations" / "train2017").iterdir())
     label.unlink()
     with pytest.raises(FileNotFoundError, match=label.name):

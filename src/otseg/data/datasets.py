@@ -7,10 +7,10 @@ Layouts (`root` may be the folder shown or, where noted, the folder above it):
       root/VOCdevkit/VOC2012/                    (root may also be VOCdevkit/ or VOC2012/ itself)
           JPEGImages/*.jpg
           SegmentationClass/*.png                 VOC's own masks (palette PNGs, 255 = void)
-          SegmentationClassAug/*.png              SBD masks converted by mmseg's tools/convert_datasets/voc_aug.py
+          SegmentationClassAug/*.png              SBD masks (otseg prepare voc12)
           ImageSets/Segmentation/{train,val}.txt
-          ImageSets/Segmentation/trainaug.txt     (the reference's name; mmseg's converter writes aug.txt,
-                                                   which is used when trainaug.txt is absent)
+          ImageSets/Segmentation/trainaug.txt     (the reference's name: SBD's images minus VOC's train and
+                                                   val; aug.txt, the same list, is used when it is absent)
 
   ``train`` = train.txt (SegmentationClass) followed by trainaug.txt (SegmentationClassAug), as the
   reference concatenates them; ``val`` = val.txt (SegmentationClass, 1,449 images).
@@ -19,7 +19,7 @@ Layouts (`root` may be the folder shown or, where noted, the folder above it):
 
       root/VOCdevkit/VOC2010/                    (root may also be VOCdevkit/ or VOC2010/ itself)
           JPEGImages/*.jpg
-          SegmentationClassContext/*.png          written by mmseg's tools/convert_datasets/pascal_context.py
+          SegmentationClassContext/*.png          0 = background, 1..59 (otseg prepare context59)
           ImageSets/SegmentationContext/{train,val}.txt   (or {train,val}.txt directly in VOC2010/,
                                                            where the reference's config looks)
 
@@ -27,7 +27,7 @@ Layouts (`root` may be the folder shown or, where noted, the folder above it):
 
       root/coco_stuff164k/                       (root may also be coco_stuff164k/ itself)
           images/{train2017,val2017}/*.jpg
-          annotations/{train2017,val2017}/*_labelTrainIds.png   (mmseg's tools/convert_datasets/coco_stuff164k.py)
+          annotations/{train2017,val2017}/*_labelTrainIds.png   (otseg prepare coco)
 
 * ``ade20k`` -- ADE20K-150 (cross-dataset target only), `reduce_zero_label`::
 
@@ -68,6 +68,7 @@ from otseg.data.transforms import reduce_zero_label
 __all__ = [
     "DATASET_BUILDERS",
     "IMAGE_EXTENSIONS",
+    "PREPARE_HINTS",
     "SegmentationDataset",
     "build_ade20k",
     "build_coco_stuff164k",
@@ -87,28 +88,26 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # A transform maps (uint8 (H, W, 3) RGB image, (H, W) label or None[, rng]) -> (float32 (3, H', W'), int64 or None).
 Transform = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
-_VOC_HINT = (
-    "download VOCtrainval_11-May-2012.tar from the PASCAL VOC 2012 site and extract it so that "
-    "ROOT/VOCdevkit/VOC2012/JPEGImages exists"
-)
-_VOC_AUG_HINT = (
-    "download the SBD augmented annotations (Hariharan et al., benchmark.tgz) and convert them with "
-    "mmsegmentation's tools/convert_datasets/voc_aug.py (python tools/convert_datasets/voc_aug.py "
-    "ROOT/VOCdevkit ROOT/VOCdevkit/VOCaug), which writes VOC2012/SegmentationClassAug/ and "
-    "ImageSets/Segmentation/aug.txt"
-)
-_CONTEXT_HINT = (
-    "download VOCtrainval_03-May-2010.tar and trainval_merged.json, install the Detail API, and run "
-    "mmsegmentation's tools/convert_datasets/pascal_context.py ROOT/VOCdevkit ROOT/VOCdevkit/trainval_merged.json, "
-    "which writes VOC2010/SegmentationClassContext/ and VOC2010/ImageSets/SegmentationContext/{train,val}.txt"
-)
-_COCO_HINT = (
-    "download train2017.zip / val2017.zip and stuffthingmaps_trainval2017.zip, unpack them as "
-    "ROOT/coco_stuff164k/images/{train2017,val2017} and ROOT/coco_stuff164k/annotations/{train2017,val2017}, "
-    "then run mmsegmentation's tools/convert_datasets/coco_stuff164k.py ROOT/coco_stuff164k --nproc 8 to write "
-    "the *_labelTrainIds.png maps"
-)
-_ADE_HINT = "download ADEChallengeData2016.zip (MIT Scene Parsing benchmark) and unzip it under ROOT"
+
+def _prepare_hint(dataset: str, downloads: str) -> str:
+    return (
+        f"run otseg prepare {dataset} --src DOWNLOADS --data-root ROOT, where DOWNLOADS holds {downloads} (or the "
+        "folders they extract to; otseg weights list says where each is published)"
+    )
+
+
+_VOC_HINT = _prepare_hint("voc12", "VOCtrainval_11-May-2012.tar and SBD's benchmark.tgz")
+_VOC_AUG_HINT = _VOC_HINT + "; it writes VOC2012/SegmentationClassAug/ and ImageSets/Segmentation/trainaug.txt"
+_CONTEXT_HINT = _prepare_hint("context59", "VOCtrainval_03-May-2010.tar and PASCAL Context's trainval_merged.json")
+_COCO_HINT = _prepare_hint("coco", "train2017.zip, val2017.zip and stuffthingmaps_trainval2017.zip")
+_ADE_HINT = _prepare_hint("ade20k", "ADEChallengeData2016.zip")
+# How to create each layout, by dataset name (also used by otseg.data.check).
+PREPARE_HINTS = {
+    "voc12": _VOC_HINT,
+    "context59": _CONTEXT_HINT,
+    "coco_stuff164k": _COCO_HINT,
+    "ade20k": _ADE_HINT,
+}
 _CUSTOM_HINT = (
     "a custom dataset needs ROOT/classes.txt (one class name per line) and ROOT/images/ + ROOT/labels/ "
     "(or ROOT/<split>/images/ + ROOT/<split>/labels/); see otseg.data.datasets' docstring"

@@ -1,0 +1,274 @@
+"""`otseg check-data`: is the dataset a preset reads there, complete and in the right id convention?
+
+Checks, per split the preset reads: the folders and list files, that every listed (or found) image has its
+label and every label its image, a sample of label maps against the class range (after `reduce_zero_label`
+where the dataset uses it), and the counts against the official ones. Structural problems are errors (the
+dataset is not usable); counts that differ from the official ones are warnings (a subset or a tiny test
+set is usable). Every problem is one line with its fix. `otseg train` and `otseg eval` run the same check at
+start-up (`require_usable`); it lists folders and reads a few labels, so it costs well under a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from otseg.data.datasets import _ALIASES, _DECODE_ERRORS, PREPARE_HINTS, build_dataset
+
+__all__ = [
+    "EXPECTED_COUNTS",
+    "DataCheck",
+    "Problem",
+    "add_check_data_parser",
+    "check_dataset",
+    "check_preset",
+    "require_usable",
+]
+
+# Official image counts per split (Context: what trainval_merged.json lists; see otseg.prepare.context59).
+EXPECTED_COUNTS: dict[str, dict[str, int]] = {
+    "voc12": {"train": 10582, "val": 1449},
+    "context59": {"train": 4996, "val": 5104},
+    "coco_stuff164k": {"train": 118287, "val": 5000},
+    "ade20k": {"train": 20210, "val": 2000},
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: an error makes the dataset unusable; a warning does not."""
+
+    severity: Literal["error", "warning"]
+    message: str  # one line, with the fix
+
+
+@dataclass
+class DataCheck:
+    """The result of checking one dataset at one root."""
+
+    dataset: str
+    root: Path
+    splits: tuple[str, ...]
+    counts: dict[str, int] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return not any(p.severity == "error" for p in self.problems)
+
+    @property
+    def errors(self) -> list[str]:
+        return [p.message for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [p.message for p in self.problems if p.severity == "warning"]
+
+    def error(self, message: str) -> None:
+        self.problems.append(Problem("error", message))
+
+    def warn(self, message: str) -> None:
+        self.problems.append(Problem("warning", message))
+
+    def report(self) -> str:
+        """Counts against the official ones, then one line per problem."""
+        lines = [f"{self.dataset} at {self.root}:"]
+        for split in self.splits:
+            expected = EXPECTED_COUNTS.get(self.dataset, {}).get(split)
+            got = self.counts.get(split)
+            got_s = "not counted (see the errors below)" if got is None else f"{got:,} images"
+            exp_s = f" (official: {expected:,})" if expected is not None else ""
+            lines.append(f"  {split}: {got_s}{exp_s}")
+        lines += [f"  {p.severity}: {p.message}" for p in self.problems]
+        lines.append("  usable" if self.usable else f"  NOT usable: {len(self.errors)} error(s)")
+        return "\n".join(lines)
+
+
+def _prepare_fix(dataset: str, root: Path) -> str:
+    return PREPARE_HINTS[dataset].replace("ROOT", str(root))
+
+
+def _first_existing(*candidates: Path) -> Path:
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+def _names(folder: Path) -> set[str]:
+    with os.scandir(folder) as it:
+        return {e.name for e in it if not e.name.startswith(".")}
+
+
+def _structure(dataset: str, root: Path, splits: tuple[str, ...], check: DataCheck) -> None:
+    """Errors for missing folders and lists (each one line); warnings for known-but-harmless oddities."""
+    fix = _prepare_fix(dataset, root)
+
+    def need_dir(path: Path) -> bool:
+        if not path.is_dir():
+            check.error(f"missing folder {path}; {fix}")
+            return False
+        return True
+
+    def need_file(path: Path, extra: str = "") -> bool:
+        if not path.is_file():
+            check.error(f"missing list {path}{extra}; {fix}")
+            return False
+        return True
+
+    if dataset in ("voc12", "context59"):
+        year = "2012" if dataset == "voc12" else "2010"
+        voc = _first_existing(root / "VOCdevkit" / f"VOC{year}", root / f"VOC{year}", root)
+        if not (voc / "JPEGImages").is_dir():
+            voc = root / "VOCdevkit" / f"VOC{year}"
+        need_dir(voc / "JPEGImages")
+        if dataset == "voc12":
+            lists = voc / "ImageSets" / "Segmentation"
+            need_dir(voc / "SegmentationClass")
+            for split in splits:
+                need_file(lists / f"{split}.txt")
+            if "train" in splits:
+                need_dir(voc / "SegmentationClassAug")
+                aug = lists / "trainaug.txt"
+                if not aug.is_file() and (lists / "aug.txt").is_file():
+                    aug = lists / "aug.txt"
+                if need_file(aug, " (the SBD aug list)") and (lists / "train.txt").is_file():
+                    train = set((lists / "train.txt").read_text().split())
+                    twice = train & set(aug.read_text().split())
+                    if twice:
+                        check.warn(
+                            f"{len(twice):,} images of train.txt are also in {aug} (mmsegmentation's 10,582-image "
+                            f"trainaug.txt?): they are trained on twice per epoch; otseg prepare voc12 writes "
+                            f"{aug.name} without them ({fix})"
+                        )
+        else:
+            need_dir(voc / "SegmentationClassContext")
+            for split in splits:
+                lst = voc / "ImageSets" / "SegmentationContext" / f"{split}.txt"
+                if not lst.is_file() and (voc / f"{split}.txt").is_file():
+                    continue
+                need_file(lst)
+    elif dataset == "coco_stuff164k":
+        base = root / "coco_stuff164k" if (root / "coco_stuff164k").is_dir() else root
+        for split in splits:
+            img, ann = base / "images" / f"{split}2017", base / "annotations" / f"{split}2017"
+            if need_dir(img) & need_dir(ann):
+                _unpaired_labels(img, ann, "_labelTrainIds.png", check, fix)
+    elif dataset == "ade20k":
+        base = root / "ADEChallengeData2016" if (root / "ADEChallengeData2016").is_dir() else root
+        for split in splits:
+            sub = {"train": "training", "val": "validation"}[split]
+            img, ann = base / "images" / sub, base / "annotations" / sub
+            if need_dir(img) & need_dir(ann):
+                _unpaired_labels(img, ann, ".png", check, fix)
+
+
+def _unpaired_labels(img_dir: Path, ann_dir: Path, suffix: str, check: DataCheck, fix: str) -> None:
+    """Labels without an image (images without a label are caught by the dataset builder)."""
+    stems = {n[:-4] for n in _names(img_dir) if n.endswith(".jpg")}
+    orphans = sorted(n for n in _names(ann_dir) if n.endswith(suffix) and n[: -len(suffix)] not in stems)
+    if orphans:
+        check.warn(f"{len(orphans):,} label(s) in {ann_dir} have no image in {img_dir} (first: {orphans[0]}); {fix}")
+
+
+def check_dataset(
+    dataset: str, root: str | Path, splits: tuple[str, ...] = ("train", "val"), sample: int = 6
+) -> DataCheck:
+    """Check dataset `dataset` (voc12, context59, coco_stuff164k, ade20k) at `root` for `splits`.
+
+    `sample` label maps per split, spread over the split, are read and checked against the class range.
+    """
+    root = Path(root).expanduser()
+    check = DataCheck(dataset, root, tuple(splits))
+    if not root.is_dir():
+        check.error(f"data root {root} does not exist; {_prepare_fix(dataset, root)}")
+        return check
+    _structure(dataset, root, check.splits, check)
+    if not check.usable:
+        return check
+    for split in check.splits:
+        try:
+            ds = build_dataset(dataset, root, split)
+        except (FileNotFoundError, ValueError) as exc:
+            check.error(f"{split}: {' '.join(str(exc).split())}")
+            continue
+        check.counts[split] = len(ds)
+        expected = EXPECTED_COUNTS.get(dataset, {}).get(split)
+        if expected is not None and len(ds) != expected:
+            check.warn(f"{split} has {len(ds):,} images, the official set {expected:,} (a subset is usable; for "
+                       f"the paper's numbers, {_prepare_fix(dataset, root)} with the full downloads)")  # fmt: skip
+        if len(ds) == 0:
+            check.error(f"{split} lists no images; {_prepare_fix(dataset, root)}")
+            continue
+        step = max(1, len(ds) // max(1, sample))
+        for i in list(range(0, len(ds), step))[:sample]:
+            try:
+                ds.load_label(i)
+            except ValueError as exc:
+                check.error(f"{' '.join(str(exc).split())}; the labels are not in the layout's id convention: "
+                            f"{_prepare_fix(dataset, root)}")  # fmt: skip
+            except (FileNotFoundError, *_DECODE_ERRORS) as exc:
+                check.error(f"{' '.join(str(exc).split())}; {_prepare_fix(dataset, root)}")
+    return check
+
+
+def _preset_dataset(preset: str) -> tuple[str, tuple[str, ...]]:
+    from otseg.model.presets import get_preset
+
+    cfg = get_preset(preset)
+    # Cross-dataset presets (source-to-target) only evaluate on the target: its val split.
+    splits = ("val",) if "-to-" in cfg.name else ("train", "val")
+    return cfg.dataset, splits
+
+
+def check_preset(preset: str, root: str | Path, sample: int = 6) -> DataCheck:
+    """`check_dataset` for the dataset and splits preset `preset` reads."""
+    dataset, splits = _preset_dataset(preset)
+    return check_dataset(dataset, root, splits, sample=sample)
+
+
+def require_usable(
+    dataset: str, root: str | Path, splits: tuple[str, ...], sample: int = 2, verbose: bool = True
+) -> DataCheck:
+    """The start-up check of train / eval: prints warnings (if `verbose`); raises ValueError (one line) on the
+    first error."""
+    dataset = _ALIASES.get(dataset, dataset)
+    if dataset not in EXPECTED_COUNTS:  # custom datasets: their builder checks them
+        return DataCheck(dataset, Path(root), splits)
+    check = check_dataset(dataset, root, splits, sample=sample)
+    for message in check.warnings if verbose else ():
+        print(f"data warning: {message}")
+    if not check.usable:
+        more = len(check.errors) - 1
+        tail = f" (and {more} more problem(s): otseg check-data --data-root {root} lists them)" if more else ""
+        raise ValueError(f"{dataset} data at {root}: {check.errors[0]}{tail}")
+    return check
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    if args.preset:
+        check = check_preset(args.preset, args.data_root, sample=args.sample)
+    elif not args.dataset:
+        raise ValueError("otseg check-data needs --preset NAME (e.g. voc12-inductive) or --dataset NAME")
+    else:
+        dataset = _ALIASES.get(args.dataset, args.dataset)
+        if dataset not in EXPECTED_COUNTS:
+            raise ValueError(f"--dataset {args.dataset!r}: valid: {', '.join(EXPECTED_COUNTS)}")
+        check = check_dataset(dataset, args.data_root, sample=args.sample)
+    print(check.report())
+    return 0 if check.usable else 1
+
+
+def add_check_data_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `otseg check-data`."""
+    p = sub.add_parser(
+        "check-data",
+        help="check the dataset a preset reads: folders, lists, image/label pairing, label values, counts",
+        description="Check the dataset layout a preset reads. Exit 0 when it is usable (counts that differ from "
+        "the official ones are warnings); otherwise each problem is printed on one line with its fix, exit 1.",
+    )
+    p.add_argument("--preset", help="e.g. voc12-inductive (otseg presets lists them)")
+    p.add_argument("--dataset", help="instead of --preset: voc12, context59, coco_stuff164k or ade20k")
+    p.add_argument("--data-root", required=True, help="the --data-root given to otseg prepare / train / eval")
+    p.add_argument("--sample", type=int, default=6, help="label maps read per split (default 6)")
+    p.set_defaults(func=cmd_check_data)

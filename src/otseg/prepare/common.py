@@ -1,0 +1,392 @@
+"""Shared helpers of the dataset converters: finding the official downloads (archives or the folders they
+extract to), reading their members, checksums, atomic writes and the worker pool with a progress bar.
+
+Inputs. Each download is looked for in `--src` as the archive itself (`VOCtrainval_11-May-2012.tar`) or as
+the folder it extracts to, found by a marker path (`VOC2012/JPEGImages`) up to three folders deep. An
+`Input` yields the files under one *anchor* (e.g. `VOC2012/`) with names relative to it, whatever the
+archive's own prefix.
+
+Outputs. Every file is written to a temporary name in its folder and renamed when complete, so an interrupted
+run leaves either the finished file or nothing under the final name; a re-run skips files that exist and
+removes temporaries left behind. Member names are never used as paths: each converter builds the
+destination from a validated stem.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from otseg.weights.registry import RegistryEntry, file_digests, find_entry_for_filename, load_registry
+
+__all__ = [
+    "Input",
+    "Job",
+    "Member",
+    "PrepareOptions",
+    "find_input",
+    "remove_stale_temporaries",
+    "run_jobs",
+    "safe_stem",
+    "verify_checksum",
+    "write_bytes_atomic",
+    "write_lines_atomic",
+    "write_png_atomic",
+]
+
+# A single archive member larger than this is not an image or mask of these datasets: refuse to hold it in memory.
+MAX_MEMBER_BYTES = 1 << 30
+_STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What every converter takes from the command line."""
+
+    src: Path
+    data_root: Path
+    workers: int = 0  # 0: convert in this process
+    progress: bool = True
+    verify_checksums: bool = True
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+
+
+def safe_stem(name: str, what: str) -> str:
+    """`name` if it is a plain file stem (no folders, no '..'); else ValueError naming it."""
+    if not _STEM.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what}: unexpected file name {name!r} (not a plain image stem)")
+    return name
+
+
+# ---- inputs ----------------------------------------------------------------------------------------------
+
+
+# What reading a truncated or damaged archive raises.
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)
+
+
+def _damaged(source: str, exc: BaseException) -> str:
+    return (
+        f"{source}: cannot read it ({type(exc).__name__}: {' '.join(str(exc).split())}); the download is incomplete "
+        "or damaged: download it again"
+    )
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of an input: `rel` is its path below the anchor (posix); `path` is set for folder inputs."""
+
+    rel: str
+    size: int
+    path: Path | None
+    _read: Callable[[], bytes] = field(repr=False)
+    source: str = ""  # the archive or folder, for messages
+
+    def read(self) -> bytes:
+        """The member's bytes (for tar inputs: call before asking the iterator for the next member)."""
+        if self.size > MAX_MEMBER_BYTES:
+            raise ValueError(f"{self.source}: {self.rel} has {self.size:,} bytes, more than any file of these datasets")
+        try:
+            return self._read()
+        except _ARCHIVE_ERRORS as exc:
+            raise ValueError(_damaged(self.source, exc)) from None
+
+
+@dataclass(frozen=True)
+class Input:
+    """An official download found in --src: an archive, or the folder it extracts to."""
+
+    kind: Literal["folder", "zip", "tar"]
+    path: Path  # the archive, or (folder) the anchor folder itself
+    anchor: str  # archives: the path component(s) the wanted files live under, e.g. "VOC2012/"
+
+    def describe(self) -> str:
+        return f"{self.path}" if self.kind == "folder" else f"{self.path} ({self.kind} archive)"
+
+    def members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
+        """Files below the anchor whose relative path starts with one of `prefixes`, in archive/name order."""
+        if self.kind == "folder":
+            yield from self._folder_members(prefixes)
+            return
+        try:
+            if self.kind == "zip":
+                yield from self._zip_members(prefixes)
+            else:
+                yield from self._tar_members(prefixes)
+        except _ARCHIVE_ERRORS as exc:
+            raise ValueError(_damaged(self.describe(), exc)) from None
+
+    def _relative(self, name: str) -> str | None:
+        name = name.replace("\\", "/")
+        i = ("/" + name).find("/" + self.anchor)
+        return None if i < 0 else name[i + len(self.anchor) :]
+
+    def _folder_members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
+        for prefix in prefixes:
+            folder = self.path / prefix.rstrip("/")
+            if prefix == "" or prefix.endswith("/"):
+                if not folder.is_dir():
+                    continue
+                with os.scandir(folder) as it:
+                    entries = sorted((e for e in it if e.is_file()), key=lambda e: e.name)
+                for e in entries:
+                    p = Path(e.path)
+                    yield Member(prefix + e.name, e.stat().st_size, p, p.read_bytes, str(self.path))
+            elif folder.is_file():
+                yield Member(prefix, folder.stat().st_size, folder, folder.read_bytes, str(self.path))
+
+    def _zip_members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
+        with zipfile.ZipFile(self.path) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                rel = self._relative(info.filename)
+                if rel is not None and rel.startswith(prefixes):
+                    yield Member(rel, info.file_size, None, lambda info=info: zf.read(info), self.describe())
+
+    def _tar_members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
+        with tarfile.open(self.path, "r:*") as tf:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                rel = self._relative(info.name)
+                if rel is not None and rel.startswith(prefixes):
+
+                    def read(info: tarfile.TarInfo = info) -> bytes:
+                        f = tf.extractfile(info)
+                        assert f is not None
+                        return f.read()
+
+                    yield Member(rel, info.size, None, read, self.describe())
+
+
+def find_input(
+    src: Path,
+    archive_names: tuple[str, ...],
+    anchor: str,
+    marker: str,
+    *,
+    what: str,
+    entry: str | None,
+    accept: Callable[[Path], bool] | None = None,
+) -> Input:
+    """Find one download in `src`: an archive called one of `archive_names`, or a folder `X` up to three levels
+    down such that X's path ends with `anchor` (any folder when it is ""), `X/marker` exists and `accept(X)`
+    holds (e.g. anchor "VOC2012/", marker "JPEGImages").
+
+    Raises FileNotFoundError with one line naming what is missing and where it is published (`entry`: the
+    registry name of the download).
+    """
+    if not src.is_dir():
+        raise FileNotFoundError(f"--src {src} does not exist or is not a folder")
+    for name in archive_names:
+        for candidate in (src / name, *sorted(src.glob(f"*/{name}"))):
+            if candidate.is_file():
+                return Input("zip" if zipfile.is_zipfile(candidate) else "tar", candidate, anchor)
+    for depth in range(4):
+        stars = "/".join(["*"] * depth)
+        pattern = "/".join(p for p in (stars, anchor.rstrip("/")) if p)
+        candidates = sorted(src.glob(pattern)) if pattern else [src]
+        if depth == 0 and anchor and src.name == anchor.rstrip("/").rsplit("/", 1)[-1]:
+            candidates.append(src)  # --src is the extracted folder itself
+        for folder in candidates:
+            if folder.is_dir() and (folder / marker).exists() and (accept is None or accept(folder)):
+                return Input("folder", folder, anchor)
+    published = ""
+    if entry is not None:
+        e = next(x for x in load_registry() if x.name == entry)
+        published = f"; it is published at {e.where}" + (f" (otseg weights fetch {e.name} --to {src})" if e.url else "")
+    names = " or ".join(archive_names)
+    raise FileNotFoundError(
+        f"{what}: missing {names} (or the folder it extracts to, with {anchor}{marker}) in {src}{published}"
+    )
+
+
+def verify_checksum(archive: Input, data_root: Path, progress: bool) -> str:
+    """Check an archive against its published digest (registry); returns a note. Results are cached in
+    DATA_ROOT/.otseg_prepare_checksums.json by (path, size, mtime), so re-runs do not hash again."""
+    if archive.kind == "folder":
+        return ""
+    entry = find_entry_for_filename(archive.path.name)
+    if entry is None or not entry.digests:
+        return f"{archive.path.name}: no published checksum, not verified"
+    cache_file = data_root / ".otseg_prepare_checksums.json"
+    st = archive.path.stat()
+    key = f"{archive.path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (json.JSONDecodeError, OSError):
+        cache = {}
+    if cache.get(key) == entry.digests:
+        return f"{archive.path.name}: checksum verified earlier"
+    got = file_digests(archive.path, tuple(entry.digests), progress=progress)
+    for kind, want in entry.digests.items():
+        if got[kind] != want:
+            raise ValueError(
+                f"{archive.path} has {kind} {got[kind]} but the published {entry.filename} has {want}: the download "
+                f"is incomplete or another file; download it again from {entry.where} (or pass --skip-checksum)"
+            )
+    cache[key] = entry.digests
+    write_bytes_atomic(cache_file, json.dumps(cache, indent=1, sort_keys=True).encode())
+    return f"{archive.path.name}: {' and '.join(entry.digests)} verified"
+
+
+def registry_entry(name: str) -> RegistryEntry:
+    return next(x for x in load_registry() if x.name == name)
+
+
+# ---- outputs ---------------------------------------------------------------------------------------------
+
+
+def _tmp_name(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+
+
+def write_bytes_atomic(dest: Path, data: bytes) -> None:
+    """`dest` gets `data` through a temporary file renamed into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(dest)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_lines_atomic(dest: Path, lines: Iterable[str]) -> None:
+    write_bytes_atomic(dest, "".join(f"{line}\n" for line in lines).encode())
+
+
+def write_png_atomic(dest: Path, label: np.ndarray) -> None:
+    """A uint8 `(H, W)` label map as a mode-L PNG, written atomically (same bytes for the same array)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(label, dtype=np.uint8), "L").save(buf, format="PNG")
+    write_bytes_atomic(dest, buf.getvalue())
+
+
+def link_or_copy_atomic(src: Path, dest: Path) -> None:
+    """`dest` becomes a hard link to `src` (no extra space) or, across file systems, a copy; atomically."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(dest)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temporaries (".NAME.PID.tmp") an interrupted run left in `folder`; returns how many."""
+    if not folder.is_dir():
+        return 0
+    n = 0
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith(".") and e.name.endswith(".tmp") and e.is_file():
+                Path(e.path).unlink(missing_ok=True)
+                n += 1
+    return n
+
+
+def existing_names(folder: Path) -> set[str]:
+    """Names of the finished files in `folder` (one directory listing; empty if it does not exist)."""
+    if not folder.is_dir():
+        return set()
+    with os.scandir(folder) as it:
+        return {e.name for e in it if not e.name.startswith(".")}
+
+
+# ---- running jobs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One output file: `fn(payload, dest, *args)` writes `dest` (atomically) and returns a result."""
+
+    dest: Path
+    fn: Callable[..., Any]
+    payload: Any
+    args: tuple[Any, ...] = ()
+
+
+def _run(job: Job) -> Any:
+    return job.fn(job.payload, job.dest, *job.args)
+
+
+def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total: int | None = None) -> list[Any]:
+    """Run `jobs` (in this process with workers=0, else in a pool of `workers` processes, at most 4 per worker
+    in flight so that memory stays bounded) with a tqdm bar; returns the results in completion order."""
+    from tqdm import tqdm
+
+    results: list[Any] = []
+    bar = tqdm(total=total, desc=desc, unit="file", disable=not progress, leave=True)
+    try:
+        if workers == 0:
+            for job in jobs:
+                results.append(_run(job))
+                bar.update(1)
+            return results
+        pool = ProcessPoolExecutor(max_workers=workers)
+        try:
+            pending: set[Future[Any]] = set()
+            for job in jobs:
+                pending.add(pool.submit(_run, job))
+                if len(pending) >= 4 * workers:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        results.append(fut.result())
+                        bar.update(1)
+            for fut in pending:
+                results.append(fut.result())
+                bar.update(1)
+        except BaseException:
+            # An error or Ctrl+C: drop the queued jobs instead of finishing them (finished files stay valid).
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return results
+    finally:
+        bar.close()
+
+
+def copy_job(member: Member, dest: Path) -> Job:
+    """A job writing `member` to `dest`: a hard link/copy for folder inputs, the bytes for archive members."""
+    if member.path is not None:
+        return Job(dest, _link_payload, member.path)
+    return Job(dest, _write_payload, member.read())
+
+
+def _link_payload(src: Path, dest: Path) -> int:
+    if dest.exists() and os.path.samefile(src, dest):
+        return 0
+    link_or_copy_atomic(src, dest)
+    return 1
+
+
+def _write_payload(data: bytes, dest: Path) -> int:
+    write_bytes_atomic(dest, data)
+    return 1
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
