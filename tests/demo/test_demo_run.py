@@ -90,6 +90,10 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
             assert mean[key] == (round(sum(values) / len(values), 2) if values else None)
             assert (mean[f"{key}_std"] is None) == (len(values) < 2)
     assert "±" in (tmp_path / "seeds" / "table.md").read_text()
+    # Resumable: finished seeds are read back, not run again.
+    assert _demo(tmp_path / "seeds", "--seeds", "1,2", "--workers", "1") == 0
+    assert "seed 2: finished earlier with the same settings" in capsys.readouterr().out
+    assert json.loads((tmp_path / "seeds" / "results.json").read_text()) == summary
 
 
 def test_demo_model_for_the_predictor(tmp_path, capsys):
@@ -158,6 +162,19 @@ def test_demo_model_pack_round_trip(tmp_path):
     save_file(damaged, tmp_path / "damaged.safetensors", metadata=metadata)
     with pytest.raises(ValueError, match="damaged"):
         unpack_demo_model(tmp_path / "damaged.safetensors", clip_state)
+
+    # The batched, bias-free scoring of the curves and bias-0 rows equals the regular evaluator at bias 0.
+    from otseg.demo.run import unbiased_metrics
+    from otseg.demo.training import demo_datasets
+    from otseg.demo.world import world_dir
+    from otseg.eval.evaluate import evaluate
+
+    _, val_set = demo_datasets(settings, world_dir(settings.world, tmp_path))
+    fast = unbiased_metrics(model, val_set, batch_size=4)
+    assert model.head.cfg.seen_bias == 0.1  # restored
+    model.head.cfg.seen_bias = 0.0
+    regular = evaluate(model, val_set, progress=False)
+    assert fast["per_class_iou"] == regular["per_class_iou"]
 
 
 def test_shipped_demo_model_matches_the_default_recipe():

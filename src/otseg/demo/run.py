@@ -637,6 +637,19 @@ def aggregate_rows(per_seed: Sequence[Sequence[dict[str, Any]]]) -> list[dict[st
     return out
 
 
+def _finished_rows(folder: Path, cfg: DemoSettings) -> list[dict[str, Any]] | None:
+    """The results rows of a finished run in `folder` with settings `cfg`, else None."""
+    try:
+        info = json.loads((folder / "demo_info.json").read_text(encoding="utf-8"))
+        rows = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    settings = {"world": cfg.world.to_dict(), "clip": asdict(cfg.clip), "recipe": asdict(cfg.recipe)}
+    if json.loads(json.dumps(settings)) != info.get("settings") or not isinstance(rows, list):
+        return None
+    return rows
+
+
 def run_demo_seeds(
     out_dir: str | Path,
     seeds: Sequence[int],
@@ -646,15 +659,24 @@ def run_demo_seeds(
     threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """`run_demo` once per seed (in `out_dir/seed_<s>/`), then the table of means ± standard deviations across seeds
-    in `out_dir/results.json` and `table.md` (each cell also lists the seeds' values)."""
+    in `out_dir/results.json` and `table.md` (each cell also lists the seeds' values).
+
+    Resumable: a seed whose folder already holds the results of a finished run with the same settings is not run
+    again (an interrupted multi-seed run picks up where it stopped).
+    """
     if not seeds:
         raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
     out = Path(out_dir)
     t0 = time.perf_counter()
     per_seed = []
     for s in seeds:
-        per_seed.append(run_demo(out / f"seed_{s}", seed=s, quick=quick, progress=progress, workers=workers,
-                                 threads=threads))  # fmt: skip
+        folder = out / f"seed_{s}"
+        finished = _finished_rows(folder, DemoSettings.quick(s) if quick else DemoSettings.full(s))
+        if finished is not None:
+            print(f"seed {s}: finished earlier with the same settings, results read from {folder}", flush=True)
+            per_seed.append(finished)
+            continue
+        per_seed.append(run_demo(folder, seed=s, quick=quick, progress=progress, workers=workers, threads=threads))
     rows = aggregate_rows(per_seed)
     title = f"Miniature zero-shot benchmark, seeds {', '.join(map(str, seeds))}: mean ± std over seeds, mIoU in %"
     table = format_table(rows, title)
