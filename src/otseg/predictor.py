@@ -196,6 +196,16 @@ class Predictor:
             "of classes named with them carry no knowledge of what the words mean"
         )
 
+    def claim_vocabulary_note(self, class_names: Sequence[str]) -> str | None:
+        """`vocabulary_note` the first time it is asked for this class list, None afterwards: whoever shows the
+        note to the user (`predict` as a warning, `otseg segment` before its image loop) says it once."""
+        key = tuple(class_names)
+        note = self.vocabulary_note(class_names)
+        if note is None or key in self._noted:
+            return None
+        self._noted.add(key)
+        return note
+
     # ------------------------------------------------------------------ prediction
     def preprocess(self, image: np.ndarray) -> Tensor:
         """(H, W, 3) uint8 RGB -> (1, 3, h, w) normalised tensor at the model's test size (short side)."""
@@ -221,9 +231,9 @@ class Predictor:
         """
         names = self._use_classes(class_names)
         note = self.vocabulary_note(names)
-        if note is not None and tuple(names) not in self._noted:  # once per class list
-            self._noted.add(tuple(names))
-            warnings.warn(note, UserWarning, stacklevel=2)
+        first = self.claim_vocabulary_note(names)
+        if first is not None:
+            warnings.warn(first, UserWarning, stacklevel=2)
         rgb = read_image(image)
         h, w = rgb.shape[:2]
         scores = self.model.predict_scores(self.preprocess(rgb))

@@ -77,7 +77,7 @@ def segment_images(
     out.mkdir(parents=True, exist_ok=True)
     names = list(class_names) if class_names is not None else predictor.default_class_names
     note = predictor.vocabulary_note(names)
-    if note is not None:
+    if predictor.claim_vocabulary_note(names) is not None:  # said here once, not again by every predict
         print(f"note: {note}", flush=True)
     done: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []

@@ -90,3 +90,22 @@ def test_helpers():
 
     stems = output_stems([Path("a/x.png"), Path("b/x.jpg"), Path("b/y.png")])
     assert stems == ["a_x", "b_x", "y"]
+
+
+def test_segment_says_once_when_class_words_are_unknown_to_the_model(tmp_path, capsys):
+    """A model that declares its vocabulary (the demo model does, in config.json): names with other words are
+    noted once, before the images, and in summary.json."""
+    d = tmp_path / "small-world-model"
+    save_pretrained(make_tiny_model(seed=1), d, extra={"vocabulary": ["red", "blue", "striped", "dotted"]})
+    _write_images(tmp_path / "in", count=3)
+    code = main(["segment", str(tmp_path / "in"), "--classes", "red striped,blue cat", "--checkpoint", str(d),
+                 "--out", str(tmp_path / "out"), "--no-progress"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.count("'cat' is new to it") == 1 and "blue, dotted, red, striped" in printed
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "'cat' is new to it" in summary["note"]
+    capsys.readouterr()
+    main(["segment", str(tmp_path / "in"), "--classes", "red striped,blue dotted", "--checkpoint", str(d),
+          "--out", str(tmp_path / "out2"), "--no-progress"])  # fmt: skip
+    assert "new to it" not in capsys.readouterr().out
