@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from otseg.image_io import ImageInput, read_image
+from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.segmentor import OTSeg
 
 __all__ = ["Prediction", "Predictor"]
@@ -34,22 +32,79 @@ __all__ = ["Prediction", "Predictor"]
 _EMBEDDING_CACHE_SIZE = 32
 
 
-@dataclass
+# Elements (K x rows x W floats) of one chunk when label maps are built from the low-resolution scores.
+_CHUNK_ELEMENTS = 4_000_000
+# The longest side the model may be asked to slide over, in multiples of its test short side (a 2000x1 image
+# would otherwise become 512 x 1,024,000 pixels: thousands of windows).
+MAX_ASPECT_RATIO = 16
+
+
+def _bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Source indices and weights of bilinear resampling with align_corners=False (PyTorch's rule): output
+    position i reads (1 - w) * x[i0] + w * x[i1]. Returns i0, i1 (out_size,) int64 and 1 - w, w float32."""
+    # float32 throughout, as PyTorch's CPU kernel computes its source positions.
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0.0)
+    i0 = src.floor().long().clamp(max=in_size - 1)
+    i1 = (i0 + 1).clamp(max=in_size - 1)
+    w1 = (src - i0.float()).clamp(0.0, 1.0)
+    return i0, i1, 1.0 - w1, w1
+
+
+def upsampled_chunks(scores: Tensor, size: tuple[int, int]) -> Iterator[tuple[int, int, Tensor]]:
+    """Bilinear upsampling of (K, h, w) scores to (K, H, W), a band of rows at a time.
+
+    Yields (first row, end row, (K, rows, W) float32 band); each band holds at most about `_CHUNK_ELEMENTS`
+    values, so no full-resolution (K, H, W) tensor exists unless the caller stacks the bands.
+    """
+    k, h, w = scores.shape
+    height, width = size
+    y0, y1, wy0, wy1 = _bilinear_taps(h, height)
+    x0, x1, wx0, wx1 = _bilinear_taps(w, width)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, k * width))
+    scores = scores.float()
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        top, bottom = scores[:, y0[r0:r1]], scores[:, y1[r0:r1]]  # (K, rows, w)
+        top = top[..., x0] * wx0 + top[..., x1] * wx1
+        bottom = bottom[..., x0] * wx0 + bottom[..., x1] * wx1
+        yield r0, r1, top * wy0[r0:r1, None] + bottom * wy1[r0:r1, None]
+
+
 class Prediction:
     """The result of `Predictor.predict` for one image.
 
     Attributes:
         labels: (H, W) int64 index into `class_names` of each pixel's best class, at the input image's size.
-        scores: (K, H, W) float32 class scores (sigmoid probabilities minus the seen-class bias, as the reference
-            scores them), at the input image's size.
         class_names: the K names.
         image: (H, W, 3) uint8 RGB image as the model saw it (upright), for drawing.
+        low_res_scores: (K, h, w) float32 scores at the resolution the model ran at.
+
+    `scores` (K, H, W) at the image's own size is built on first access (K x H x W floats); the label map is
+    built without it, a band of rows at a time, so memory stays bounded for large images.
     """
 
-    labels: np.ndarray
-    scores: np.ndarray
-    class_names: list[str]
-    image: np.ndarray
+    def __init__(self, low_res_scores: Tensor, size: tuple[int, int], class_names: list[str], image: np.ndarray):
+        self.low_res_scores = low_res_scores.float().cpu()
+        self.size = (int(size[0]), int(size[1]))
+        self.class_names = class_names
+        self.image = image
+        labels = np.empty(self.size, dtype=np.int64)
+        for r0, r1, band in upsampled_chunks(self.low_res_scores, self.size):
+            labels[r0:r1] = band.argmax(0).numpy()
+        self.labels = labels
+        self._scores: np.ndarray | None = None
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(K, H, W) float32 class scores (sigmoid probabilities minus the seen-class bias, as the reference
+        scores them) at the input image's size; `labels` is their argmax over K."""
+        if self._scores is None:
+            out = np.empty((len(self.class_names), *self.size), dtype=np.float32)
+            for r0, r1, band in upsampled_chunks(self.low_res_scores, self.size):
+                out[:, r0:r1] = band.numpy()
+            self._scores = out
+        return self._scores
 
     def fractions(self) -> dict[str, float]:
         """Share of the image's pixels assigned to each class (all K names, summing to 1)."""
@@ -78,15 +133,27 @@ class Predictor:
             without one, only the class set it already holds can be used.
         device: where to run ("cpu", "cuda", ...); default: the model's device.
         templates: prompt templates for new class names; default: the model config's templates.
+        max_pixels: the largest image accepted, in pixels (default: $OTSEG_MAX_PIXELS or 64 million); larger
+            files are refused from their header, before decoding. Images whose sides differ by more than
+            `MAX_ASPECT_RATIO` times are refused too (they would need thousands of sliding windows).
+
+    `predict` never changes the model: the class set of a call is passed to the model, not stored in it.
     """
 
-    def __init__(self, model: OTSeg, device: str | torch.device | None = None, templates: Sequence[str] | None = None):
+    def __init__(
+        self,
+        model: OTSeg,
+        device: str | torch.device | None = None,
+        templates: Sequence[str] | None = None,
+        max_pixels: int | None = None,
+    ):
         if not isinstance(model, OTSeg):
             raise TypeError(f"Predictor needs an otseg.OTSeg model, got {type(model).__name__}")
         self.model = model.eval()
         if device is not None:
             self.model.to(device)
         self.templates = tuple(templates) if templates is not None else None
+        self.max_pixels = max_pixels
         self._embeddings: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()
         if model.has_class_embeddings:  # the classes the model came with need no text tower
             self._embeddings[tuple(model.class_names)] = model.class_embeddings.detach().clone()
@@ -141,13 +208,23 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _use_classes(self, class_names: Sequence[str] | None) -> list[str]:
+    def prepare_classes(self, class_names: Sequence[str] | None) -> list[str]:
+        """Check (and embed) a class list once, e.g. before a loop over images: the validated names.
+
+        Raises:
+            ValueError: an empty or repeated name, a name too long for the text tower, or new names for a
+                model without a text tower.
+        """
+        return self._classes_for(class_names)[0]
+
+    def _classes_for(self, class_names: Sequence[str] | None) -> tuple[list[str], tuple[Tensor, Tensor]]:
+        """(names, (embeddings (K, N, D), seen mask (K,))) for a class list; the model itself is not changed."""
         from otseg.model.text import compute_class_embeddings, resolve_templates, validate_class_names
 
         names = validate_class_names(self._default_names if class_names is None else class_names)
         key = tuple(names)
         if key == tuple(self.model.class_names) and self.model.has_class_embeddings:
-            return names
+            return names, (self.model.class_embeddings, self.model.seen_mask)
         emb = self._embeddings.get(key)
         if emb is None:
             if self.model.text_encoder is None:
@@ -163,8 +240,9 @@ class Predictor:
             while len(self._embeddings) > _EMBEDDING_CACHE_SIZE:
                 self._embeddings.popitem(last=False)
         self._embeddings.move_to_end(key)
-        self.model.set_class_embeddings(emb, class_names=names)
-        return names
+        device = self.model.class_embeddings.device
+        seen = self.model._seen_mask_for(names, None).to(device)
+        return names, (emb.to(device=device, dtype=torch.float32), seen)
 
     # ------------------------------------------------------------------ prediction
     def preprocess(self, image: np.ndarray) -> Tensor:
@@ -172,6 +250,13 @@ class Predictor:
         from otseg.data.transforms import TestResize
 
         cfg = self.model.config
+        h, w = image.shape[:2]
+        if max(h, w) > MAX_ASPECT_RATIO * min(h, w):
+            raise ValueError(
+                f"the image is {w}x{h}: its sides differ by more than {MAX_ASPECT_RATIO}x, and the model, which "
+                f"resizes the short side to {cfg.test_short_side} px, would slide over a strip "
+                f"{max(h, w) * cfg.test_short_side // min(h, w)} px long; crop it into parts first"
+            )
         resized, _ = TestResize(cfg.test_short_side)(image, None)
         x = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32))
         mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
@@ -189,19 +274,14 @@ class Predictor:
         Returns:
             A `Prediction` with labels (H, W) and scores (K, H, W) at the image's own (upright) size.
         """
-        names = self._use_classes(class_names)
-        rgb = read_image(image)
-        h, w = rgb.shape[:2]
-        scores = self.model.predict_scores(self.preprocess(rgb))
-        if scores.shape[-2:] != (h, w):
-            scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
-        scores = scores[0].float().cpu()
-        return Prediction(
-            labels=scores.argmax(0).numpy().astype(np.int64),
-            scores=scores.numpy(),
-            class_names=names,
-            image=rgb,
-        )
+        names, classes = self._classes_for(class_names)
+        rgb = read_image(image, max_pixels=self.max_pixels)
+        where = describe_source(image)
+        try:
+            scores = self.model.predict_scores(self.preprocess(rgb), classes=classes)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        return Prediction(scores[0], rgb.shape[:2], names, rgb)
 
     def __repr__(self) -> str:
         cfg = self.model.config

@@ -66,7 +66,9 @@ def segment_images(
 ) -> dict[str, Any]:
     """Segment every image and write its outputs; returns the summary (also written to `summary.json`).
 
-    An image that cannot be read is reported (its name and why) and skipped; the others are still written.
+    The class list is checked once, before any image (ValueError). An image that cannot be read, or is over
+    the pixel cap (`otseg.image_io.max_pixels`), is reported (its name and why) and skipped; the others and
+    `summary.json` are still written.
     """
     from tqdm.auto import tqdm
 
@@ -75,14 +77,16 @@ def segment_images(
     paths = find_images(list(images))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(class_names) if class_names is not None else predictor.default_class_names
+    # The class list is checked (and embedded) once, before the image loop: a bad list is one error, not one
+    # per image.
+    names = predictor.prepare_classes(class_names)
     done: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     bar = tqdm(list(zip(paths, output_stems(paths), strict=True)), desc="segment", unit="image", disable=not progress)
     for path, stem in bar:
         try:
             result = predictor.predict(path, names)
-        except (ValueError, OSError) as e:  # a bad file: say which and go on with the rest
+        except (ValueError, OSError, MemoryError) as e:  # a bad or too large file: say which, go on with the rest
             failed.append({"image": str(path), "error": str(e)})
             bar.write(f"skipped {path}: {e}")
             continue

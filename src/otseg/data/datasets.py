@@ -59,9 +59,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from otseg import image_io
 from otseg.data.classes import DatasetClasses, get_dataset_classes
 from otseg.data.transforms import reduce_zero_label
 
@@ -117,17 +117,6 @@ _CUSTOM_HINT = (
 
 # ---- file reading ----------------------------------------------------------------------------------------
 
-# What PIL raises for a file it cannot decode: OSError (truncated, broken data; UnidentifiedImageError is one),
-# SyntaxError (some malformed headers), ValueError, and DecompressionBombError (an absurd pixel count, not an
-# OSError).
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    UnidentifiedImageError,
-    Image.DecompressionBombError,
-)
-
 
 def _one_line(exc: BaseException) -> str:
     """`exc`'s message on one line (decoder messages occasionally span several)."""
@@ -135,25 +124,21 @@ def _one_line(exc: BaseException) -> str:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to a uint8 `(H, W, 3)` RGB array (EXIF orientation applied, as OpenCV's imread).
+    """Decode an image file to a uint8 `(H, W, 3)` RGB array (EXIF orientation applied, as OpenCV's imread),
+    through the one image reader, `otseg.image_io.read_image` (pixel cap included).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        OSError: the file cannot be decoded (corrupt, truncated or not an image); the message names it.
+        OSError: the file cannot be decoded (corrupt, truncated, not an image, or over the pixel cap); the
+            message names it.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
     try:
-        with Image.open(path) as im:
-            # Decode every byte here, inside the try: PIL opens lazily, and a truncated file would otherwise
-            # fail later (or, with ImageFile.LOAD_TRUNCATED_IMAGES, never) without naming the file.
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            rgb = im.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file {path} does not exist") from None
-    except _DECODE_ERRORS as exc:
-        raise OSError(f"cannot read image {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from exc
+        return image_io.read_image(path)
+    except ValueError as exc:
+        raise OSError(f"cannot read image {path}: {_one_line(exc)}") from None
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -167,8 +152,10 @@ def read_label(path: str | Path) -> np.ndarray:
         ValueError: the file is not a single-channel index map (e.g. an RGB colour-coded mask).
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file {path} does not exist")
     try:
-        with Image.open(path) as im:
+        with image_io.open_image(path, "label") as im:
             im.load()
             mode = im.mode
             if mode in ("P", "L"):
@@ -177,10 +164,8 @@ def read_label(path: str | Path) -> np.ndarray:
                 return np.array(im).astype(np.uint8)
             if mode.startswith("I"):  # 16/32-bit greyscale: values are checked against K by the dataset
                 return np.array(im).astype(np.int64)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label file {path} does not exist") from None
-    except _DECODE_ERRORS as exc:
-        raise OSError(f"cannot read label {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from exc
+    except ValueError as exc:
+        raise OSError(f"cannot read label {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from None
     raise ValueError(
         f"label {path} is a mode-{mode} image; expected a single-channel index map (PNG mode L or P) holding "
         "class ids, not a colour-coded mask"
