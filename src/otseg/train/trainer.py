@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from otseg.train.distributed import DistInfo, all_reduce_mean, barrier
+from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr
 from otseg.utils import atomic_torch_save, atomic_write_text, is_atomic_temp_file
@@ -466,6 +467,18 @@ class Trainer:
 
     def train(self, resume: str | None = None) -> dict[str, Any]:
         """Run to `cfg.max_iters`. `resume`: None, "auto" (latest in work_dir if any), or a checkpoint path."""
+        # One trainer per work dir: a second one refuses here, naming the PID that holds it, before it writes.
+        lock = WorkDirLock(self.work_dir).acquire() if self.dist.is_main else None
+        try:
+            if lock is not None and lock.took_over is not None:
+                self._warn(f"took over the lock of an earlier run (PID {lock.took_over}, no longer running)")
+            return self._train_locked(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train_locked(self, resume: str | None) -> dict[str, Any]:
+        """`train`, with the work dir's lock held."""
         cfg = self.cfg
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if cfg.deterministic:
