@@ -26,11 +26,13 @@ def palette(num_classes: int, seed: int = 0) -> np.ndarray:
 
 
 def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Label map (H, W) with values 0..K-1 (255 = ignore) -> RGB (H, W, 3) uint8."""
-    lut = np.zeros((256, 3), np.uint8)
+    """Label map (H, W) with values 0..K-1 -> RGB (H, W, 3) uint8. With at most 255 classes the value 255 is the
+    ignore index (drawn black); with more, every value up to K-1 is a class."""
+    lut = np.zeros((max(256, num_classes), 3), np.uint8)
     lut[:num_classes] = palette(num_classes)
-    lut[255] = IGNORE_COLOR
-    return lut[labels.astype(np.int64).clip(0, 255)]
+    if num_classes <= 255:
+        lut[255] = IGNORE_COLOR
+    return lut[labels.astype(np.int64).clip(0, len(lut) - 1)]
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
@@ -109,12 +111,15 @@ def overlay_with_legend(
 def palette_label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
     """A label map (H, W) as a palette ("P" mode) PNG-ready image: pixel value = class index (255 = ignore).
 
-    Label tools read the indices; image viewers show the `palette` colours.
+    Label tools read the indices; image viewers show the `palette` colours. With more than 255 classes the
+    indices do not fit a palette: the image is then 16-bit grayscale ("I;16"), pixel value = class index.
     """
+    if num_classes > 255:
+        if labels.size and (labels.min() < 0 or labels.max() > 65535):
+            raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a 16-bit image (0..65535)")
+        return Image.fromarray(labels.astype(np.uint16))
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a palette image (0..255)")
-    if num_classes > 255:
-        raise ValueError(f"{num_classes} classes do not fit a palette image (at most 255); save the array instead")
     img = Image.fromarray(labels.astype(np.uint8))  # "L"; putpalette below makes it "P"
     lut = np.zeros((256, 3), np.uint8)
     lut[:num_classes] = palette(num_classes)
