@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from otseg.data.classes import parse_class_text
 from otseg.model.segmentor import OTSeg, slide_windows
 
 __all__ = [
@@ -418,13 +419,6 @@ def compare_with_onnxruntime(
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _parse_class_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",")]
-    if not any(names):
-        raise ValueError(f"--classes expects comma-separated class names, e.g. 'cat,sofa,wall', got {text!r}")
-    return names
-
-
 def _parse_image_size(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -464,7 +458,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.sinkhorn_iters is not None and args.sinkhorn_iters < 1:
         raise ValueError(f"--sinkhorn-iters must be >= 1, got {args.sinkhorn_iters}")
     image_size = _parse_image_size(args.image_size) if args.image_size else None
-    classes = _parse_class_list(args.classes) if args.classes else None
+    classes = parse_class_text(args.classes, "--classes") if args.classes else None
     _require("onnxscript", "otseg export --onnx")
     if args.check:
         _require("onnxruntime", "otseg export --check")

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from otseg.data.classes import parse_class_text, read_class_file
 from otseg.predictor import Predictor
 from otseg.utils import atomic_write, atomic_write_text
 
@@ -25,17 +26,15 @@ __all__ = ["output_stems", "parse_class_list", "segment_images"]
 
 
 def parse_class_list(text: str) -> list[str]:
-    """'cat, sofa,wall' -> ['cat', 'sofa', 'wall'] (names are validated by the predictor: no empties or repeats).
+    """--classes: 'cat, sofa,wall' -> ['cat', 'sofa', 'wall'], or the names in a .txt file (one per line).
 
-    A path to a text file with one name per line is read instead.
+    Both go through the one class-list parser (`otseg.data.classes`): empty, over-long and repeated names are
+    errors naming the option or the file.
     """
     p = Path(text)
     if "," not in text and p.suffix == ".txt" and p.is_file():
-        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    names = [n.strip() for n in text.split(",")]
-    if any(not n for n in names):
-        raise ValueError(f"--classes {text!r} has an empty name; give comma-separated names like 'cat,sofa,wall'")
-    return names
+        return read_class_file(p)
+    return parse_class_text(text, "--classes")
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:

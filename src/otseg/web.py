@@ -95,26 +95,21 @@ def import_gradio() -> Any:
 
 
 def split_class_names(text: str | None) -> list[str]:
-    """'cat, sofa,wall' (commas or new lines) -> ['cat', 'sofa', 'wall'].
+    """'cat, sofa,wall' (commas or new lines) -> ['cat', 'sofa', 'wall'], through the one class-list parser.
 
     Unlike `otseg.segment.parse_class_list`, a name ending in .txt is never read as a file: on a web page the
     text comes from a visitor, who must not be able to make the server read its files.
 
     Raises:
-        ValueError: the text holds no names, or an empty one between separators. Repeated names are left for
-            the predictor to reject, with its message.
+        ValueError: the text holds no names, an empty, over-long or repeated one.
     """
-    text = (text or "").strip()
-    if not text:
-        raise ValueError("type at least one class name, e.g. 'cat, sofa, wall'")
-    names = [n.strip() for n in re.split(r"[,\n]", text)]
-    empty = [i for i, n in enumerate(names) if not n]
-    if empty:
-        raise ValueError(
-            f"class name(s) at position(s) {empty} are empty (two commas in a row, or a comma at an end); "
-            "give comma-separated names like 'cat, sofa, wall'"
-        )
-    return names
+    from otseg.data.classes import parse_class_text
+
+    message_prefix = "class names"
+    try:
+        return parse_class_text(text or "", message_prefix)
+    except ValueError as e:
+        raise ValueError(str(e).removeprefix(f"{message_prefix}: ")) from None
 
 
 def _scrub_paths(message: str, image_path: str | None) -> str:

@@ -62,7 +62,7 @@ import torch
 from torch.utils.data import Dataset
 
 from otseg import image_io
-from otseg.data.classes import DatasetClasses, get_dataset_classes
+from otseg.data.classes import DatasetClasses, get_dataset_classes, read_class_file
 from otseg.data.transforms import reduce_zero_label
 
 __all__ = [
@@ -500,21 +500,22 @@ def read_custom_classes(root: str | Path) -> DatasetClasses:
     """Class names (`classes.txt`) and unseen split (`split.json`, optional) of a custom dataset folder."""
     root = _check_root(root, "custom dataset")
     classes_file = _require_file(root / "classes.txt", "custom dataset", _CUSTOM_HINT)
-    names = tuple(line.strip() for line in classes_file.read_text(encoding="utf-8").splitlines() if line.strip())
-    if not names:
-        raise ValueError(f"{classes_file} lists no class names")
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{classes_file}: duplicate class names {dup}")
+    names = tuple(read_class_file(classes_file))  # UTF-8 (a BOM dropped); empty, long, repeated names refused
     if len(names) > 255:
         raise ValueError(f"{classes_file}: {len(names)} classes, but ids must fit below the ignore index 255")
     unseen: list[int] = []
     split_file = root / "split.json"
     if split_file.is_file():
-        spec = json.loads(split_file.read_text(encoding="utf-8"))
-        if not isinstance(spec, dict) or set(spec) - {"unseen"}:
-            raise ValueError(f'{split_file}: expected an object {{"unseen": [names or ids]}}, got {spec!r}')
-        for item in spec.get("unseen", []):
+        try:
+            spec = json.loads(split_file.read_bytes().decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f'{split_file} is not valid JSON ({" ".join(str(e).split())}); expected {{"unseen": [names or ids]}}'
+            ) from None
+        entries = spec.get("unseen", []) if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or set(spec) - {"unseen"} or not isinstance(entries, list):
+            raise ValueError(f'{split_file}: expected an object {{"unseen": [names or ids]}}, got {str(spec)[:80]}')
+        for item in entries:
             if isinstance(item, int) and not isinstance(item, bool):
                 if not 0 <= item < len(names):
                     raise ValueError(f"{split_file}: unseen id {item} is outside 0..{len(names) - 1}")
@@ -525,6 +526,11 @@ def read_custom_classes(root: str | Path) -> DatasetClasses:
                 raise ValueError(
                     f"{split_file}: unseen entry {item!r} is neither a class id nor a name in {classes_file}"
                 )
+        if len(set(unseen)) == len(names):
+            raise ValueError(
+                f"{split_file} makes all {len(names)} classes unseen; at least one class must be seen (training "
+                "learns from the seen classes' masks)"
+            )
     return DatasetClasses("custom", names, tuple(sorted(set(unseen))))
 
 
