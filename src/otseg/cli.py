@@ -242,7 +242,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
 
         def run_eval(m):
-            return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit)
+            return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit, skip_bad=tcfg.bad_samples == "skip")
 
         trainer = Trainer(model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info)
         result = trainer.train(resume=args.resume)

@@ -26,6 +26,7 @@ from otseg.clip.text import TextEncoder
 from otseg.clip.torchscript import TorchScriptReadError, is_torchscript_archive, read_torchscript_state_dict
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.model.config import TextConfig, VisionConfig
+from otseg.state_dict import check_state_dict_fits
 
 __all__ = [
     "LoadReport",
@@ -238,11 +239,6 @@ class LoadReport:
         return self.summary()
 
 
-def _preview(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"[{shown}{', ...' if len(keys) > limit else ''}] ({len(keys)} in all)"
-
-
 def _load_checked(
     module: nn.Module,
     sd: Mapping[str, Tensor],
@@ -252,28 +248,20 @@ def _load_checked(
     may_be_missing: Callable[[str], bool] = lambda key: False,
     checkpoint_prefix: str = "",
 ) -> tuple[list[str], list[str]]:
-    """Copy `sd` into `module` after checking names and shapes; returns (loaded, missing-but-allowed).
+    """Copy `sd` into `module` after checking names and shapes (`otseg.state_dict.check_state_dict_fits`, the
+    one check); returns (loaded, missing-but-allowed).
 
     Error messages use checkpoint key names (`checkpoint_prefix` + module key), which is what a user can
     look up in the file.
     """
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in sd]
-    bad_missing = [checkpoint_prefix + k for k in missing if not may_be_missing(k)]
-    unexpected = [checkpoint_prefix + k for k in sd if k not in expected]
-    problems = []
-    if bad_missing:
-        problems.append(f"missing keys {_preview(bad_missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_preview(unexpected)}")
-    if problems:
-        raise ValueError(f"cannot load {what} from {source}: " + "; ".join(problems))
-    for key, value in sd.items():
-        if value.shape != expected[key].shape:
-            raise ValueError(
-                f"cannot load {what} from {source}: shape mismatch for {checkpoint_prefix + key!r}: "
-                f"the model expects {tuple(expected[key].shape)}, the checkpoint has {tuple(value.shape)}"
-            )
+    missing = check_state_dict_fits(
+        module,
+        sd,
+        f"CLIP weights {source} ({what})",
+        may_be_missing=may_be_missing,
+        key_prefix=checkpoint_prefix,
+        fix=f"expected {_EXPECTED_FORMATS} of the model's size",
+    )
     module.load_state_dict(sd, strict=False)
     return list(sd), missing
 
@@ -299,7 +287,11 @@ def load_clip_weights(
     report = LoadReport(source=source)
     stray = [k for k in sd if not (k.startswith("visual.") or _is_text_key(k) or k in _IGNORED_KEYS)]
     if stray:
-        raise ValueError(f"cannot load CLIP weights from {source}: unexpected keys {_preview(stray)}")
+        shown = repr(stray[:5])[:-1] + (", ...]" if len(stray) > 5 else "]")
+        raise ValueError(
+            f"CLIP weights {source} do not fit this model: {len(stray)} unexpected key(s) {shown}; "
+            f"expected {_EXPECTED_FORMATS}"
+        )
     report.ignored = [k for k in sd if k in _IGNORED_KEYS]
 
     vis = vision_state_dict(sd, backbone.cfg)

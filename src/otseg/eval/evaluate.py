@@ -8,6 +8,7 @@ with the original-size ground truth in one dataset-wide confusion matrix.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     save_predictions: str | os.PathLike | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Score `model` on `dataset` (items: "image" (3, h, w) resized+normalised, "label" (H, W) original size).
 
@@ -39,6 +41,8 @@ def evaluate(
     Args:
         limit: score only the first `limit` images (quick checks).
         save_predictions: folder for label-map PNGs (file stem = image stem), for `otseg score` or pictures.
+        skip_bad: a sample that cannot be read (corrupt image, bad label) is skipped and listed under
+            "skipped" in the result, instead of stopping the evaluation (what `--bad-samples skip` asks for).
 
     Returns:
         `compute_metrics(...)` (percent) plus "num_images".
@@ -56,10 +60,19 @@ def evaluate(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
+    skipped: list[str] = []
     try:
         for i in indices:
             # A corrupt or inconsistent file raises here (OSError / ValueError naming it, from otseg.data).
-            sample = dataset[i]
+            try:
+                sample = dataset[i]
+            except (OSError, ValueError) as e:
+                if not skip_bad:
+                    raise
+                skipped.append(" ".join(str(e).split()))
+                if bar is not None:
+                    bar.update(1)
+                continue
             label = sample["label"].to(d.device)
             scores = model.predict_scores(sample["image"][None].to(d.device))
             if scores.shape[-2:] != label.shape[-2:]:
@@ -82,5 +95,9 @@ def evaluate(
     seen = torch.nonzero(seen_mask).flatten().tolist()
     unseen = torch.nonzero(~seen_mask).flatten().tolist()
     metrics = compute_metrics(cm, list(model.class_names), seen, unseen)
-    metrics["num_images"] = n
+    metrics["num_images"] = n - len(skipped)
+    if skipped:
+        metrics["skipped"] = skipped
+        if d.is_main:
+            print(f"eval: skipped {len(skipped)} unreadable sample(s); the first: {skipped[0]}", file=sys.stderr)
     return metrics

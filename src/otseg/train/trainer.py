@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from otseg.model.checkpoint import checkpoint_digest, verify_training_digest
 from otseg.train.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
@@ -314,11 +315,15 @@ class Trainer:
         }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        model_state = self._trainable_state()
+        class_embeddings = self.model.class_embeddings.detach().cpu()
         return {
             "format": "otseg-train",
             "step": self.step,
-            "model": self._trainable_state(),
-            "class_embeddings": self.model.class_embeddings.detach().cpu(),
+            "model": model_state,
+            "class_embeddings": class_embeddings,
+            # Loading verifies it: a checkpoint with flipped bytes is refused instead of silently used.
+            "sha256": checkpoint_digest(model_state, class_embeddings),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_to_plain(rng),
@@ -377,6 +382,10 @@ class Trainer:
                 "the weights are class-agnostic, so that alone would not matter)"
             )
         check_state_dict_fits(self.model, state, f"checkpoint {p}", fix=fix)
+        try:  # after the fit check, so that edited keys are named rather than only caught
+            verify_training_digest(ckpt, f"checkpoint {p}")
+        except ValueError as e:
+            raise _UnreadableCheckpoint(str(e)) from None
         self.model.load_state_dict(state, strict=False)  # strict=False: the frozen text tower is never saved
         if weights_only_init:
             return
