@@ -211,6 +211,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             "(or --random-init for a smoke test with random weights)"
         )
     _class_embeddings_for(model, args)
+    if model.num_classes != model.config.num_classes:  # checked before training starts, not at its first step
+        raise ValueError(
+            f"--embeddings {args.embeddings}: {model.num_classes} rows (classes), but the run has "
+            f"{model.config.num_classes} classes ({args.preset}{', ' + args.data_root if args.dataset else ''}); "
+            "give the embeddings of exactly these classes, in their order, or --clip to embed the names"
+        )
 
     tcfg = default_train_config(model.config)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

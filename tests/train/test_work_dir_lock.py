@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from fake_layouts import make_voc
-from test_train_cli import train_args
 
+from conftest import tiny_train_args
 from otseg.cli import main
 from otseg.train.lock import LOCK_NAME, WorkDirBusyError, WorkDirLock
 
@@ -46,7 +46,7 @@ def test_second_otseg_train_refuses_and_writes_nothing(holder, tmp_path: Path, c
     work, pid = holder
     root = tmp_path / "data"
     make_voc(root)
-    code = main(["train", *train_args("voc12-inductive", root, work, max_iters=2)])
+    code = main(["train", *tiny_train_args("voc12-inductive", root, work, max_iters=2)])
     err = capsys.readouterr().err
     assert code == 2
     assert f"PID {pid}" in err and len(err.strip().splitlines()) == 1
