@@ -99,7 +99,7 @@ def test_duplicate_class_names(tmp_path: Path) -> None:
         run_cli("eval", "--checkpoint", str(tmp_path / "x.pt"), "--data-root", str(root), "--dataset", "custom"),
         "eval",
     )
-    assert "duplicate class names ['sky']" in line and "classes.txt" in line
+    assert "class name 'sky' appears twice" in line and "classes.txt" in line
 
 
 def test_empty_class_list_and_other_classes_than_the_checkpoint(
