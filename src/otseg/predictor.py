@@ -30,6 +30,7 @@ from otseg.model.segmentor import OTSeg
 __all__ = ["Prediction", "Predictor"]
 
 _EMBEDDING_CACHE_SIZE = 32
+BUILTIN_MODELS = ("demo",)  # names Predictor.from_pretrained knows without a file
 
 
 # Elements (K x rows x W floats) of one chunk when label maps are built from the low-resolution scores.
@@ -122,7 +123,7 @@ class Prediction:
         """The label map as a palette ("P" mode) PIL image: pixel value = class index, colours from `otseg.viz`."""
         from otseg.viz import palette_label_image
 
-        return palette_label_image(self.labels, len(self.class_names))
+        return palette_label_image(self.labels, len(self.class_names), self.class_names)
 
 
 class Predictor:
@@ -193,6 +194,12 @@ class Predictor:
             from otseg.demo.pretrained import demo_model_dir
 
             name_or_path = demo_model_dir(progress=progress)
+        elif not Path(name_or_path).exists():
+            raise FileNotFoundError(
+                f"no model {str(name_or_path)!r}: the built-in models are {', '.join(BUILTIN_MODELS)}; otherwise give "
+                "a folder from otseg convert / save_pretrained, an iter_N.pt from otseg train, or a reference .pth "
+                "(with its preset)"
+            )
         model = load_model(name_or_path, preset=preset, overrides=overrides, allow_pickle=allow_pickle)
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
             attach_clip_text_tower(model, clip)

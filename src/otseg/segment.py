@@ -74,11 +74,11 @@ def segment_images(
     from otseg.image_io import find_images
 
     paths = find_images(list(images))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     # The class list is checked (and embedded) once, before the image loop: a bad list is one error, not one
     # per image.
     names = predictor.prepare_classes(class_names)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     done: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     bar = tqdm(list(zip(paths, output_stems(paths), strict=True)), desc="segment", unit="image", disable=not progress)
