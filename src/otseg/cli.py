@@ -232,6 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(tcfg, name, value)
     tcfg.deterministic = tcfg.deterministic or args.deterministic
     tcfg.tensorboard = tcfg.tensorboard or args.tensorboard
+    tcfg = dataclasses.replace(tcfg)  # validated as built: --set train.lr=-1 or --max-iters 0 is one clear error
 
     dist_info = init_distributed(tcfg.device)
     trainer = None
@@ -446,7 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="autocast dtype (Sinkhorn stays float32)")
     p.add_argument("--eval-interval", dest="eval_interval", type=int, help="evaluate every N iterations")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N validation images only")
-    p.add_argument("--num-workers", dest="num_workers", type=int, help="data-loading worker processes (default 4)")
+    p.add_argument(
+        "--num-workers",
+        dest="num_workers",
+        type=int,
+        help="data-loading workers per process (default 2)",
+    )
     p.add_argument("--seed", type=int, help="random seed of the weights init and the data order (default 0)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")

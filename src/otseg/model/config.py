@@ -73,8 +73,10 @@ def _matches(value: Any, hint: Any) -> bool:
     return True
 
 
-class _Validated:
-    """Checks every field against its annotation when the dataclass is built; subclasses add range rules."""
+class Validated:
+    """Base of the typed configs: checks every field against its annotation when the dataclass is built (and
+    again on `dataclasses.replace`); subclasses name their positive / non-negative / fraction fields and add rules
+    across fields in `_check`."""
 
     _section: ClassVar[str] = ""  # dotted prefix of this config's keys in overrides ("vision.", ...)
     _positive: ClassVar[tuple[str, ...]] = ()  # fields that must be > 0
@@ -110,7 +112,7 @@ class _Validated:
 
 
 @dataclass
-class VisionConfig(_Validated):
+class VisionConfig(Validated):
     """CLIP ViT image tower with deep visual prompt tuning (the reference's `VPTCLIPVisionTransformer`)."""
 
     _section: ClassVar[str] = "vision."
@@ -140,7 +142,7 @@ class VisionConfig(_Validated):
 
 
 @dataclass
-class TextConfig(_Validated):
+class TextConfig(Validated):
     """CLIP text transformer (only needed to embed class names live)."""
 
     _section: ClassVar[str] = "text."
@@ -159,7 +161,7 @@ class TextConfig(_Validated):
 
 
 @dataclass
-class HeadConfig(_Validated):
+class HeadConfig(Validated):
     """The OTSeg decode head (the reference's `ATMSingleHeadSeg`) and its ablation switches."""
 
     _section: ClassVar[str] = "head."
@@ -198,7 +200,7 @@ MAX_CLASS_NAME_CHARS = 200  # longer names cannot be meant (CLIP's 77 tokens hol
 
 
 @dataclass
-class ModelConfig(_Validated):
+class ModelConfig(Validated):
     """Everything needed to build an OTSeg segmentor and run its reference inference."""
 
     _positive: ClassVar[tuple[str, ...]] = ("crop_size", "stride", "test_short_side")

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from otseg.model.checkpoint import checkpoint_digest, verify_training_digest
+from otseg.model.config import Validated
 from otseg.train.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
@@ -66,8 +67,22 @@ class BadSampleError(ValueError):
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings (defaults = the reference's effective recipe, spec section 4.3)."""
+class TrainConfig(Validated):
+    """Optimisation and bookkeeping settings (defaults = the reference's effective recipe, spec section 4.3).
+
+    Validated when built: a bad value raises one ValueError naming `train.KEY`, the value and what is valid.
+    """
+
+    _section: ClassVar[str] = "train."
+    _positive: ClassVar[tuple[str, ...]] = (
+        "max_iters", "batch_size", "grad_accum", "lr", "power", "checkpoint_interval", "keep_checkpoints",
+        "log_interval",
+    )  # fmt: skip
+    _non_negative: ClassVar[tuple[str, ...]] = (
+        "backbone_lr_mult", "weight_decay", "min_lr", "warmup_iters", "warmup_ratio", "eval_interval", "keep_every",
+        "num_workers", "seed",
+    )  # fmt: skip
+    _fractions: ClassVar[tuple[str, ...]] = ("max_bad_fraction",)
 
     max_iters: int = 20000
     batch_size: int = 4  # per process; the reference used 4 per GPU on 4 GPUs (global batch 16)
