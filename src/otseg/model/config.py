@@ -32,7 +32,8 @@ CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
-        return "one of " + ", ".join(repr(c) for c in typing.get_args(hint))
+        choices = [repr(c) for c in typing.get_args(hint)]
+        return " or ".join(choices) if len(choices) == 2 else "one of " + ", ".join(choices)
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
     if origin is tuple:

@@ -75,14 +75,12 @@ class TrainConfig(Validated):
 
     _section: ClassVar[str] = "train."
     _positive: ClassVar[tuple[str, ...]] = (
-        "max_iters", "batch_size", "grad_accum", "lr", "power", "checkpoint_interval", "keep_checkpoints",
-        "log_interval",
+        "max_iters", "batch_size", "grad_accum", "lr", "checkpoint_interval", "keep_checkpoints", "log_interval",
     )  # fmt: skip
     _non_negative: ClassVar[tuple[str, ...]] = (
-        "backbone_lr_mult", "weight_decay", "min_lr", "warmup_iters", "warmup_ratio", "eval_interval", "keep_every",
-        "num_workers", "seed",
+        "backbone_lr_mult", "weight_decay", "min_lr", "power", "warmup_iters", "warmup_ratio", "eval_interval",
+        "keep_every", "num_workers", "seed",
     )  # fmt: skip
-    _fractions: ClassVar[tuple[str, ...]] = ("max_bad_fraction",)
 
     max_iters: int = 20000
     batch_size: int = 4  # per process; the reference used 4 per GPU on 4 GPUs (global batch 16)
@@ -113,6 +111,10 @@ class TrainConfig(Validated):
     # With "skip", stop anyway once more than this share of the samples read for one micro-batch, or of the
     # distinct samples of the dataset, is bad: the data is broken, not a stray file.
     max_bad_fraction: float = 0.5
+
+    def _check(self) -> None:
+        if not 0.0 < self.max_bad_fraction <= 1.0:
+            raise self._fail("max_bad_fraction", self.max_bad_fraction, "a fraction in (0, 1]")
 
 
 def find_latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
