@@ -80,16 +80,26 @@ class Prediction:
         class_names: the K names.
         image: (H, W, 3) uint8 RGB image as the model saw it (upright), for drawing.
         low_res_scores: (K, h, w) float32 scores at the resolution the model ran at.
+        seen_mask: (K,) bool, the classes the model treats as seen in training (they get the seen-class bias
+            where the model applies it); None when unknown.
 
     `scores` (K, H, W) at the image's own size is built on first access (K x H x W floats); the label map is
     built without it, a band of rows at a time, so memory stays bounded for large images.
     """
 
-    def __init__(self, low_res_scores: Tensor, size: tuple[int, int], class_names: list[str], image: np.ndarray):
+    def __init__(
+        self,
+        low_res_scores: Tensor,
+        size: tuple[int, int],
+        class_names: list[str],
+        image: np.ndarray,
+        seen_mask: np.ndarray | None = None,
+    ):
         self.low_res_scores = low_res_scores.float().cpu()
         self.size = (int(size[0]), int(size[1]))
         self.class_names = class_names
         self.image = image
+        self.seen_mask = seen_mask
         labels = np.empty(self.size, dtype=np.int64)
         for r0, r1, band in upsampled_chunks(self.low_res_scores, self.size):
             labels[r0:r1] = band.argmax(0).numpy()
@@ -288,7 +298,7 @@ class Predictor:
             scores = self.model.predict_scores(self.preprocess(rgb), classes=classes)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-        return Prediction(scores[0], rgb.shape[:2], names, rgb)
+        return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=classes[1].cpu().numpy().astype(bool))
 
     def __repr__(self) -> str:
         cfg = self.model.config
