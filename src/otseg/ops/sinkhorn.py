@@ -159,8 +159,8 @@ def sinkhorn_overrides(**settings: Any) -> Iterator[None]:
 
     Accepted keys: `max_iter`, `thresh`, `check_every`, `fixed_iters`, `update`, `backward`. This is how a faster
     mode is applied to a whole model without changing its config. The overrides belong to the current thread
-    or task (a `contextvars` context), so concurrent requests do not see each other's; code compiled with
-    `torch.compile` does not see them (pass the settings as arguments there). E.g.
+    or task (a `contextvars` context), so concurrent requests do not see each other's. Code compiled with
+    `torch.compile` (or exported) keeps the overrides in force when it was traced. E.g.
 
         >>> with sinkhorn_overrides(fixed_iters=20):      # no check in the loop, 20 iterations per call
         ...     scores = model.predict_scores(images)
@@ -500,10 +500,19 @@ def _resolve_check_every(check_every: CheckEvery, device: torch.device) -> Check
     return check_every
 
 
+@torch.compiler.assume_constant_result
+def _override_items() -> tuple[tuple[str, Any], ...]:
+    """The `sinkhorn_overrides` in force, merged, as plain items. torch.compile / torch.export cannot trace
+    `ContextVar.get`; marked as a constant result, this runs eagerly when a graph is traced and the overrides
+    of that moment are baked into the graph (as the ONNX export needs)."""
+    merged: dict[str, Any] = {}
+    for override in _OVERRIDES.get():
+        merged.update(override)
+    return tuple(merged.items())
+
+
 def _apply_overrides(settings: dict[str, Any]) -> dict[str, Any]:
-    # torch.compile cannot trace ContextVar.get: inside a compiled region, pass the settings as arguments.
-    for override in () if _is_compiling() else _OVERRIDES.get():
-        settings.update(override)
+    settings.update(dict(_override_items()))
     return settings
 
 
