@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from otseg.eval.evaluate import upsampled_argmax
 from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.segmentor import OTSeg
 
@@ -33,43 +35,9 @@ _EMBEDDING_CACHE_SIZE = 32
 BUILTIN_MODELS = ("demo",)  # names Predictor.from_pretrained knows without a file
 
 
-# Elements (K x rows x W floats) of one chunk when label maps are built from the low-resolution scores.
-_CHUNK_ELEMENTS = 4_000_000
 # The longest side the model may be asked to slide over, in multiples of its test short side (a 2000x1 image
 # would otherwise become 512 x 1,024,000 pixels: thousands of windows).
 MAX_ASPECT_RATIO = 16
-
-
-def _bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Source indices and weights of bilinear resampling with align_corners=False (PyTorch's rule): output
-    position i reads (1 - w) * x[i0] + w * x[i1]. Returns i0, i1 (out_size,) int64 and 1 - w, w float32."""
-    # float32 throughout, as PyTorch's CPU kernel computes its source positions.
-    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
-    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0.0)
-    i0 = src.floor().long().clamp(max=in_size - 1)
-    i1 = (i0 + 1).clamp(max=in_size - 1)
-    w1 = (src - i0.float()).clamp(0.0, 1.0)
-    return i0, i1, 1.0 - w1, w1
-
-
-def upsampled_chunks(scores: Tensor, size: tuple[int, int]) -> Iterator[tuple[int, int, Tensor]]:
-    """Bilinear upsampling of (K, h, w) scores to (K, H, W), a band of rows at a time.
-
-    Yields (first row, end row, (K, rows, W) float32 band); each band holds at most about `_CHUNK_ELEMENTS`
-    values, so no full-resolution (K, H, W) tensor exists unless the caller stacks the bands.
-    """
-    k, h, w = scores.shape
-    height, width = size
-    y0, y1, wy0, wy1 = _bilinear_taps(h, height)
-    x0, x1, wx0, wx1 = _bilinear_taps(w, width)
-    rows = max(1, _CHUNK_ELEMENTS // max(1, k * width))
-    scores = scores.float()
-    for r0 in range(0, height, rows):
-        r1 = min(r0 + rows, height)
-        top, bottom = scores[:, y0[r0:r1]], scores[:, y1[r0:r1]]  # (K, rows, w)
-        top = top[..., x0] * wx0 + top[..., x1] * wx1
-        bottom = bottom[..., x0] * wx0 + bottom[..., x1] * wx1
-        yield r0, r1, top * wy0[r0:r1, None] + bottom * wy1[r0:r1, None]
 
 
 class Prediction:
@@ -84,7 +52,8 @@ class Prediction:
             where the model applies it); None when unknown.
 
     `scores` (K, H, W) at the image's own size is built on first access (K x H x W floats); the label map is
-    built without it, a band of rows at a time, so memory stays bounded for large images.
+    built without it, a few channels at a time (`otseg.eval.evaluate.upsampled_argmax`, the evaluation's own
+    resize-and-argmax), so memory stays bounded for large images.
     """
 
     def __init__(
@@ -100,10 +69,7 @@ class Prediction:
         self.class_names = class_names
         self.image = image
         self.seen_mask = seen_mask
-        labels = np.empty(self.size, dtype=np.int64)
-        for r0, r1, band in upsampled_chunks(self.low_res_scores, self.size):
-            labels[r0:r1] = band.argmax(0).numpy()
-        self.labels = labels
+        self.labels = upsampled_argmax(self.low_res_scores, self.size).numpy().astype(np.int64)
         self._scores: np.ndarray | None = None
 
     @property
@@ -111,10 +77,11 @@ class Prediction:
         """(K, H, W) float32 class scores (sigmoid probabilities minus the seen-class bias, as the reference
         scores them) at the input image's size; `labels` is their argmax over K."""
         if self._scores is None:
-            out = np.empty((len(self.class_names), *self.size), dtype=np.float32)
-            for r0, r1, band in upsampled_chunks(self.low_res_scores, self.size):
-                out[:, r0:r1] = band.numpy()
-            self._scores = out
+            low = self.low_res_scores
+            if tuple(low.shape[-2:]) == self.size:
+                self._scores = low.numpy()
+            else:
+                self._scores = F.interpolate(low[None], size=self.size, mode="bilinear", align_corners=False)[0].numpy()
         return self._scores
 
     def fractions(self) -> dict[str, float]:

@@ -15,12 +15,44 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
 from otseg.train.distributed import DistInfo
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "upsampled_argmax"]
+
+
+# Values (channels x H x W floats) of one upsampled chunk: a few channels at a time, never the whole (K, H, W).
+_CHUNK_ELEMENTS = 16_000_000
+
+
+def upsampled_argmax(scores: Tensor, size: tuple[int, int]) -> Tensor:
+    """argmax over K of `scores` (K, h, w) resized bilinearly to `size` (H, W): (H, W) int64.
+
+    The same labels as `F.interpolate(scores[None], size, mode="bilinear").argmax(1)`, bit for bit (each channel is
+    resampled on its own, as the full call does; ties go to the lower index), but the channels are resampled a
+    few at a time, so memory holds a running maximum instead of a full-resolution (K, H, W) tensor.
+    """
+    k = scores.shape[0]
+    if tuple(scores.shape[-2:]) == tuple(size):
+        return scores.argmax(0)
+    height, width = size
+    step = max(1, min(k, _CHUNK_ELEMENTS // max(1, height * width)))
+    best = labels = None
+    for c0 in range(0, k, step):
+        chunk = F.interpolate(scores[None, c0 : c0 + step], size=size, mode="bilinear", align_corners=False)[0]
+        value, index = chunk.max(0)
+        index = index + c0
+        if best is None or labels is None:
+            best, labels = value, index
+        else:
+            better = value > best  # strictly: an equal later channel does not win, as argmax keeps the first
+            best = torch.where(better, value, best)
+            labels = torch.where(better, index, labels)
+    assert labels is not None
+    return labels
 
 
 @torch.no_grad()
@@ -75,9 +107,7 @@ def evaluate(
                 continue
             label = sample["label"].to(d.device)
             scores = model.predict_scores(sample["image"][None].to(d.device))
-            if scores.shape[-2:] != label.shape[-2:]:
-                scores = F.interpolate(scores, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False)
-            pred = scores.argmax(dim=1)[0]
+            pred = upsampled_argmax(scores[0], tuple(label.shape[-2:]))
             cm.update(pred, label, source=str(sample.get("path", i)))
             if out_dir is not None:
                 from PIL import Image
