@@ -7,7 +7,7 @@ that does not fit fails the same way everywhere: one line naming the file, the k
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,8 @@ def check_state_dict_fits(
     *,
     may_be_missing: tuple[str, ...] | Callable[[str], bool] = (),
     key_prefix: str = "",
+    key_name: Callable[[str], str] | None = None,
+    unexpected: Sequence[str] = (),
     fix: str = "",
 ) -> list[str]:
     """Check `state` against a module's state dict (or an expected `{key: tensor}`) key for key and shape for
@@ -40,6 +42,8 @@ def check_state_dict_fits(
         may_be_missing: key prefixes (or a predicate) of model keys the file may lack (e.g. the frozen text
             tower is never saved; CLIP files have no VPT prompts).
         key_prefix: put before key names in the message, so that they read as the file names them.
+        key_name: instead of `key_prefix`, how a model key is named in the file (e.g. the reference's names).
+        unexpected: file keys already known to have no place in the model (named as the file names them).
         fix: what the user can do, appended to the message.
 
     Returns:
@@ -50,15 +54,16 @@ def check_state_dict_fits(
     """
     ours = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     allowed = may_be_missing if callable(may_be_missing) else (lambda k, p=may_be_missing: k.startswith(p))
+    name = key_name or (lambda k: key_prefix + k)
     absent = [k for k in ours if k not in state]
-    missing = [key_prefix + k for k in absent if not allowed(k)]
-    unexpected = [key_prefix + k for k in state if k not in ours]
+    missing = [name(k) for k in absent if not allowed(k)]
+    unexpected = [*unexpected, *(name(k) for k in state if k not in ours)]
     shapes = [
-        f"{key_prefix + k!r} {tuple(v.shape)} vs the model's {tuple(ours[k].shape)}"
+        f"{name(k)!r} {tuple(v.shape)} vs the model's {tuple(ours[k].shape)}"
         for k, v in state.items()
         if k in ours and isinstance(v, Tensor) and v.shape != ours[k].shape
     ]
-    not_tensors = [key_prefix + k for k, v in state.items() if not isinstance(v, Tensor)]
+    not_tensors = [name(k) for k, v in state.items() if not isinstance(v, Tensor)]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s) {_keys(missing)}")

@@ -276,7 +276,7 @@ def convert_reference_state_dict(
             report.dropped_numel += value.numel()
             continue
         if new_key not in ours:  # a known name the model lacks, e.g. a 4th decoder layer
-            not_in_model.append(f"{key} (-> {new_key})")
+            not_in_model.append(f"{key} (-> {new_key}: not in this model)")
             continue
         expected = ours[new_key].shape
         if new_key == "backbone.positional_embedding" and value.shape != expected:
@@ -286,28 +286,23 @@ def convert_reference_state_dict(
                 value = resize_positional_embedding(value.float(), grid)
             except ValueError as e:
                 raise ValueError(f"{source}: cannot resize {key} {tuple(value.shape)} to {tuple(expected)}: {e}") from e
-        if value.shape != expected:
-            raise ValueError(
-                f"{source}: {key} has shape {tuple(value.shape)} but the model's {new_key} is {tuple(expected)}; "
-                f"is this checkpoint for a different preset (classes/prompt tokens/width)?"
-            )
-        out[new_key] = value.to(ours[new_key].dtype)
+        out[new_key] = value
         report.mapped[key] = new_key
-    # name missing keys as the checkpoint would (what a user can look up), with ours alongside where different
-    missing = []
-    for our_key in sorted(set(ours) - set(out)):
+
+    def file_name(our_key: str) -> str:
+        """A model key as the checkpoint names it (what a user can look up), with ours alongside if different."""
         ref_key = _reference_key(our_key)
-        missing.append(ref_key if ref_key == our_key else f"{ref_key} (-> {our_key})")
-    problems = []
-    if no_rule:
-        problems.append(f"{len(no_rule)} unexpected key(s) with no mapping rule: {no_rule[:8]}")
-    if not_in_model:
-        problems.append(f"{len(not_in_model)} unexpected key(s) this model has no place for: {not_in_model[:8]}")
-    if missing:
-        problems.append(f"{len(missing)} key(s) the model needs are missing from the checkpoint: {missing[:8]}")
-    if problems:
-        raise ValueError(f"{source} does not fit this OTSeg model: " + "; ".join(problems))
-    return out, report
+        return ref_key if ref_key == our_key else f"{ref_key} (-> {our_key})"
+
+    fits(
+        ours,
+        out,
+        source,
+        key_name=file_name,
+        unexpected=[f"{k} (no mapping rule)" for k in no_rule] + not_in_model,
+        fix="is this checkpoint for a different preset (classes/prompt tokens/width)?",
+    )
+    return {k: v.to(ours[k].dtype) for k, v in out.items()}, report
 
 
 def load_reference_checkpoint(
