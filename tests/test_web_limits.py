@@ -93,3 +93,26 @@ def test_oversized_upload_is_refused_by_the_server(predictor: Predictor, tmp_pat
         assert accepted.status_code == 200, accepted.text
     finally:
         app.close(verbose=False)
+
+
+def test_served_page_removes_uploads_after_use(predictor: Predictor, tmp_path: Path) -> None:
+    """Through the server: gradio stores the upload in its cache, the page reads it and deletes it; the same
+    picture sent again (gradio names uploads by content: the same path) is segmented and deleted again."""
+    from gradio_client import Client, handle_file
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_app(predictor)
+    _, url, _ = launch(app, port=port, prevent_thread_lock=True, quiet=True)
+    name = f"upload-{os.getpid()}-{port}.png"
+    try:
+        png = _png(tmp_path / name)
+        client = Client(url, verbose=False)
+        for _ in range(2):
+            _, fractions = client.predict(handle_file(str(png)), "sky, road", api_name="/segment")
+            assert {c["label"] for c in fractions["confidences"]} == {"sky", "road"}
+        image_input = next(b for b in app.blocks.values() if isinstance(b, gr.Image) and b.interactive is not False)
+        assert list(Path(image_input.GRADIO_CACHE).rglob(name)) == []
+    finally:
+        app.close(verbose=False)

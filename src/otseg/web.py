@@ -145,14 +145,18 @@ def make_segment_fn(
     lock = threading.Lock()
 
     def read_upload(image_path: str) -> np.ndarray:
-        with lock:
-            if image_path in remembered:
-                remembered.move_to_end(image_path)
-                return remembered[image_path]
-        rgb = read_image(image_path, max_pixels=max_pixels)
         path = Path(image_path).resolve()
-        if uploads is not None and path.is_relative_to(uploads):
-            path.unlink(missing_ok=True)  # used: the upload leaves the server's disk
+        ours = uploads is not None and path.is_relative_to(uploads)
+        with lock:
+            rgb = remembered.get(image_path)
+            if rgb is not None:
+                remembered.move_to_end(image_path)
+        if rgb is None:
+            rgb = read_image(image_path, max_pixels=max_pixels)
+        if ours:
+            # Used: the upload leaves the server's disk (gradio names uploads by content, so the same picture
+            # uploaded again lands on the same path and is removed again).
+            path.unlink(missing_ok=True)
             with lock:
                 remembered[image_path] = rgb
                 while len(remembered) > _REMEMBERED_UPLOADS:
