@@ -80,3 +80,27 @@ def test_storage_size_mismatch_is_refused(tmp_path: Path) -> None:
             zout.writestr(item.filename.replace("openai_clip_jit/", "cut/"), data)
     with pytest.raises(TorchScriptReadError, match=r"cut\.pt.*holds \d+ bytes"):
         read_torchscript_state_dict(path)
+
+
+def _rewrite(src: Path, dst: Path, edit) -> None:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            name, data, compress = edit(item.filename, zin.read(item.filename))
+            zout.writestr(name, data, compress_type=compress)
+
+
+def test_out_of_bounds_and_compressed_records_are_refused(tmp_path: Path) -> None:
+    src = golden_file("openai_clip_jit.pt")
+    squeezed = tmp_path / "squeezed.pt"
+    _rewrite(src, squeezed, lambda n, d: (n, d, zipfile.ZIP_DEFLATED if n.endswith("/data/3") else zipfile.ZIP_STORED))
+    with pytest.raises(TorchScriptReadError, match=r"squeezed\.pt.*compressed"):
+        read_torchscript_state_dict(squeezed)
+    # A tensor record whose shape reaches past its storage: data.pkl claims (77, 16) over a 4-element storage.
+    with zipfile.ZipFile(src) as zf:
+        first = next(n for n in zf.namelist() if n.endswith("/data/0"))
+        nbytes = zf.getinfo(first).file_size
+    short = tmp_path / "short.pt"
+    _rewrite(src, short, lambda n, d: (n, d[:16] if n == first else d, zipfile.ZIP_STORED))
+    with pytest.raises(TorchScriptReadError, match=r"short\.pt"):
+        read_torchscript_state_dict(short)
+    assert nbytes > 16

@@ -39,6 +39,7 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
+_MAX_PICKLE_BYTES = 64 * 2**20  # the module tree of ViT-B/16 pickles to well under 1 MB
 _PARAMS_RE = re.compile(r"^class (\w+)\(Module\):\n  __parameters__ = \[(.*?)\]\n  __buffers__ = \[(.*?)\]", re.M)
 _NAME_RE = re.compile(r'"(\w+)"')
 
@@ -123,6 +124,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 info = self._archive.getinfo(name)
             except KeyError:
                 raise pickle.UnpicklingError(f"storage record {name} is missing from the archive") from None
+            if info.compress_type != zipfile.ZIP_STORED:
+                # torch stores tensor records uncompressed; a compressed one could inflate without bound.
+                raise pickle.UnpicklingError(f"storage record {name} is compressed (torch never writes that)")
             itemsize = torch.empty((), dtype=storage_type.dtype).element_size()
             if info.file_size != numel * itemsize:
                 raise pickle.UnpicklingError(
@@ -186,6 +190,8 @@ def read_torchscript_state_dict(path: str | os.PathLike[str]) -> dict[str, Tenso
     try:
         with zipfile.ZipFile(source) as archive:
             pkls = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
+            if pkls and archive.getinfo(pkls[0]).file_size > _MAX_PICKLE_BYTES:
+                raise TorchScriptReadError(f"{source}: its data.pkl is implausibly large for a module tree")
             if not pkls:
                 raise TorchScriptReadError(f"{source}: not a TorchScript archive (no <name>/data.pkl inside the zip)")
             root = pkls[0].split("/", 1)[0]
@@ -197,7 +203,8 @@ def read_torchscript_state_dict(path: str | os.PathLike[str]) -> dict[str, Tenso
             declared = _declared_names(archive, root)
     except TorchScriptReadError:
         raise
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError) as err:
+    # RuntimeError: torch.as_strided on a record whose sizes/strides reach past its storage.
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError, RuntimeError) as err:
         raise TorchScriptReadError(f"{source}: cannot read it as a TorchScript archive: {err}") from None
     if not isinstance(top, _ScriptObject):
         raise TorchScriptReadError(f"{source}: data.pkl does not hold a module (got {type(top).__name__})")
