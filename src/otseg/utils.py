@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "is_atomic_temp_file"]
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "describe_write_failure", "is_atomic_temp_file"]
 
 
 @contextlib.contextmanager
@@ -77,10 +77,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
         with _atomic_path(path) as tmp:
             write(tmp)
     except (OSError, RuntimeError) as e:
-        raise OSError(f"cannot write {path}: {_write_failure(e, Path(path).parent)}") from None
+        raise OSError(f"cannot write {path}: {describe_write_failure(e, Path(path).parent)}") from None
 
 
-def _write_failure(error: BaseException, folder: Path) -> str:
+def describe_write_failure(error: BaseException, folder: Path) -> str:
     """Why a write failed, in words: the disk's free space, and the error's first line when it says something."""
     try:
         free = shutil.disk_usage(folder).free

@@ -39,7 +39,7 @@ from otseg.train.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr
-from otseg.utils import atomic_torch_save, atomic_write_text, is_atomic_temp_file
+from otseg.utils import atomic_torch_save, atomic_write_text, describe_write_failure, is_atomic_temp_file
 
 __all__ = [
     "REFERENCE_ITERS",
@@ -484,8 +484,12 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        with open(self.work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.work_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: name the file, not only "[Errno 28]"
+            raise OSError(f"cannot write {path}: {describe_write_failure(e, self.work_dir)}") from None
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
