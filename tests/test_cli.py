@@ -9,19 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import golden_file, load_golden
+from conftest import golden_file, load_golden, tiny_set_args
 from otseg.cli import main
-
-# Overrides that turn the voc12-inductive preset into the tiny architecture of the golden segmentor.
-TINY = [
-    "vision.image_size=64", "vision.width=64", "vision.layers=3", "vision.heads=4", "vision.output_dim=32",
-    "vision.deep_prompt_layers=2", "head.embed_dim=32", "head.ffn_dim=128", "head.output_size=64",
-    "crop_size=64", "stride=48",
-]  # fmt: skip
-
-
-def _sets(items: list[str]) -> list[str]:
-    return [arg for item in items for arg in ("--set", item)]
 
 
 def test_presets_lists_and_describes(capsys):
@@ -72,7 +61,7 @@ def test_convert_reference_checkpoint_to_our_format(tmp_path, capsys):
     np.save(emb, seg["text_embedding"].numpy())
     out_dir = tmp_path / "converted"
     args = ["convert", str(ckpt), "--preset", "voc12-inductive", "--out", str(out_dir), "--embeddings", str(emb)]
-    assert main([*args, *_sets(TINY)]) == 0
+    assert main([*args, *tiny_set_args()]) == 0
     out = capsys.readouterr().out
     assert "dropped 19" in out and "never called" in out
     config = json.loads((out_dir / "config.json").read_text())

@@ -152,6 +152,26 @@ def test_onnx_slide_inference_matches_pytorch(exported) -> None:
     assert not np.allclose(pair[1:], scores, atol=1e-3)
 
 
+def test_onnx_segment_image_from_a_file_matches_the_predictor(exported, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from otseg import Predictor
+    from otseg.export import onnx_segment_image
+
+    model, _, session = exported
+    rng = np.random.default_rng(0)
+    rgb = np.zeros((50, 90, 3), np.uint8)
+    rgb[:25], rgb[25:] = (200, 40, 40), (30, 60, 210)
+    rgb = np.clip(rgb + rng.integers(0, 20, rgb.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    got = onnx_segment_image(session, tmp_path / "photo.png")
+    with sinkhorn_overrides(fixed_iters=ITERS, update="log"):
+        expected = Predictor(model).predict(rgb)
+    assert got.labels.shape == (50, 90) and got.class_names == expected.class_names
+    assert float((got.labels == expected.labels).mean()) > 0.99
+    np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4, rtol=0)
+
+
 def test_onnx_slide_inference_rejects_images_smaller_than_the_crop(exported) -> None:
     _, _, session = exported
     with pytest.raises(ValueError, match=r"smaller than the crop 64"):
@@ -204,6 +224,8 @@ def test_cli_export_with_new_classes_and_check(tmp_path: Path, capsys: pytest.Ca
     printed = capsys.readouterr().out
     print(printed)
     assert "classes: bird, bottle, wall" in printed
+    for stage in ("loading the model ... ", "exporting to ONNX", "checking with onnxruntime ... "):
+        assert re.search(re.escape(stage) + r".*?\d+\.\d s", printed), stage  # each stage says how long it took
     diff = float(re.search(r"max \|diff\| (\S+) with the same 2-iteration Sinkhorn", printed).group(1))
     assert diff < 1e-4
     meta = onnx_metadata(out)

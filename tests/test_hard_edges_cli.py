@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from fake_layouts import make_custom
 
-from conftest import golden_file
+from conftest import golden_file, tiny_set_args
 from otseg import OTSeg
 from otseg.cli import main
 from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
@@ -99,7 +99,7 @@ def test_duplicate_class_names(tmp_path: Path) -> None:
         run_cli("eval", "--checkpoint", str(tmp_path / "x.pt"), "--data-root", str(root), "--dataset", "custom"),
         "eval",
     )
-    assert "duplicate class names ['sky']" in line and "classes.txt" in line
+    assert "class name 'sky' appears twice" in line and "classes.txt" in line
 
 
 def test_empty_class_list_and_other_classes_than_the_checkpoint(
@@ -130,13 +130,6 @@ def test_pickled_checkpoint_points_to_allow_pickle(custom_run: tuple[Path, Path]
 
 
 # ------------------------------------------------------------------------------------------------ train --bad-samples
-TINY = [
-    "vision.image_size=64", "vision.width=64", "vision.layers=3", "vision.heads=1", "vision.output_dim=32",
-    "vision.deep_prompt_layers=2", "head.embed_dim=32", "head.ffn_dim=128", "head.output_size=64",
-    "crop_size=64", "stride=48", "test_short_side=64", "train.warmup_iters=1", "train.log_interval=1",
-]  # fmt: skip
-
-
 def test_train_bad_samples_flag(tmp_path: Path, capsys) -> None:
     clip = str(golden_file("openai_clip_jit.pt"))
     root = make_custom(tmp_path / "data", n_train=4, n_val=1, class_names=CLASSES, unseen=("car",))
@@ -144,7 +137,7 @@ def test_train_bad_samples_flag(tmp_path: Path, capsys) -> None:
     victim.write_bytes(b"\x89PNG\r\n\x1a\n broken")
 
     def train(work: str, *extra: str) -> int:
-        sets = [a for item in TINY for a in ("--set", item)]
+        sets = tiny_set_args(vision__heads=1, train__warmup_iters=1, train__log_interval=1)
         return main([
             "train", "--preset", "voc12-inductive", "--dataset", "custom", "--data-root", str(root),
             "--work-dir", str(tmp_path / work), "--clip", clip, "--max-iters", "3", "--batch-size", "2",

@@ -385,11 +385,13 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
             "ZegCLIP-style baseline, OTSeg and OTSeg+ at 512x512 on this device, with random weights."
         ),
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--image-size", type=int, default=512)
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if any)"
+    )
+    p.add_argument("--image-size", type=int, default=512, help="side of the square test image (default: 512)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3 on CPU, 20 on GPU)")
     p.add_argument("--warmup", type=int, default=None, help="discarded rounds (default 1 on CPU, 3 on GPU)")
-    p.add_argument("--preset", default="voc12-inductive")
+    p.add_argument("--preset", default="voc12-inductive", help="the preset timed (default: voc12-inductive)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-capped", action="store_true", help="skip the timing at 100 Sinkhorn iterations per call")
     p.add_argument("--json", help="also write the rows to this JSON file")

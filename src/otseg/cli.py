@@ -213,6 +213,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             "(or --random-init for a smoke test with random weights)"
         )
     _class_embeddings_for(model, args)
+    if model.num_classes != model.config.num_classes:  # checked before training starts, not at its first step
+        raise ValueError(
+            f"--embeddings {args.embeddings}: {model.num_classes} rows (classes), but the run has "
+            f"{model.config.num_classes} classes ({args.preset}{', ' + args.data_root if args.dataset else ''}); "
+            "give the embeddings of exactly these classes, in their order, or --clip to embed the names"
+        )
 
     tcfg = default_train_config(model.config)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -228,6 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             setattr(tcfg, name, value)
     tcfg.deterministic = tcfg.deterministic or args.deterministic
     tcfg.tensorboard = tcfg.tensorboard or args.tensorboard
+    tcfg = dataclasses.replace(tcfg)  # validated as built: --set train.lr=-1 or --max-iters 0 is one clear error
     resuming = args.resume not in (None, "auto") or (Path(args.work_dir) / "last_checkpoint").is_file()
     require_transductive_init(args.preset, model.config.setting, model.config.dataset, tcfg, resuming)
 
@@ -251,7 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
 
         def run_eval(m):
-            return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit)
+            return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit, skip_bad=tcfg.bad_samples == "skip")
 
         trainer = Trainer(model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info)
         result = trainer.train(resume=args.resume)
@@ -367,9 +374,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_classes(args: argparse.Namespace) -> int:
+    from otseg.model.presets import list_presets
     from otseg.predictor import default_class_names
 
-    for name in default_class_names(args.model, preset=args.preset):
+    model = args.model
+    if model is None:
+        model = args.preset or "demo"  # --preset alone: that preset's classes
+    elif args.preset and (model == "demo" or model in list_presets() or Path(model).is_dir()):
+        print(f"otseg classes: --preset {args.preset} is ignored: {model} names its own classes", file=sys.stderr)
+    for name in default_class_names(model, preset=args.preset):
         print(name)
     return 0
 
@@ -412,9 +425,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("classes", help="list a model's default class names (what segment uses without --classes)")
-    p.add_argument("--model", default="demo", help="'demo', a preset name, or a model file/folder (default: demo)")
-    p.add_argument("--preset", help="the preset a reference .pth was trained with")
+    p = sub.add_parser(
+        "classes",
+        help="list a model's default class names (what segment uses without --classes)",
+        description="Print a model's class names, one per line: those of --model (default: the demo model), or "
+        "of --preset alone (e.g. otseg classes --preset voc12-inductive).",
+    )
+    p.add_argument("--model", help="'demo', a preset name, or a model file/folder (default: demo, or --preset's)")
+    p.add_argument(
+        "--preset",
+        help="a preset: its classes (alone), or the preset a reference .pth given as --model was trained with",
+    )
     p.set_defaults(func=cmd_classes)
 
     p = sub.add_parser(
@@ -432,13 +453,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="dataset layout if not the preset's: voc12, context59, coco_stuff164k, custom")
     p.add_argument("--resume", help="'auto' (latest checkpoint in --work-dir) or a checkpoint path")
     p.add_argument("--init-from", dest="init_from", help="start from these weights (transductive: the inductive run)")
-    p.add_argument("--max-iters", dest="max_iters", type=int)
+    p.add_argument("--max-iters", dest="max_iters", type=int, help="training iterations (default: the preset's)")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="images per process (default 4)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="autocast dtype (Sinkhorn stays float32)")
     p.add_argument("--eval-interval", dest="eval_interval", type=int, help="evaluate every N iterations")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N validation images only")
-    p.add_argument("--num-workers", dest="num_workers", type=int)
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--num-workers",
+        dest="num_workers",
+        type=int,
+        help="data-loading workers per process (default 2)",
+    )
+    p.add_argument("--seed", type=int, help="random seed of the weights init and the data order (default 0)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
     p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard (needs tensorboard)")
@@ -458,9 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint with the zero-shot protocol: mIoU(S), mIoU(U), hIoU")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint with the zero-shot protocol: mIoU(S), mIoU(U), hIoU",
+        description="Evaluate a checkpoint on a dataset's validation split with the reference protocol (test-size "
+        "resize, sliding windows, one dataset-wide confusion matrix) and write the metrics as JSON and Markdown.",
+    )
     p.add_argument("--preset", help="needed for reference .pth checkpoints (our formats carry their config)")
-    p.add_argument("--data-root", required=True)
+    p.add_argument("--data-root", required=True, help="folder holding the dataset in mmsegmentation's layout")
     p.add_argument("--checkpoint", required=True, help="otseg folder, iter_N.pt from otseg train, or reference .pth")
     p.add_argument("--embeddings", help="class embeddings file (e.g. voc12_otseg.npy)")
     p.add_argument("--clip", help="OpenAI CLIP weights to embed the class names live")
@@ -468,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="eval.json", help="results JSON (Markdown beside it)")
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--save-predictions", help="folder for predicted label-map PNGs")
-    p.add_argument("--device")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--allow-pickle", action="store_true", help="load with pickle (trusted files only)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=cmd_eval)
@@ -506,12 +537,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_data_parser(sub)
     add_weights_parser(sub)
 
-    p = sub.add_parser("presets", help="list the model presets, or describe one")
+    p = sub.add_parser(
+        "presets",
+        help="list the model presets, or describe one",
+        description="List the presets (one per line), or describe one: its dataset, classes, split and settings.",
+    )
     p.add_argument("name", nargs="?", help="a preset to describe")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("params", help="parameter counts of a preset (and a check against the reference key table)")
-    p.add_argument("--preset", default="voc12-inductive")
+    p = sub.add_parser(
+        "params",
+        help="parameter counts of a preset (and a check against the reference key table)",
+        description="Count a preset's parameters by part (frozen CLIP, VPT prompts, head); with --reference-keys, "
+        "check every key of the reference checkpoint is mapped or dropped by name and the trainable counts agree.",
+    )
+    p.add_argument("--preset", default="voc12-inductive", help="the preset counted (default: voc12-inductive)")
     p.add_argument("--reference-keys", metavar="TSV", help="the reference key table, e.g. official_state_dict_voc.tsv")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=cmd_params)
@@ -519,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "convert",
         help="convert a reference release checkpoint (.pth) to otseg's format (safetensors + config.json)",
+        description="Convert a reference release checkpoint (mmseg .pth) into an otseg folder (model.safetensors "
+        "with its SHA-256, config.json) that Predictor.from_pretrained, segment, eval and export open.",
     )
     p.add_argument("checkpoint", help="reference checkpoint, e.g. voc_inductive.pth")
     p.add_argument("--preset", required=True, help="the preset the checkpoint was trained with")
@@ -549,7 +591,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `otseg` command line; expected errors become `otseg COMMAND: error: MESSAGE` and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`otseg classes | head`): stop quietly. Python would report the pipe again when
+        # it flushes stdout at exit, so stdout now points at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     # Bad input of any kind raises one of these with a message naming the file or setting: OSError covers
     # unreadable files (FileNotFoundError, PIL's UnidentifiedImageError), ValueError bad values, corrupt
     # checkpoints and bad training samples (otseg.train.trainer.BadSampleError), FloatingPointError a

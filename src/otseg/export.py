@@ -6,6 +6,7 @@
     >>> from otseg.export import normalise_image, onnx_slide_inference
     >>> session = ort.InferenceSession("otseg.onnx", providers=["CPUExecutionProvider"])
     >>> scores = onnx_slide_inference(session, normalise_image(rgb, session))   # (1, K, H, W)
+    >>> result = onnx_segment_image(session, "photo.jpg")      # or all of it from an image file: a Prediction
 
 What is exported: `model.encode_decode(image)`, the whole-image test forward, for the model's current class set
 (the (K, N, D) class text embeddings are constants of the graph). Input `image`: float32 (B, 3, H, W) normalised
@@ -38,6 +39,7 @@ import importlib
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -47,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from otseg.data.classes import parse_class_text
 from otseg.model.segmentor import OTSeg, slide_windows
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "export_onnx",
     "normalise_image",
     "onnx_metadata",
+    "onnx_segment_image",
     "onnx_slide_inference",
 ]
 
@@ -365,6 +369,30 @@ def onnx_slide_inference(
     return total / count
 
 
+def onnx_segment_image(session: Any, image: Any) -> Any:
+    """Segment one image file (or PIL image / array) with an exported model: read it (EXIF, grayscale, 16-bit
+    handled, the pixel cap checked), resize its short side to the export's `test_short_side`, normalise, slide the
+    windows, and bring the scores back to the image's size.
+
+    Args:
+        session: an `onnxruntime.InferenceSession` of a file written by `export_onnx`.
+        image: a path, PIL image or (H, W, 3) array.
+
+    Returns:
+        An `otseg.Prediction`: `labels` (H, W), `fractions()`, `overlay()`, `label_image()`, as `Predictor.predict`.
+    """
+    from otseg.data.transforms import TestResize
+    from otseg.image_io import read_image
+    from otseg.predictor import Prediction
+
+    meta = onnx_metadata(session)
+    rgb = read_image(image)
+    short = int(meta.get("test_short_side") or meta["input_size"][0])
+    resized, _ = TestResize(max(short, int(meta["input_size"][0])))(rgb, None)
+    scores = onnx_slide_inference(session, normalise_image(resized, meta))
+    return Prediction(torch.from_numpy(scores[0]), rgb.shape[:2], list(meta["class_names"]), rgb)
+
+
 def compare_with_onnxruntime(
     model: OTSeg,
     path: str | os.PathLike,
@@ -418,13 +446,6 @@ def compare_with_onnxruntime(
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _parse_class_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",")]
-    if not any(names):
-        raise ValueError(f"--classes expects comma-separated class names, e.g. 'cat,sofa,wall', got {text!r}")
-    return names
-
-
 def _parse_image_size(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
@@ -464,11 +485,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.sinkhorn_iters is not None and args.sinkhorn_iters < 1:
         raise ValueError(f"--sinkhorn-iters must be >= 1, got {args.sinkhorn_iters}")
     image_size = _parse_image_size(args.image_size) if args.image_size else None
-    classes = _parse_class_list(args.classes) if args.classes else None
+    classes = parse_class_text(args.classes, "--classes") if args.classes else None
     _require("onnxscript", "otseg export --onnx")
     if args.check:
         _require("onnxruntime", "otseg export --check")
 
+    start = time.perf_counter()
+    print("loading the model ...", end=" ", flush=True)
     model = _load_for_export(args)
     if args.clip:  # the text tower only: the checkpoint's backbone (trained prompts included) stays as loaded
         from otseg.model.build import attach_clip_text_tower
@@ -485,8 +508,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(
             "the model has no class text embeddings: pass --classes 'a,b,c' (with --clip if it has no text tower)"
         )
+    print(f"{time.perf_counter() - start:.1f} s", flush=True)
     iters = args.sinkhorn_iters if args.sinkhorn_iters is not None else model.config.head.sinkhorn_max_iter
+    start = time.perf_counter()
+    print(f"exporting to ONNX ({iters} Sinkhorn iterations per call; this takes a while) ...", end=" ", flush=True)
     path = export_onnx(model, out, image_size=image_size, sinkhorn_iters=iters, opset=args.opset)
+    print(f"{time.perf_counter() - start:.1f} s", flush=True)
     meta = onnx_metadata(path)
     h, w = meta["input_size"]
     size_mb = path.stat().st_size / 2**20
@@ -497,7 +524,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"classes: {', '.join(meta['class_names'])}")
     if not args.check:
         return 0
+    start = time.perf_counter()
+    print("checking with onnxruntime ...", end=" ", flush=True)
     result = compare_with_onnxruntime(model, path)
+    print(f"{time.perf_counter() - start:.1f} s", flush=True)
     print(
         f"check (onnxruntime vs PyTorch, 2 random images): max |diff| {result['max_abs_diff']:.3g} with the same "
         f"{iters}-iteration Sinkhorn, argmax agreement {100 * result['argmax_agreement']:.2f}%; "

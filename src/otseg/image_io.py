@@ -3,22 +3,105 @@
 What users hand a segmenter is rarely a clean 8-bit RGB array: phone photos carry an EXIF orientation, scans are
 grayscale, screenshots have an alpha channel, microscopy and depth images are 16-bit. `read_image` turns each
 into the (H, W, 3) uint8 RGB array the models take, and fails with one line that names the file otherwise.
+
+Every image is bounded: a file whose header declares more than `max_pixels()` pixels (default 64 million, e.g.
+8000x8000; set the environment variable `OTSEG_MAX_PIXELS` or pass `max_pixels=` to change it) is refused before
+any pixel is decoded, so a small file that decompresses to gigabytes (a "decompression bomb") costs nothing.
+PIL's own bomb guard (about 179 million pixels) still applies above that. `open_image` is the one place where
+files are opened, for images and label maps alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_SUFFIXES", "ImageInput", "describe_source", "find_images", "read_image", "to_rgb_array"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
+    "ImageInput",
+    "check_pixel_count",
+    "describe_source",
+    "find_images",
+    "max_pixels",
+    "open_image",
+    "read_image",
+    "to_rgb_array",
+]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+MAX_PIXELS_ENV = "OTSEG_MAX_PIXELS"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+def max_pixels(override: int | None = None) -> int:
+    """The pixel cap in force: `override` if given, else $OTSEG_MAX_PIXELS, else `DEFAULT_MAX_PIXELS`."""
+    if override is not None:
+        value: Any = override
+        where = "max_pixels"
+    else:
+        value = os.environ.get(MAX_PIXELS_ENV, "").strip() or DEFAULT_MAX_PIXELS
+        where = MAX_PIXELS_ENV
+    try:
+        cap = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}={value!r} is not a whole number of pixels (e.g. 64000000)") from None
+    if cap <= 0:
+        raise ValueError(f"{where}={cap} must be a positive number of pixels (e.g. 64000000)")
+    return cap
+
+
+def check_pixel_count(width: int, height: int, where: str, limit: int | None = None) -> None:
+    """Raise ValueError naming `where` when width x height exceeds the pixel cap."""
+    cap = max_pixels(limit)
+    if width * height > cap:
+        raise ValueError(
+            f"{where} is {width}x{height} = {width * height / 1e6:.1f} million pixels, over the limit of "
+            f"{cap / 1e6:.1f} million: shrink it, or raise the limit with {MAX_PIXELS_ENV}=N (max_pixels=N in Python)"
+        )
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, what: str = "image", limit: int | None = None) -> Iterator[Image.Image]:
+    """`PIL.Image.open(path)` with the pixel cap checked on the header, before anything is decoded, and every
+    decoding failure (corrupt, truncated, not an image, a bomb) turned into one ValueError naming the file.
+
+    Decode inside the `with` block (`im.load()`); the errors of that step are translated too.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: the file is too large, or not a readable image.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    try:
+        with warnings.catch_warnings():
+            # Our own cap (checked below) is the one that decides; PIL's warning would only repeat it.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{what} {p} is too large to decode safely: {' '.join(str(e).split())}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{what} {p} is not an image file PIL can read (corrupt, or an unsupported format)") from None
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f"{what} {p} is corrupt or truncated: {' '.join(str(e).split())}") from None
+    try:
+        with im:
+            check_pixel_count(im.width, im.height, f"{what} {p}", limit)
+            yield im
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's decode errors
+        raise ValueError(f"{what} {p} is corrupt or truncated: {' '.join(str(e).split())}") from None
 
 
 def describe_source(image: Any) -> str:
@@ -94,29 +177,30 @@ def to_rgb_array(image: Image.Image | np.ndarray, where: str = "image") -> np.nd
     return np.ascontiguousarray(_scale_to_uint8(arr, where))
 
 
-def read_image(image: ImageInput) -> np.ndarray:
+def read_image(image: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     """Any image input -> (H, W, 3) uint8 RGB, upright (EXIF orientation applied for files and PIL images).
+
+    Args:
+        image: a file path, a PIL image or a numpy array.
+        max_pixels: the pixel cap (default: $OTSEG_MAX_PIXELS or `DEFAULT_MAX_PIXELS`), checked before decoding.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file is not a readable image (corrupt, truncated, not an image), naming the file.
+        ValueError: the file is not a readable image (corrupt, truncated, not an image) or has more pixels than
+            the cap, naming the file.
     """
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path} does not exist")
-        try:
-            with Image.open(path) as im:
-                im.load()  # decode now: a truncated file fails here, inside the try, with its name
-                upright = ImageOps.exif_transpose(im)
-                return to_rgb_array(upright, str(path))
-        except UnidentifiedImageError:
-            raise ValueError(f"{path} is not an image file PIL can read (corrupt, or an unsupported format)") from None
-        except (OSError, SyntaxError) as e:  # PIL reports truncated or broken data as OSError / SyntaxError
-            raise ValueError(f"{path} is corrupt or truncated: {e}") from None
+        with open_image(image, "image", max_pixels) as im:
+            im.load()  # decode now: a truncated file fails here, inside open_image, with its name
+            upright = ImageOps.exif_transpose(im)
+            return to_rgb_array(upright, str(image))
+    where = describe_source(image)
     if isinstance(image, Image.Image):
-        return to_rgb_array(ImageOps.exif_transpose(image), describe_source(image))
-    return to_rgb_array(image, describe_source(image))
+        check_pixel_count(image.width, image.height, where, max_pixels)
+        return to_rgb_array(ImageOps.exif_transpose(image), where)
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        check_pixel_count(int(image.shape[1]), int(image.shape[0]), where, max_pixels)
+    return to_rgb_array(image, where)
 
 
 def find_images(inputs: list[str | os.PathLike]) -> list[Path]:

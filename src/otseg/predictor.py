@@ -20,7 +20,6 @@ import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,31 +28,66 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from otseg.image_io import ImageInput, read_image
+from otseg.eval.evaluate import upsampled_argmax
+from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.segmentor import OTSeg
 
 __all__ = ["Prediction", "Predictor"]
 
 _EMBEDDING_CACHE_SIZE = 32
+BUILTIN_MODELS = ("demo",)  # names Predictor.from_pretrained knows without a file
 
 
-@dataclass
+# The longest side the model may be asked to slide over, in multiples of its test short side (a 2000x1 image
+# would otherwise become 512 x 1,024,000 pixels: thousands of windows).
+MAX_ASPECT_RATIO = 16
+
+
 class Prediction:
     """The result of `Predictor.predict` for one image.
 
     Attributes:
         labels: (H, W) int64 index into `class_names` of each pixel's best class, at the input image's size.
-        scores: (K, H, W) float32 class scores (sigmoid probabilities minus the seen-class bias, as the reference
-            scores them), at the input image's size.
         class_names: the K names.
         image: (H, W, 3) uint8 RGB image as the model saw it (upright), for drawing.
+        low_res_scores: (K, h, w) float32 scores at the resolution the model ran at.
+        seen_mask: (K,) bool, the classes the model treats as seen in training (they get the seen-class bias
+            where the model applies it); None when unknown.
+
+    `scores` (K, H, W) at the image's own size is built on first access (K x H x W floats); the label map is
+    built without it, a few channels at a time (`otseg.eval.evaluate.upsampled_argmax`, the evaluation's own
+    resize-and-argmax), so memory stays bounded for large images.
     """
 
-    labels: np.ndarray
-    scores: np.ndarray
-    class_names: list[str]
-    image: np.ndarray
-    note: str | None = None  # set when a class name has words the model never learnt (`Predictor.vocabulary_note`)
+    def __init__(
+        self,
+        low_res_scores: Tensor,
+        size: tuple[int, int],
+        class_names: list[str],
+        image: np.ndarray,
+        seen_mask: np.ndarray | None = None,
+        note: str | None = None,
+    ):
+        self.low_res_scores = low_res_scores.float().cpu()
+        self.size = (int(size[0]), int(size[1]))
+        self.class_names = class_names
+        self.image = image
+        self.seen_mask = seen_mask
+        self.note = note  # set when a class name has words the model never learnt (`Predictor.vocabulary_note`)
+        self.labels = upsampled_argmax(self.low_res_scores, self.size).numpy().astype(np.int64)
+        self._scores: np.ndarray | None = None
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(K, H, W) float32 class scores (sigmoid probabilities minus the seen-class bias, as the reference
+        scores them) at the input image's size; `labels` is their argmax over K."""
+        if self._scores is None:
+            low = self.low_res_scores
+            if tuple(low.shape[-2:]) == self.size:
+                self._scores = low.numpy()
+            else:
+                self._scores = F.interpolate(low[None], size=self.size, mode="bilinear", align_corners=False)[0].numpy()
+        return self._scores
 
     def fractions(self) -> dict[str, float]:
         """Share of the image's pixels assigned to each class (all K names, summing to 1)."""
@@ -71,7 +105,7 @@ class Prediction:
         """The label map as a palette ("P" mode) PIL image: pixel value = class index, colours from `otseg.viz`."""
         from otseg.viz import palette_label_image
 
-        return palette_label_image(self.labels, len(self.class_names))
+        return palette_label_image(self.labels, len(self.class_names), self.class_names)
 
 
 class Predictor:
@@ -85,6 +119,11 @@ class Predictor:
         vocabulary: every word the model's text tower has learnt, for models that know a small world only (the
             built-in "demo" model lists its own in its config.json); class names with other words get a note.
             None: no check (a real CLIP's text tower has read the web).
+        max_pixels: the largest image accepted, in pixels (default: $OTSEG_MAX_PIXELS or 64 million); larger
+            files are refused from their header, before decoding. Images whose sides differ by more than
+            `MAX_ASPECT_RATIO` times are refused too (they would need thousands of sliding windows).
+
+    `predict` never changes the model: the class set of a call is passed to the model, not stored in it.
     """
 
     def __init__(
@@ -93,6 +132,7 @@ class Predictor:
         device: str | torch.device | None = None,
         templates: Sequence[str] | None = None,
         vocabulary: Iterable[str] | None = None,
+        max_pixels: int | None = None,
     ):
         if not isinstance(model, OTSeg):
             raise TypeError(f"Predictor needs an otseg.OTSeg model, got {type(model).__name__}")
@@ -102,6 +142,7 @@ class Predictor:
         self.templates = tuple(templates) if templates is not None else None
         self.vocabulary = frozenset(w.lower() for w in vocabulary) if vocabulary is not None else None
         self._noted: set[tuple[str, ...]] = set()
+        self.max_pixels = max_pixels
         self._embeddings: OrderedDict[tuple[str, ...], Tensor] = OrderedDict()
         if model.has_class_embeddings:  # the classes the model came with need no text tower
             self._embeddings[tuple(model.class_names)] = model.class_embeddings.detach().clone()
@@ -141,6 +182,12 @@ class Predictor:
             from otseg.demo.pretrained import demo_model_dir
 
             name_or_path = demo_model_dir(progress=progress)
+        elif not Path(name_or_path).exists():
+            raise FileNotFoundError(
+                f"no model {str(name_or_path)!r}: the built-in models are {', '.join(BUILTIN_MODELS)}; otherwise give "
+                "a folder from otseg convert / save_pretrained, an iter_N.pt from otseg train, or a reference .pth "
+                "(with its preset)"
+            )
         model = load_model(name_or_path, preset=preset, overrides=overrides, allow_pickle=allow_pickle)
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
             attach_clip_text_tower(model, clip)
@@ -156,13 +203,23 @@ class Predictor:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _use_classes(self, class_names: Sequence[str] | None) -> list[str]:
+    def prepare_classes(self, class_names: Sequence[str] | None) -> list[str]:
+        """Check (and embed) a class list once, e.g. before a loop over images: the validated names.
+
+        Raises:
+            ValueError: an empty or repeated name, a name too long for the text tower, or new names for a
+                model without a text tower.
+        """
+        return self._classes_for(class_names)[0]
+
+    def _classes_for(self, class_names: Sequence[str] | None) -> tuple[list[str], tuple[Tensor, Tensor]]:
+        """(names, (embeddings (K, N, D), seen mask (K,))) for a class list; the model itself is not changed."""
         from otseg.model.text import compute_class_embeddings, resolve_templates, validate_class_names
 
         names = validate_class_names(self._default_names if class_names is None else class_names)
         key = tuple(names)
         if key == tuple(self.model.class_names) and self.model.has_class_embeddings:
-            return names
+            return names, (self.model.class_embeddings, self.model.seen_mask)
         emb = self._embeddings.get(key)
         if emb is None:
             if self.model.text_encoder is None:
@@ -178,8 +235,9 @@ class Predictor:
             while len(self._embeddings) > _EMBEDDING_CACHE_SIZE:
                 self._embeddings.popitem(last=False)
         self._embeddings.move_to_end(key)
-        self.model.set_class_embeddings(emb, class_names=names)
-        return names
+        device = self.model.class_embeddings.device
+        seen = self.model._seen_mask_for(names, None).to(device)
+        return names, (emb.to(device=device, dtype=torch.float32), seen)
 
     def vocabulary_note(self, class_names: Sequence[str] | None = None) -> str | None:
         """A one-line note when class names use words outside the model's `vocabulary` (None when all are known,
@@ -212,6 +270,13 @@ class Predictor:
         from otseg.data.transforms import TestResize
 
         cfg = self.model.config
+        h, w = image.shape[:2]
+        if max(h, w) > MAX_ASPECT_RATIO * min(h, w):
+            raise ValueError(
+                f"the image is {w}x{h}: its sides differ by more than {MAX_ASPECT_RATIO}x, and the model, which "
+                f"resizes the short side to {cfg.test_short_side} px, would slide over a strip "
+                f"{max(h, w) * cfg.test_short_side // min(h, w)} px long; crop it into parts first"
+            )
         resized, _ = TestResize(cfg.test_short_side)(image, None)
         x = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32))
         mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
@@ -229,24 +294,19 @@ class Predictor:
         Returns:
             A `Prediction` with labels (H, W) and scores (K, H, W) at the image's own (upright) size.
         """
-        names = self._use_classes(class_names)
+        names, classes = self._classes_for(class_names)
         note = self.vocabulary_note(names)
         first = self.claim_vocabulary_note(names)
         if first is not None:
             warnings.warn(first, UserWarning, stacklevel=2)
-        rgb = read_image(image)
-        h, w = rgb.shape[:2]
-        scores = self.model.predict_scores(self.preprocess(rgb))
-        if scores.shape[-2:] != (h, w):
-            scores = F.interpolate(scores, size=(h, w), mode="bilinear", align_corners=False)
-        scores = scores[0].float().cpu()
-        return Prediction(
-            labels=scores.argmax(0).numpy().astype(np.int64),
-            scores=scores.numpy(),
-            class_names=names,
-            image=rgb,
-            note=note,
-        )
+        rgb = read_image(image, max_pixels=self.max_pixels)
+        where = describe_source(image)
+        try:
+            scores = self.model.predict_scores(self.preprocess(rgb), classes=classes)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        seen = classes[1].cpu().numpy().astype(bool)
+        return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=seen, note=note)
 
     def __repr__(self) -> str:
         cfg = self.model.config

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from otseg.data.classes import parse_class_text, read_class_file
 from otseg.predictor import Predictor
 from otseg.utils import atomic_write, atomic_write_text
 
@@ -25,17 +26,15 @@ __all__ = ["output_stems", "parse_class_list", "segment_images"]
 
 
 def parse_class_list(text: str) -> list[str]:
-    """'cat, sofa,wall' -> ['cat', 'sofa', 'wall'] (names are validated by the predictor: no empties or repeats).
+    """--classes: 'cat, sofa,wall' -> ['cat', 'sofa', 'wall'], or the names in a .txt file (one per line).
 
-    A path to a text file with one name per line is read instead.
+    Both go through the one class-list parser (`otseg.data.classes`): empty, over-long and repeated names are
+    errors naming the option or the file.
     """
     p = Path(text)
     if "," not in text and p.suffix == ".txt" and p.is_file():
-        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-    names = [n.strip() for n in text.split(",")]
-    if any(not n for n in names):
-        raise ValueError(f"--classes {text!r} has an empty name; give comma-separated names like 'cat,sofa,wall'")
-    return names
+        return read_class_file(p)
+    return parse_class_text(text, "--classes")
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
@@ -66,16 +65,20 @@ def segment_images(
 ) -> dict[str, Any]:
     """Segment every image and write its outputs; returns the summary (also written to `summary.json`).
 
-    An image that cannot be read is reported (its name and why) and skipped; the others are still written.
+    The class list is checked once, before any image (ValueError). An image that cannot be read, or is over
+    the pixel cap (`otseg.image_io.max_pixels`), is reported (its name and why) and skipped; the others and
+    `summary.json` are still written.
     """
     from tqdm.auto import tqdm
 
     from otseg.image_io import find_images
 
     paths = find_images(list(images))
+    # The class list is checked (and embedded) once, before the image loop: a bad list is one error, not one
+    # per image.
+    names = predictor.prepare_classes(class_names)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(class_names) if class_names is not None else predictor.default_class_names
     note = predictor.vocabulary_note(names)
     if predictor.claim_vocabulary_note(names) is not None:  # said here once, not again by every predict
         print(f"note: {note}", flush=True)
@@ -85,7 +88,7 @@ def segment_images(
     for path, stem in bar:
         try:
             result = predictor.predict(path, names)
-        except (ValueError, OSError) as e:  # a bad file: say which and go on with the rest
+        except (ValueError, OSError, MemoryError) as e:  # a bad or too large file: say which, go on with the rest
             failed.append({"image": str(path), "error": str(e)})
             bar.write(f"skipped {path}: {e}")
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "is_atomic_temp_file"]
+__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "describe_write_failure", "is_atomic_temp_file"]
 
 
 @contextlib.contextmanager
@@ -65,9 +66,33 @@ def is_atomic_temp_file(name: str, target_name: str | None = None) -> bool:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     """Call `write(tmp_path)` and move the result onto `path` only if it succeeded: readers never see a
-    half-written file, and a crash leaves the previous version intact."""
-    with _atomic_path(path) as tmp:
-        write(tmp)
+    half-written file, and a crash leaves the previous version intact.
+
+    Raises:
+        OSError: the write failed (a full disk, a quota, a file-size limit); one line naming `path` and the
+            space left, whatever the writer's own error looked like (torch.save reports a full disk as
+            "[enforce fail at inline_container.cc:...]").
+    """
+    try:
+        with _atomic_path(path) as tmp:
+            write(tmp)
+    except (OSError, RuntimeError) as e:
+        raise OSError(f"cannot write {path}: {describe_write_failure(e, Path(path).parent)}") from None
+
+
+def describe_write_failure(error: BaseException, folder: Path) -> str:
+    """Why a write failed, in words: the disk's free space, and the error's first line when it says something."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:
+        first = (str(error).strip().splitlines() or [""])[0]
+        reason = "the write failed" if "enforce fail" in first or not first else first
+    space = f"; {free / 1e6:.1f} MB free on that disk" if free is not None else ""
+    return f"{reason}{space}: free some space (the previous version of the file is kept)"
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -1,15 +1,40 @@
-"""Pictures of results: colour palettes, overlays, side-by-side panels with a legend (PIL only)."""
+"""Pictures of results: colour palettes, overlays, side-by-side panels with a legend (PIL only).
+
+Class colours come from the names where they can: a class whose name holds a colour word ("red striped", "dark
+blue car") is drawn in that colour (several classes with the same word get lighter and darker shades of it);
+the others get distinct golden-ratio hues by their index.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["colorize", "label_map_panel", "overlay", "overlay_with_legend", "palette", "palette_label_image"]
+__all__ = [
+    "COLOUR_WORDS",
+    "class_colours",
+    "colorize",
+    "label_map_panel",
+    "overlay",
+    "overlay_with_legend",
+    "palette",
+    "palette_label_image",
+]
 
 IGNORE_COLOR = (0, 0, 0)
+# Colour words in class names and the RGB each is drawn in.
+COLOUR_WORDS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 225), "yellow": (240, 210, 40),
+    "orange": (245, 140, 30), "purple": (140, 60, 180), "violet": (150, 80, 220), "pink": (245, 130, 180),
+    "brown": (140, 90, 50), "black": (35, 35, 35), "white": (240, 240, 240), "gray": (128, 128, 128),
+    "grey": (128, 128, 128), "cyan": (40, 200, 210), "magenta": (210, 50, 180), "gold": (212, 175, 55),
+    "silver": (190, 190, 200), "beige": (225, 210, 170), "turquoise": (64, 224, 208),
+}  # fmt: skip
+ClassesOrCount = int | Sequence[str]
+_SHADES = (0.0, 0.4, -0.4, 0.65, -0.6)  # towards white (> 0) or black (< 0) for repeated colour words
 
 
 def palette(num_classes: int, seed: int = 0) -> np.ndarray:
@@ -25,17 +50,48 @@ def palette(num_classes: int, seed: int = 0) -> np.ndarray:
     return np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
 
 
-def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Label map (H, W) with values 0..K-1 (255 = ignore) -> RGB (H, W, 3) uint8."""
-    lut = np.zeros((256, 3), np.uint8)
-    lut[:num_classes] = palette(num_classes)
-    lut[255] = IGNORE_COLOR
-    return lut[labels.astype(np.int64).clip(0, 255)]
+def class_colours(classes: ClassesOrCount) -> np.ndarray:
+    """(K, 3) uint8 colours of K classes: a name's colour word gives its colour, the rest `palette` hues.
+
+    Args:
+        classes: the class names, or only their number (then every class gets its `palette` hue).
+    """
+    if isinstance(classes, int):
+        return palette(classes)
+    names = list(classes)
+    colours = palette(len(names))
+    uses: dict[str, int] = {}
+    for i, name in enumerate(names):
+        word = next((w for w in re.findall(r"[a-z]+", name.lower()) if w in COLOUR_WORDS), None)
+        if word is None:
+            continue
+        n = uses.get(word, 0)
+        uses[word] = n + 1
+        shade = _SHADES[n % len(_SHADES)]  # the 1st use: the colour itself; then lighter and darker shades
+        base = np.asarray(COLOUR_WORDS[word], dtype=np.float64)
+        mixed = base + shade * (255.0 - base) if shade > 0 else base * (1.0 + shade)
+        colours[i] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return colours
 
 
-def overlay(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.5) -> np.ndarray:
-    """Blend the colourised label map over an RGB image (H, W, 3) uint8."""
-    mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, num_classes).astype(np.float32)
+def _count(classes: ClassesOrCount) -> int:
+    return classes if isinstance(classes, int) else len(classes)
+
+
+def colorize(labels: np.ndarray, classes: ClassesOrCount) -> np.ndarray:
+    """Label map (H, W) with values 0..K-1 -> RGB (H, W, 3) uint8 (`classes`: the names, or their number). With
+    at most 255 classes the value 255 is the ignore index (drawn black); with more, every value is a class."""
+    num_classes = _count(classes)
+    lut = np.zeros((max(256, num_classes), 3), np.uint8)
+    lut[:num_classes] = class_colours(classes)
+    if num_classes <= 255:
+        lut[255] = IGNORE_COLOR
+    return lut[labels.astype(np.int64).clip(0, len(lut) - 1)]
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, classes: ClassesOrCount, alpha: float = 0.5) -> np.ndarray:
+    """Blend the colourised label map over an RGB image (H, W, 3) uint8 (`classes`: the names, or their number)."""
+    mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, classes).astype(np.float32)
     return mixed.clip(0, 255).astype(np.uint8)
 
 
@@ -45,7 +101,7 @@ def _legend(class_names: Sequence[str], present: Sequence[int], height: int, num
     width = 20 + max((len(class_names[c]) for c in present), default=4) * 7 + 10
     legend = Image.new("RGB", (max(width, 80), max(height, row * len(present) + 8)), "white")
     draw = ImageDraw.Draw(legend)
-    colors = palette(num_classes)
+    colors = class_colours(class_names)
     for i, c in enumerate(present):
         y = 4 + i * row
         draw.rectangle([4, y + 2, 16, y + 12], fill=tuple(int(v) for v in colors[c]), outline="black")
@@ -69,7 +125,7 @@ def label_map_panel(
     """
     maps = [labels] if isinstance(labels, np.ndarray) else list(labels)
     k = len(class_names)
-    panels = [Image.fromarray(image)] + [Image.fromarray(overlay(image, m, k, alpha=0.6)) for m in maps]
+    panels = [Image.fromarray(image)] + [Image.fromarray(overlay(image, m, class_names, alpha=0.6)) for m in maps]
     present = sorted({int(v) for m in maps for v in np.unique(m) if v < k})
     h, w = image.shape[:2]
     caption = 16 if titles else 0
@@ -92,7 +148,7 @@ def overlay_with_legend(
     Small images are enlarged (nearest neighbour) so that the legend text stays readable beside them.
     """
     k = len(class_names)
-    picture = Image.fromarray(overlay(image, labels, k, alpha=alpha))
+    picture = Image.fromarray(overlay(image, labels, class_names, alpha=alpha))
     if not legend:
         return picture
     scale = max(1, -(-128 // max(min(image.shape[:2]), 1)))  # at least 128 px on the short side
@@ -106,18 +162,22 @@ def overlay_with_legend(
     return canvas
 
 
-def palette_label_image(labels: np.ndarray, num_classes: int) -> Image.Image:
+def palette_label_image(labels: np.ndarray, num_classes: int, class_names: Sequence[str] | None = None) -> Image.Image:
     """A label map (H, W) as a palette ("P" mode) PNG-ready image: pixel value = class index (255 = ignore).
 
-    Label tools read the indices; image viewers show the `palette` colours.
+    Label tools read the indices; image viewers show the `palette` colours. With more than 255 classes the
+    indices do not fit a palette: the image is then 16-bit grayscale ("I;16"), pixel value = class index.
+    With `class_names`, the palette follows their colour words (`class_colours`).
     """
+    if num_classes > 255:
+        if labels.size and (labels.min() < 0 or labels.max() > 65535):
+            raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a 16-bit image (0..65535)")
+        return Image.fromarray(labels.astype(np.uint16))
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a palette image (0..255)")
-    if num_classes > 255:
-        raise ValueError(f"{num_classes} classes do not fit a palette image (at most 255); save the array instead")
     img = Image.fromarray(labels.astype(np.uint8))  # "L"; putpalette below makes it "P"
     lut = np.zeros((256, 3), np.uint8)
-    lut[:num_classes] = palette(num_classes)
+    lut[:num_classes] = class_colours(class_names if class_names is not None else num_classes)
     lut[255] = IGNORE_COLOR
     img.putpalette(lut.ravel().tolist())
     return img

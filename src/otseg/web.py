@@ -17,6 +17,13 @@ a "Segment" button; it shows the label map blended over the image with a legend,
 pixels given to each class. Bad input (no image, an empty or repeated class name, a file that is not an image)
 shows a message in the page. Gradio is imported only when the page is built, so the rest of otseg never needs
 it; analytics are switched off (no calls to gradio's servers), and no public share link is made unless asked.
+
+Limits, so that no visitor can hurt the server: uploads larger than `--max-upload-mb` (default 20 MB) are
+refused by gradio, images over `--max-pixels` (default 16 million) are refused from their header before
+decoding, at most `--max-classes` names (default 64) are taken per request, and one request runs at a time. An
+uploaded file is deleted from the server as soon as it has been read (the decoded picture stays in memory for a
+few further requests with other class names), and gradio's cache (results included) is swept of files older
+than 15 minutes. Messages never show server paths.
 """
 
 from __future__ import annotations
@@ -24,9 +31,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import gradio
@@ -46,6 +59,13 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install 'otseg[web]'"
+DEFAULT_MAX_CLASSES = 64
+DEFAULT_MAX_UPLOAD_MB = 20
+DEFAULT_MAX_PIXELS = 16_000_000
+_REMEMBERED_UPLOADS = 4  # decoded uploads kept in memory after their file is deleted (same image, new classes)
+_CACHE_SWEEP = (300, 900)  # gradio deletes its cached files older than 15 minutes, every 5 minutes
+# An absolute path of two or more parts (/tmp/gradio/abc/photo.png), to be kept out of visitors' messages.
+_SERVER_PATH = re.compile(r"(?<![\w.])(?:/[^\s'\":,;]+){2,}")
 
 # HTML ids of the page's parts, for styling and for driving the page from a browser (the tests do).
 ELEM_IDS = {
@@ -75,44 +95,94 @@ def import_gradio() -> Any:
 
 
 def split_class_names(text: str | None) -> list[str]:
-    """'cat, sofa,wall' (commas or new lines) -> ['cat', 'sofa', 'wall'].
+    """'cat, sofa,wall' (commas or new lines) -> ['cat', 'sofa', 'wall'], through the one class-list parser.
 
     Unlike `otseg.segment.parse_class_list`, a name ending in .txt is never read as a file: on a web page the
     text comes from a visitor, who must not be able to make the server read its files.
 
     Raises:
-        ValueError: the text holds no names, or an empty one between separators. Repeated names are left for
-            the predictor to reject, with its message.
+        ValueError: the text holds no names, an empty, over-long or repeated one.
     """
-    text = (text or "").strip()
-    if not text:
-        raise ValueError("type at least one class name, e.g. 'cat, sofa, wall'")
-    names = [n.strip() for n in re.split(r"[,\n]", text)]
-    empty = [i for i, n in enumerate(names) if not n]
-    if empty:
-        raise ValueError(
-            f"class name(s) at position(s) {empty} are empty (two commas in a row, or a comma at an end); "
-            "give comma-separated names like 'cat, sofa, wall'"
-        )
-    return names
+    from otseg.data.classes import parse_class_text
+
+    message_prefix = "class names"
+    try:
+        return parse_class_text(text or "", message_prefix)
+    except ValueError as e:
+        raise ValueError(str(e).removeprefix(f"{message_prefix}: ")) from None
 
 
-def make_segment_fn(predictor: Predictor) -> Callable[[str | None, str | None], tuple[Any, dict[str, float]]]:
+def _scrub_paths(message: str, image_path: str | None) -> str:
+    """A message for a visitor: the upload's server path becomes "the uploaded image", any other server path
+    "<server path>"."""
+    if image_path:
+        message = message.replace(str(image_path), "the uploaded image")
+    return _SERVER_PATH.sub("<server path>", message)
+
+
+def make_segment_fn(
+    predictor: Predictor,
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    upload_dir: str | os.PathLike[str] | None = None,
+) -> Callable[[str | None, str | None], tuple[Any, dict[str, float]]]:
     """The page's "Segment" action: (uploaded image path, class-name text) -> (overlay PIL image, class fractions).
 
-    Bad input raises `gradio.Error`, which the page shows as a message (never a traceback).
+    Args:
+        predictor: what segments.
+        max_classes: the most class names one request may give.
+        max_pixels: the largest image accepted, in pixels (None: the library default, $OTSEG_MAX_PIXELS).
+        upload_dir: gradio's upload folder; a file inside it is deleted once read (files elsewhere, e.g. given
+            from Python, are left alone).
+
+    Bad input raises `gradio.Error`, which the page shows as a message (never a traceback, never a server path).
     """
+    from otseg.image_io import describe_source, read_image
+
     gr = import_gradio()
+    uploads = Path(upload_dir).resolve() if upload_dir is not None else None
+    remembered: OrderedDict[str, np.ndarray] = OrderedDict()
+    lock = threading.Lock()
+
+    def read_upload(image_path: str) -> np.ndarray:
+        path = Path(image_path).resolve()
+        ours = uploads is not None and path.is_relative_to(uploads)
+        with lock:
+            rgb = remembered.get(image_path)
+            if rgb is not None:
+                remembered.move_to_end(image_path)
+        if rgb is None:
+            rgb = read_image(image_path, max_pixels=max_pixels)
+        if ours:
+            # Used: the upload leaves the server's disk (gradio names uploads by content, so the same picture
+            # uploaded again lands on the same path and is removed again).
+            path.unlink(missing_ok=True)
+            with lock:
+                remembered[image_path] = rgb
+                while len(remembered) > _REMEMBERED_UPLOADS:
+                    remembered.popitem(last=False)
+        return rgb
 
     def segment(image_path: str | None, class_text: str | None) -> tuple[Any, dict[str, float]]:
         if not image_path:
             raise gr.Error("Upload an image first.", title="No image", print_exception=False)
         try:
             names = split_class_names(class_text)
-            prediction = predictor.predict(image_path, names)
+            if len(names) > max_classes:
+                raise ValueError(
+                    f"{len(names)} class names given; this page takes at most {max_classes} per request "
+                    "(otseg serve --max-classes N raises the limit)"
+                )
+            names = predictor.prepare_classes(names)
+            rgb = read_upload(image_path)
+            try:
+                prediction = predictor.predict(rgb, names)
+            except ValueError as e:  # messages name the in-memory array; the visitor knows it as the upload
+                raise ValueError(str(e).replace(describe_source(rgb), "the uploaded image")) from None
         except (ValueError, TypeError, OSError) as e:
-            # Library messages name the server-side temporary file; the visitor knows it as "the uploaded image".
-            message = str(e).replace(str(image_path), "the uploaded image")
+            message = _scrub_paths(str(e), image_path)
+            if isinstance(e, FileNotFoundError):
+                message = "The uploaded image is no longer on the server; upload it again."
             raise gr.Error(message[:1].upper() + message[1:], title="Cannot segment", print_exception=False) from None
         if prediction.note is not None:
             gr.Warning(prediction.note[:1].upper() + prediction.note[1:], title="Words the model does not know")
@@ -131,9 +201,12 @@ def _explain_unreadable_uploads(image: Any, gr: Any) -> Any:
     preprocess = image.preprocess
 
     def checked_preprocess(payload: Any) -> Any:
+        path = getattr(payload, "path", None)
+        if path and not Path(path).exists():
+            return path  # an upload already read and deleted: the segment function still holds its pixels
         try:
             return preprocess(payload)
-        except (OSError, ValueError, SyntaxError):  # PIL: UnidentifiedImageError (an OSError), broken data
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # PIL: unreadable, broken, bomb
             name = getattr(payload, "orig_name", None) or "the uploaded file"
             raise gr.Error(
                 f"{name} is not an image that can be read (corrupt, or an unsupported format); "
@@ -146,18 +219,24 @@ def _explain_unreadable_uploads(image: Any, gr: Any) -> Any:
     return image
 
 
-def build_app(predictor: Predictor, title: str = "OTSeg zero-shot segmentation") -> gradio.Blocks:
+def build_app(
+    predictor: Predictor,
+    title: str = "OTSeg zero-shot segmentation",
+    max_classes: int = DEFAULT_MAX_CLASSES,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> gradio.Blocks:
     """The demo page for `predictor`, as a `gradio.Blocks` (not launched; serve it with `launch`).
 
     Args:
-        predictor: the `otseg.Predictor` that segments. Calls are serialised (one at a time), since a predictor
-            switches its model's class set per call.
+        predictor: the `otseg.Predictor` that segments. Calls are serialised (one at a time), which bounds the
+            server's memory and time to one request's.
         title: the page's title and heading.
+        max_classes: the most class names one request may give.
+        max_pixels: the largest image accepted, in pixels.
     """
     gr = import_gradio()
-    segment = make_segment_fn(predictor)
     defaults = ", ".join(predictor.default_class_names)
-    with gr.Blocks(title=title, analytics_enabled=False) as app:
+    with gr.Blocks(title=title, analytics_enabled=False, delete_cache=_CACHE_SWEEP) as app:
         gr.Markdown(
             f"# {title}\n"
             "Upload an image, type the classes to look for (comma-separated, any words the model's text tower "
@@ -179,6 +258,7 @@ def build_app(predictor: Predictor, title: str = "OTSeg zero-shot segmentation")
                     elem_id=ELEM_IDS["image"],
                 )
                 _explain_unreadable_uploads(image, gr)
+                segment = make_segment_fn(predictor, max_classes, max_pixels, upload_dir=image.GRADIO_CACHE)
                 classes = gr.Textbox(
                     value=defaults,
                     label="Class names (comma-separated)",
@@ -214,12 +294,14 @@ def launch(
     share: bool = False,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
 ) -> tuple[Any, str, str | None]:
     """Serve the page: blocks until Ctrl+C, or returns at once with `prevent_thread_lock=True` (close with
     `app.close()`). Returns gradio's (FastAPI app, local URL, share URL or None).
 
     Analytics, server-side rendering (which would need Node.js), the MCP server and the PWA manifest are off;
     `share=True` asks gradio.live for a public link (downloads gradio's tunnel client; needs the internet).
+    Uploads over `max_upload_mb` megabytes are refused by gradio.
     """
     return app.launch(
         server_name=host,
@@ -231,6 +313,7 @@ def launch(
         ssr_mode=False,
         mcp_server=False,
         pwa=False,
+        max_file_size=int(max_upload_mb * 1024 * 1024),
     )
 
 
@@ -252,10 +335,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import_gradio()  # fail fast, before a model is loaded (the demo model trains for minutes on first use)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
+    for name in ("max_classes", "max_upload_mb", "max_pixels"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     predictor = _load_predictor(args)
-    app = build_app(predictor)
+    app = build_app(predictor, max_classes=args.max_classes, max_pixels=args.max_pixels)
     _, local_url, share_url = launch(
-        app, host=args.host, port=args.port, share=args.share, prevent_thread_lock=True, quiet=True
+        app,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        prevent_thread_lock=True,
+        quiet=True,
+        max_upload_mb=args.max_upload_mb,
     )
     print(f"serving {predictor!r} at {local_url}" + (f" and {share_url}" if share_url else ""))
     print("press Ctrl+C to stop", flush=True)
@@ -294,6 +386,24 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     p.add_argument(
         "--share", action="store_true", help="also make a temporary public link through gradio.live (off by default)"
+    )
+    p.add_argument(
+        "--max-classes",
+        type=int,
+        default=DEFAULT_MAX_CLASSES,
+        help=f"most class names one request may give (default: {DEFAULT_MAX_CLASSES})",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help=f"largest upload accepted, in megabytes (default: {DEFAULT_MAX_UPLOAD_MB})",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest image accepted, in pixels, checked before decoding (default: {DEFAULT_MAX_PIXELS:,})",
     )
     p.set_defaults(func=cmd_serve)
     return p

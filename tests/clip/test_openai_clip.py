@@ -98,7 +98,7 @@ def test_garbage_file_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a checkpoint" * 10)
     with pytest.raises(ValueError, match=r"garbage\.pt") as info:
         read_clip_state_dict(path)
-    assert "torch.jit.load" in str(info.value)
+    assert "TorchScript" in str(info.value)
     assert "weights_only" in str(info.value)
 
 
@@ -119,17 +119,17 @@ def _tiny_backbone() -> VPTVisionTransformer:
 
 def test_unexpected_and_missing_key_errors(fixture: dict) -> None:
     sd = dict(fixture["state_dict"])
-    with pytest.raises(ValueError, match=r"unexpected keys \[visual\.extra\]"):
+    with pytest.raises(ValueError, match=r"unexpected key\(s\) \['visual\.extra'\]"):
         load_clip_weights(_tiny_backbone(), None, {**sd, "visual.extra": torch.zeros(1)})
-    with pytest.raises(ValueError, match=r"unexpected keys \[bogus\]"):
+    with pytest.raises(ValueError, match=r"unexpected key\(s\) \['bogus'\]"):
         load_clip_weights(_tiny_backbone(), None, {**sd, "bogus": torch.zeros(1)})
     missing = {k: v for k, v in sd.items() if k != "visual.ln_post.bias"}
-    with pytest.raises(ValueError, match=r"missing keys \[visual\.ln_post\.bias\]"):
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['visual\.ln_post\.bias'\]"):
         load_clip_weights(_tiny_backbone(), None, missing)
 
 
 def test_shape_mismatch_error(fixture: dict) -> None:
     sd = dict(fixture["state_dict"])
     sd["visual.proj"] = torch.zeros(64, 16)
-    with pytest.raises(ValueError, match=r"'visual\.proj'.*\(64, 32\).*\(64, 16\)"):
+    with pytest.raises(ValueError, match=r"'visual\.proj' \(64, 16\) vs the model's \(64, 32\)"):
         load_clip_weights(_tiny_backbone(), None, sd)

@@ -129,7 +129,7 @@ def test_demo_model_for_the_predictor(tmp_path, capsys):
     assert again.note == note
     assert result.labels.shape == (80, 100) and result.scores.shape == (2, 80, 100)
     # Names are matched to the training split: "red striped" is a seen class, the new name is not.
-    assert predictor.model.seen_mask.tolist() == [True, False]
+    assert result.seen_mask.tolist() == [True, False]
 
 
 def test_demo_model_pack_round_trip(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import otseg.model.text as text_module
-from conftest import make_tiny_model
+from conftest import TINY_SEGMENTOR, make_tiny_model
 from otseg import Predictor
 from otseg.image_io import read_image
 from otseg.model.checkpoint import save_pretrained
@@ -164,11 +164,7 @@ def test_from_a_reference_checkpoint_with_clip_weights(tmp_path):
     ref_sd = {**{"backbone." + k: v for k, v in backbone["state_dict"].items()}, **seg["state_dict"]}
     ckpt = tmp_path / "voc_inductive.pth"
     torch.save({"meta": {"CLASSES": ("a", "b")}, "state_dict": ref_sd}, ckpt)
-    tiny = {  # the voc12-inductive preset at the golden tiny segmentor's sizes
-        "vision.image_size": 64, "vision.width": 64, "vision.layers": 3, "vision.heads": 4,
-        "vision.output_dim": 32, "vision.deep_prompt_layers": 2, "head.embed_dim": 32, "head.ffn_dim": 128,
-        "head.output_size": 64, "crop_size": 64, "stride": 48, "test_short_side": 64,
-    }  # fmt: skip
+    tiny = dict(TINY_SEGMENTOR)  # the voc12-inductive preset at the golden tiny segmentor's sizes
     predictor = Predictor.from_pretrained(
         ckpt, preset="voc12-inductive", clip=golden_file("openai_clip_jit.pt"), overrides=tiny
     )

@@ -20,16 +20,9 @@ import torch
 from fake_layouts import make_coco_stuff, make_context, make_voc
 from PIL import Image
 
-from conftest import golden_file
+from conftest import golden_file, tiny_train_args, tiny_train_overrides
 from otseg.cli import main
 
-# The golden tiny CLIP's image tower; the head is shrunk to match its 32-d joint space, and the 480/512-pixel
-# crops, windows and test sizes of the presets to the 64-pixel input of that tower.
-TINY = [
-    "vision.image_size=64", "vision.width=64", "vision.layers=3", "vision.heads=1", "vision.output_dim=32",
-    "vision.deep_prompt_layers=2", "head.embed_dim=32", "head.ffn_dim=128", "head.output_size=64",
-    "crop_size=64", "stride=48", "test_short_side=64",
-]  # fmt: skip
 NO_DROPOUT = ["head.dropout=0", "head.attn_dropout=0", "vision.prompt_dropout=0"]
 METRIC_KEYS = ("miou_seen", "miou_unseen", "hiou", "per_class_iou")
 
@@ -38,24 +31,8 @@ def _sets(items: list[str]) -> list[str]:
     return [arg for item in items for arg in ("--set", item)]
 
 
-def tiny_overrides(preset: str, lr: float = 1e-3, log_interval: int = 4, extra: list[str] | None = None) -> list[str]:
-    """`--set` arguments for a seconds-long run of `preset` (short warmup: the preset's 1500 would never end)."""
-    items = [*TINY, f"train.lr={lr}", "train.warmup_iters=2", f"train.log_interval={log_interval}"]
-    if preset.startswith("coco"):
-        items.append("vision.num_prompt_tokens=4")  # the COCO presets' 100 prompt tokens only cost time here
-    return _sets(items + (extra or []))
-
-
-def train_args(
-    preset: str, root: Path, work_dir: Path, max_iters: int, batch_size: int = 2, **overrides: Any
-) -> list[str]:
-    """The `otseg train` command line of a tiny run (without the leading "train")."""
-    return [
-        "--preset", preset, "--data-root", str(root), "--work-dir", str(work_dir),
-        "--clip", str(golden_file("openai_clip_jit.pt")),
-        "--max-iters", str(max_iters), "--batch-size", str(batch_size), "--num-workers", "0", "--seed", "0",
-        *tiny_overrides(preset, **overrides),
-    ]  # fmt: skip
+tiny_overrides = tiny_train_overrides
+train_args = tiny_train_args
 
 
 def read_metrics(work_dir: Path) -> list[dict[str, Any]]:

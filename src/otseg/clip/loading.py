@@ -1,7 +1,9 @@
 """Reading OpenAI CLIP checkpoints and loading them into the OTSeg towers.
 
 The released CLIP checkpoints (`ViT-B-16.pt`) are TorchScript archives with fp16 weights; the reference reads
-them with `torch.jit.load(path).float().state_dict()`. Plain `torch.save`d state dicts are accepted too.
+them with `torch.jit.load(path).float().state_dict()`, which runs code stored in the file. We read the same
+tensors with a restricted unpickler that executes nothing (`otseg.clip.torchscript`). Plain `torch.save`d state
+dicts are accepted too (read with `weights_only=True`).
 Key mapping is explicit: `visual.*` goes to the image backbone with the prefix stripped (its positional
 table resized to the backbone's grid), the top-level text keys go to the text encoder unchanged, and
 `logit_scale` is ignored. Anything else that does not fit is an error that names the file.
@@ -12,8 +14,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,10 @@ from torch import Tensor, nn
 
 from otseg.clip.model import CLIP, resize_positional_embedding
 from otseg.clip.text import TextEncoder
+from otseg.clip.torchscript import TorchScriptReadError, is_torchscript_archive, read_torchscript_state_dict
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.model.config import TextConfig, VisionConfig
+from otseg.state_dict import check_state_dict_fits
 
 __all__ = [
     "LoadReport",
@@ -57,49 +59,30 @@ _EXPECTED_FORMATS = (
 def read_clip_state_dict(path: PathLike) -> StateDict:
     """Read a CLIP checkpoint into a float32 state dict with OpenAI key names.
 
-    Accepts a TorchScript archive (read with `torch.jit.load`) or a `torch.save`d state dict (read with
-    `weights_only=True`, optionally wrapped as `{"state_dict": ...}`, a `module.` prefix is stripped).
-    Floating tensors become float32 (the reference's `.float()`); the integer scalars `input_resolution`,
-    `context_length` and `vocab_size` are dropped.
+    Accepts a TorchScript archive (its tensors read without running its code, see `otseg.clip.torchscript`)
+    or a `torch.save`d state dict (read with `weights_only=True`, optionally wrapped as `{"state_dict": ...}`,
+    a `module.` prefix is stripped). Floating tensors become float32 (the reference's `.float()`); the integer
+    scalars `input_resolution`, `context_length` and `vocab_size` are dropped.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP checkpoint not found: {path} (expected {_EXPECTED_FORMATS})")
-    loaders: list[tuple[str, Callable[[Path], Mapping[str, object]]]] = [
-        ("torch.jit.load (TorchScript archive)", _read_torchscript),
-        ("torch.load(weights_only=True) (state dict)", _read_plain),
-    ]
-    if not _looks_like_torchscript(path):
-        loaders.reverse()
-    errors: list[str] = []
-    for name, loader in loaders:
+    if is_torchscript_archive(path):
+        # A TorchScript archive is read by the restricted reader only; its refusal is final (never retried
+        # with a loader that could run the file's code).
         try:
-            raw = loader(path)
-            break
-        except Exception as err:  # any failure means "not this format"; both are reported below
-            errors.append(f"{name}: {type(err).__name__}: {_first_line(err)}")
-    else:
+            raw: Mapping[str, object] = read_torchscript_state_dict(path)
+        except TorchScriptReadError as err:
+            raise ValueError(f"cannot read CLIP weights: {err}") from None
+        return _clean_state_dict(raw, path)
+    try:
+        raw = _read_plain(path)
+    except Exception as err:  # any failure means "not this format"; reported with the formats expected
         raise ValueError(
-            f"cannot read CLIP weights from {path}: expected {_EXPECTED_FORMATS}; tried " + "; ".join(errors)
-        )
+            f"cannot read CLIP weights from {path}: expected {_EXPECTED_FORMATS}; "
+            f"torch.load(weights_only=True) said {type(err).__name__}: {_first_line(err)}"
+        ) from None
     return _clean_state_dict(raw, path)
-
-
-def _looks_like_torchscript(path: Path) -> bool:
-    """TorchScript archives are zips with `code/` and `constants.pkl` entries; torch.save zips have none."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
-def _read_torchscript(path: Path) -> Mapping[str, object]:
-    with warnings.catch_warnings():
-        # Recent torch flags torch.jit.load as deprecated, but the released CLIP weights only exist as
-        # TorchScript archives; the warning would fire on every model load and cannot be acted upon.
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated", category=DeprecationWarning)
-        module = torch.jit.load(str(path), map_location="cpu")
-    return module.float().state_dict()
 
 
 def _read_plain(path: Path) -> Mapping[str, object]:
@@ -256,11 +239,6 @@ class LoadReport:
         return self.summary()
 
 
-def _preview(keys: list[str], limit: int = 5) -> str:
-    shown = ", ".join(keys[:limit])
-    return f"[{shown}{', ...' if len(keys) > limit else ''}] ({len(keys)} in all)"
-
-
 def _load_checked(
     module: nn.Module,
     sd: Mapping[str, Tensor],
@@ -270,28 +248,20 @@ def _load_checked(
     may_be_missing: Callable[[str], bool] = lambda key: False,
     checkpoint_prefix: str = "",
 ) -> tuple[list[str], list[str]]:
-    """Copy `sd` into `module` after checking names and shapes; returns (loaded, missing-but-allowed).
+    """Copy `sd` into `module` after checking names and shapes (`otseg.state_dict.check_state_dict_fits`, the
+    one check); returns (loaded, missing-but-allowed).
 
     Error messages use checkpoint key names (`checkpoint_prefix` + module key), which is what a user can
     look up in the file.
     """
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in sd]
-    bad_missing = [checkpoint_prefix + k for k in missing if not may_be_missing(k)]
-    unexpected = [checkpoint_prefix + k for k in sd if k not in expected]
-    problems = []
-    if bad_missing:
-        problems.append(f"missing keys {_preview(bad_missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_preview(unexpected)}")
-    if problems:
-        raise ValueError(f"cannot load {what} from {source}: " + "; ".join(problems))
-    for key, value in sd.items():
-        if value.shape != expected[key].shape:
-            raise ValueError(
-                f"cannot load {what} from {source}: shape mismatch for {checkpoint_prefix + key!r}: "
-                f"the model expects {tuple(expected[key].shape)}, the checkpoint has {tuple(value.shape)}"
-            )
+    missing = check_state_dict_fits(
+        module,
+        sd,
+        f"CLIP weights {source} ({what})",
+        may_be_missing=may_be_missing,
+        key_prefix=checkpoint_prefix,
+        fix=f"expected {_EXPECTED_FORMATS} of the model's size",
+    )
     module.load_state_dict(sd, strict=False)
     return list(sd), missing
 
@@ -317,7 +287,11 @@ def load_clip_weights(
     report = LoadReport(source=source)
     stray = [k for k in sd if not (k.startswith("visual.") or _is_text_key(k) or k in _IGNORED_KEYS)]
     if stray:
-        raise ValueError(f"cannot load CLIP weights from {source}: unexpected keys {_preview(stray)}")
+        shown = repr(stray[:5])[:-1] + (", ...]" if len(stray) > 5 else "]")
+        raise ValueError(
+            f"CLIP weights {source} do not fit this model: {len(stray)} unexpected key(s) {shown}; "
+            f"expected {_EXPECTED_FORMATS}"
+        )
     report.ignored = [k for k in sd if k in _IGNORED_KEYS]
 
     vis = vision_state_dict(sd, backbone.cfg)

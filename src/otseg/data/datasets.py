@@ -59,10 +59,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from otseg.data.classes import DatasetClasses, get_dataset_classes
+from otseg import image_io
+from otseg.data.classes import DatasetClasses, get_dataset_classes, read_class_file
 from otseg.data.transforms import reduce_zero_label
 
 __all__ = [
@@ -116,17 +116,6 @@ _CUSTOM_HINT = (
 
 # ---- file reading ----------------------------------------------------------------------------------------
 
-# What PIL raises for a file it cannot decode: OSError (truncated, broken data; UnidentifiedImageError is one),
-# SyntaxError (some malformed headers), ValueError, and DecompressionBombError (an absurd pixel count, not an
-# OSError).
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    UnidentifiedImageError,
-    Image.DecompressionBombError,
-)
-
 
 def _one_line(exc: BaseException) -> str:
     """`exc`'s message on one line (decoder messages occasionally span several)."""
@@ -134,25 +123,21 @@ def _one_line(exc: BaseException) -> str:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to a uint8 `(H, W, 3)` RGB array (EXIF orientation applied, as OpenCV's imread).
+    """Decode an image file to a uint8 `(H, W, 3)` RGB array (EXIF orientation applied, as OpenCV's imread),
+    through the one image reader, `otseg.image_io.read_image` (pixel cap included).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        OSError: the file cannot be decoded (corrupt, truncated or not an image); the message names it.
+        OSError: the file cannot be decoded (corrupt, truncated, not an image, or over the pixel cap); the
+            message names it.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist")
     try:
-        with Image.open(path) as im:
-            # Decode every byte here, inside the try: PIL opens lazily, and a truncated file would otherwise
-            # fail later (or, with ImageFile.LOAD_TRUNCATED_IMAGES, never) without naming the file.
-            im.load()
-            im = ImageOps.exif_transpose(im)
-            rgb = im.convert("RGB")
-            return np.asarray(rgb, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file {path} does not exist") from None
-    except _DECODE_ERRORS as exc:
-        raise OSError(f"cannot read image {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from exc
+        return image_io.read_image(path)
+    except ValueError as exc:
+        raise OSError(f"cannot read image {path}: {_one_line(exc)}") from None
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -166,8 +151,10 @@ def read_label(path: str | Path) -> np.ndarray:
         ValueError: the file is not a single-channel index map (e.g. an RGB colour-coded mask).
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label file {path} does not exist")
     try:
-        with Image.open(path) as im:
+        with image_io.open_image(path, "label") as im:
             im.load()
             mode = im.mode
             if mode in ("P", "L"):
@@ -176,10 +163,8 @@ def read_label(path: str | Path) -> np.ndarray:
                 return np.array(im).astype(np.uint8)
             if mode.startswith("I"):  # 16/32-bit greyscale: values are checked against K by the dataset
                 return np.array(im).astype(np.int64)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"label file {path} does not exist") from None
-    except _DECODE_ERRORS as exc:
-        raise OSError(f"cannot read label {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from exc
+    except ValueError as exc:
+        raise OSError(f"cannot read label {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from None
     raise ValueError(
         f"label {path} is a mode-{mode} image; expected a single-channel index map (PNG mode L or P) holding "
         "class ids, not a colour-coded mask"
@@ -514,21 +499,22 @@ def read_custom_classes(root: str | Path) -> DatasetClasses:
     """Class names (`classes.txt`) and unseen split (`split.json`, optional) of a custom dataset folder."""
     root = _check_root(root, "custom dataset")
     classes_file = _require_file(root / "classes.txt", "custom dataset", _CUSTOM_HINT)
-    names = tuple(line.strip() for line in classes_file.read_text(encoding="utf-8").splitlines() if line.strip())
-    if not names:
-        raise ValueError(f"{classes_file} lists no class names")
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{classes_file}: duplicate class names {dup}")
+    names = tuple(read_class_file(classes_file))  # UTF-8 (a BOM dropped); empty, long, repeated names refused
     if len(names) > 255:
         raise ValueError(f"{classes_file}: {len(names)} classes, but ids must fit below the ignore index 255")
     unseen: list[int] = []
     split_file = root / "split.json"
     if split_file.is_file():
-        spec = json.loads(split_file.read_text(encoding="utf-8"))
-        if not isinstance(spec, dict) or set(spec) - {"unseen"}:
-            raise ValueError(f'{split_file}: expected an object {{"unseen": [names or ids]}}, got {spec!r}')
-        for item in spec.get("unseen", []):
+        try:
+            spec = json.loads(split_file.read_bytes().decode("utf-8-sig"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f'{split_file} is not valid JSON ({" ".join(str(e).split())}); expected {{"unseen": [names or ids]}}'
+            ) from None
+        entries = spec.get("unseen", []) if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or set(spec) - {"unseen"} or not isinstance(entries, list):
+            raise ValueError(f'{split_file}: expected an object {{"unseen": [names or ids]}}, got {str(spec)[:80]}')
+        for item in entries:
             if isinstance(item, int) and not isinstance(item, bool):
                 if not 0 <= item < len(names):
                     raise ValueError(f"{split_file}: unseen id {item} is outside 0..{len(names) - 1}")
@@ -539,6 +525,11 @@ def read_custom_classes(root: str | Path) -> DatasetClasses:
                 raise ValueError(
                     f"{split_file}: unseen entry {item!r} is neither a class id nor a name in {classes_file}"
                 )
+        if len(set(unseen)) == len(names):
+            raise ValueError(
+                f"{split_file} makes all {len(names)} classes unseen; at least one class must be seen (training "
+                "learns from the seen classes' masks)"
+            )
     return DatasetClasses("custom", names, tuple(sorted(set(unseen))))
 
 

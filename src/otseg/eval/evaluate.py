@@ -8,18 +8,51 @@ with the original-size ground truth in one dataset-wide confusion matrix.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
 from otseg.train.distributed import DistInfo
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "upsampled_argmax"]
+
+
+# Values (channels x H x W floats) of one upsampled chunk: a few channels at a time, never the whole (K, H, W).
+_CHUNK_ELEMENTS = 16_000_000
+
+
+def upsampled_argmax(scores: Tensor, size: tuple[int, int]) -> Tensor:
+    """argmax over K of `scores` (K, h, w) resized bilinearly to `size` (H, W): (H, W) int64.
+
+    The same labels as `F.interpolate(scores[None], size, mode="bilinear").argmax(1)`, bit for bit (each channel is
+    resampled on its own, as the full call does; ties go to the lower index), but the channels are resampled a
+    few at a time, so memory holds a running maximum instead of a full-resolution (K, H, W) tensor.
+    """
+    k = scores.shape[0]
+    if tuple(scores.shape[-2:]) == tuple(size):
+        return scores.argmax(0)
+    height, width = size
+    step = max(1, min(k, _CHUNK_ELEMENTS // max(1, height * width)))
+    best = labels = None
+    for c0 in range(0, k, step):
+        chunk = F.interpolate(scores[None, c0 : c0 + step], size=size, mode="bilinear", align_corners=False)[0]
+        value, index = chunk.max(0)
+        index = index + c0
+        if best is None or labels is None:
+            best, labels = value, index
+        else:
+            better = value > best  # strictly: an equal later channel does not win, as argmax keeps the first
+            best = torch.where(better, value, best)
+            labels = torch.where(better, index, labels)
+    assert labels is not None
+    return labels
 
 
 @torch.no_grad()
@@ -31,6 +64,7 @@ def evaluate(
     limit: int | None = None,
     progress: bool = True,
     save_predictions: str | os.PathLike | None = None,
+    skip_bad: bool = False,
 ) -> dict[str, Any]:
     """Score `model` on `dataset` (items: "image" (3, h, w) resized+normalised, "label" (H, W) original size).
 
@@ -39,6 +73,8 @@ def evaluate(
     Args:
         limit: score only the first `limit` images (quick checks).
         save_predictions: folder for label-map PNGs (file stem = image stem), for `otseg score` or pictures.
+        skip_bad: a sample that cannot be read (corrupt image, bad label) is skipped and listed under
+            "skipped" in the result, instead of stopping the evaluation (what `--bad-samples skip` asks for).
 
     Returns:
         `compute_metrics(...)` (percent) plus "num_images".
@@ -56,15 +92,22 @@ def evaluate(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
+    skipped: list[str] = []
     try:
         for i in indices:
             # A corrupt or inconsistent file raises here (OSError / ValueError naming it, from otseg.data).
-            sample = dataset[i]
+            try:
+                sample = dataset[i]
+            except (OSError, ValueError) as e:
+                if not skip_bad:
+                    raise
+                skipped.append(" ".join(str(e).split()))
+                if bar is not None:
+                    bar.update(1)
+                continue
             label = sample["label"].to(d.device)
             scores = model.predict_scores(sample["image"][None].to(d.device))
-            if scores.shape[-2:] != label.shape[-2:]:
-                scores = F.interpolate(scores, size=tuple(label.shape[-2:]), mode="bilinear", align_corners=False)
-            pred = scores.argmax(dim=1)[0]
+            pred = upsampled_argmax(scores[0], tuple(label.shape[-2:]))
             cm.update(pred, label, source=str(sample.get("path", i)))
             if out_dir is not None:
                 from PIL import Image
@@ -82,5 +125,9 @@ def evaluate(
     seen = torch.nonzero(seen_mask).flatten().tolist()
     unseen = torch.nonzero(~seen_mask).flatten().tolist()
     metrics = compute_metrics(cm, list(model.class_names), seen, unseen)
-    metrics["num_images"] = n
+    metrics["num_images"] = n - len(skipped)
+    if skipped:
+        metrics["skipped"] = skipped
+        if d.is_main:
+            print(f"eval: skipped {len(skipped)} unreadable sample(s); the first: {skipped[0]}", file=sys.stderr)
     return metrics

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from otseg.eval.metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, format_markdown
+from otseg.image_io import open_image
 from otseg.utils import atomic_write_text
 
 __all__ = ["list_label_maps", "read_label_map", "score_folders", "write_results"]
@@ -49,13 +49,15 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     Raises `ValueError` naming the file when it cannot be decoded or is not a single-channel integer image.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label map {path} does not exist")
     try:
-        with Image.open(path) as img:
+        with open_image(path, "label map") as img:  # the pixel cap is checked before decoding
             img.load()  # decode now so a truncated file fails here, inside the try
             mode = img.mode
             arr = np.asarray(img)
-    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read label map {path}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"cannot read label map {path}: {e}") from None
     if arr.ndim != 2 or arr.dtype.kind not in "iu":
         raise ValueError(
             f"{path} is not a single-channel integer label map (PIL mode {mode}, array {arr.dtype}{list(arr.shape)});"

@@ -17,17 +17,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from otseg.data.classes import validate_class_names
 from otseg.model.config import ModelConfig
+from otseg.state_dict import check_state_dict_fits as fits
+from otseg.state_dict import tensor_digest
 
 __all__ = [
     "ConversionReport",
     "check_state_dict_fits",
+    "checkpoint_digest",
     "load_pretrained",
     "load_reference_checkpoint",
     "map_reference_key",
     "read_reference_state_dict",
     "safe_torch_load",
     "save_pretrained",
+    "verify_digest",
+    "verify_training_digest",
 ]
 
 FORMAT_VERSION = 1
@@ -197,36 +203,23 @@ def _first_sentence(text: str) -> str:
     return (flat[:cut] if 0 < cut < 300 else flat[:300]) or "no message"
 
 
+_DEFAULT_FIX = (
+    "is it a checkpoint of another preset or model size? build the model from the config it was saved with "
+    "(otseg presets lists them; --set overrides must match the training run)"
+)
+
+
 def check_state_dict_fits(
     model: torch.nn.Module,
     state: dict[str, Any],
     source: str,
     ignore_missing: tuple[str, ...] = ("text_encoder.",),
-    fix: str = "is it a checkpoint of another preset or model size? build the model from the config it was saved "
-    "with (otseg presets lists them; --set overrides must match the training run)",
+    fix: str = _DEFAULT_FIX,
 ) -> None:
-    """Raise a one-line ValueError naming `source` if `state` does not fit `model` key for key and shape for shape.
-
-    Keys starting with one of `ignore_missing` may be absent (e.g. the frozen text tower is never saved).
-    Checked before `load_state_dict`, whose own size-mismatch error is a multi-line RuntimeError.
-    """
-    ours = model.state_dict()
-    missing = [k for k in ours if k not in state and not k.startswith(ignore_missing)]
-    unexpected = [k for k in state if k not in ours]
-    shapes = [
-        f"{k} {tuple(v.shape)} vs the model's {tuple(ours[k].shape)}"
-        for k, v in state.items()
-        if k in ours and isinstance(v, Tensor) and v.shape != ours[k].shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s) {missing[:5]}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:3])}")
-    if problems:
-        raise ValueError(f"{source} does not fit this model: {', '.join(problems)}; {fix}")
+    """Raise a one-line ValueError naming `source` if `state` does not fit `model` key for key and shape for shape
+    (`otseg.state_dict.check_state_dict_fits`, the one check). Keys starting with one of `ignore_missing` may
+    be absent (e.g. the frozen text tower is never saved)."""
+    fits(model, state, source, may_be_missing=ignore_missing, fix=fix)
 
 
 def read_reference_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> tuple[dict[str, Tensor], dict]:
@@ -283,7 +276,7 @@ def convert_reference_state_dict(
             report.dropped_numel += value.numel()
             continue
         if new_key not in ours:  # a known name the model lacks, e.g. a 4th decoder layer
-            not_in_model.append(f"{key} (-> {new_key})")
+            not_in_model.append(f"{key} (-> {new_key}: not in this model)")
             continue
         expected = ours[new_key].shape
         if new_key == "backbone.positional_embedding" and value.shape != expected:
@@ -293,28 +286,23 @@ def convert_reference_state_dict(
                 value = resize_positional_embedding(value.float(), grid)
             except ValueError as e:
                 raise ValueError(f"{source}: cannot resize {key} {tuple(value.shape)} to {tuple(expected)}: {e}") from e
-        if value.shape != expected:
-            raise ValueError(
-                f"{source}: {key} has shape {tuple(value.shape)} but the model's {new_key} is {tuple(expected)}; "
-                f"is this checkpoint for a different preset (classes/prompt tokens/width)?"
-            )
-        out[new_key] = value.to(ours[new_key].dtype)
+        out[new_key] = value
         report.mapped[key] = new_key
-    # name missing keys as the checkpoint would (what a user can look up), with ours alongside where different
-    missing = []
-    for our_key in sorted(set(ours) - set(out)):
+
+    def file_name(our_key: str) -> str:
+        """A model key as the checkpoint names it (what a user can look up), with ours alongside if different."""
         ref_key = _reference_key(our_key)
-        missing.append(ref_key if ref_key == our_key else f"{ref_key} (-> {our_key})")
-    problems = []
-    if no_rule:
-        problems.append(f"{len(no_rule)} unexpected key(s) with no mapping rule: {no_rule[:8]}")
-    if not_in_model:
-        problems.append(f"{len(not_in_model)} unexpected key(s) this model has no place for: {not_in_model[:8]}")
-    if missing:
-        problems.append(f"{len(missing)} key(s) the model needs are missing from the checkpoint: {missing[:8]}")
-    if problems:
-        raise ValueError(f"{source} does not fit this OTSeg model: " + "; ".join(problems))
-    return out, report
+        return ref_key if ref_key == our_key else f"{ref_key} (-> {our_key})"
+
+    fits(
+        ours,
+        out,
+        source,
+        key_name=file_name,
+        unexpected=[f"{k} (no mapping rule)" for k in no_rule] + not_in_model,
+        fix="is this checkpoint for a different preset (classes/prompt tokens/width)?",
+    )
+    return {k: v.to(ours[k].dtype) for k, v in out.items()}, report
 
 
 def load_reference_checkpoint(
@@ -355,7 +343,9 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, extra:
         "has_text_encoder": getattr(model, "text_encoder", None) is not None,
         **(extra or {}),
     }
-    atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    # The SHA-256 of the tensors travels in the safetensors header; load_pretrained verifies it.
+    header = {"format": "pt", "otseg_sha256": tensor_digest(tensors)}
+    atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     atomic_write_text(d / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return d
 
@@ -367,6 +357,7 @@ def load_pretrained(
 
     `overrides` change inference settings of the saved config (e.g. {"stride": 256, "head.seen_bias": 0.0}).
     """
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     from otseg.model.segmentor import OTSeg
@@ -403,11 +394,21 @@ def load_pretrained(
     model = OTSeg(config)
     try:
         tensors = load_file(str(weights_path))
+        with safe_open(str(weights_path), framework="pt") as f:
+            header = f.metadata() or {}
     except Exception as e:  # safetensors' own error type for a truncated or foreign file
         raise ValueError(
             f"cannot read {weights_path} ({type(e).__name__}: {_first_sentence(str(e))}); the file is truncated "
             "or corrupt: copy it again or re-run save_pretrained / otseg convert"
         ) from e
+    names = meta.get("class_names")
+    if names is not None:
+        if not isinstance(names, list):
+            raise ValueError(f"{cfg_path}: class_names = {str(names)[:60]}: expected a list of names")
+        try:
+            names = validate_class_names(names, f"{cfg_path}: class_names")
+        except TypeError as e:
+            raise ValueError(str(e)) from None
     if meta.get("has_text_encoder"):
         from otseg.clip.text import TextEncoder
 
@@ -421,11 +422,52 @@ def load_pretrained(
         ignore_missing=(),
         fix="the two files come from different saves: copy both from the same save_pretrained / otseg convert run",
     )
+    digest_of = {**tensors, **({"class_embeddings": emb} if emb is not None else {})}
+    digest_of.update({"seen_mask": seen} if seen is not None else {})
+    verify_digest(digest_of, header.get("otseg_sha256"), str(weights_path))
     model.load_state_dict(tensors, strict=True)
     if emb is not None:
+        if names is not None and len(names) != emb.shape[0]:
+            raise ValueError(
+                f"{cfg_path}: {len(names)} class_names for the {emb.shape[0]} class embeddings of {WEIGHTS_FILE}"
+            )
+        if seen is not None and tuple(seen.shape) != (emb.shape[0],):
+            raise ValueError(
+                f"{weights_path}: seen_mask has shape {tuple(seen.shape)} but there are {emb.shape[0]} classes; the "
+                "file was edited or damaged: re-run save_pretrained / otseg convert"
+            )
         seen_idx = torch.nonzero(seen.bool()).flatten().tolist() if seen is not None else None
         try:
-            model.set_class_embeddings(emb, class_names=meta.get("class_names"), seen=seen_idx)
+            model.set_class_embeddings(emb, class_names=names, seen=seen_idx)
         except ValueError as e:
             raise ValueError(f"{weights_path}: class_embeddings {tuple(emb.shape)} do not fit its config: {e}") from e
     return model.to(device)
+
+
+def verify_digest(tensors: dict[str, Tensor], expected: Any, source: str) -> None:
+    """Refuse tensors whose SHA-256 differs from the one written beside them (files written before digests
+    existed carry none and are accepted)."""
+    if expected is None:
+        return
+    if not isinstance(expected, str) or tensor_digest(tensors) != expected:
+        raise ValueError(
+            f"{source}: its tensors do not match the SHA-256 written with them: the file is corrupt (changed on "
+            "disk or in transfer); copy it again or use another checkpoint"
+        )
+
+
+def checkpoint_digest(model_state: dict[str, Tensor], class_embeddings: Tensor) -> str:
+    """The SHA-256 a training checkpoint (`iter_N.pt`) carries: its weights and its class embeddings."""
+    return tensor_digest({**{f"model.{k}": v for k, v in model_state.items()}, "class_embeddings": class_embeddings})
+
+
+def verify_training_digest(ckpt: dict[str, Any], source: str) -> None:
+    """Check an `iter_N.pt`'s tensors against its stored SHA-256 (older checkpoints carry none)."""
+    expected = ckpt.get("sha256")
+    if expected is None:
+        return
+    model_state, emb = ckpt.get("model"), ckpt.get("class_embeddings")
+    if not isinstance(model_state, dict) or not isinstance(emb, Tensor):
+        raise ValueError(f"{source}: its weights or class embeddings are missing; the file is damaged")
+    tensors = {f"model.{k}": v for k, v in model_state.items() if isinstance(v, Tensor)}
+    verify_digest({**tensors, "class_embeddings": emb}, expected, source)

@@ -48,7 +48,7 @@ def load_model(
 
 def _from_training_checkpoint(ckpt: dict[str, Any], p: Path, overrides: dict[str, Any] | None) -> OTSeg:
     """Build the model of an `iter_N.pt` (its own config, `overrides` applied) and load weights + class embeddings."""
-    from otseg.model.checkpoint import check_state_dict_fits
+    from otseg.model.checkpoint import check_state_dict_fits, verify_training_digest
 
     missing = [k for k in ("model_config", "model", "class_embeddings") if k not in ckpt]
     if missing:
@@ -77,6 +77,8 @@ def _from_training_checkpoint(ckpt: dict[str, Any], p: Path, overrides: dict[str
             f"{expected[1]}) with K = {len(names) if names is not None else 'the number of classes'}); the file is "
             "damaged or was edited: use another checkpoint of the run"
         )
+    # Last, after the checks that name what does not fit: the bytes must be the ones written.
+    verify_training_digest(ckpt, f"training checkpoint {p}")
     overridden = list(cfg.class_names) != list(saved.class_names)
     if overridden and (names is None or list(cfg.class_names) != list(names)):
         # The classes were overridden (e.g. `otseg eval --dataset custom` brings its own): the stored embeddings

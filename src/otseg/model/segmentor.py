@@ -164,25 +164,42 @@ class OTSeg(nn.Module):
         patch_emb, global_emb = self.backbone(images)
         return self.head(patch_emb, global_emb, self.training_text() if text is None else text)
 
-    def encode_decode(self, images: Tensor) -> Tensor:
-        """Test-time scores over all classes for whole images: (B, K, H, W) (the reference's `encode_decode`)."""
+    def _classes(self, classes: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        """(class embeddings (K, N, D), seen mask (K,)): the given pair, else the stored ones."""
+        if classes is not None:
+            return classes
         self._require_embeddings()
+        return self.class_embeddings, self.seen_mask
+
+    def encode_decode(self, images: Tensor, classes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """Test-time scores over all classes for whole images: (B, K, H, W) (the reference's `encode_decode`).
+
+        classes: (embeddings (K, N, D), seen mask (K,) bool) to score instead of the stored class set; the
+        model is left unchanged (what `Predictor` uses, so that concurrent calls cannot disturb each other).
+        """
+        text, seen_mask = self._classes(classes)
         patch_emb, global_emb = self.backbone(images)
-        seen = self.seen_mask if self.config.apply_seen_bias else None
-        scores = self.head.predict(patch_emb, global_emb, self.class_embeddings, seen)
+        seen = seen_mask if self.config.apply_seen_bias else None
+        scores = self.head.predict(patch_emb, global_emb, text, seen)
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
-    def slide_inference(self, images: Tensor, out_size: tuple[int, int] | None = None) -> Tensor:
+    def slide_inference(
+        self,
+        images: Tensor,
+        out_size: tuple[int, int] | None = None,
+        classes: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """Average `encode_decode` over overlapping crops (config crop_size/stride), resized to `out_size`.
 
-        images (B, 3, H, W) -> (B, K, *out_size) (default: (H, W)).
+        images (B, 3, H, W) -> (B, K, *out_size) (default: (H, W)). `classes` as in `encode_decode`.
         """
+        classes = self._classes(classes)
         b, _, h, w = images.shape
         crop, stride = self.config.crop_size, self.config.stride
-        total = images.new_zeros((b, self.num_classes, h, w))
+        total = images.new_zeros((b, classes[0].shape[0], h, w))
         count = images.new_zeros((1, 1, h, w))
         for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
-            total[:, :, y1:y2, x1:x2] += self.encode_decode(images[:, :, y1:y2, x1:x2])
+            total[:, :, y1:y2, x1:x2] += self.encode_decode(images[:, :, y1:y2, x1:x2], classes)
             count[:, :, y1:y2, x1:x2] += 1
         scores = total / count
         if out_size is not None and tuple(out_size) != (h, w):
@@ -190,7 +207,7 @@ class OTSeg(nn.Module):
         return scores
 
     @torch.no_grad()
-    def predict_scores(self, images: Tensor) -> Tensor:
+    def predict_scores(self, images: Tensor, classes: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """The reference's test-time class scores, before argmax.
 
         Scores are sigmoid(w * decoder + (1 - w) * MPS) minus the seen-class bias, averaged over sliding
@@ -200,17 +217,20 @@ class OTSeg(nn.Module):
 
         Args:
             images: (B, 3, H, W) normalised as `config.mean`/`config.std`, any size.
+            classes: (embeddings (K, N, D), seen mask (K,) bool) to score instead of the stored class set
+                (the model is not changed); default: the stored class set.
 
         Returns:
             (B, K, H, W) scores; argmax over K gives the label map.
         """
-        self._require_embeddings()
+        classes = self._classes(classes)
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
-        infer = self.slide_inference if self.config.test_mode == "slide" else self.encode_decode
         was_training = self.training
         self.eval()  # dropout off whatever mode the caller left the model in
         try:
-            return torch.cat([infer(images[i : i + 1]) for i in range(images.shape[0])])
+            if self.config.test_mode == "slide":
+                return torch.cat([self.slide_inference(images[i : i + 1], classes=classes) for i in range(len(images))])
+            return torch.cat([self.encode_decode(images[i : i + 1], classes) for i in range(len(images))])
         finally:
             self.train(was_training)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from otseg.data.classes import validate_class_names
+
 if TYPE_CHECKING:
     from otseg.model.config import ModelConfig
 
@@ -59,29 +61,6 @@ def resolve_templates(templates: Sequence[str] | str | None, config: ModelConfig
         except (IndexError, KeyError, ValueError) as e:
             raise ValueError(f"prompt template {t!r} is not a valid format string ({e}); use '{{{{' for a brace") from e
     return out
-
-
-def validate_class_names(names: Sequence[str]) -> list[str]:
-    """Strip names and reject empty lists, empty names and duplicates with a message saying which."""
-    if isinstance(names, str):
-        raise TypeError(f"class names must be a list of strings, got the single string {names!r}")
-    names = list(names)  # a generator would be used up by the type check below
-    bad = [(i, n) for i, n in enumerate(names) if not isinstance(n, str)]
-    if bad:  # str(None) == "None" would silently become a class
-        i, n = bad[0]
-        raise TypeError(f"class names must be strings; position {i} holds the {type(n).__name__} {n!r}")
-    cleaned = [n.strip() for n in names]
-    if not cleaned:
-        raise ValueError("the class list is empty: give at least one class name")
-    empty = [i for i, n in enumerate(cleaned) if not n]
-    if empty:
-        raise ValueError(f"class name(s) at position(s) {empty} are empty")
-    seen: dict[str, int] = {}
-    for i, n in enumerate(cleaned):
-        if n in seen:
-            raise ValueError(f"class name {n!r} appears twice (positions {seen[n]} and {i}); names must be unique")
-        seen[n] = i
-    return cleaned
 
 
 def _weights_signature(module: torch.nn.Module) -> tuple:

@@ -64,6 +64,7 @@ moved by more than 0.04 points down to `fixed_iters=10`; at 5 the fully supervis
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -123,8 +124,14 @@ class SinkhornInfo:
     fallback: bool = False
 
 
-_recorders: list[list[SinkhornInfo]] = []
-_overrides: list[dict[str, Any]] = []
+# Per-context state (contextvars, not module globals): a recorder or an override opened in one thread or task
+# (e.g. one request of the web server) is not seen by calls made in another.
+_RECORDERS: contextvars.ContextVar[tuple[list[SinkhornInfo], ...]] = contextvars.ContextVar(
+    "otseg_sinkhorn_recorders", default=()
+)
+_OVERRIDES: contextvars.ContextVar[tuple[dict[str, Any], ...]] = contextvars.ContextVar(
+    "otseg_sinkhorn_overrides", default=()
+)
 
 
 @contextlib.contextmanager
@@ -139,11 +146,11 @@ def record_sinkhorn_calls() -> Iterator[list[SinkhornInfo]]:
         >>> [c.iterations for c in calls]
     """
     calls: list[SinkhornInfo] = []
-    _recorders.append(calls)
+    token = _RECORDERS.set((*_RECORDERS.get(), calls))
     try:
         yield calls
     finally:
-        _recorders.remove(calls)
+        _RECORDERS.reset(token)
 
 
 @contextlib.contextmanager
@@ -151,7 +158,9 @@ def sinkhorn_overrides(**settings: Any) -> Iterator[None]:
     """Override the settings of every `sinkhorn` call inside the block, whatever its caller passed.
 
     Accepted keys: `max_iter`, `thresh`, `check_every`, `fixed_iters`, `update`, `backward`. This is how a faster
-    mode is applied to a whole model without changing its config, e.g.
+    mode is applied to a whole model without changing its config. The overrides belong to the current thread
+    or task (a `contextvars` context), so concurrent requests do not see each other's. Code compiled with
+    `torch.compile` (or exported) keeps the overrides in force when it was traced. E.g.
 
         >>> with sinkhorn_overrides(fixed_iters=20):      # no check in the loop, 20 iterations per call
         ...     scores = model.predict_scores(images)
@@ -160,11 +169,11 @@ def sinkhorn_overrides(**settings: Any) -> Iterator[None]:
     unknown = sorted(set(settings) - allowed)
     if unknown:
         raise TypeError(f"unknown sinkhorn setting(s) {unknown}; valid: {sorted(allowed)}")
-    _overrides.append(dict(settings))
+    token = _OVERRIDES.set((*_OVERRIDES.get(), dict(settings)))
     try:
         yield
     finally:
-        _overrides.pop()
+        _OVERRIDES.reset(token)
 
 
 # ------------------------------------------------------------------------------------------------ problem set-up
@@ -491,10 +500,26 @@ def _resolve_check_every(check_every: CheckEvery, device: torch.device) -> Check
     return check_every
 
 
+@torch.compiler.assume_constant_result
+def _override_items() -> tuple[tuple[str, Any], ...]:
+    """The `sinkhorn_overrides` in force, merged, as plain items. torch.compile / torch.export cannot trace
+    `ContextVar.get`; marked as a constant result, this runs eagerly when a graph is traced and the overrides
+    of that moment are baked into the graph (as the ONNX export needs)."""
+    merged: dict[str, Any] = {}
+    for override in _OVERRIDES.get():
+        merged.update(override)
+    return tuple(merged.items())
+
+
 def _apply_overrides(settings: dict[str, Any]) -> dict[str, Any]:
-    for override in _overrides:
-        settings.update(override)
+    settings.update(dict(_override_items()))
     return settings
+
+
+def _default_update(unrolled: bool) -> str:
+    """The update rule when none is asked for, the same for `sinkhorn` and `sinkhorn_potentials`: the scaling
+    update, or the literal reference loop where gradients flow through the iterations (unrolled)."""
+    return "reference" if unrolled else "scaling"
 
 
 # ------------------------------------------------------------------------------------------------ implicit backward
@@ -593,6 +618,8 @@ def sinkhorn_potentials(
     prob = _prepare(cost, eps, mu, nu)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (cost, mu, nu))
     if update is None:
+        # Not `sinkhorn`'s default ("scaling"): the potentials' golden parity test pins the reference's own
+        # stopping statistic, rounding noise included, which only the literal loop reproduces.
         update = "reference"
     if update == "scaling" and needs_grad:
         raise ValueError("update='scaling' is not differentiable through its iterations; use 'reference' or 'log'")
@@ -667,7 +694,7 @@ def sinkhorn(
     grad_marginals = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (mu, nu))
     if grad_marginals:
         backward = "unrolled"
-    update = settings["update"] or ("reference" if backward == "unrolled" else "scaling")
+    update = settings["update"] or _default_update(unrolled=backward == "unrolled")
     if backward == "unrolled" and update == "scaling" and (grad_cost or grad_marginals):
         raise ValueError("backward='unrolled' needs update='reference' or 'log' (the scaling update is in place)")
 
@@ -689,12 +716,19 @@ def sinkhorn(
             with torch.no_grad():
                 plan = solve()
             used_backward = None
-    if _recorders:
-        _record(prob, plan, result, used_backward)
+    recorders = () if _is_compiling() else _RECORDERS.get()  # (nor can a compiled region record its calls)
+    if recorders:
+        _record(prob, plan, result, used_backward, recorders)
     return plan
 
 
-def _record(prob: _Problem, plan: Tensor, result: dict[str, Any], used_backward: str | None) -> None:
+def _record(
+    prob: _Problem,
+    plan: Tensor,
+    result: dict[str, Any],
+    used_backward: str | None,
+    recorders: tuple[list[SinkhornInfo], ...],
+) -> None:
     run: _Run = result["run"]
     with torch.no_grad():
         p, m, _ = plan.shape
@@ -712,5 +746,5 @@ def _record(prob: _Problem, plan: Tensor, result: dict[str, Any], used_backward:
         backward=used_backward,
         fallback=result["fallback"],
     )
-    for rec in _recorders:
+    for rec in recorders:
         rec.append(info)

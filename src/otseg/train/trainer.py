@@ -26,17 +26,20 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from otseg.model.checkpoint import checkpoint_digest, verify_training_digest
+from otseg.model.config import Validated
 from otseg.train.distributed import DistInfo, all_reduce_mean, barrier
+from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr
-from otseg.utils import atomic_torch_save, atomic_write_text, is_atomic_temp_file
+from otseg.utils import atomic_torch_save, atomic_write_text, describe_write_failure, is_atomic_temp_file
 
 __all__ = [
     "REFERENCE_ITERS",
@@ -64,8 +67,20 @@ class BadSampleError(ValueError):
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings (defaults = the reference's effective recipe, spec section 4.3)."""
+class TrainConfig(Validated):
+    """Optimisation and bookkeeping settings (defaults = the reference's effective recipe, spec section 4.3).
+
+    Validated when built: a bad value raises one ValueError naming `train.KEY`, the value and what is valid.
+    """
+
+    _section: ClassVar[str] = "train."
+    _positive: ClassVar[tuple[str, ...]] = (
+        "max_iters", "batch_size", "grad_accum", "lr", "checkpoint_interval", "keep_checkpoints", "log_interval",
+    )  # fmt: skip
+    _non_negative: ClassVar[tuple[str, ...]] = (
+        "backbone_lr_mult", "weight_decay", "min_lr", "power", "warmup_iters", "warmup_ratio", "eval_interval",
+        "keep_every", "num_workers", "seed",
+    )  # fmt: skip
 
     max_iters: int = 20000
     batch_size: int = 4  # per process; the reference used 4 per GPU on 4 GPUs (global batch 16)
@@ -96,6 +111,10 @@ class TrainConfig:
     # With "skip", stop anyway once more than this share of the samples read for one micro-batch, or of the
     # distinct samples of the dataset, is bad: the data is broken, not a stray file.
     max_bad_fraction: float = 0.5
+
+    def _check(self) -> None:
+        if not 0.0 < self.max_bad_fraction <= 1.0:
+            raise self._fail("max_bad_fraction", self.max_bad_fraction, "a fraction in (0, 1]")
 
 
 def find_latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
@@ -313,11 +332,15 @@ class Trainer:
         }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        model_state = self._trainable_state()
+        class_embeddings = self.model.class_embeddings.detach().cpu()
         return {
             "format": "otseg-train",
             "step": self.step,
-            "model": self._trainable_state(),
-            "class_embeddings": self.model.class_embeddings.detach().cpu(),
+            "model": model_state,
+            "class_embeddings": class_embeddings,
+            # Loading verifies it: a checkpoint with flipped bytes is refused instead of silently used.
+            "sha256": checkpoint_digest(model_state, class_embeddings),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_to_plain(rng),
@@ -376,6 +399,10 @@ class Trainer:
                 "the weights are class-agnostic, so that alone would not matter)"
             )
         check_state_dict_fits(self.model, state, f"checkpoint {p}", fix=fix)
+        try:  # after the fit check, so that edited keys are named rather than only caught
+            verify_training_digest(ckpt, f"checkpoint {p}")
+        except ValueError as e:
+            raise _UnreadableCheckpoint(str(e)) from None
         self.model.load_state_dict(state, strict=False)  # strict=False: the frozen text tower is never saved
         if weights_only_init:
             return
@@ -457,8 +484,12 @@ class Trainer:
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
             return
-        with open(self.work_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        path = self.work_dir / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:  # a full disk: name the file, not only "[Errno 28]"
+            raise OSError(f"cannot write {path}: {describe_write_failure(e, self.work_dir)}") from None
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -466,6 +497,18 @@ class Trainer:
 
     def train(self, resume: str | None = None) -> dict[str, Any]:
         """Run to `cfg.max_iters`. `resume`: None, "auto" (latest in work_dir if any), or a checkpoint path."""
+        # One trainer per work dir: a second one refuses here, naming the PID that holds it, before it writes.
+        lock = WorkDirLock(self.work_dir).acquire() if self.dist.is_main else None
+        try:
+            if lock is not None and lock.took_over is not None:
+                self._warn(f"took over the lock of an earlier run (PID {lock.took_over}, no longer running)")
+            return self._train_locked(resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _train_locked(self, resume: str | None) -> dict[str, Any]:
+        """`train`, with the work dir's lock held."""
         cfg = self.cfg
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if cfg.deterministic:

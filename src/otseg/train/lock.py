@@ -1,0 +1,123 @@
+"""One trainer per work dir: a lock file holding the owner's PID.
+
+`otseg train` takes `WORK_DIR/train.lock` before it writes anything there. The lock is an advisory `flock` on
+that file (released by the kernel when the process ends, however it ends), and the file holds the owner's PID
+and host, so a second trainer can say who holds the directory. A lock file left by a killed run is free (its
+`flock` went with the process) and is simply taken over. Where `fcntl` does not exist (Windows), the PID in the
+file decides: a lock whose process is no longer running is taken over.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from types import TracebackType
+
+try:  # POSIX
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["LOCK_NAME", "WorkDirBusyError", "WorkDirLock"]
+
+LOCK_NAME = "train.lock"
+
+
+class WorkDirBusyError(ValueError):
+    """Another live process holds the work dir's lock."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _read_owner(path: Path) -> tuple[int, str]:
+    """(PID, host) written in a lock file; (0, "") when it holds nothing readable."""
+    try:
+        fields = path.read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        return 0, ""
+    try:
+        pid = int(fields[0]) if fields else 0
+    except ValueError:
+        pid = 0
+    return pid, fields[1] if len(fields) > 1 else ""
+
+
+class WorkDirLock:
+    """Exclusive ownership of a training work dir for the life of this object (a context manager).
+
+    Attributes:
+        path: the lock file, `work_dir/train.lock`.
+        took_over: the PID of a dead previous owner whose lock was taken over, else None.
+    """
+
+    def __init__(self, work_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(work_dir) / LOCK_NAME
+        self.took_over: int | None = None
+        self._fd: int | None = None
+
+    def acquire(self) -> WorkDirLock:
+        """Take the lock or raise `WorkDirBusyError` naming the PID that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        previous_pid, _ = _read_owner(self.path)
+        if fcntl is not None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                pid, host = _read_owner(self.path)
+                raise self._busy(pid or previous_pid, host) from None
+        else:  # pragma: no cover - Windows: O_EXCL creation, the PID decides staleness
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                pid, host = _read_owner(self.path)
+                if _pid_alive(pid) or (host and host != socket.gethostname()):
+                    raise self._busy(pid, host) from None
+                self.path.unlink(missing_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        if previous_pid and previous_pid != os.getpid():
+            self.took_over = previous_pid
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def _busy(self, pid: int, host: str) -> WorkDirBusyError:
+        who = f"PID {pid}" + (f" on {host}" if host and host != socket.gethostname() else "") if pid else "a process"
+        return WorkDirBusyError(
+            f"work dir {self.path.parent} is in use by another otseg train ({who}, lock file {self.path}); wait for "
+            "it to finish, stop it, or give another --work-dir"
+        )
+
+    def release(self) -> None:
+        """Give the lock up and remove the lock file."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)  # closing the descriptor drops the flock
+
+    def __enter__(self) -> WorkDirLock:
+        return self.acquire()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

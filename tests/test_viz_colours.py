@@ -1,0 +1,35 @@
+"""Class colours follow colour words in the names; other classes keep distinct palette hues."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from otseg.viz import class_colours, colorize, palette, palette_label_image
+
+
+def test_colour_words_give_their_colour() -> None:
+    names = ["red striped", "blue dotted", "cat", "Dark Green car", "grey wall"]
+    colours = class_colours(names).astype(int)
+    r, g, b = colours[0]
+    assert r > 180 and g < 80 and b < 80  # red
+    r, g, b = colours[1]
+    assert b > 180 and r < 80  # blue
+    r, g, b = colours[3]
+    assert g > 140 and r < 80 and b < 100  # green, whatever the case and other words
+    assert len(set(colours[4])) == 1  # grey
+    np.testing.assert_array_equal(colours[2], palette(5)[2])  # no colour word: the palette's hue
+
+
+def test_repeated_colour_words_stay_distinguishable() -> None:
+    colours = class_colours(["red striped", "red dotted", "red checkered"]).astype(int)
+    assert len({tuple(c) for c in colours}) == 3
+    assert all(c[0] > c[1] and c[0] > c[2] for c in colours)  # all still red
+
+
+def test_label_images_and_overlays_use_the_names() -> None:
+    labels = np.array([[0, 1], [1, 0]])
+    rgb = colorize(labels, ["yellow sky", "blue sea"])
+    assert tuple(rgb[0, 0]) == (240, 210, 40) and tuple(rgb[0, 1]) == (40, 90, 225)
+    img = palette_label_image(labels, 2, ["yellow sky", "blue sea"])
+    assert img.getpalette()[:6] == [240, 210, 40, 40, 90, 225]
+    assert np.array_equal(colorize(labels, 2), colorize(labels, ["a", "b"]))  # a count alone: the palette
