@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from otseg.data.datasets import _ALIASES, _DECODE_ERRORS, PREPARE_HINTS, build_dataset
+from otseg.data.datasets import _ALIASES, PREPARE_HINTS, build_dataset
 
 __all__ = [
     "EXPECTED_COUNTS",
@@ -207,7 +207,7 @@ def check_dataset(
             except ValueError as exc:
                 check.error(f"{' '.join(str(exc).split())}; the labels are not in the layout's id convention: "
                             f"{_prepare_fix(dataset, root)}")  # fmt: skip
-            except (FileNotFoundError, *_DECODE_ERRORS) as exc:
+            except OSError as exc:  # the readers name the file: missing, corrupt, over the cap
                 check.error(f"{' '.join(str(exc).split())}; {_prepare_fix(dataset, root)}")
     return check
 
