@@ -164,14 +164,14 @@ class Predictor:
         """Load a predictor.
 
         Args:
-            name_or_path: "demo" (the built-in miniature model: trained on first use, a few minutes on a CPU,
-                then cached), a folder written by `save_pretrained`/`otseg convert`, a training checkpoint
+            name_or_path: "demo" (the built-in miniature model, shipped with otseg: unpacked into the cache on
+                first use, in seconds), a folder written by `save_pretrained`/`otseg convert`, a training checkpoint
                 `iter_N.pt`, or a reference release `.pth` (needs `preset`).
             clip: OpenAI CLIP weights (e.g. ViT-B-16.pt) for the text tower, when the file holds none (training
                 checkpoints and reference releases do not); needed to name new classes.
             preset: the preset a reference `.pth` was trained with (e.g. "voc12-inductive").
             allow_pickle: allow pickled objects in old checkpoint files (only for files you trust).
-            progress: progress bars when the demo model is built.
+            progress: progress bars when the demo model has to be built (only for a non-default recipe).
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
         """
