@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from otseg.demo.run import DemoSettings, _row, demo_datasets
+from otseg.demo.presets import DemoSettings
+from otseg.demo.run import _row
+from otseg.demo.training import demo_datasets
 from otseg.demo.world import world_dir
 from otseg.eval.evaluate import evaluate
 from otseg.model.loading import load_model
