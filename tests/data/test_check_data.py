@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from fake_layouts import make_coco_stuff, make_voc, write_label
 
+from conftest import tiny_train_args
 from otseg.cli import main
 from otseg.data.check import check_dataset, check_preset
-from train.test_train_cli import train_args
 
 
 def _check(root: Path, capsys, preset: str = "voc12-inductive") -> tuple[int, list[str]]:
@@ -94,7 +94,7 @@ def test_cross_dataset_presets_check_only_the_target_val_split(tmp_path):
 def test_train_and_eval_stop_at_start_up_on_a_broken_layout(tmp_path, capsys):
     root = make_voc(tmp_path / "data")
     (root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "trainaug.txt").unlink()
-    rc = main(["train", *train_args("voc12-inductive", root, tmp_path / "wd", max_iters=2)])
+    rc = main(["train", *tiny_train_args("voc12-inductive", root, tmp_path / "wd", max_iters=2)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "trainaug.txt" in err and "otseg prepare voc12" in err
     assert not (tmp_path / "wd" / "iter_2.pt").exists()
@@ -102,7 +102,7 @@ def test_train_and_eval_stop_at_start_up_on_a_broken_layout(tmp_path, capsys):
 
 def test_train_start_up_notes_warmup_batch_and_transductive_init(tmp_path, capsys):
     root = make_voc(tmp_path / "data")
-    args = train_args("voc12-inductive", root, tmp_path / "wd", max_iters=2)
+    args = tiny_train_args("voc12-inductive", root, tmp_path / "wd", max_iters=2)
     args += ["--set", "train.warmup_iters=1500"]  # the preset's warm-up, longer than the run
     assert main(["train", *args]) == 0
     out = capsys.readouterr().out
@@ -110,7 +110,7 @@ def test_train_start_up_notes_warmup_batch_and_transductive_init(tmp_path, capsy
     assert "global batch 2 = 1 process(es) x 2 images x 1 accumulation step(s); the reference used 16" in out
     assert "torchrun --nproc_per_node=8" in out and "--set train.grad_accum=8" in out
 
-    trans = train_args("voc12-transductive", root, tmp_path / "trans", max_iters=2)
+    trans = tiny_train_args("voc12-transductive", root, tmp_path / "trans", max_iters=2)
     assert main(["train", *trans]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1

@@ -81,3 +81,11 @@ def test_the_shipped_pack_is_the_default_recipe_and_intact():
     cfg = TinyClipConfig()
     assert (vision.width, vision.layers, vision.patch_size) == (cfg.vision_width, cfg.vision_layers, cfg.patch_size)
     assert (text.width, text.layers, text.output_dim) == (cfg.text_width, cfg.text_layers, cfg.embed_dim)
+
+
+def test_temperature_is_held_at_clips_clamp():
+    """The logit scale starts at CLIP's clamp of 100 and, by default, is not trained (see TinyClipConfig)."""
+    model, _ = train_tiny_clip(WORLD, CLIP, progress=False)
+    assert float(model.logit_scale.exp()) == pytest.approx(100.0, rel=1e-6)
+    learnt, _ = train_tiny_clip(WORLD, dataclasses.replace(CLIP, learn_logit_scale=True), progress=False)
+    assert float(learnt.logit_scale.exp()) != pytest.approx(100.0, rel=1e-6)

@@ -150,3 +150,31 @@ def test_no_unseen_pixels_reach_the_inductive_loss(world, monkeypatch):
         for k, c in enumerate(seen_ids()):  # seen pixels keep their class, renumbered among the seen
             assert bool((targets[raw == c] == k).all())
     assert unseen_pixels > 0  # the batches did contain unseen objects, so the check above was not vacuous
+
+
+def test_captions_give_the_template_words_their_visual_meaning():
+    """"portrait" is a close-up, "segment" under half visible, "part" 50-80 % visible, size words whole objects by
+    size; the held-out split has seen classes only."""
+    from otseg.demo.world import object_phrase, seen_ids
+
+    seen_words: set[str] = set()
+    rng = np.random.default_rng(0)
+    for _, image, label, objects, _ in iter_split(WorldConfig(seed=0, num_pretrain=400), "pretrain"):
+        for o in objects:
+            phrase = object_phrase(rng, o)
+            seen_words.update(phrase.split())
+            area = int((label == o.class_id).sum())
+            assert abs(o.visible - area / o.full_area) < 1e-9
+            if phrase.startswith("a portrait of"):
+                assert o.portrait and len(objects) == 1 and area > 0.2 * image.shape[0] * image.shape[1]
+            elif phrase.startswith("a segment of"):
+                assert o.visible < 0.5
+            elif phrase.startswith("a part of"):
+                assert 0.5 <= o.visible < 0.8
+            elif phrase.split()[0] in ("small", "medium", "large"):
+                assert o.visible >= 0.8
+                assert phrase.split()[0] == ("small" if o.size < 20 else "large" if o.size > 30 else "medium")
+    assert {"portrait", "segment", "part", "small", "medium", "large"} <= seen_words
+    held_out = {int(v) for _, _, label, _, _ in iter_split(WorldConfig(num_holdout=30), "holdout") for v in
+                np.unique(label) if v != 255}  # fmt: skip
+    assert held_out and held_out <= set(seen_ids())

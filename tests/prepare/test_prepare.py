@@ -12,10 +12,9 @@ from official_downloads import make_ade20k, make_coco, make_context, make_sbd, m
 from PIL import Image
 
 import otseg
-from conftest import golden_file
+from conftest import TINY_SEGMENTOR, golden_file, tiny_train_args
 from otseg.cli import main
 from otseg.model.checkpoint import save_pretrained
-from train.test_train_cli import TINY, train_args
 
 pytest.importorskip("scipy")
 
@@ -41,7 +40,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 def _train_and_eval(preset: str, root: Path, tmp_path: Path, capsys) -> dict:
     wd = tmp_path / f"run-{preset}"
-    assert main(["train", *train_args(preset, root, wd, max_iters=2, log_interval=1)]) == 0
+    assert main(["train", *tiny_train_args(preset, root, wd, max_iters=2, log_interval=1)]) == 0
     out_json = tmp_path / f"eval-{preset}.json"
     assert main(["eval", "--checkpoint", str(wd / "iter_2.pt"), "--data-root", str(root), "--out", str(out_json)]) == 0
     capsys.readouterr()
@@ -144,7 +143,7 @@ def test_ade20k_copied_unchanged_and_read_by_the_cross_dataset_preset(tmp_path, 
 
     # ADE20K is only a cross-dataset target: a tiny coco-to-ade20k model (the 150 names embedded by the golden
     # tiny CLIP's text tower) is scored on it by otseg eval.
-    tiny = dict(item.split("=", 1) for item in TINY)
+    tiny = {**TINY_SEGMENTOR, "vision.heads": 1}
     model = otseg.build_model("coco-to-ade20k", clip=golden_file("openai_clip_jit.pt"), **tiny)
     model.set_classes(model.class_names)
     save_pretrained(model, tmp_path / "tiny-coco-to-ade20k")
