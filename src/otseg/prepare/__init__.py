@@ -63,7 +63,7 @@ def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
         "val2017.zip + stuffthingmaps_trainval2017.zip; ade20k: ADEChallengeData2016.zip. Each may also be the "
         "folder the archive extracts to. Re-running skips finished files (an interrupted run resumes).",
     )
-    p.add_argument("dataset", choices=DATASETS)
+    p.add_argument("dataset", choices=DATASETS, help=f"the dataset to prepare: {', '.join(DATASETS)}")
     p.add_argument("--src", required=True, help="folder holding the downloads (archives or extracted folders)")
     p.add_argument("--data-root", required=True, help="output root (the --data-root of train / eval / check-data)")
     p.add_argument("--workers", type=int, help="conversion processes (default: min(8, CPUs); 0 = this process)")

@@ -54,7 +54,7 @@ def add_weights_parser(sub: argparse._SubParsersAction) -> None:
         help="the files to download (CLIP, reference checkpoints/embeddings, dataset archives): list, verify, fetch",
         description="Known downloadable files: where each is published and how to recognise it.",
     )
-    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND")
+    wsub = p.add_subparsers(dest="weights_command", required=True, metavar="SUBCOMMAND", help="list, verify or fetch")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--registry", help="another registry JSON (default: the one shipped with otseg)")
     common.add_argument("--no-progress", action="store_true", help="no progress bars")
