@@ -134,7 +134,7 @@ def demo_data_config(model_cfg: ModelConfig) -> DataConfig:
 class DemoRecipe:
     """Training lengths of the demo (one recipe for every method)."""
 
-    iters: int = 1200  # inductive and fully supervised; transductive runs half, from the inductive weights
+    iters: int = 1600  # inductive and fully supervised; transductive runs half, from the inductive weights
     batch_size: int = 8
     # The head's lr is 10x the reference's 2e-4, as the demo trains 1200 iterations where the reference trains
     # 20k-80k. The VPT prompts keep the reference's 2e-4: at 2e-3 they disturb the frozen tower's features
