@@ -136,7 +136,7 @@ class DemoRecipe:
 
     iters: int = 1600  # inductive and fully supervised; transductive runs half, from the inductive weights
     batch_size: int = 8
-    # The head's lr is 10x the reference's 2e-4, as the demo trains 1200 iterations where the reference trains
+    # The head's lr is 10x the reference's 2e-4, as the demo trains 1600 iterations where the reference trains
     # 20k-80k. The VPT prompts keep the reference's 2e-4: at 2e-3 they disturb the frozen tower's features
     # faster than the head learns to read them (the ZegCLIP-style head then stayed at chance for 500+ steps).
     lr: float = 2e-3
