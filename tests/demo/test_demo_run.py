@@ -184,3 +184,15 @@ def test_shipped_demo_model_matches_the_default_recipe():
 
     assert SHIPPED_MODEL.is_file()
     assert _pack_metadata(SHIPPED_MODEL)["key"] == demo_model_key(DemoSettings.full(0))
+
+
+def test_every_seed_uses_the_shipped_tiny_clip():
+    """--seed varies the world and the runs, never the CLIP: every seed's settings name the shipped pack's recipe."""
+    from otseg.demo.presets import DemoSettings
+    from otseg.demo.tiny_clip import SHIPPED_PACK, _pack_metadata
+
+    shipped = _pack_metadata(SHIPPED_PACK)["key"]
+    for seed in (0, 1, 7):
+        settings = DemoSettings.full(seed)
+        assert settings.world.seed == seed
+        assert settings.clip.key(settings.world) == shipped

@@ -185,13 +185,15 @@ class DemoSettings:
 
     @classmethod
     def full(cls, seed: int = 0) -> DemoSettings:
-        return cls(WorldConfig(seed=seed), TinyClipConfig(seed=seed), DemoRecipe())
+        """The default sizes; `seed` varies the world and the training runs. The tiny CLIP is one fixed model
+        (its own seed, 0), as OpenAI's CLIP is one model for every experiment: the shipped one."""
+        return cls(WorldConfig(seed=seed), TinyClipConfig(), DemoRecipe())
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:
         """A smoke-test size (seconds): the same code paths, meaningless numbers."""
         return cls(
             WorldConfig(seed=seed, num_train=12, num_val=6, num_holdout=4, num_pretrain=64),
-            TinyClipConfig(seed=seed, steps=2, batch_size=16),
+            TinyClipConfig(steps=2, batch_size=16),
             DemoRecipe(iters=4, batch_size=2, warmup_iters=1, eval_points=2),
         )
