@@ -699,9 +699,10 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         "demo",
         help="run the miniature zero-shot benchmark end to end on the CPU (no downloads)",
         description="Generate a miniature zero-shot segmentation world, load the tiny CLIP pretrained on its captions "
-        "(shipped with otseg), train ZegCLIP-style and OTSeg models (inductive, transductive, fully supervised), "
-        "evaluate them and a control, print the table and write results.json and pictures. About 11 minutes on "
-        "2 CPU cores.",
+        "(shipped with otseg), print the world card (the properties that make the miniature resemble the real "
+        "problem), train ZegCLIP-style and OTSeg models (inductive, transductive, fully supervised), evaluate them, "
+        "a training-free row and a control, print the table and write results.json, curves and pictures. About 11 "
+        "minutes on 2 CPU cores.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of every training run (default: 0)")
