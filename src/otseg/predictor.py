@@ -334,24 +334,6 @@ def _saved_vocabulary(path: str | os.PathLike) -> list[str] | None:
     return None
 
 
-def _words(name: str) -> list[str]:
-    return re.findall(r"[a-z]+", name.lower())
-
-
-def _saved_vocabulary(path: str | os.PathLike) -> list[str] | None:
-    """The `vocabulary` a model folder's config.json declares, if any."""
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return None
-    try:
-        vocabulary = json.loads(config.read_text(encoding="utf-8")).get("vocabulary")
-    except (OSError, ValueError, AttributeError):
-        return None  # load_model has read this file already: a problem here only means no vocabulary check
-    if isinstance(vocabulary, list) and all(isinstance(w, str) for w in vocabulary):
-        return vocabulary
-    return None
-
-
 def default_class_names(name_or_path: str | os.PathLike, preset: str | None = None) -> list[str]:
     """Class names of a model without building it when that is cheap: "demo", a preset name, or a model file."""
     from otseg.model.presets import list_presets

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from otseg.clip.loading import read_clip_state_dict
 from otseg.demo.presets import DemoSettings
-from otseg.demo.tiny_clip import state_digest, tiny_clip_path
+from otseg.demo.tiny_clip import _pack_metadata, compare_with_shipped, state_digest, tiny_clip_path
 from otseg.demo.training import demo_datasets, train_demo_model
 from otseg.demo.world import caption_vocabulary, demo_cache_root, world_dir
 from otseg.model.build import load_clip_into
@@ -118,11 +118,6 @@ def pack_demo_model(model: OTSeg, settings: DemoSettings, clip_state: dict[str, 
     return tensors, metadata
 
 
-def _pack_metadata(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
 def unpack_demo_model(path: str | os.PathLike, clip_state: dict[str, Tensor]) -> tuple[OTSeg, dict[str, Any]]:
     """Rebuild the demo model from a pack and the tiny CLIP, checked against the pack's SHA-256 -> (model, extra)."""
     path = Path(path)
@@ -198,17 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     tensors, metadata = pack_demo_model(model, cfg, clip_state)
     save_file(tensors, args.out, metadata=metadata)
     print(f"wrote {args.out}: SHA-256 of the model {metadata['sha256']}")
-    if not SHIPPED_MODEL.is_file():
-        print(f"no shipped pack at {SHIPPED_MODEL} to compare with")
-        return 0
-    shipped = _pack_metadata(SHIPPED_MODEL)
-    if shipped.get("key") != metadata["key"]:
-        print(f"the shipped pack is for another recipe (key {shipped.get('key')}, this one {metadata['key']})")
-        return 1
-    same = shipped.get("sha256") == metadata["sha256"]
-    differs = f"DIFFERS from the shipped pack ({shipped['sha256']})"
-    print("identical to the shipped pack, bit for bit" if same else differs)
-    return 0 if same else 1
+    return compare_with_shipped(metadata, SHIPPED_MODEL)
 
 
 if __name__ == "__main__":

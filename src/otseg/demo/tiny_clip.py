@@ -439,19 +439,22 @@ def main(argv: list[str] | None = None) -> int:
     save_file(tensors, args.out, metadata=metadata)
     print(f"wrote {args.out}: SHA-256 of the state dict {metadata['sha256']}")
     print(f"zero-shot single-object accuracy: {info['zero_shot']}")
-    if not SHIPPED_PACK.is_file():
-        print(f"no shipped pack at {SHIPPED_PACK} to compare with")
+    return compare_with_shipped(metadata, SHIPPED_PACK)
+
+
+def compare_with_shipped(metadata: dict[str, str], shipped_path: Path) -> int:
+    """Print whether a rebuilt pack (its metadata) is bit for bit the shipped one at `shipped_path`; the exit
+    status of a rebuild command: 0 when identical (or nothing is shipped), 1 otherwise."""
+    if not shipped_path.is_file():
+        print(f"no shipped pack at {shipped_path} to compare with")
         return 0
-    shipped = _pack_metadata(SHIPPED_PACK)
+    shipped = _pack_metadata(shipped_path)
     if shipped.get("key") != metadata["key"]:
         print(f"the shipped pack is for another recipe (key {shipped.get('key')}, this one {metadata['key']})")
         return 1
     same = shipped.get("sha256") == metadata["sha256"]
-    print(
-        "identical to the shipped pack, bit for bit"
-        if same
-        else f"DIFFERS from the shipped pack ({shipped.get('sha256')})"
-    )
+    differs = f"DIFFERS from the shipped pack ({shipped.get('sha256')})"
+    print("identical to the shipped pack, bit for bit" if same else differs)
     return 0 if same else 1
 
 
