@@ -80,7 +80,7 @@ def load_golden(name: str) -> dict:
 
 def golden_segmentor_config(setting: str = "inductive"):
     """The architecture, classes and slide settings of the golden tiny segmentor (`segmentor.pt`), dropout off."""
-    from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
+    from otseg.config import HeadConfig, ModelConfig, VisionConfig
 
     ref = load_golden("segmentor.pt")["config"]["inductive"]
     b, h, test = ref["backbone"], ref["decode_head"], ref["test_cfg"]
@@ -116,7 +116,7 @@ def make_tiny_model(seed: int = 0, with_text: bool = True, setting: str = "induc
     import dataclasses
 
     from otseg.clip.text import TextEncoder
-    from otseg.model.config import TextConfig
+    from otseg.config import TextConfig
     from otseg.model.segmentor import OTSeg
 
     base = golden_segmentor_config(setting)

@@ -15,6 +15,7 @@ import torch
 
 from conftest import golden_file, golden_segmentor_config, load_golden
 from otseg import OTSeg
+from otseg.config import ModelConfig
 from otseg.export import (
     add_export_parser,
     cmd_export,
@@ -25,7 +26,6 @@ from otseg.export import (
     onnx_slide_inference,
 )
 from otseg.model.checkpoint import convert_reference_state_dict, save_pretrained
-from otseg.model.config import ModelConfig
 from otseg.ops.sinkhorn import sinkhorn_overrides
 
 ort = pytest.importorskip("onnxruntime")

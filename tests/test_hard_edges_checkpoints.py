@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from otseg import OTSeg
+from otseg.config import HeadConfig, ModelConfig, VisionConfig
 from otseg.model.checkpoint import load_pretrained, save_pretrained
-from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
 from otseg.model.loading import load_model
 from otseg.train.trainer import TrainConfig, Trainer, find_latest_checkpoint
 

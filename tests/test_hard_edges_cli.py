@@ -17,7 +17,7 @@ from fake_layouts import make_custom
 from conftest import golden_file, tiny_set_args
 from otseg import OTSeg
 from otseg.cli import main
-from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
+from otseg.config import HeadConfig, ModelConfig, VisionConfig
 from otseg.train.trainer import TrainConfig, Trainer
 
 CLASSES = ("sky", "tree", "road", "car")

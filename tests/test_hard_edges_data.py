@@ -17,9 +17,9 @@ from fake_layouts import make_custom, write_label
 from PIL import Image, ImageFile
 
 from otseg import OTSeg
+from otseg.config import HeadConfig, ModelConfig, VisionConfig
 from otseg.data.datasets import SegmentationDataset, build_dataset, read_image, read_label
 from otseg.eval.evaluate import evaluate
-from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
 from otseg.train.trainer import BadSampleError, TrainConfig, Trainer
 
 CLASSES = ("sky", "tree", "road", "car")

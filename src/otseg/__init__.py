@@ -1,8 +1,8 @@
 """otseg: OTSeg zero-shot semantic segmentation (Multi-Prompt Sinkhorn on CLIP) in modern PyTorch."""
 
+from otseg.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
 from otseg.model.build import build_model
 from otseg.model.checkpoint import load_pretrained, load_reference_checkpoint, save_pretrained
-from otseg.model.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings, load_class_embeddings

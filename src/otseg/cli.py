@@ -7,10 +7,42 @@ one).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+import otseg
+from otseg.benchmark import add_bench_parser
+from otseg.clip.text import TextEncoder
+from otseg.data.check import check_dataset, check_preset, require_usable
+from otseg.data.datasets import build_dataset, read_custom_classes
+from otseg.data.facts import DATASET_ALIASES, data_config_for, list_datasets
+from otseg.data.transforms import TestTransform, TrainTransform
+from otseg.demo.run import add_demo_parser
+from otseg.distributed import init_distributed, shutdown
+from otseg.eval.evaluate import evaluate
+from otseg.eval.metrics import format_markdown
+from otseg.eval.score import score_folders, write_results
+from otseg.export import add_export_parser
+from otseg.model.build import load_clip_into
+from otseg.model.checkpoint import (
+    load_reference_checkpoint,
+    map_reference_key,
+    read_reference_state_dict,
+    save_pretrained,
+)
+from otseg.model.presets import describe_preset, get_preset, list_presets
+from otseg.model_arguments import add_model_arguments, predictor_from_args
+from otseg.predictor import default_class_names
+from otseg.prepare import add_prepare_parser
+from otseg.segment import parse_class_list, segment_images
+from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
+from otseg.train.trainer import TrainConfig, Trainer, _seed_everything, default_train_config
+from otseg.validation import coerce_text as _coerce
+from otseg.web import add_serve_parser
+from otseg.weights.commands import add_weights_parser
 
 __all__ = ["main"]
 
@@ -27,7 +59,6 @@ def _parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------ presets
 def cmd_presets(args: argparse.Namespace) -> int:
-    from otseg.model.presets import describe_preset, list_presets
 
     if args.name:
         print(describe_preset(args.name))
@@ -51,8 +82,6 @@ def read_reference_key_table(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    import otseg
-    from otseg.model.checkpoint import map_reference_key
 
     model = otseg.build_model(args.preset, **_parse_overrides(args.set))
     groups = {"backbone (frozen CLIP)": 0, "backbone (VPT prompts)": 0, "head": 0}
@@ -107,17 +136,11 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ convert
 def cmd_convert(args: argparse.Namespace) -> int:
-    import otseg
-    from otseg.model.checkpoint import load_reference_checkpoint, read_reference_state_dict, save_pretrained
 
     model = otseg.build_model(args.preset, **_parse_overrides(args.set))
     if args.clip:
-        from otseg.model.build import load_clip_into
-
         load_clip_into(model, args.clip)
     elif args.keep_text_encoder:
-        from otseg.clip.text import TextEncoder
-
         ref_sd, _ = read_reference_state_dict(args.checkpoint, allow_pickle=args.allow_pickle)
         if not any(k.startswith("text_encoder.") for k in ref_sd):
             raise ValueError(f"{args.checkpoint} holds no text_encoder.* weights to keep")
@@ -147,7 +170,6 @@ def _split_overrides(items: Sequence[str] | None) -> tuple[dict[str, str], dict[
 
 
 def _class_embeddings_for(model, args: argparse.Namespace) -> None:
-    import otseg
 
     if getattr(args, "embeddings", None):
         model.set_class_embeddings(otseg.load_class_embeddings(args.embeddings))
@@ -165,7 +187,6 @@ def _custom_dataset_overrides(args: argparse.Namespace) -> dict:
     split.json, not from the preset (whose architecture and recipe are kept)."""
     if getattr(args, "dataset", None) != "custom":
         return {}
-    from otseg.data.datasets import read_custom_classes
 
     classes = read_custom_classes(args.data_root)
     setting = None
@@ -183,18 +204,6 @@ def _dataset_name(args: argparse.Namespace, model_cfg) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    import otseg
-    from otseg.data.check import require_usable
-    from otseg.data.config import data_config_for
-    from otseg.data.datasets import build_dataset
-    from otseg.data.transforms import TestTransform, TrainTransform
-    from otseg.eval.evaluate import evaluate
-    from otseg.model.config import _coerce
-    from otseg.train.distributed import init_distributed, shutdown
-    from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
-    from otseg.train.trainer import TrainConfig, Trainer, _seed_everything, default_train_config
 
     model_over, train_over = _split_overrides(args.set)
     model_over.update(_custom_dataset_overrides(args))
@@ -204,8 +213,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     _seed_everything(seed)
     model = otseg.build_model(args.preset, **model_over)
     if args.clip:
-        from otseg.model.build import load_clip_into
-
         load_clip_into(model, args.clip)
     elif not args.random_init:
         raise ValueError(
@@ -275,23 +282,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from otseg.data.check import require_usable
-    from otseg.data.config import data_config_for
-    from otseg.data.datasets import build_dataset
-    from otseg.data.transforms import TestTransform
-    from otseg.eval.evaluate import evaluate
-    from otseg.eval.metrics import format_markdown
-    from otseg.eval.score import write_results
-    from otseg.model.loading import load_model
-    from otseg.train.distributed import init_distributed, shutdown
-
     model_over, _ = _split_overrides(args.set)
     model_over.update(_custom_dataset_overrides(args))
-    model = load_model(args.checkpoint, preset=args.preset, overrides=model_over, allow_pickle=args.allow_pickle)
-    if args.clip:  # the text tower only: the checkpoint's backbone (trained prompts included) stays as loaded
-        from otseg.model.build import attach_clip_text_tower
-
-        attach_clip_text_tower(model, args.clip)
+    model = predictor_from_args(args, overrides=model_over).model
     if args.embeddings or not model.has_class_embeddings:
         _class_embeddings_for(model, args)
     dist_info = init_distributed(args.device)
@@ -324,9 +317,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ score
 def cmd_score(args: argparse.Namespace) -> int:
-    from otseg.eval.metrics import format_markdown
-    from otseg.eval.score import score_folders, write_results
-    from otseg.model.presets import get_preset
 
     cfg = get_preset(args.preset)
     metrics = score_folders(
@@ -340,28 +330,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ segment
-def _predictor_from_args(args: argparse.Namespace):
-    from otseg.predictor import Predictor
-
-    if args.checkpoint:
-        return Predictor.from_pretrained(
-            args.checkpoint,
-            device=args.device or "cpu",
-            clip=args.clip,
-            preset=args.preset,
-            allow_pickle=args.allow_pickle,
-            progress=not args.no_progress,
-        )
-    if args.clip:
-        raise ValueError("--clip goes with --checkpoint (the demo model has its own text tower)")
-    return Predictor.from_pretrained(args.model, device=args.device or "cpu", progress=not args.no_progress)
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    from otseg.segment import parse_class_list, segment_images
 
     names = parse_class_list(args.classes) if args.classes else None
-    predictor = _predictor_from_args(args)
+    predictor = predictor_from_args(args)
     if names is None:
         print(f"classes (the model's own, --classes to change): {', '.join(predictor.default_class_names)}")
     summary = segment_images(predictor, args.images, args.out, class_names=names, progress=not args.no_progress)
@@ -374,8 +346,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_classes(args: argparse.Namespace) -> int:
-    from otseg.model.presets import list_presets
-    from otseg.predictor import default_class_names
 
     model = args.model
     if model is None:
@@ -387,16 +357,34 @@ def cmd_classes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help="a built-in model: 'demo' (default; trained on first use)")
-    p.add_argument(
-        "--checkpoint", help="instead of --model: an otseg folder, an iter_N.pt from otseg train, or a reference .pth"
+# ------------------------------------------------------------------------------------------------ check-data
+def cmd_check_data(args: argparse.Namespace) -> int:
+    if args.preset:
+        check = check_preset(get_preset(args.preset), args.data_root, sample=args.sample)
+    elif not args.dataset:
+        raise ValueError("otseg check-data needs --preset NAME (e.g. voc12-inductive) or --dataset NAME")
+    else:
+        dataset = DATASET_ALIASES.get(args.dataset, args.dataset)
+        if dataset not in list_datasets():
+            raise ValueError(f"--dataset {args.dataset!r}: valid: {', '.join(list_datasets())}")
+        check = check_dataset(dataset, args.data_root, sample=args.sample)
+    print(check.report())
+    return 0 if check.usable else 1
+
+
+def _add_check_data_parser(sub: argparse._SubParsersAction) -> None:
+    """Register `otseg check-data`."""
+    p = sub.add_parser(
+        "check-data",
+        help="check the dataset a preset reads: folders, lists, image/label pairing, label values, counts",
+        description="Check the dataset layout a preset reads. Exit 0 when it is usable (counts that differ from "
+        "the official ones are warnings); otherwise each problem is printed on one line with its fix, exit 1.",
     )
-    p.add_argument("--clip", help="OpenAI CLIP weights (ViT-B-16.pt) for the text tower, to name any class")
-    p.add_argument("--preset", help="the preset a reference .pth was trained with (e.g. voc12-inductive)")
-    p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--allow-pickle", action="store_true", help="load old pickled checkpoints (trusted files only)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--preset", help="e.g. voc12-inductive (otseg presets lists them)")
+    p.add_argument("--dataset", help="instead of --preset: voc12, context59, coco_stuff164k or ade20k")
+    p.add_argument("--data-root", required=True, help="the --data-root given to otseg prepare / train / eval")
+    p.add_argument("--sample", type=int, default=6, help="label maps read per split (default 6)")
+    p.set_defaults(func=cmd_check_data)
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -406,8 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="OTSeg zero-shot semantic segmentation (Multi-Prompt Sinkhorn on CLIP ViT-B/16).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    from otseg.demo.run import add_demo_parser
 
     add_demo_parser(sub)
 
@@ -422,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated names, e.g. 'cat,sofa,wall', or a .txt file with one per line "
                    "(default: the model's own classes: otseg classes)")  # fmt: skip
     p.add_argument("--out", default="runs/segment", help="output folder (default: runs/segment)")
-    _add_model_arguments(p)
+    add_model_arguments(p)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser(
@@ -490,17 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a checkpoint on a dataset's validation split with the reference protocol (test-size "
         "resize, sliding windows, one dataset-wide confusion matrix) and write the metrics as JSON and Markdown.",
     )
-    p.add_argument("--preset", help="needed for reference .pth checkpoints (our formats carry their config)")
+    add_model_arguments(p, named=False, checkpoint_required=True, progress=False,
+                        device_help="cpu or cuda (default: cuda if available)")  # fmt: skip
     p.add_argument("--data-root", required=True, help="folder holding the dataset in mmsegmentation's layout")
-    p.add_argument("--checkpoint", required=True, help="otseg folder, iter_N.pt from otseg train, or reference .pth")
     p.add_argument("--embeddings", help="class embeddings file (e.g. voc12_otseg.npy)")
-    p.add_argument("--clip", help="OpenAI CLIP weights to embed the class names live")
     p.add_argument("--dataset", help="dataset layout if not the preset's")
     p.add_argument("--out", default="eval.json", help="results JSON (Markdown beside it)")
     p.add_argument("--limit", type=int, help="first N images only")
     p.add_argument("--save-predictions", help="folder for predicted label-map PNGs")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--allow-pickle", action="store_true", help="load with pickle (trusted files only)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     p.set_defaults(func=cmd_eval)
 
@@ -521,20 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_score)
 
-    from otseg.benchmark import add_bench_parser
-    from otseg.export import add_export_parser
-    from otseg.web import add_serve_parser
-
     add_bench_parser(sub)
     add_export_parser(sub)
     add_serve_parser(sub)
 
-    from otseg.data.check import add_check_data_parser
-    from otseg.prepare import add_prepare_parser
-    from otseg.weights.commands import add_weights_parser
-
     add_prepare_parser(sub)
-    add_check_data_parser(sub)
+    _add_check_data_parser(sub)
     add_weights_parser(sub)
 
     p = sub.add_parser(

@@ -49,8 +49,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+import otseg
 from otseg.data.classes import parse_class_text
+from otseg.data.transforms import TestResize
+from otseg.image_io import read_image
 from otseg.model.segmentor import OTSeg, slide_windows
+from otseg.model_arguments import add_model_arguments, predictor_from_args
+from otseg.ops.sinkhorn import sinkhorn_overrides
+from otseg.predictor import Prediction
+from otseg.utils import atomic_write, atomic_write_text
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -151,7 +158,6 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export_metadata(model: OTSeg, image_size: tuple[int, int], sinkhorn_iters: int, opset: int) -> dict[str, Any]:
     """What is stored with an export (metadata_props and the sidecar JSON), as plain JSON values."""
-    import otseg
 
     cfg = model.config
     return {
@@ -210,8 +216,6 @@ def export_onnx(
         The path written. The graph maps `image` float32 (B, 3, H, W) -> `scores` float32 (B, K, H, W), equal to
         `model.encode_decode(image)` under `sinkhorn_overrides(fixed_iters=sinkhorn_iters, update="log")`.
     """
-    from otseg.ops.sinkhorn import sinkhorn_overrides
-    from otseg.utils import atomic_write, atomic_write_text
 
     if not isinstance(model, OTSeg):
         raise TypeError(f"export_onnx needs an otseg.OTSeg model, got {type(model).__name__}")
@@ -381,9 +385,6 @@ def onnx_segment_image(session: Any, image: Any) -> Any:
     Returns:
         An `otseg.Prediction`: `labels` (H, W), `fractions()`, `overlay()`, `label_image()`, as `Predictor.predict`.
     """
-    from otseg.data.transforms import TestResize
-    from otseg.image_io import read_image
-    from otseg.predictor import Prediction
 
     meta = onnx_metadata(session)
     rgb = read_image(image)
@@ -414,7 +415,6 @@ def compare_with_onnxruntime(
          "argmax_agreement": fraction of pixels whose argmax class agrees with the fixed-iteration PyTorch run,
          "argmax_agreement_default": the same against the default run}.
     """
-    from otseg.ops.sinkhorn import sinkhorn_overrides
 
     ort = _require("onnxruntime", "checking the export with onnxruntime")
     meta = onnx_metadata(path)
@@ -459,24 +459,6 @@ def _parse_image_size(text: str) -> tuple[int, int]:
     return size[0], size[1]
 
 
-def _load_for_export(args: argparse.Namespace) -> OTSeg:
-    if args.model is not None:
-        if args.model != "demo":
-            raise ValueError(f"--model knows only 'demo', got {args.model!r}; for a file use --checkpoint PATH")
-        from otseg.predictor import Predictor
-
-        return Predictor.from_pretrained("demo").model
-    from otseg.model.loading import load_model
-
-    path = Path(args.checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; give a folder written by save_pretrained / otseg convert, an "
-            "iter_N.pt from otseg train, or a reference .pth with --preset"
-        )
-    return load_model(path, preset=args.preset, allow_pickle=args.allow_pickle)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """`otseg export --onnx OUT.onnx ...`: export a model to ONNX (and optionally check it with onnxruntime)."""
     out = Path(args.onnx)
@@ -492,11 +474,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     print("loading the model ...", end=" ", flush=True)
-    model = _load_for_export(args)
-    if args.clip:  # the text tower only: the checkpoint's backbone (trained prompts included) stays as loaded
-        from otseg.model.build import attach_clip_text_tower
-
-        attach_clip_text_tower(model, args.clip)
+    model = predictor_from_args(args).model
     if classes is not None:
         if model.text_encoder is None:
             raise ValueError(
@@ -554,12 +532,8 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="otseg folder, iter_N.pt from otseg train, or reference .pth (+ --preset)")
-    src.add_argument("--model", choices=["demo"], help="a built-in model: 'demo' (the miniature demo model)")
-    p.add_argument("--preset", help="the preset a reference .pth was trained with")
+    add_model_arguments(p, progress=False)
     p.add_argument("--classes", help="comma-separated class names to export instead of the model's own (text tower)")
-    p.add_argument("--clip", help="OpenAI CLIP weights (ViT-B-16.pt) for the text tower, to embed --classes")
     p.add_argument(
         "--sinkhorn-iters",
         type=int,
@@ -575,6 +549,5 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=1e-3,
         help="--check fails (exit 1) above this max |diff| vs PyTorch with the same Sinkhorn (default 1e-3)",
     )
-    p.add_argument("--allow-pickle", action="store_true", help="load with pickle (trusted files only)")
     p.set_defaults(func=cmd_export)
     return p

@@ -28,14 +28,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from otseg.config import resolve_templates
+from otseg.data.transforms import TestResize
 from otseg.eval.evaluate import upsampled_argmax
 from otseg.image_io import ImageInput, describe_source, read_image
+from otseg.model.build import attach_clip_text_tower
+from otseg.model.loading import load_model
+from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
+from otseg.model.text import compute_class_embeddings, validate_class_names
+from otseg.named_models import NAMED_MODELS
+from otseg.viz import overlay_with_legend, palette_label_image
 
 __all__ = ["Prediction", "Predictor"]
 
 _EMBEDDING_CACHE_SIZE = 32
-BUILTIN_MODELS = ("demo",)  # names Predictor.from_pretrained knows without a file
 
 
 # The longest side the model may be asked to slide over, in multiples of its test short side (a 2000x1 image
@@ -97,13 +104,11 @@ class Prediction:
 
     def overlay(self, alpha: float = 0.5, legend: bool = True) -> Any:
         """A PIL image: the colour label map blended over the image, with a legend of the classes present."""
-        from otseg.viz import overlay_with_legend
 
         return overlay_with_legend(self.image, self.labels, self.class_names, alpha=alpha, legend=legend)
 
     def label_image(self) -> Any:
         """The label map as a palette ("P" mode) PIL image: pixel value = class index, colours from `otseg.viz`."""
-        from otseg.viz import palette_label_image
 
         return palette_label_image(self.labels, len(self.class_names), self.class_names)
 
@@ -175,16 +180,11 @@ class Predictor:
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
         """
-        from otseg.model.build import attach_clip_text_tower
-        from otseg.model.loading import load_model
-
-        if str(name_or_path) == "demo":
-            from otseg.demo.pretrained import demo_model_dir
-
-            name_or_path = demo_model_dir(progress=progress)
+        if str(name_or_path) in NAMED_MODELS:
+            name_or_path = NAMED_MODELS[str(name_or_path)].folder(progress=progress)
         elif not Path(name_or_path).exists():
             raise FileNotFoundError(
-                f"no model {str(name_or_path)!r}: the built-in models are {', '.join(BUILTIN_MODELS)}; otherwise give "
+                f"no model {str(name_or_path)!r}: the built-in models are {', '.join(NAMED_MODELS)}; otherwise give "
                 "a folder from otseg convert / save_pretrained, an iter_N.pt from otseg train, or a reference .pth "
                 "(with its preset)"
             )
@@ -214,7 +214,6 @@ class Predictor:
 
     def _classes_for(self, class_names: Sequence[str] | None) -> tuple[list[str], tuple[Tensor, Tensor]]:
         """(names, (embeddings (K, N, D), seen mask (K,))) for a class list; the model itself is not changed."""
-        from otseg.model.text import compute_class_embeddings, resolve_templates, validate_class_names
 
         names = validate_class_names(self._default_names if class_names is None else class_names)
         key = tuple(names)
@@ -267,7 +266,6 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
     def preprocess(self, image: np.ndarray) -> Tensor:
         """(H, W, 3) uint8 RGB -> (1, 3, h, w) normalised tensor at the model's test size (short side)."""
-        from otseg.data.transforms import TestResize
 
         cfg = self.model.config
         h, w = image.shape[:2]
@@ -335,16 +333,11 @@ def _saved_vocabulary(path: str | os.PathLike) -> list[str] | None:
 
 
 def default_class_names(name_or_path: str | os.PathLike, preset: str | None = None) -> list[str]:
-    """Class names of a model without building it when that is cheap: "demo", a preset name, or a model file."""
-    from otseg.model.presets import list_presets
-
-    if str(name_or_path) == "demo":
-        from otseg.demo.world import CLASS_NAMES
-
-        return list(CLASS_NAMES)
+    """Class names of a model without building it when that is cheap: a named model ("demo"), a preset name, or a
+    model file."""
+    if str(name_or_path) in NAMED_MODELS:
+        return list(NAMED_MODELS[str(name_or_path)].class_names)
     if str(name_or_path) in list_presets():
-        from otseg.model.presets import get_preset
-
         return list(get_preset(str(name_or_path)).class_names)
     p = Path(name_or_path)
     if p.is_dir() and (p / "config.json").is_file():

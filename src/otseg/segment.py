@@ -18,7 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from otseg.data.classes import parse_class_text, read_class_file
+from otseg.image_io import find_images
 from otseg.predictor import Predictor
 from otseg.utils import atomic_write, atomic_write_text
 
@@ -69,9 +72,6 @@ def segment_images(
     the pixel cap (`otseg.image_io.max_pixels`), is reported (its name and why) and skipped; the others and
     `summary.json` are still written.
     """
-    from tqdm.auto import tqdm
-
-    from otseg.image_io import find_images
 
     paths = find_images(list(images))
     # The class list is checked (and embedded) once, before the image loop: a bad list is one error, not one

@@ -7,6 +7,7 @@ the others get distinct golden-ratio hues by their index.
 
 from __future__ import annotations
 
+import colorsys
 import re
 from collections.abc import Sequence
 
@@ -39,7 +40,6 @@ _SHADES = (0.0, 0.4, -0.4, 0.65, -0.6)  # towards white (> 0) or black (< 0) for
 
 def palette(num_classes: int, seed: int = 0) -> np.ndarray:
     """(num_classes, 3) uint8 distinct colours (golden-ratio hues, fixed saturation/value pattern)."""
-    import colorsys
 
     colors = []
     for i in range(num_classes):

@@ -41,10 +41,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from otseg.data.classes import parse_class_text
+from otseg.image_io import describe_source, read_image
+from otseg.model_arguments import add_model_arguments, predictor_from_args
+from otseg.predictor import Predictor
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import gradio
-
-    from otseg.predictor import Predictor
 
 __all__ = [
     "ELEM_IDS",
@@ -103,7 +106,6 @@ def split_class_names(text: str | None) -> list[str]:
     Raises:
         ValueError: the text holds no names, an empty, over-long or repeated one.
     """
-    from otseg.data.classes import parse_class_text
 
     message_prefix = "class names"
     try:
@@ -137,7 +139,6 @@ def make_segment_fn(
 
     Bad input raises `gradio.Error`, which the page shows as a message (never a traceback, never a server path).
     """
-    from otseg.image_io import describe_source, read_image
 
     gr = import_gradio()
     uploads = Path(upload_dir).resolve() if upload_dir is not None else None
@@ -317,28 +318,15 @@ def launch(
     )
 
 
-def _load_predictor(args: argparse.Namespace) -> Predictor:
-    from otseg.predictor import Predictor
-
-    device = args.device or "cpu"
-    if args.checkpoint:
-        return Predictor.from_pretrained(
-            args.checkpoint, device=device, clip=args.clip, preset=args.preset, allow_pickle=args.allow_pickle
-        )
-    if args.clip:
-        raise ValueError("--clip goes with --checkpoint (the demo model has its own text tower)")
-    return Predictor.from_pretrained(args.model, device=device)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     """`otseg serve`: load the model, build the page and serve it until Ctrl+C."""
-    import_gradio()  # fail fast, before a model is loaded (the demo model trains for minutes on first use)
+    import_gradio()  # fail fast, before a model is loaded (loading one takes seconds to minutes)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
     for name in ("max_classes", "max_upload_mb", "max_pixels"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    predictor = _load_predictor(args)
+    predictor = predictor_from_args(args)
     app = build_app(predictor, max_classes=args.max_classes, max_pixels=args.max_pixels)
     _, local_url, share_url = launch(
         app,
@@ -372,14 +360,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         "and see the label map over the image with a legend and the share of each class. Needs the web extra: "
         f"{INSTALL_HINT}. Local only unless --host or --share say otherwise.",
     )
-    p.add_argument("--model", default="demo", help="a built-in model: 'demo' (default; trained on first use)")
-    p.add_argument(
-        "--checkpoint", help="instead of --model: an otseg folder, an iter_N.pt from otseg train, or a reference .pth"
-    )
-    p.add_argument("--clip", help="OpenAI CLIP weights (ViT-B-16.pt) for the text tower, to name any class")
-    p.add_argument("--preset", help="the preset a reference .pth was trained with (e.g. voc12-inductive)")
-    p.add_argument("--device", help="cpu (default) or cuda")
-    p.add_argument("--allow-pickle", action="store_true", help="load old pickled checkpoints (trusted files only)")
+    add_model_arguments(p, progress=False)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all interfaces)"
     )

@@ -11,7 +11,7 @@ from conftest import golden_file
 from otseg.clip.loading import infer_clip_configs, load_clip_weights, load_openai_clip, read_clip_state_dict
 from otseg.clip.model import CLIP
 from otseg.clip.vpt import VPTVisionTransformer
-from otseg.model.config import TextConfig, VisionConfig
+from otseg.config import TextConfig, VisionConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 

@@ -9,7 +9,7 @@ from conftest import golden_file
 from otseg.clip.loading import load_clip_weights, read_clip_state_dict, text_state_dict
 from otseg.clip.text import TextEncoder
 from otseg.clip.vpt import VPTVisionTransformer
-from otseg.model.config import TextConfig, VisionConfig
+from otseg.config import TextConfig, VisionConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 

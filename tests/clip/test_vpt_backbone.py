@@ -8,7 +8,7 @@ import torch
 from conftest import golden_file
 from otseg.clip.loading import load_clip_weights, resize_positional_embedding
 from otseg.clip.vpt import VPTVisionTransformer
-from otseg.model.config import VisionConfig
+from otseg.config import VisionConfig
 
 ATOL, RTOL = 1e-5, 1e-4
 

@@ -12,6 +12,7 @@ from fake_layouts import make_coco_stuff, make_voc, write_label
 from conftest import tiny_train_args
 from otseg.cli import main
 from otseg.data.check import check_dataset, check_preset
+from otseg.model.presets import get_preset
 
 
 def _check(root: Path, capsys, preset: str = "voc12-inductive") -> tuple[int, list[str]]:
@@ -86,8 +87,8 @@ def test_out_of_range_label(tmp_path, capsys):
 def test_cross_dataset_presets_check_only_the_target_val_split(tmp_path):
     root = make_voc(tmp_path / "data")
     shutil.rmtree(root / "VOCdevkit" / "VOC2012" / "SegmentationClassAug")  # only training needs it
-    assert check_preset("coco-to-voc12", root).usable
-    assert not check_preset("voc12-inductive", root).usable
+    assert check_preset(get_preset("coco-to-voc12"), root).usable
+    assert not check_preset(get_preset("voc12-inductive"), root).usable
 
 
 # ------------------------------------------------------------------------------------------------ start-up

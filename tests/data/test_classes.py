@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from otseg.data.classes import DatasetClasses, get_dataset_classes, list_datasets
+from otseg.data.facts import DatasetClasses, dataset_facts, list_datasets
 
 
 @pytest.mark.parametrize(
@@ -19,7 +19,7 @@ from otseg.data.classes import DatasetClasses, get_dataset_classes, list_dataset
     ],
 )
 def test_counts(name: str, total: int, n_seen: int, n_unseen: int) -> None:
-    dc = get_dataset_classes(name)
+    dc = dataset_facts(name).classes
     assert dc.name == name
     assert dc.num_classes == total == len(dc.class_names)
     assert len(set(dc.class_names)) == total
@@ -31,7 +31,7 @@ def test_counts(name: str, total: int, n_seen: int, n_unseen: int) -> None:
 
 
 def test_voc_split() -> None:
-    dc = get_dataset_classes("voc12")
+    dc = dataset_facts("voc12").classes
     assert dc.class_names[0] == "aeroplane" and dc.class_names[-1] == "tvmonitor"
     assert dc.unseen == (15, 16, 17, 18, 19)
     assert dc.unseen_names == ("pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -40,7 +40,7 @@ def test_voc_split() -> None:
 
 
 def test_context_split() -> None:
-    dc = get_dataset_classes("context59")
+    dc = dataset_facts("context59").classes
     ref_order = [19, 33, 48, 14, 7, 24, 6, 54, 31, 0]
     names = ["cow", "motorbike", "sofa", "cat", "boat", "fence", "bird", "tv monitor", "keyboard"]
     names.append("aeroplane")
@@ -51,7 +51,7 @@ def test_context_split() -> None:
 
 
 def test_coco_split_verifies_order() -> None:
-    dc = get_dataset_classes("coco_stuff164k")
+    dc = dataset_facts("coco_stuff164k").classes
     assert dc.unseen == (19, 23, 28, 29, 36, 51, 76, 88, 94, 112, 133, 136, 137, 157, 160)
     assert dc.unseen_names == (
         "cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors", "cardboard",
@@ -63,7 +63,7 @@ def test_coco_split_verifies_order() -> None:
 
 
 def test_ade_names() -> None:
-    dc = get_dataset_classes("ade20k")
+    dc = dataset_facts("ade20k").classes
     assert dc.unseen == ()
     assert dc.seen == tuple(range(150))
     assert dc.class_names[:3] == ("wall", "building", "sky")
@@ -73,7 +73,7 @@ def test_ade_names() -> None:
 
 def test_unknown_dataset_lists_valid_names() -> None:
     with pytest.raises(KeyError) as exc:
-        get_dataset_classes("cityscapes")
+        dataset_facts("cityscapes")
     msg = str(exc.value)
     for name in ("voc12", "context59", "coco_stuff164k", "ade20k"):
         assert name in msg
@@ -81,7 +81,7 @@ def test_unknown_dataset_lists_valid_names() -> None:
 
 
 def test_frozen_and_validated() -> None:
-    dc = get_dataset_classes("voc12")
+    dc = dataset_facts("voc12").classes
     with pytest.raises(dataclasses.FrozenInstanceError):
         dc.name = "x"  # type: ignore[misc]
     with pytest.raises(ValueError):

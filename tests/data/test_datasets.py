@@ -13,7 +13,7 @@ from fake_layouts import fake_label, make_coco_stuff, make_context, make_custom,
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from otseg.data.config import DataConfig, data_config_for
+from otseg.config import DataConfig
 from otseg.data.datasets import (
     SegmentationDataset,
     build_dataset,
@@ -22,6 +22,7 @@ from otseg.data.datasets import (
     read_label,
     seed_worker,
 )
+from otseg.data.facts import dataset_data_config
 from otseg.data.transforms import TestTransform, TrainTransform
 
 
@@ -58,7 +59,7 @@ def test_voc_lengths_and_reduce_zero_label(voc_root: Path) -> None:
 
 
 def test_voc_item_dict(voc_root: Path) -> None:
-    ds = build_dataset("voc12", voc_root, "val", TestTransform(data_config_for("voc12")))
+    ds = build_dataset("voc12", voc_root, "val", TestTransform(dataset_data_config("voc12")))
     item = ds[0]
     assert set(item) == {"image", "label", "path", "ori_shape"}
     assert item["image"].shape == (3, 512, 640) and item["image"].dtype == torch.float32

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from otseg.data.config import DataConfig, data_config_for
+from otseg.config import CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from otseg.data.facts import data_config_for, dataset_data_config, dataset_facts
 from otseg.data.transforms import (
     Normalize,
     Pad,
@@ -25,7 +26,7 @@ from otseg.data.transforms import (
     resize_nearest,
     rgb_to_hsv,
 )
-from otseg.model.config import CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD
+from otseg.model.presets import get_preset
 
 # cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR) from opencv-python-headless 4.5.5 (mmcv"s backend):
 # ((h, w), (out_h, out_w), base64 uint8 input (h, w, 3), base64 uint8 output).
@@ -325,7 +326,7 @@ def test_train_transform_shapes_dtypes_and_padding() -> None:
     assert (img_t[:, 50:] == 0).all() and (img_t[:, :, 63:] == 0).all()
     assert set(lab_t[:50, :63].unique().tolist()) <= {0, 1, 2, 3, 255}
     # Default-sized run: crop-sized output even for a small source image.
-    img_t, lab_t = TrainTransform(data_config_for("voc12"), np.random.default_rng(1))(image, label)
+    img_t, lab_t = TrainTransform(dataset_data_config("voc12"), np.random.default_rng(1))(image, label)
     assert img_t.shape == (3, 512, 512) and lab_t.shape == (512, 512)
 
 
@@ -360,13 +361,13 @@ def test_train_transform_rejects_bad_inputs() -> None:
 
 def test_test_transform() -> None:
     image, label = _blobs(64, 80)
-    cfg = data_config_for("voc12")
+    cfg = dataset_data_config("voc12")
     img_t, lab_t = TestTransform(cfg)(image, label)
     assert img_t.shape == (3, 512, 640) and img_t.dtype == torch.float32
     # The label stays at the original resolution (metrics compare at the original size).
     assert lab_t.shape == (64, 80) and lab_t.dtype == torch.int64
     assert torch.equal(lab_t, torch.from_numpy(label.astype(np.int64)))
-    assert TestTransform(data_config_for("context59"))(image)[0].shape == (3, 520, 650)
+    assert TestTransform(dataset_data_config("context59"))(image)[0].shape == (3, 520, 650)
     assert TestTransform(cfg)(image, None)[1] is None
 
 
@@ -379,20 +380,24 @@ def test_test_transform() -> None:
         ("coco-fully", (2048, 512), 512, False, 512, IMAGENET_MEAN),
         ("coco-to-ade20k", (2048, 512), 512, True, 512, CLIP_MEAN),
         ("context59-to-voc12", (2048, 512), 480, True, 512, IMAGENET_MEAN),
-        ("custom", (2048, 512), 512, False, 512, IMAGENET_MEAN),
     ],
 )
 def test_data_config_for(preset, img_scale, crop, reduce, short, mean) -> None:
-    cfg = data_config_for(preset)
+    cfg = data_config_for(get_preset(preset))
     assert cfg.img_scale == img_scale and cfg.crop_size == crop
     assert cfg.reduce_zero_label is reduce and cfg.test_short_side == short and cfg.mean == mean
     assert cfg.ratio_range == (0.5, 2.0) and cfg.cat_max_ratio == 0.75 and cfg.ignore_index == 255
 
 
-def test_data_config_for_model_config() -> None:
-    from otseg.model.presets import get_preset
+@pytest.mark.parametrize("dataset", ["voc12", "context59", "coco_stuff164k", "ade20k"])
+def test_dataset_data_config_reads_the_facts_table(dataset) -> None:
+    facts = dataset_facts(dataset)
+    cfg = dataset_data_config(dataset)
+    assert cfg.img_scale == facts.pipeline.img_scale and cfg.crop_size == facts.pipeline.image_size
+    assert cfg.reduce_zero_label is facts.pipeline.reduce_zero_label
+    assert cfg.test_short_side == facts.pipeline.test_short_side
 
-    model_cfg = get_preset("coco-inductive")
-    assert data_config_for(model_cfg) == data_config_for("coco-inductive")
-    with pytest.raises(KeyError):
-        data_config_for("no-such-preset")
+
+def test_a_user_folder_gets_the_custom_pipeline() -> None:
+    cfg = dataset_data_config("my_photos")
+    assert cfg.reduce_zero_label is False and cfg.img_scale == (2048, 512) and cfg.crop_size == 512

@@ -19,6 +19,7 @@ from conftest import golden_file, golden_segmentor_config, load_golden
 from otseg import OTSeg
 from otseg.clip.model import resize_positional_embedding
 from otseg.clip.text import TextEncoder
+from otseg.config import ModelConfig, TextConfig
 from otseg.model.build import load_clip_into
 from otseg.model.checkpoint import (
     ConversionReport,
@@ -30,7 +31,6 @@ from otseg.model.checkpoint import (
     save_pretrained,
 )
 from otseg.model.checkpoint import _reference_key as reference_key_of  # names missing keys in error messages
-from otseg.model.config import ModelConfig, TextConfig
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 EMPTY_WEIGHT = "decode_head.loss_decode.criterion.empty_weight"

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from otseg.model.config import HeadConfig
+from otseg.config import HeadConfig
 from otseg.model.head import OTSegHead
 
 

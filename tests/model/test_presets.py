@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from otseg.data.classes import get_dataset_classes
-from otseg.model.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from otseg.config import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ModelConfig
+from otseg.data.facts import dataset_facts
 from otseg.model.presets import PRESETS, describe_preset, get_preset, list_presets
 
 EXPECTED = [
@@ -63,7 +63,7 @@ def test_preset_values(name: str) -> None:
     assert cfg.test_short_side == short
     assert cfg.test_mode == "slide"
     assert len(cfg.unseen_classes) == n_unseen
-    dc = get_dataset_classes(dataset)
+    dc = dataset_facts(dataset).classes
     assert cfg.class_names == dc.class_names
     if n_unseen:
         assert cfg.unseen_classes == dc.unseen

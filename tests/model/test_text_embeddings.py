@@ -16,18 +16,18 @@ from conftest import REFERENCE_EMBEDDINGS, golden_file, load_golden
 from otseg import OTSeg, get_preset, list_presets
 from otseg.clip.text import TextEncoder
 from otseg.clip.tokenizer import tokenize
-from otseg.model.build import attach_clip_text_tower, load_clip_into
-from otseg.model.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
-from otseg.model.text import (
+from otseg.config import (
     TEMPLATE_SETS,
     TEMPLATES_6,
     TEMPLATES_8,
-    cache_dir,
-    compute_class_embeddings,
-    load_class_embeddings,
+    HeadConfig,
+    ModelConfig,
+    TextConfig,
+    VisionConfig,
     resolve_templates,
-    validate_class_names,
 )
+from otseg.model.build import attach_clip_text_tower, load_clip_into
+from otseg.model.text import cache_dir, compute_class_embeddings, load_class_embeddings, validate_class_names
 
 TEXT = load_golden("text_encoder.pt")  # skips the whole module when the golden files are absent
 TOL = {"atol": 1e-5, "rtol": 1e-4}

@@ -92,8 +92,23 @@ def test_reference_update_is_the_literal_loop_bit_for_bit_whatever_the_chunking(
             plan = sinkhorn(case["C"], case["epsilon"], mu=mu, nu=nu, update="reference", check_every=check)
         assert calls[0].iterations == iterations
         assert torch.equal(plan, expected), check
-        u, v, it, _ = sinkhorn_potentials(case["C"], case["epsilon"], mu, nu, check_every=check)
+        u, v, it, _ = sinkhorn_potentials(case["C"], case["epsilon"], mu, nu, update="reference", check_every=check)
         assert it == iterations and torch.equal(u, u_ref) and torch.equal(v, v_ref)
+
+
+def test_sinkhorn_and_sinkhorn_potentials_default_to_the_same_update():
+    case = GOLDEN_CASES[0]
+    defaults = sinkhorn_potentials(case["C"], case["epsilon"])
+    scaling = sinkhorn_potentials(case["C"], case["epsilon"], update="scaling")
+    reference = sinkhorn_potentials(case["C"], case["epsilon"], update="reference")
+    assert torch.equal(defaults[0], scaling[0]) and defaults[3] == scaling[3]
+    assert defaults[3] != reference[3]  # the two rules' statistics differ, so the comparison can tell them apart
+    with record_sinkhorn_calls() as calls:
+        sinkhorn(case["C"], case["epsilon"])
+    assert calls[0].update == "scaling"
+    cost = case["C"].clone().requires_grad_(True)  # gradients through the iterations: the literal loop
+    with_grad = sinkhorn_potentials(cost, case["epsilon"])
+    assert torch.equal(with_grad[0].detach(), reference[0])
 
 
 def test_default_is_the_scaling_update_with_one_check_per_iteration_on_cpu():
@@ -222,8 +237,8 @@ def test_bad_arguments_are_clear_errors():
 
 # ------------------------------------------------------------------------------------------------ the model path
 def _golden_head():
+    from otseg.config import HeadConfig
     from otseg.model.checkpoint import map_reference_key
-    from otseg.model.config import HeadConfig
     from otseg.model.head import OTSegHead
 
     g = load_golden("decode_head.pt")

@@ -163,9 +163,9 @@ def make_context(src: Path, archive: bool, seed: int = 2) -> dict:
     Categories used: 2 (aeroplane), 9 (bag), 284 (person), 458 (wood) of the 59, and 1, 100 outside them
     (background after conversion). Returns the expected label maps (0 = background, 1..59).
     """
-    from otseg.data.classes import get_dataset_classes
+    from otseg.data.facts import dataset_facts
 
-    names = get_dataset_classes("context59").class_names
+    names = dataset_facts("context59").classes.class_names
     expected_label = {2: 1, 9: 2, 284: names.index("person") + 1, 458: 59, 1: 0, 100: 0}
     assert names[0] == "aeroplane" and names[1] == "bag" and names[58] == "wood"
     rng = np.random.default_rng(seed)

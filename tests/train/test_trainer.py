@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from otseg import OTSeg
-from otseg.model.config import HeadConfig, ModelConfig, VisionConfig
+from otseg.config import HeadConfig, ModelConfig, VisionConfig
 from otseg.train.schedule import poly_lr
 from otseg.train.trainer import StepBatchSampler, TrainConfig, Trainer, find_latest_checkpoint
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from otseg.clip.config import TextConfig, VisionConfig
 from otseg.clip.model import CLIP, resize_positional_embedding
 from otseg.clip.text import TextEncoder
 from otseg.clip.torchscript import TorchScriptReadError, is_torchscript_archive, read_torchscript_state_dict
 from otseg.clip.vpt import VPTVisionTransformer
-from otseg.model.config import TextConfig, VisionConfig
 from otseg.state_dict import check_state_dict_fits
 
 __all__ = [

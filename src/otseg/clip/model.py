@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from otseg.model.config import TextConfig, VisionConfig
+from otseg.clip.config import TextConfig, VisionConfig
 
 __all__ = [
     "CLIP",

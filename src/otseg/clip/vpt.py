@@ -19,8 +19,8 @@ from typing import Literal, overload
 import torch
 from torch import Tensor, nn
 
+from otseg.clip.config import VisionConfig
 from otseg.clip.model import LayerNorm, VisionTransformer, resample_positional_grid
-from otseg.model.config import VisionConfig
 
 __all__ = ["BlockActivations", "VPTVisionTransformer"]
 

@@ -10,31 +10,22 @@ start-up (`require_usable`); it lists folders and reads a few labels, so it cost
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from otseg.data.datasets import _ALIASES, PREPARE_HINTS, build_dataset
+from otseg.config import ModelConfig
+from otseg.data.datasets import PREPARE_HINTS, build_dataset
+from otseg.data.facts import DATASET_ALIASES, dataset_facts, list_datasets
 
 __all__ = [
-    "EXPECTED_COUNTS",
     "DataCheck",
     "Problem",
-    "add_check_data_parser",
     "check_dataset",
     "check_preset",
     "require_usable",
 ]
-
-# Official image counts per split (Context: what trainval_merged.json lists; see otseg.prepare.context59).
-EXPECTED_COUNTS: dict[str, dict[str, int]] = {
-    "voc12": {"train": 10582, "val": 1449},
-    "context59": {"train": 4996, "val": 5104},
-    "coco_stuff164k": {"train": 118287, "val": 5000},
-    "ade20k": {"train": 20210, "val": 2000},
-}
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,8 @@ class DataCheck:
         """Counts against the official ones, then one line per problem."""
         lines = [f"{self.dataset} at {self.root}:"]
         for split in self.splits:
-            expected = EXPECTED_COUNTS.get(self.dataset, {}).get(split)
+            official = dataset_facts(self.dataset).official_counts if self.dataset in list_datasets() else {}
+            expected = official.get(split)
             got = self.counts.get(split)
             got_s = "not counted (see the errors below)" if got is None else f"{got:,} images"
             exp_s = f" (official: {expected:,})" if expected is not None else ""
@@ -193,7 +185,7 @@ def check_dataset(
             check.error(f"{split}: {' '.join(str(exc).split())}")
             continue
         check.counts[split] = len(ds)
-        expected = EXPECTED_COUNTS.get(dataset, {}).get(split)
+        expected = dataset_facts(dataset).official_counts.get(split)
         if expected is not None and len(ds) != expected:
             check.warn(f"{split} has {len(ds):,} images, the official set {expected:,} (a subset is usable; for "
                        f"the paper's numbers, {_prepare_fix(dataset, root)} with the full downloads)")  # fmt: skip
@@ -212,19 +204,11 @@ def check_dataset(
     return check
 
 
-def _preset_dataset(preset: str) -> tuple[str, tuple[str, ...]]:
-    from otseg.model.presets import get_preset
-
-    cfg = get_preset(preset)
+def check_preset(cfg: ModelConfig, root: str | Path, sample: int = 6) -> DataCheck:
+    """`check_dataset` for the dataset and splits a preset's model config `cfg` reads."""
     # Cross-dataset presets (source-to-target) only evaluate on the target: its val split.
     splits = ("val",) if "-to-" in cfg.name else ("train", "val")
-    return cfg.dataset, splits
-
-
-def check_preset(preset: str, root: str | Path, sample: int = 6) -> DataCheck:
-    """`check_dataset` for the dataset and splits preset `preset` reads."""
-    dataset, splits = _preset_dataset(preset)
-    return check_dataset(dataset, root, splits, sample=sample)
+    return check_dataset(cfg.dataset, root, splits, sample=sample)
 
 
 def require_usable(
@@ -232,8 +216,8 @@ def require_usable(
 ) -> DataCheck:
     """The start-up check of train / eval: prints warnings (if `verbose`); raises ValueError (one line) on the
     first error."""
-    dataset = _ALIASES.get(dataset, dataset)
-    if dataset not in EXPECTED_COUNTS:  # custom datasets: their builder checks them
+    dataset = DATASET_ALIASES.get(dataset, dataset)
+    if dataset not in list_datasets():  # custom datasets: their builder checks them
         return DataCheck(dataset, Path(root), splits)
     check = check_dataset(dataset, root, splits, sample=sample)
     for message in check.warnings if verbose else ():
@@ -243,32 +227,3 @@ def require_usable(
         tail = f" (and {more} more problem(s): otseg check-data --data-root {root} lists them)" if more else ""
         raise ValueError(f"{dataset} data at {root}: {check.errors[0]}{tail}")
     return check
-
-
-def cmd_check_data(args: argparse.Namespace) -> int:
-    if args.preset:
-        check = check_preset(args.preset, args.data_root, sample=args.sample)
-    elif not args.dataset:
-        raise ValueError("otseg check-data needs --preset NAME (e.g. voc12-inductive) or --dataset NAME")
-    else:
-        dataset = _ALIASES.get(args.dataset, args.dataset)
-        if dataset not in EXPECTED_COUNTS:
-            raise ValueError(f"--dataset {args.dataset!r}: valid: {', '.join(EXPECTED_COUNTS)}")
-        check = check_dataset(dataset, args.data_root, sample=args.sample)
-    print(check.report())
-    return 0 if check.usable else 1
-
-
-def add_check_data_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `otseg check-data`."""
-    p = sub.add_parser(
-        "check-data",
-        help="check the dataset a preset reads: folders, lists, image/label pairing, label values, counts",
-        description="Check the dataset layout a preset reads. Exit 0 when it is usable (counts that differ from "
-        "the official ones are warnings); otherwise each problem is printed on one line with its fix, exit 1.",
-    )
-    p.add_argument("--preset", help="e.g. voc12-inductive (otseg presets lists them)")
-    p.add_argument("--dataset", help="instead of --preset: voc12, context59, coco_stuff164k or ade20k")
-    p.add_argument("--data-root", required=True, help="the --data-root given to otseg prepare / train / eval")
-    p.add_argument("--sample", type=int, default=6, help="label maps read per split (default 6)")
-    p.set_defaults(func=cmd_check_data)

@@ -62,7 +62,8 @@ import torch
 from torch.utils.data import Dataset
 
 from otseg import image_io
-from otseg.data.classes import DatasetClasses, get_dataset_classes, read_class_file
+from otseg.data.classes import read_class_file
+from otseg.data.facts import DATASET_ALIASES, DatasetClasses, dataset_facts
 from otseg.data.transforms import reduce_zero_label
 
 __all__ = [
@@ -407,9 +408,7 @@ def build_voc12(root: str | Path, split: str, transform: Transform | None = None
         _require_file(aug_list, what, _VOC_AUG_HINT + " (the reference names the list trainaug.txt)")
         samples = _list_pairs(_read_list(train_list), img_dir, cls_dir, ".jpg", ".png", str(train_list), _VOC_HINT)
         samples += _list_pairs(_read_list(aug_list), img_dir, aug_dir, ".jpg", ".png", str(aug_list), _VOC_AUG_HINT)
-    return SegmentationDataset(
-        samples, get_dataset_classes("voc12"), reduce_zero_label=True, transform=transform, name="voc12", **kwargs
-    )
+    return SegmentationDataset(samples, **_facts_of("voc12"), transform=transform, **kwargs)
 
 
 def build_context59(
@@ -427,14 +426,13 @@ def build_context59(
     samples = _list_pairs(
         _read_list(list_file), voc / "JPEGImages", ann_dir, ".jpg", ".png", str(list_file), _CONTEXT_HINT
     )
-    return SegmentationDataset(
-        samples,
-        get_dataset_classes("context59"),
-        reduce_zero_label=True,
-        transform=transform,
-        name="context59",
-        **kwargs,
-    )
+    return SegmentationDataset(samples, **_facts_of("context59"), transform=transform, **kwargs)
+
+
+def _facts_of(key: str) -> dict[str, Any]:
+    """The `SegmentationDataset` arguments that dataset `key`'s facts fix: its classes, label reduction, name."""
+    facts = dataset_facts(key)
+    return {"classes": facts.classes, "reduce_zero_label": facts.pipeline.reduce_zero_label, "name": key}
 
 
 def _scan_images(folder: Path, suffixes: Sequence[str]) -> list[Path]:
@@ -465,14 +463,7 @@ def build_coco_stuff164k(
     if not images:
         raise FileNotFoundError(f"{what}: no .jpg images in {img_dir}; to fill it, {_COCO_HINT}")
     samples = _paired_by_stem(images, ann_dir, "_labelTrainIds.png", what, _COCO_HINT)
-    return SegmentationDataset(
-        samples,
-        get_dataset_classes("coco_stuff164k"),
-        reduce_zero_label=False,
-        transform=transform,
-        name="coco_stuff164k",
-        **kwargs,
-    )
+    return SegmentationDataset(samples, **_facts_of("coco_stuff164k"), transform=transform, **kwargs)
 
 
 def build_ade20k(
@@ -490,9 +481,7 @@ def build_ade20k(
     if not images:
         raise FileNotFoundError(f"{what}: no .jpg images in {img_dir}; to fill it, {_ADE_HINT}")
     samples = _paired_by_stem(images, ann_dir, ".png", what, _ADE_HINT)
-    return SegmentationDataset(
-        samples, get_dataset_classes("ade20k"), reduce_zero_label=True, transform=transform, name="ade20k", **kwargs
-    )
+    return SegmentationDataset(samples, **_facts_of("ade20k"), transform=transform, **kwargs)
 
 
 def read_custom_classes(root: str | Path) -> DatasetClasses:
@@ -574,7 +563,6 @@ DATASET_BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "ade20k": build_ade20k,
     "custom": build_custom,
 }
-_ALIASES = {"voc": "voc12", "voc12_aug": "voc12", "context": "context59", "coco": "coco_stuff164k"}
 
 
 def build_dataset(
@@ -585,8 +573,8 @@ def build_dataset(
     Extra keyword arguments go to `SegmentationDataset` (`seed`, `ignore_index`) or to the builder
     (`require_labels` for custom).
     """
-    key = _ALIASES.get(name, name)
+    key = DATASET_ALIASES.get(name, name)
     if key not in DATASET_BUILDERS:
-        valid = sorted(DATASET_BUILDERS) + sorted(_ALIASES)
+        valid = sorted(DATASET_BUILDERS) + sorted(DATASET_ALIASES)
         raise KeyError(f"unknown dataset {name!r}; valid names: {', '.join(valid)}")
     return DATASET_BUILDERS[key](root, split, transform, **kwargs)

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from otseg.data.config import DataConfig
+from otseg.config import DataConfig
 
 __all__ = [
     "Normalize",

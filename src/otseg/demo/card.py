@@ -35,10 +35,10 @@ from torch import Tensor, nn
 
 from otseg.clip.loading import load_openai_clip
 from otseg.clip.model import CLIP
+from otseg.config import IMAGENET_MEAN, IMAGENET_STD, TEMPLATES_6
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
-from otseg.model.config import IMAGENET_MEAN, IMAGENET_STD
-from otseg.model.text import TEMPLATES_6, compute_class_embeddings
+from otseg.model.text import compute_class_embeddings
 
 __all__ = [
     "PRETRAINING_LOSS",

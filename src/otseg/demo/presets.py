@@ -22,11 +22,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from otseg.data.config import DataConfig
+from otseg.config import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TEMPLATES_1,
+    TEMPLATES_6,
+    DataConfig,
+    HeadConfig,
+    ModelConfig,
+    Setting,
+)
 from otseg.demo.tiny_clip import TinyClipConfig
 from otseg.demo.world import CLASS_NAMES, WorldConfig, unseen_ids
-from otseg.model.config import IMAGENET_MEAN, IMAGENET_STD, HeadConfig, ModelConfig, Setting
-from otseg.model.text import TEMPLATES_1, TEMPLATES_6
 from otseg.train.trainer import TrainConfig
 
 __all__ = [

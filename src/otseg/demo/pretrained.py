@@ -33,13 +33,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from otseg.clip.loading import read_clip_state_dict
+from otseg.config import ModelConfig
 from otseg.demo.presets import DemoSettings
 from otseg.demo.tiny_clip import _pack_metadata, compare_with_shipped, state_digest, tiny_clip_path
 from otseg.demo.training import demo_datasets, train_demo_model
 from otseg.demo.world import caption_vocabulary, demo_cache_root, world_dir
 from otseg.model.build import load_clip_into
 from otseg.model.checkpoint import save_pretrained
-from otseg.model.config import ModelConfig
 from otseg.model.segmentor import OTSeg
 
 __all__ = ["SHIPPED_MODEL", "demo_model_dir", "demo_model_key", "pack_demo_model", "save_demo_model"]

@@ -53,8 +53,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from otseg.clip.model import CLIP
+from otseg.config import IMAGENET_MEAN, IMAGENET_STD, TextConfig, VisionConfig
 from otseg.demo.world import CLASS_NAMES, WorldConfig, demo_cache_root, iter_split, pretraining_corpus, unseen_ids
-from otseg.model.config import IMAGENET_MEAN, IMAGENET_STD, TextConfig, VisionConfig
 
 __all__ = ["TinyClipConfig", "evaluate_zero_shot", "tiny_clip_path", "train_tiny_clip"]
 

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
+from otseg.distributed import DistInfo
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
-from otseg.train.distributed import DistInfo
 
 __all__ = ["evaluate", "upsampled_argmax"]
 
@@ -85,8 +86,6 @@ def evaluate(
     indices = range(d.rank, n, d.world_size)
     bar = None
     if progress and d.is_main:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(indices), desc="eval", dynamic_ncols=True)
     out_dir = Path(save_predictions) if save_predictions else None
     if out_dir is not None:

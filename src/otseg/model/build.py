@@ -8,8 +8,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor
 
-from otseg.model.config import ModelConfig, apply_overrides
+from otseg.clip.loading import (
+    _load_checked,
+    infer_clip_configs,
+    load_clip_weights,
+    read_clip_state_dict,
+    text_state_dict,
+)
+from otseg.clip.text import TextEncoder
+from otseg.config import ModelConfig, apply_overrides
+from otseg.model.presets import get_preset
 from otseg.model.segmentor import OTSeg
+from otseg.model.text import load_class_embeddings
 
 if TYPE_CHECKING:
     from otseg.clip.text import TextEncoder
@@ -39,7 +49,6 @@ def build_model(
     Returns:
         The model in training mode (call `.eval()` before inference), on the CPU.
     """
-    from otseg.model.presets import get_preset
 
     cfg = get_preset(preset) if isinstance(preset, str) else preset
     if overrides:
@@ -49,8 +58,6 @@ def build_model(
         load_clip_into(model, clip)
     if class_embeddings is not None:
         if isinstance(class_embeddings, (str, os.PathLike)):
-            from otseg.model.text import load_class_embeddings
-
             class_embeddings = load_class_embeddings(class_embeddings)
         model.set_class_embeddings(class_embeddings)
     return model
@@ -70,7 +77,6 @@ def load_clip_into(
     The image tower itself is `model.backbone`, built from `model.config.vision`, so `vision_heads` only
     matters to the shape inference and is accepted for symmetry with `infer_clip_configs`.
     """
-    from otseg.clip.loading import load_clip_weights
 
     sd, source = _read_clip(clip)
     text_encoder = _text_tower(model, sd, source, vision_heads=vision_heads, text_heads=text_heads)
@@ -96,7 +102,6 @@ def attach_clip_text_tower(model: OTSeg, clip: str | os.PathLike | dict, *, text
 
 
 def _read_clip(clip: str | os.PathLike | dict) -> tuple[dict, str]:
-    from otseg.clip.loading import read_clip_state_dict
 
     if isinstance(clip, dict):
         return clip, "<in-memory state dict>"
@@ -107,8 +112,6 @@ def _text_tower(
     model: OTSeg, sd: dict, source: str, *, vision_heads: int | None = None, text_heads: int | None = None
 ) -> TextEncoder:
     """CLIP's text tower built from `sd`'s shapes and loaded (strictly); its width checked against the head's."""
-    from otseg.clip.loading import _load_checked, infer_clip_configs, text_state_dict
-    from otseg.clip.text import TextEncoder
 
     try:
         _, text_cfg = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)

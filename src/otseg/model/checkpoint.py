@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from otseg.clip.model import resize_positional_embedding
+from otseg.clip.text import TextEncoder
+from otseg.config import ModelConfig
 from otseg.data.classes import validate_class_names
-from otseg.model.config import ModelConfig
+from otseg.model.segmentor import OTSeg
 from otseg.state_dict import check_state_dict_fits as fits
 from otseg.state_dict import tensor_digest
+from otseg.utils import atomic_write, atomic_write_text
 
 __all__ = [
     "ConversionReport",
@@ -168,7 +175,6 @@ def safe_torch_load(
         ValueError: the file holds pickled objects that weights_only loading refuses, or it cannot be read
             (truncated, corrupt, not a torch file).
     """
-    import pickle
 
     p = Path(path)
     if not p.is_file():
@@ -257,7 +263,6 @@ def convert_reference_state_dict(
     Raises:
         ValueError: unknown reference keys, shape mismatches, or model keys left without a value.
     """
-    from otseg.clip.model import resize_positional_embedding
 
     ours = model.state_dict()
     keep_text = any(k.startswith("text_encoder.") for k in ours)
@@ -323,9 +328,6 @@ def load_reference_checkpoint(
 # ---------------------------------------------------------------------------------------------- our format
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write `model.safetensors` (weights + class embeddings) and `config.json` into `directory`, atomically."""
-    from safetensors.torch import save_file
-
-    from otseg.utils import atomic_write, atomic_write_text
 
     d = Path(directory)
     clash = sorted(set(extra or {}) & _RESERVED_META)
@@ -357,10 +359,6 @@ def load_pretrained(
 
     `overrides` change inference settings of the saved config (e.g. {"stride": 256, "head.seen_bias": 0.0}).
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from otseg.model.segmentor import OTSeg
 
     d = Path(directory)
     cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
@@ -385,7 +383,7 @@ def load_pretrained(
     try:
         config = ModelConfig.from_dict(meta["config"])
         if overrides:
-            from otseg.model.config import apply_overrides
+            from otseg.config import apply_overrides
 
             config = apply_overrides(config, overrides)
     except (TypeError, ValueError, KeyError) as e:
@@ -410,8 +408,6 @@ def load_pretrained(
         except TypeError as e:
             raise ValueError(str(e)) from None
     if meta.get("has_text_encoder"):
-        from otseg.clip.text import TextEncoder
-
         model.attach_text_encoder(TextEncoder(config.text))
     emb = tensors.pop("class_embeddings", None)
     seen = tensors.pop("seen_mask", None)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from otseg.model.config import HeadConfig
+from otseg.config import HeadConfig
 from otseg.ops.mps import mps_scores
 from otseg.ops.mpsa import MultiPromptSinkhornAttention, SoftmaxCrossAttention
 

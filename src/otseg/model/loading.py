@@ -8,7 +8,15 @@ from typing import Any
 
 import torch
 
-from otseg.model.config import ModelConfig, apply_overrides
+from otseg.config import ModelConfig, apply_overrides
+from otseg.model.checkpoint import (
+    check_state_dict_fits,
+    load_pretrained,
+    load_reference_checkpoint,
+    safe_torch_load,
+    verify_training_digest,
+)
+from otseg.model.presets import get_preset
 from otseg.model.segmentor import OTSeg
 
 __all__ = ["load_model"]
@@ -26,7 +34,6 @@ def load_model(
     - an `iter_N.pt` written by `otseg train` (config, weights and class embeddings inside);
     - a reference release `.pth` (mmseg format): needs `preset` (the config it was trained with).
     """
-    from otseg.model.checkpoint import load_pretrained, load_reference_checkpoint, safe_torch_load
 
     p = Path(path)
     if p.is_dir():
@@ -36,7 +43,6 @@ def load_model(
         return _from_training_checkpoint(ckpt, p, overrides)
     if preset is None:
         raise ValueError(f"{p} looks like a reference checkpoint: say which preset it was trained with (--preset NAME)")
-    from otseg.model.presets import get_preset
 
     cfg = get_preset(preset)
     if overrides:
@@ -48,7 +54,6 @@ def load_model(
 
 def _from_training_checkpoint(ckpt: dict[str, Any], p: Path, overrides: dict[str, Any] | None) -> OTSeg:
     """Build the model of an `iter_N.pt` (its own config, `overrides` applied) and load weights + class embeddings."""
-    from otseg.model.checkpoint import check_state_dict_fits, verify_training_digest
 
     missing = [k for k in ("model_config", "model", "class_embeddings") if k not in ckpt]
     if missing:

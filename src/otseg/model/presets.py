@@ -16,10 +16,8 @@ Deliberate departures from the reference configs (spec §8, bug 1):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from otseg.data.classes import get_dataset_classes
-from otseg.model.config import (
+from otseg.config import (
     CLIP_MEAN,
     CLIP_STD,
     IMAGENET_MEAN,
@@ -29,37 +27,16 @@ from otseg.model.config import (
     Setting,
     VisionConfig,
 )
+from otseg.data.facts import DatasetFacts, dataset_facts
 
 __all__ = ["PRESETS", "describe_preset", "get_preset", "list_presets"]
-
-
-@dataclass(frozen=True)
-class _DatasetDefaults:
-    """What a dataset fixes for every run trained or evaluated on it (spec §4.4–§4.5)."""
-
-    classes_key: str  # key into otseg.data.classes
-    image_size: int  # training crop = model input_resolution = head img_size
-    num_prompt_tokens: int
-    templates: str
-    embeddings: str | None  # the reference's .npy for this dataset's classes
-    crop_size: int
-    stride: int
-    test_short_side: int
-
-
-_VOC = _DatasetDefaults("voc12", 512, 10, "templates_6", "voc12_otseg.npy", 512, 426, 512)
-_CONTEXT = _DatasetDefaults("context59", 480, 10, "templates_8", "context_otseg.npy", 480, 80, 520)
-_COCO = _DatasetDefaults("coco_stuff164k", 512, 100, "templates_8", "coco_otseg.npy", 512, 426, 512)
-# ADE20K is only a cross-dataset target: no embedding file ships with the reference; its test pipeline
-# (`_base_/datasets/ade.py`) resizes keep-ratio to img_scale (2048, 512), i.e. short side 512.
-_ADE = _DatasetDefaults("ade20k", 512, 10, "templates_8", None, 512, 426, 512)
 
 
 def _build(
     name: str,
     setting: Setting,
-    source: _DatasetDefaults,
-    target: _DatasetDefaults,
+    source: str,
+    target: str,
     *,
     zero_shot: bool,
     crop_size: int | None = None,
@@ -68,26 +45,28 @@ def _build(
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
 ) -> ModelConfig:
-    """Model settings from `source` (the dataset trained on), classes and test pipeline from `target`."""
-    classes = get_dataset_classes(target.classes_key)
+    """Model settings from dataset `source` (the one trained on), classes and test pipeline from `target`
+    (keys of `otseg.data.facts`)."""
+    src: DatasetFacts = dataset_facts(source)
+    tgt: DatasetFacts = dataset_facts(target)
     return ModelConfig(
         name=name,
         setting=setting,
         vision=VisionConfig(
-            image_size=source.image_size,
-            num_prompt_tokens=source.num_prompt_tokens,
+            image_size=src.pipeline.image_size,
+            num_prompt_tokens=src.num_prompt_tokens,
             deep_prompt_layers=11,
         ),
-        head=HeadConfig(output_size=source.image_size),
-        dataset=target.classes_key,
-        class_names=classes.class_names,
-        unseen_classes=classes.unseen if zero_shot else (),
-        templates=templates if templates is not None else target.templates,
-        reference_embeddings=target.embeddings,
+        head=HeadConfig(output_size=src.pipeline.image_size),
+        dataset=tgt.key,
+        class_names=tgt.classes.class_names,
+        unseen_classes=tgt.classes.unseen if zero_shot else (),
+        templates=templates if templates is not None else tgt.templates,
+        reference_embeddings=tgt.embeddings,
         test_mode="slide",
-        crop_size=crop_size if crop_size is not None else target.crop_size,
-        stride=stride if stride is not None else target.stride,
-        test_short_side=target.test_short_side,
+        crop_size=crop_size if crop_size is not None else tgt.crop_size,
+        stride=stride if stride is not None else tgt.stride,
+        test_short_side=tgt.pipeline.test_short_side,
         mean=mean,
         std=std,
     )
@@ -98,7 +77,7 @@ def _build(
 
 def voc12_inductive() -> ModelConfig:
     """`configs/voc12/vpt_seg_zero_vit-b_512x512_20k_12_10.py`: 15 seen classes in training, seen bias 0.1."""
-    return _build("voc12-inductive", "inductive", _VOC, _VOC, zero_shot=True)
+    return _build("voc12-inductive", "inductive", "voc12", "voc12", zero_shot=True)
 
 
 def voc12_transductive() -> ModelConfig:
@@ -106,7 +85,7 @@ def voc12_transductive() -> ModelConfig:
 
     The reference config loads `context_otseg.npy` (a bug, spec §8.1); we use `voc12_otseg.npy`.
     """
-    return _build("voc12-transductive", "transductive", _VOC, _VOC, zero_shot=True)
+    return _build("voc12-transductive", "transductive", "voc12", "voc12", zero_shot=True)
 
 
 def voc12_fully() -> ModelConfig:
@@ -114,7 +93,7 @@ def voc12_fully() -> ModelConfig:
 
     The reference config loads `context_otseg.npy` (a bug, spec §8.1); we use `voc12_otseg.npy`.
     """
-    return _build("voc12-fully", "fully", _VOC, _VOC, zero_shot=False)
+    return _build("voc12-fully", "fully", "voc12", "voc12", zero_shot=False)
 
 
 # ---- PASCAL Context (59 classes) -------------------------------------------------------------------------
@@ -122,19 +101,19 @@ def voc12_fully() -> ModelConfig:
 
 def context59_inductive() -> ModelConfig:
     """`configs/context/vpt_context_vpt.py`: 480 px (30x30 grid), slide 480/80, seen bias 0.1."""
-    return _build("context59-inductive", "inductive", _CONTEXT, _CONTEXT, zero_shot=True)
+    return _build("context59-inductive", "inductive", "context59", "context59", zero_shot=True)
 
 
 def context59_transductive() -> ModelConfig:
     """`configs/context/vpt_context_st_vpt.py`: self-training; test crop 420 / stride 80, img_size 480."""
     return _build(
-        "context59-transductive", "transductive", _CONTEXT, _CONTEXT, zero_shot=True, crop_size=420, stride=80
+        "context59-transductive", "transductive", "context59", "context59", zero_shot=True, crop_size=420, stride=80
     )
 
 
 def context59_fully() -> ModelConfig:
     """`configs/context/vpt_context_fully.py`: all 59 classes seen."""
-    return _build("context59-fully", "fully", _CONTEXT, _CONTEXT, zero_shot=False)
+    return _build("context59-fully", "fully", "context59", "context59", zero_shot=False)
 
 
 # ---- COCO-Stuff 164k (171 classes) -----------------------------------------------------------------------
@@ -142,17 +121,17 @@ def context59_fully() -> ModelConfig:
 
 def coco_inductive() -> ModelConfig:
     """`configs/coco/vpt_seg_zero_vit-b_512x512_80k_12_100_multi.py`: 100 VPT tokens, 156 seen classes."""
-    return _build("coco-inductive", "inductive", _COCO, _COCO, zero_shot=True)
+    return _build("coco-inductive", "inductive", "coco_stuff164k", "coco_stuff164k", zero_shot=True)
 
 
 def coco_transductive() -> ModelConfig:
     """`configs/coco/vpt_seg_zero_vit-b_512x512_40k_12_100_multi_st.py`: self-training, no seen bias."""
-    return _build("coco-transductive", "transductive", _COCO, _COCO, zero_shot=True)
+    return _build("coco-transductive", "transductive", "coco_stuff164k", "coco_stuff164k", zero_shot=True)
 
 
 def coco_fully() -> ModelConfig:
     """`configs/coco/vpt_seg_fully_vit-b_512x512_80k_12_100_multi.py`: all 171 classes seen."""
-    return _build("coco-fully", "fully", _COCO, _COCO, zero_shot=False)
+    return _build("coco-fully", "fully", "coco_stuff164k", "coco_stuff164k", zero_shot=False)
 
 
 # ---- Cross-dataset evaluation (spec §5) ------------------------------------------------------------------
@@ -163,12 +142,14 @@ def coco_fully() -> ModelConfig:
 
 def coco_to_voc12() -> ModelConfig:
     """`configs/cross_dataset/coco-to-voc.py`: COCO model (100 tokens, 512) on VOC-20, slide 512/380."""
-    return _build("coco-to-voc12", "fully", _COCO, _VOC, zero_shot=False, crop_size=512, stride=380)
+    return _build("coco-to-voc12", "fully", "coco_stuff164k", "voc12", zero_shot=False, crop_size=512, stride=380)
 
 
 def coco_to_context59() -> ModelConfig:
     """`configs/cross_dataset/coco-to-context.py`: COCO model on Context-59, slide 512/426."""
-    return _build("coco-to-context59", "fully", _COCO, _CONTEXT, zero_shot=False, crop_size=512, stride=426)
+    return _build(
+        "coco-to-context59", "fully", "coco_stuff164k", "context59", zero_shot=False, crop_size=512, stride=426
+    )
 
 
 def coco_to_ade20k() -> ModelConfig:
@@ -180,8 +161,8 @@ def coco_to_ade20k() -> ModelConfig:
     return _build(
         "coco-to-ade20k",
         "fully",
-        _COCO,
-        _ADE,
+        "coco_stuff164k",
+        "ade20k",
         zero_shot=False,
         crop_size=512,
         stride=426,
@@ -192,12 +173,14 @@ def coco_to_ade20k() -> ModelConfig:
 
 def context59_to_voc12() -> ModelConfig:
     """`configs/cross_dataset/context-to-voc.py`: Context model (10 tokens, 480) on VOC-20, slide 480/80."""
-    return _build("context59-to-voc12", "fully", _CONTEXT, _VOC, zero_shot=False, crop_size=480, stride=80)
+    return _build("context59-to-voc12", "fully", "context59", "voc12", zero_shot=False, crop_size=480, stride=80)
 
 
 def context59_to_coco() -> ModelConfig:
     """`configs/cross_dataset/context-to-coco.py`: Context model on COCO-Stuff-171, slide 480/80."""
-    return _build("context59-to-coco", "fully", _CONTEXT, _COCO, zero_shot=False, crop_size=480, stride=80)
+    return _build(
+        "context59-to-coco", "fully", "context59", "coco_stuff164k", zero_shot=False, crop_size=480, stride=80
+    )
 
 
 PRESETS: dict[str, Callable[[], ModelConfig]] = {

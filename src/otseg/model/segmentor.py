@@ -11,8 +11,9 @@ from torch import Tensor, nn
 
 from otseg.clip.text import TextEncoder
 from otseg.clip.vpt import VPTVisionTransformer
-from otseg.model.config import ModelConfig
+from otseg.config import ModelConfig, resolve_templates
 from otseg.model.head import HeadOutput, OTSegHead
+from otseg.model.text import compute_class_embeddings, validate_class_names
 
 __all__ = ["OTSeg", "slide_windows"]
 
@@ -128,7 +129,6 @@ class OTSeg(nn.Module):
             templates: prompt templates with one "{}" each, or a template-set name ("templates_6"); default:
                 the preset's set. The number of templates is the number of prompts N.
         """
-        from otseg.model.text import compute_class_embeddings, resolve_templates, validate_class_names
 
         if self.text_encoder is None:
             raise RuntimeError(
@@ -136,7 +136,8 @@ class OTSeg(nn.Module):
                 "(build_model(..., clip='ViT-B-16.pt')) or call set_class_embeddings() with precomputed ones"
             )
         names = validate_class_names(names)
-        emb = compute_class_embeddings(self.text_encoder, names, resolve_templates(templates, self.config))
+        chosen = resolve_templates(templates if templates is not None else self.config.templates)
+        emb = compute_class_embeddings(self.text_encoder, names, chosen)
         self.set_class_embeddings(emb, class_names=names)
 
     def _require_embeddings(self) -> None:

@@ -15,52 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from otseg.clip.tokenizer import tokenize
+from otseg.config import resolve_templates
 from otseg.data.classes import validate_class_names
+from otseg.utils import atomic_torch_save
 
 if TYPE_CHECKING:
-    from otseg.model.config import ModelConfig
-
-# The reference's prompt template sets (OTSeg `templates_6` / `templates_8`), in the reference's order:
-# the order matters because prompt n of a class is row n of its (N, D) embedding block.
-TEMPLATES_6: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a portrait of a {}.",
-    "a part of a {}.",
-    "a segment of a {}.",
-    "a photo of small {}.",
-    "a photo of medium {}.",
-)
-TEMPLATES_8: tuple[str, ...] = (*TEMPLATES_6, "a photo of large {}.", "a background of a {}.")
-TEMPLATES_1: tuple[str, ...] = ("a photo of a {}.",)  # ZegCLIP's single prompt
-
-TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
-    "templates_1": TEMPLATES_1,
-    "templates_6": TEMPLATES_6,
-    "templates_8": TEMPLATES_8,
-}
-
-
-def resolve_templates(templates: Sequence[str] | str | None, config: ModelConfig | None = None) -> tuple[str, ...]:
-    """Templates from a set name, an explicit list, or (None) the config's set. Each must contain one "{}"."""
-    if templates is None:
-        templates = config.templates if config is not None else "templates_6"
-    if isinstance(templates, str):
-        if templates not in TEMPLATE_SETS:
-            raise KeyError(f"unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)}")
-        return TEMPLATE_SETS[templates]
-    out = tuple(templates)
-    if not out:
-        raise ValueError("no prompt templates given")
-    for t in out:
-        if not isinstance(t, str):
-            raise TypeError(f"prompt templates must be strings, got {type(t).__name__} {t!r}")
-        if t.count("{}") != 1:
-            raise ValueError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
-        try:  # other braces ("{0}", "{name}", a lone "{") would only fail later, inside str.format
-            t.format("x")
-        except (IndexError, KeyError, ValueError) as e:
-            raise ValueError(f"prompt template {t!r} is not a valid format string ({e}); use '{{{{' for a brace") from e
-    return out
+    pass
 
 
 def _weights_signature(module: torch.nn.Module) -> tuple:
@@ -120,7 +81,6 @@ def compute_class_embeddings(
     Returns:
         (K, N, D) float32.
     """
-    from otseg.clip.tokenizer import tokenize
 
     names = validate_class_names(class_names)
     templates = resolve_templates(templates)
@@ -152,8 +112,6 @@ def compute_class_embeddings(
         chunks.append(F.normalize(text_encoder(tokens).float(), dim=-1).cpu())
     emb = F.normalize(torch.cat(chunks).reshape(len(names), len(templates), -1), dim=-1)
     if use_cache:
-        from otseg.utils import atomic_torch_save
-
         with contextlib.suppress(OSError):  # a read-only home is no reason to fail
             atomic_torch_save(emb, path)
     return emb

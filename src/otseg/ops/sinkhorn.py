@@ -596,7 +596,7 @@ def sinkhorn_potentials(
     check_every: CheckEvery = "auto",
     fixed_iters: int | None = None,
 ) -> tuple[Tensor, Tensor, int, float]:
-    """Run the Sinkhorn loop (by default the reference's own, bit for bit) and return its dual potentials.
+    """Run the Sinkhorn loop and return its dual potentials (the update rule defaults as `sinkhorn`'s does).
 
     Args:
         cost: (P, M, N) transport costs of P independent problems.
@@ -605,10 +605,11 @@ def sinkhorn_potentials(
         nu: (P, N) column marginals; uniform 1/N if None.
         max_iter: iteration cap.
         thresh: stop once mean |u - u_prev| over the whole batch is below this.
-        update: "reference" (default: the literal reference loop, bit for bit, stopping statistic included;
-            differentiable through the unrolled iterations), "scaling" or "log" (see the module docstring; their
-            statistic is free of the reference's rounding noise, e.g. ~6e-9 where the reference reports 1.2e-7
-            for an already converged problem).
+        update: as `sinkhorn`'s default: "scaling", or "reference" when an input requires grad (the literal
+            reference loop, bit for bit, stopping statistic included; differentiable through the unrolled
+            iterations); or "log". The scaling and log statistics are free of the reference's rounding noise
+            (e.g. ~6e-9 where the reference reports 1.2e-7 for an already converged problem): ask for
+            "reference" to reproduce its statistic.
         check_every, fixed_iters: see `sinkhorn`.
 
     Returns:
@@ -617,10 +618,8 @@ def sinkhorn_potentials(
     """
     prob = _prepare(cost, eps, mu, nu)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (cost, mu, nu))
-    if update is None:
-        # Not `sinkhorn`'s default ("scaling"): the potentials' golden parity test pins the reference's own
-        # stopping statistic, rounding noise included, which only the literal loop reproduces.
-        update = "reference"
+    if update is None:  # `sinkhorn`'s rule: gradients through the iterations need the literal loop
+        update = _default_update(unrolled=needs_grad)
     if update == "scaling" and needs_grad:
         raise ValueError("update='scaling' is not differentiable through its iterations; use 'reference' or 'log'")
     check = _resolve_check_every(check_every, cost.device)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from otseg.data.classes import get_dataset_classes
+from otseg.data.facts import dataset_facts
 from otseg.prepare.common import (
     Input,
     Job,
@@ -53,7 +53,7 @@ def stuff_thing_lut() -> np.ndarray:
     return lut
 
 
-assert _NUM_VALUES - len(UNUSED_STUFF_THING_VALUES) == get_dataset_classes("coco_stuff164k").num_classes
+assert _NUM_VALUES - len(UNUSED_STUFF_THING_VALUES) == dataset_facts("coco_stuff164k").classes.num_classes
 
 
 def _convert_map(data: bytes, dest: Path, where: str) -> int:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from otseg.data.classes import get_dataset_classes
+from otseg.data.facts import dataset_facts
 from otseg.prepare.common import (
     Job,
     PrepareOptions,
@@ -53,7 +53,7 @@ CONTEXT59_CATEGORY_IDS = (
     159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347, 349, 354, 355, 360, 366,
     368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458,
 )  # fmt: skip
-assert len(CONTEXT59_CATEGORY_IDS) == get_dataset_classes("context59").num_classes
+assert len(CONTEXT59_CATEGORY_IDS) == dataset_facts("context59").classes.num_classes
 
 
 # Bounds that keep memory finite for any input: PASCAL images are at most 500 px a side, the JSON about 0.5 GB.

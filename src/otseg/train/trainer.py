@@ -33,13 +33,13 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from otseg.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.model.checkpoint import checkpoint_digest, verify_training_digest
-from otseg.model.config import Validated
-from otseg.train.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr
 from otseg.utils import atomic_torch_save, atomic_write_text, describe_write_failure, is_atomic_temp_file
+from otseg.validation import Validated
 
 __all__ = [
     "REFERENCE_ITERS",

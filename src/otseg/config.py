@@ -1,7 +1,10 @@
-"""Typed configuration of an OTSeg model.
+"""Typed configuration of OTSeg: the model, its decode head, the data pipelines and training.
 
-Every knob the reference exposes through its mmseg config files (and the ablation switches researchers
-use) lives in one of these dataclasses. Presets (`otseg.model.presets`) are plain instances of them.
+This is the configuration layer: it imports nothing from otseg but the validation base (`otseg.validation`) and
+the CLIP towers' configs (`otseg.clip.config`), so every other module may import it. Every knob the reference
+exposes through its mmseg config files (and the ablation switches researchers use) lives in one of these
+dataclasses; presets (`otseg.model.presets`) are plain instances of them, and the facts of each dataset
+(`otseg.data.facts`) fill them in.
 
 Every field is checked when a config is built (`__post_init__`), whether from code, a preset, `--set`
 overrides or a saved `config.json`: its type, `Literal` choices, positive sizes and strides, and lengths that
@@ -12,11 +15,31 @@ and what is valid.
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
+
+from otseg.clip.config import TextConfig, VisionConfig
+from otseg.validation import Validated, coerce_text, field_hint, strict_build
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MAX_CLASS_NAME_CHARS",
+    "TEMPLATES_1",
+    "TEMPLATES_6",
+    "TEMPLATES_8",
+    "TEMPLATE_SETS",
+    "DataConfig",
+    "HeadConfig",
+    "ModelConfig",
+    "TextConfig",
+    "VisionConfig",
+    "apply_overrides",
+    "resolve_templates",
+]
 
 Setting = Literal["inductive", "transductive", "fully"]
 AttentionKind = Literal["mpsa", "softmax"]
@@ -28,137 +51,48 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 CLIP_MEAN = (122.770938, 116.7460125, 104.09373615)
 CLIP_STD = (68.5005327, 66.6321579, 70.32316305)
 
+# The reference's prompt template sets (OTSeg `templates_6` / `templates_8`), in the reference's order:
+# the order matters because prompt n of a class is row n of its (N, D) embedding block.
+TEMPLATES_6: tuple[str, ...] = (
+    "a photo of a {}.",
+    "a portrait of a {}.",
+    "a part of a {}.",
+    "a segment of a {}.",
+    "a photo of small {}.",
+    "a photo of medium {}.",
+)
+TEMPLATES_8: tuple[str, ...] = (*TEMPLATES_6, "a photo of large {}.", "a background of a {}.")
+TEMPLATES_1: tuple[str, ...] = ("a photo of a {}.",)  # ZegCLIP's single prompt
 
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        choices = [repr(c) for c in typing.get_args(hint)]
-        return " or ".join(choices) if len(choices) == 2 else "one of " + ", ".join(choices)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    if origin is tuple:
-        args = typing.get_args(hint)
-        inner = _type_name(args[0]) if args else "values"
-        return f"a list of {inner}" + ("" if len(args) == 2 and args[1] is Ellipsis else f" ({len(args)} of them)")
-    if hint is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    """Whether `value` has the type `hint` (the subset of typing these configs use)."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(hint))
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint is str:
-        return isinstance(value, str)
-    if dataclasses.is_dataclass(hint):
-        return isinstance(value, hint)
-    return True
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "templates_1": TEMPLATES_1,
+    "templates_6": TEMPLATES_6,
+    "templates_8": TEMPLATES_8,
+}
 
 
-class Validated:
-    """Base of the typed configs: checks every field against its annotation when the dataclass is built (and
-    again on `dataclasses.replace`); subclasses name their positive / non-negative / fraction fields and add rules
-    across fields in `_check`."""
-
-    _section: ClassVar[str] = ""  # dotted prefix of this config's keys in overrides ("vision.", ...)
-    _positive: ClassVar[tuple[str, ...]] = ()  # fields that must be > 0
-    _non_negative: ClassVar[tuple[str, ...]] = ()  # fields that must be >= 0
-    _fractions: ClassVar[tuple[str, ...]] = ()  # fields that must lie in [0, 1)
-
-    def _fail(self, name: str, value: Any, expected: str) -> ValueError:
-        return ValueError(f"config key {self._section}{name} = {value!r}: expected {expected}")
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if isinstance(value, list):  # JSON has no tuples
-                value = tuple(value)
-                object.__setattr__(self, f.name, value)
-            hint = hints[f.name]
-            if not _matches(value, hint):
-                raise self._fail(f.name, value, _type_name(hint))
-        for name in self._positive:
-            if getattr(self, name) <= 0:
-                raise self._fail(name, getattr(self, name), "a positive number")
-        for name in self._non_negative:
-            if getattr(self, name) < 0:
-                raise self._fail(name, getattr(self, name), "zero or more")
-        for name in self._fractions:
-            if not 0 <= getattr(self, name) < 1:
-                raise self._fail(name, getattr(self, name), "a fraction in [0, 1)")
-        self._check()
-
-    def _check(self) -> None:
-        """Rules across fields (overridden)."""
-
-
-@dataclass
-class VisionConfig(Validated):
-    """CLIP ViT image tower with deep visual prompt tuning (the reference's `VPTCLIPVisionTransformer`)."""
-
-    _section: ClassVar[str] = "vision."
-    _positive: ClassVar[tuple[str, ...]] = ("image_size", "patch_size", "width", "layers", "heads", "output_dim")
-    _non_negative: ClassVar[tuple[str, ...]] = ("num_prompt_tokens", "deep_prompt_layers")
-    _fractions: ClassVar[tuple[str, ...]] = ("prompt_dropout",)
-
-    image_size: int = 512  # input_resolution: the positional table is resampled to image_size/patch_size
-    patch_size: int = 16
-    width: int = 768
-    layers: int = 12
-    heads: int = 12
-    output_dim: int = 512
-    num_prompt_tokens: int = 10  # 100 for COCO-Stuff
-    deep_prompt_layers: int = 11  # total_d_layer: blocks 1..deep_prompt_layers get fresh prompts
-    prompt_dropout: float = 0.1  # hard-coded in the reference, active in training
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // self.patch_size
-
-    def _check(self) -> None:
-        if self.width % self.heads:
-            raise self._fail("heads", self.heads, f"a divisor of vision.width ({self.width})")
-        if self.image_size < self.patch_size:
-            raise self._fail("image_size", self.image_size, f"at least vision.patch_size ({self.patch_size})")
-
-
-@dataclass
-class TextConfig(Validated):
-    """CLIP text transformer (only needed to embed class names live)."""
-
-    _section: ClassVar[str] = "text."
-    _positive: ClassVar[tuple[str, ...]] = ("context_length", "vocab_size", "width", "heads", "layers", "output_dim")
-
-    context_length: int = 77
-    vocab_size: int = 49408
-    width: int = 512
-    heads: int = 8
-    layers: int = 12
-    output_dim: int = 512
-
-    def _check(self) -> None:
-        if self.width % self.heads:
-            raise self._fail("heads", self.heads, f"a divisor of text.width ({self.width})")
+def resolve_templates(templates: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Templates from a set name or an explicit list (None: the reference's `templates_6`). Each must contain
+    one "{}"."""
+    if templates is None:
+        templates = "templates_6"
+    if isinstance(templates, str):
+        if templates not in TEMPLATE_SETS:
+            raise KeyError(f"unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)}")
+        return TEMPLATE_SETS[templates]
+    out = tuple(templates)
+    if not out:
+        raise ValueError("no prompt templates given")
+    for t in out:
+        if not isinstance(t, str):
+            raise TypeError(f"prompt templates must be strings, got {type(t).__name__} {t!r}")
+        if t.count("{}") != 1:
+            raise ValueError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
+        try:  # other braces ("{0}", "{name}", a lone "{") would only fail later, inside str.format
+            t.format("x")
+        except (IndexError, KeyError, ValueError) as e:
+            raise ValueError(f"prompt template {t!r} is not a valid format string ({e}); use '{{{{' for a brace") from e
+    return out
 
 
 @dataclass
@@ -214,7 +148,7 @@ class ModelConfig(Validated):
     dataset: str = "voc12"  # key into otseg.data.classes
     class_names: tuple[str, ...] = ()
     unseen_classes: tuple[int, ...] = ()  # indices into class_names; seen = the rest, ascending
-    # A key into otseg.model.text.TEMPLATE_SETS, or the prompt templates themselves (each with one "{}").
+    # A key into TEMPLATE_SETS, or the prompt templates themselves (each with one "{}").
     templates: str | tuple[str, ...] = "templates_6"
     reference_embeddings: str | None = None  # file name of the reference's .npy (e.g. "voc12_otseg.npy")
     test_mode: Literal["slide", "whole"] = "slide"
@@ -265,8 +199,6 @@ class ModelConfig(Validated):
 
     @property
     def num_prompts(self) -> int:
-        from otseg.model.text import resolve_templates
-
         return len(resolve_templates(self.templates))
 
     @property
@@ -288,16 +220,8 @@ class ModelConfig(Validated):
             if key in d:
                 if not isinstance(d[key], dict):
                     raise ValueError(f"config key {key} = {d[key]!r}: expected an object of {key}.* settings")
-                d[key] = _strict_build(sub_cls, d[key], key)
-        return _strict_build(cls, d, "model")
-
-
-def _strict_build(cls: type, values: dict[str, Any], where: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {where} config key(s) {unknown}; valid keys: {sorted(names)}")
-    return cls(**values)
+                d[key] = strict_build(sub_cls, d[key], key)
+        return strict_build(cls, d, "model")
 
 
 def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
@@ -323,43 +247,34 @@ def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
         fields = {f.name for f in dataclasses.fields(target)} - {"vision", "text", "head"}
         if leaf not in fields:
             raise ValueError(f"unknown config key {dotted!r} (= {value!r}); valid keys here: {sorted(fields)}")
-        changes[leaf] = _coerce(value, getattr(target, leaf), dotted, _field_hint(type(target), leaf))
+        changes[leaf] = coerce_text(value, getattr(target, leaf), dotted, field_hint(type(target), leaf))
     built = {name: dataclasses.replace(getattr(cfg, name), **changes) for name, changes in sections.items()}
     return dataclasses.replace(cfg, **built, **top)
 
 
-def _field_hint(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
+@dataclass
+class DataConfig:
+    """Settings of the training augmentation and the test resize of one dataset (`reference-spec.md` §4.5).
 
+    Sizes are in pixels; `img_scale` is mmseg's `(long_max, short_max)` pair (the order inside the pair
+    does not matter: the keep-ratio rescale uses its max as the long-side bound and its min as the short).
+    `otseg.data.facts.data_config_for` derives it from a model config, so that the training crop, the test
+    resize and the normalisation always agree with the model they feed.
+    """
 
-def _coerce(value: Any, current: Any, key: str, hint: Any = None) -> Any:
-    """A command-line string -> the type of `current` (or of `hint`); other values are returned unchanged."""
-    if not isinstance(value, str) or isinstance(current, str):
-        return value
-    literal = hint is not None and typing.get_origin(hint) is Literal
-    if literal:
-        return value
-    try:
-        if isinstance(current, bool):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        if isinstance(current, tuple):
-            items = [v.strip() for v in value.split(",") if v.strip()]
-            if current and isinstance(current[0], int):
-                return tuple(int(v) for v in items)
-            if current and isinstance(current[0], float):
-                return tuple(float(v) for v in items)
-            return tuple(items)
-        if current is None:
-            return None if value.lower() == "none" else value
-    except ValueError:
-        kind = "true or false" if isinstance(current, bool) else f"a {type(current).__name__}"
-        raise ValueError(f"config key {key} = {value!r}: expected {kind} (currently {current!r})") from None
-    return value
+    dataset: str = "voc12"  # key into otseg.data.facts ("custom" for a user folder)
+    img_scale: tuple[int, int] = (2048, 512)  # (520, 520) for PASCAL Context
+    ratio_range: tuple[float, float] = (0.5, 2.0)  # r ~ U[lo, hi) scales img_scale before the keep-ratio fit
+    crop_size: int = 512  # square training crop; 480 for PASCAL Context
+    cat_max_ratio: float = 0.75  # a crop is re-drawn while one class covers >= this share of labelled pixels
+    flip_prob: float = 0.5
+    # PhotoMetricDistortion (each op fires with probability 0.5)
+    brightness_delta: int = 32
+    contrast_range: tuple[float, float] = (0.5, 1.5)
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    hue_delta: int = 18  # on OpenCV's 0..179 hue scale
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB, 0..255 scale
+    std: tuple[float, float, float] = IMAGENET_STD
+    ignore_index: int = 255
+    reduce_zero_label: bool = True  # VOC / Context / ADE: id 0 (background) -> ignore, others shift by -1
+    test_short_side: int = 512  # test-time keep-ratio resize target of the short side (no long-side cap)
