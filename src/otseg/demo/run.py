@@ -22,13 +22,16 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints (no stubs installed)
 
+from otseg.clip.loading import read_clip_state_dict
 from otseg.demo.card import world_card
 from otseg.demo.curves import last_fraction_change, plot_curves
 from otseg.demo.presets import (
@@ -44,8 +47,11 @@ from otseg.demo.pretrained import save_demo_model
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids, world_dir
+from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
+from otseg.model.segmentor import OTSeg
 from otseg.utils import atomic_write_text
+from otseg.viz import label_map_panel
 
 __all__ = [
     "DemoJob",
@@ -75,8 +81,8 @@ NUM_PANELS = 4
 def _split_miou(per_class: dict[str, float | None], ids: Sequence[int]) -> float | None:
     """Mean IoU over `ids`, leaving out classes absent from both ground truth and prediction (mmseg's rule)."""
     values = [per_class[CLASS_NAMES[i]] for i in ids]
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(values)) if values else None
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(present)) if present else None
 
 
 def _row(method: str, setting: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +139,7 @@ def _panel_indices(val_set: Any, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def _predict_labels(model: torch.nn.Module, val_set: Any, indices: Sequence[int]) -> list[np.ndarray]:
+def _predict_labels(model: OTSeg, val_set: Any, indices: Sequence[int]) -> list[np.ndarray]:
     out = []
     for i in indices:
         scores = model.predict_scores(val_set[i]["image"][None])
@@ -149,8 +155,6 @@ def _write_panels(
     Predictions are shown on the scored pixels only: background is not a class (label 255), so what a model says
     there is not measured, and drawing it would hide the objects.
     """
-    from otseg.viz import label_map_panel
-
     scale = 4  # 64 px images are too small to read
     paths = []
     panel_dir = out_dir / "panels"
@@ -260,9 +264,6 @@ def run_job(
     """Train one job's model and score its methods (and, for OTSeg inductive, the control; it also stores the
     built-in demo model). Returns rows (and, for inductive runs, rows without the seen-class bias), per-class IoU,
     the held-out curve, the panel images' label maps and timings."""
-    from otseg.clip.loading import read_clip_state_dict
-    from otseg.eval.evaluate import evaluate
-
     cfg = ctx.settings
     train_set, val_set = demo_datasets(cfg, ctx.world_root)
     holdout_set = demo_holdout_set(cfg, ctx.world_root)
@@ -387,8 +388,6 @@ def _run_jobs(
     jobs: list[DemoJob], ctx: _JobContext, workers: int, threads: int, progress: bool
 ) -> dict[str, dict[str, Any]]:
     """Run the jobs, `workers` at a time (in this process when 1), with one progress bar over all their steps."""
-    from tqdm.auto import tqdm
-
     recipe = ctx.settings.recipe
     total = sum(j.iters(recipe) for j in jobs)
     bar = tqdm(total=total, desc=f"training {len(jobs)} models", unit="it", dynamic_ncols=True, disable=not progress)
@@ -410,7 +409,8 @@ def _run_jobs(
         channel = mp.Queue()
         pool = mp.Pool(workers, initializer=_init_worker, initargs=(channel, threads))
         try:
-            pending, running = list(jobs), {}
+            pending = list(jobs)
+            running: dict[str, tuple[DemoJob, AsyncResult[dict[str, Any]]]] = {}
             while pending or running:
                 for job in list(pending):
                     if len(running) >= workers:

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from otseg.model.text import cache_dir
+
 __all__ = [
     "BACKGROUNDS",
     "CLASS_NAMES",
@@ -494,8 +496,6 @@ def generate_world(root: str | os.PathLike, cfg: WorldConfig) -> Path:
 
 def demo_cache_root() -> Path:
     """Where the demo caches worlds and tiny CLIPs: beside the text-embedding cache ($OTSEG_CACHE_DIR)."""
-    from otseg.model.text import cache_dir
-
     return cache_dir().parent / "demo"
 
 
