@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Union
 
 import ftfy
-import regex
+import regex  # type: ignore[import-untyped]  # regex ships no type hints (types-regex: not a dependency)
 import torch
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from tqdm import tqdm  # type: ignore[import-untyped]  # tqdm ships no type hints (no stubs installed)
 
 from otseg.eval.metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, format_markdown
 from otseg.image_io import open_image
