@@ -39,13 +39,13 @@ from otseg.demo.training import demo_datasets, train_demo_model
 from otseg.demo.world import caption_vocabulary, demo_cache_root, world_dir
 from otseg.model.build import load_clip_into
 from otseg.model.checkpoint import save_pretrained
-from otseg.model.config import ModelConfig
+from otseg.model.config import ModelConfig, Setting
 from otseg.model.segmentor import OTSeg
 
 __all__ = ["SHIPPED_MODEL", "demo_model_dir", "demo_model_key", "pack_demo_model", "save_demo_model"]
 
 DEMO_MODEL_METHOD = "otseg+"
-DEMO_MODEL_SETTING = "inductive"
+DEMO_MODEL_SETTING: Setting = "inductive"
 SHIPPED_MODEL = Path(__file__).with_name("demo_model.safetensors")
 PACK_FORMAT = "otseg-demo-model-pack/1"
 # The rebuild trains with this many threads, as each `otseg demo` worker does on a 2-core machine: matrix

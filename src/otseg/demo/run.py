@@ -49,6 +49,7 @@ from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_mode
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids, world_dir
 from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
+from otseg.model.config import Setting
 from otseg.model.segmentor import OTSeg
 from otseg.utils import atomic_write_text
 from otseg.viz import label_map_panel
@@ -195,7 +196,7 @@ class DemoJob:
     """One training run of the demo: a trained architecture in one setting, and the methods scored on it."""
 
     arch: str  # "zegclip" or "otseg" (`training_arch`)
-    setting: str  # "inductive", "transductive" or "fully"
+    setting: Setting  # "inductive", "transductive" or "fully"
 
     @property
     def name(self) -> str:
@@ -211,13 +212,15 @@ class DemoJob:
         return DemoJob(self.arch, "inductive") if self.setting == "transductive" else None
 
     def iters(self, recipe: DemoRecipe) -> int:
-        return demo_train_config(self.setting, recipe).max_iters  # type: ignore[arg-type]
+        return demo_train_config(self.setting, recipe).max_iters
 
 
 def demo_jobs() -> list[DemoJob]:
     """The six runs, in the order workers take them up: the longest first (OTSeg's steps cost more than the
     baseline's), the transductive ones last, as they wait for their inductive checkpoint."""
-    order = [("otseg", "inductive"), ("zegclip", "inductive"), ("otseg", "fully"), ("zegclip", "fully")]
+    order: list[tuple[str, Setting]] = [
+        ("otseg", "inductive"), ("zegclip", "inductive"), ("otseg", "fully"), ("zegclip", "fully"),
+    ]  # fmt: skip
     order += [("otseg", "transductive"), ("zegclip", "transductive")]
     return [DemoJob(a, s) for a, s in order]
 
@@ -547,7 +550,7 @@ def run_demo(
         per_class.update(r["per_class"])
         predictions.update(r["predictions"])
         timings.update(r["timings"])
-        curves[job.name] = [tuple(p) for p in r["curve"]]  # type: ignore[misc]
+        curves[job.name] = [(step, value) for step, value in r["curve"]]
     rows = [results[key] for key in table_order()]
     t0 = time.perf_counter()
     panels = _write_panels(out, val_set, panel_ids, predictions)
