@@ -32,6 +32,8 @@ backbones are identical, and the heads' difference is the steadier measure of th
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -39,6 +41,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from otseg.model.build import build_model
+from otseg.model.segmentor import OTSeg
+from otseg.ops import record_sinkhorn_calls, sinkhorn_overrides
 
 __all__ = [
     "MODEL_VARIANTS",
@@ -126,7 +133,6 @@ def full_macs(model: nn.Module, run: Callable[[], Any]) -> tuple[int, dict[str, 
 
     Returns (total MACs, MACs per top-level child of `model`).
     """
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     def cpu_sdpa_flop(query_shape, key_shape, value_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
@@ -156,12 +162,10 @@ def full_macs(model: nn.Module, run: Callable[[], Any]) -> tuple[int, dict[str, 
     return counter.get_total_flops() // 2, groups
 
 
-def _build(preset: str, overrides: dict[str, Any], device: torch.device) -> nn.Module:
-    import otseg
-
+def _build(preset: str, overrides: dict[str, Any], device: torch.device) -> OTSeg:
     with torch.random.fork_rng(devices=[]):  # reproducible weights, without touching the caller's RNG
         torch.manual_seed(0)
-        model = otseg.build_model(preset, **overrides).eval().to(device)
+        model = build_model(preset, **overrides).eval().to(device)
     cfg = model.config
     k, n, d = cfg.num_classes, cfg.num_prompts, cfg.head.embed_dim
     g = torch.Generator().manual_seed(0)
@@ -226,8 +230,6 @@ def efficiency_table(
         Sinkhorn iterations per call (`*_capped`); plus device, image_size, repeats, timing. Overheads use the
         process CPU time on the CPU (steadier on a shared machine) and the wall clock elsewhere.
     """
-    from otseg.ops.sinkhorn import sinkhorn_overrides
-
     device = torch.device(device)
     models = {name: _build(preset, overrides, device) for name, overrides in MODEL_VARIANTS.items()}
     first = next(iter(models.values()))
@@ -241,9 +243,10 @@ def efficiency_table(
         with torch.no_grad():
             patch, global_emb = model.backbone(image)
         head_inputs[name] = (patch, global_emb)
-        mmcv_total, _ = mmcv_style_macs(model, lambda m=model: m.encode_decode(image))
-        mmcv_ref, _ = mmcv_style_macs(model, lambda m=model: m.encode_decode(image), reference_types=True)
-        full_total, full_groups = full_macs(model, lambda m=model: m.encode_decode(image))
+        encode_decode = functools.partial(model.encode_decode, image)
+        mmcv_total, _ = mmcv_style_macs(model, encode_decode)
+        mmcv_ref, _ = mmcv_style_macs(model, encode_decode, reference_types=True)
+        full_total, full_groups = full_macs(model, encode_decode)
         num_calls, mean_iterations = _sinkhorn_calls(model, image)
         rows.append(
             {
@@ -260,7 +263,7 @@ def efficiency_table(
             }
         )
 
-    def predict(m: nn.Module) -> Callable[[], Any]:
+    def predict(m: OTSeg) -> Callable[[], Any]:
         return lambda: m.predict_scores(image)
 
     def head_only(name: str) -> Callable[[], Any]:
@@ -323,10 +326,8 @@ def efficiency_table(
     return rows
 
 
-def _sinkhorn_calls(model: nn.Module, image: Tensor) -> tuple[int, float]:
+def _sinkhorn_calls(model: OTSeg, image: Tensor) -> tuple[int, float]:
     """Sinkhorn calls of one `predict_scores(image)` and their mean iteration count (0 without calls)."""
-    from otseg.ops import record_sinkhorn_calls
-
     with record_sinkhorn_calls() as calls:
         model.predict_scores(image)
     return len(calls), statistics.mean(c.iterations for c in calls) if calls else 0.0
@@ -401,8 +402,6 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """`otseg bench`: print the efficiency table."""
-    import json
-
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = str(args.device).startswith("cuda")

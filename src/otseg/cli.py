@@ -236,9 +236,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for name in (
         "max_iters", "batch_size", "amp", "seed", "num_workers", "eval_interval", "init_from", "device", "bad_samples",
     ):  # fmt: skip
-        value = getattr(args, name, None)
-        if value is not None:
-            setattr(tcfg, name, value)
+        given = getattr(args, name, None)
+        if given is not None:
+            setattr(tcfg, name, given)
     tcfg.deterministic = tcfg.deterministic or args.deterministic
     tcfg.tensorboard = tcfg.tensorboard or args.tensorboard
     tcfg = dataclasses.replace(tcfg)  # validated as built: --set train.lr=-1 or --max-iters 0 is one clear error

@@ -110,9 +110,10 @@ def _as_size(image_size: int | Sequence[int] | None, model: OTSeg) -> tuple[int,
     elif isinstance(image_size, int):
         size = (image_size, image_size)
     else:
-        size = tuple(int(s) for s in image_size)
-        if len(size) != 2:
+        pair = tuple(int(s) for s in image_size)
+        if len(pair) != 2:
             raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+        size = (pair[0], pair[1])
     patch = model.config.vision.patch_size
     if any(s <= 0 or s % patch for s in size):
         raise ValueError(
@@ -263,6 +264,8 @@ def export_onnx(
         finally:
             model.train(was_training)
         meta = export_metadata(model, (height, width), iters, opset)
+    if program is None:  # torch.onnx.export returns None only for the legacy exporter, which is not used here
+        raise RuntimeError(f"ONNX export of {model.config.name} returned no program")
 
     program.model.metadata_props.update({_META_PREFIX + k: json.dumps(v) for k, v in meta.items()})
     program.model.doc_string = (

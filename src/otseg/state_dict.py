@@ -89,5 +89,5 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the raw bytes, without a copy
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # the raw bytes, without a copy
     return h.hexdigest()

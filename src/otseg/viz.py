@@ -40,7 +40,6 @@ _SHADES = (0.0, 0.4, -0.4, 0.65, -0.6)  # towards white (> 0) or black (< 0) for
 
 def palette(num_classes: int, seed: int = 0) -> np.ndarray:
     """(num_classes, 3) uint8 distinct colours (golden-ratio hues, fixed saturation/value pattern)."""
-
     colors = []
     for i in range(num_classes):
         hue = (i * 0.618033988749895 + 0.1 * seed) % 1.0
@@ -153,7 +152,10 @@ def overlay_with_legend(
         return picture
     scale = max(1, -(-128 // max(min(image.shape[:2]), 1)))  # at least 128 px on the short side
     if scale > 1:
-        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+        # Pillow's hints leave out the module-level filter constants it sets at run time; Image.Resampling (the
+        # typed spelling) needs Pillow >= 9.1, and otseg supports 9.0.
+        nearest = Image.NEAREST  # type: ignore[attr-defined]
+        picture = picture.resize((picture.width * scale, picture.height * scale), nearest)
     present = sorted(int(v) for v in np.unique(labels) if v < k)
     key = _legend(class_names, present, picture.height, k)
     canvas = Image.new("RGB", (picture.width + key.width, max(picture.height, key.height)), "white")

@@ -62,14 +62,19 @@ class _ScriptObject:
             self.attrs = dict(state)
 
 
-def _script_type(type_name: str) -> type:
+def _script_type(type_name: str) -> type[_ScriptObject]:
     """A class whose instances are `_ScriptObject`s remembering `type_name` (pickle's NEWOBJ calls cls.__new__)."""
 
     class _Typed(_ScriptObject):
         __slots__ = ()
 
-        def __new__(cls, *args: Any, **kwargs: Any) -> _ScriptObject:
-            return _ScriptObject(type_name)
+        def __new__(cls, *args: Any, **kwargs: Any) -> _Typed:
+            obj = super().__new__(cls)  # the arguments are the pickled module's: never used
+            _ScriptObject.__init__(obj, type_name)
+            return obj
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:  # a REDUCE (cls(*args)): __new__ did the work
+            pass
 
     return _Typed
 

@@ -100,7 +100,9 @@ class VPTVisionTransformer(VisionTransformer):
                 record["block_outputs"].append(x.transpose(0, 1))
         return x
 
-    @overload
+    # The override returns dense and global embeddings where CLIP's pooled tower returns one tensor: the class
+    # derives from it to share its weights, key names and loading, not to stand in for it.
+    @overload  # type: ignore[override]
     def forward(self, images: Tensor, return_blocks: Literal[False] = ...) -> tuple[Tensor, Tensor]: ...
 
     @overload

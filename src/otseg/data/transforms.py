@@ -311,13 +311,13 @@ class PhotoMetricDistortion:
 
     def contrast(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.integers(2):
-            return _convert(image, alpha=rng.uniform(*self.contrast_range))
+            return _convert(image, alpha=rng.uniform(self.contrast_range[0], self.contrast_range[1]))
         return image
 
     def saturation(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.integers(2):
             hsv = rgb_to_hsv(image)
-            hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*self.saturation_range))
+            hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(self.saturation_range[0], self.saturation_range[1]))
             return hsv_to_rgb(hsv)
         return image
 

@@ -20,6 +20,7 @@ switch and the number of prompts is shared by all methods, and the training reci
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from otseg.config import (
@@ -114,6 +115,13 @@ def demo_model_config(
     )
 
 
+def _rgb(values: Sequence[float], what: str) -> tuple[float, float, float]:
+    """A model config's per-channel `mean` / `std` as the (R, G, B) triple a `DataConfig` holds."""
+    if len(values) != 3:
+        raise ValueError(f"model {what} must have 3 values (R, G, B), got {tuple(values)}")
+    return (values[0], values[1], values[2])
+
+
 def demo_data_config(model_cfg: ModelConfig) -> DataConfig:
     """The reference augmentation at the world's scale.
 
@@ -130,8 +138,8 @@ def demo_data_config(model_cfg: ModelConfig) -> DataConfig:
         crop_size=size,
         saturation_range=(0.75, 1.25),
         hue_delta=5,
-        mean=tuple(model_cfg.mean),
-        std=tuple(model_cfg.std),
+        mean=_rgb(model_cfg.mean, "mean"),
+        std=_rgb(model_cfg.std, "std"),
         reduce_zero_label=False,
         test_short_side=model_cfg.test_short_side,
     )

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from otseg.clip.loading import read_clip_state_dict
-from otseg.config import ModelConfig
+from otseg.config import ModelConfig, Setting
 from otseg.demo.presets import DemoSettings
 from otseg.demo.tiny_clip import _pack_metadata, compare_with_shipped, state_digest, tiny_clip_path
 from otseg.demo.training import demo_datasets, train_demo_model
@@ -45,7 +45,7 @@ from otseg.model.segmentor import OTSeg
 __all__ = ["SHIPPED_MODEL", "demo_model_dir", "demo_model_key", "pack_demo_model", "save_demo_model"]
 
 DEMO_MODEL_METHOD = "otseg+"
-DEMO_MODEL_SETTING = "inductive"
+DEMO_MODEL_SETTING: Setting = "inductive"
 SHIPPED_MODEL = Path(__file__).with_name("demo_model.safetensors")
 PACK_FORMAT = "otseg-demo-model-pack/1"
 # The rebuild trains with this many threads, as each `otseg demo` worker does on a 2-core machine: matrix

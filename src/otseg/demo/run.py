@@ -22,13 +22,17 @@ import queue
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from multiprocessing.pool import AsyncResult
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from otseg.clip.loading import read_clip_state_dict
+from otseg.config import Setting
 from otseg.demo.card import world_card
 from otseg.demo.curves import last_fraction_change, plot_curves
 from otseg.demo.presets import (
@@ -44,8 +48,11 @@ from otseg.demo.pretrained import save_demo_model
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids, world_dir
+from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
+from otseg.model.segmentor import OTSeg
 from otseg.utils import atomic_write_text
+from otseg.viz import label_map_panel
 
 __all__ = [
     "DemoJob",
@@ -75,8 +82,8 @@ NUM_PANELS = 4
 def _split_miou(per_class: dict[str, float | None], ids: Sequence[int]) -> float | None:
     """Mean IoU over `ids`, leaving out classes absent from both ground truth and prediction (mmseg's rule)."""
     values = [per_class[CLASS_NAMES[i]] for i in ids]
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return float(np.mean(values)) if values else None
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    return float(np.mean(present)) if present else None
 
 
 def _row(method: str, setting: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +140,7 @@ def _panel_indices(val_set: Any, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def _predict_labels(model: torch.nn.Module, val_set: Any, indices: Sequence[int]) -> list[np.ndarray]:
+def _predict_labels(model: OTSeg, val_set: Any, indices: Sequence[int]) -> list[np.ndarray]:
     out = []
     for i in indices:
         scores = model.predict_scores(val_set[i]["image"][None])
@@ -149,8 +156,6 @@ def _write_panels(
     Predictions are shown on the scored pixels only: background is not a class (label 255), so what a model says
     there is not measured, and drawing it would hide the objects.
     """
-    from otseg.viz import label_map_panel
-
     scale = 4  # 64 px images are too small to read
     paths = []
     panel_dir = out_dir / "panels"
@@ -191,7 +196,7 @@ class DemoJob:
     """One training run of the demo: a trained architecture in one setting, and the methods scored on it."""
 
     arch: str  # "zegclip" or "otseg" (`training_arch`)
-    setting: str  # "inductive", "transductive" or "fully"
+    setting: Setting  # "inductive", "transductive" or "fully"
 
     @property
     def name(self) -> str:
@@ -207,13 +212,15 @@ class DemoJob:
         return DemoJob(self.arch, "inductive") if self.setting == "transductive" else None
 
     def iters(self, recipe: DemoRecipe) -> int:
-        return demo_train_config(self.setting, recipe).max_iters  # type: ignore[arg-type]
+        return demo_train_config(self.setting, recipe).max_iters
 
 
 def demo_jobs() -> list[DemoJob]:
     """The six runs, in the order workers take them up: the longest first (OTSeg's steps cost more than the
     baseline's), the transductive ones last, as they wait for their inductive checkpoint."""
-    order = [("otseg", "inductive"), ("zegclip", "inductive"), ("otseg", "fully"), ("zegclip", "fully")]
+    order: list[tuple[str, Setting]] = [
+        ("otseg", "inductive"), ("zegclip", "inductive"), ("otseg", "fully"), ("zegclip", "fully"),
+    ]  # fmt: skip
     order += [("otseg", "transductive"), ("zegclip", "transductive")]
     return [DemoJob(a, s) for a, s in order]
 
@@ -254,15 +261,12 @@ def _control_embeddings(model: Any, seed: int) -> torch.Tensor:
 def run_job(
     job: DemoJob,
     ctx: _JobContext,
-    on_step: Callable[[int], None] | None = None,
+    on_step: Callable[[int], object] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train one job's model and score its methods (and, for OTSeg inductive, the control; it also stores the
     built-in demo model). Returns rows (and, for inductive runs, rows without the seen-class bias), per-class IoU,
     the held-out curve, the panel images' label maps and timings."""
-    from otseg.clip.loading import read_clip_state_dict
-    from otseg.eval.evaluate import evaluate
-
     cfg = ctx.settings
     train_set, val_set = demo_datasets(cfg, ctx.world_root)
     holdout_set = demo_holdout_set(cfg, ctx.world_root)
@@ -387,8 +391,6 @@ def _run_jobs(
     jobs: list[DemoJob], ctx: _JobContext, workers: int, threads: int, progress: bool
 ) -> dict[str, dict[str, Any]]:
     """Run the jobs, `workers` at a time (in this process when 1), with one progress bar over all their steps."""
-    from tqdm.auto import tqdm
-
     recipe = ctx.settings.recipe
     total = sum(j.iters(recipe) for j in jobs)
     bar = tqdm(total=total, desc=f"training {len(jobs)} models", unit="it", dynamic_ncols=True, disable=not progress)
@@ -410,7 +412,8 @@ def _run_jobs(
         channel = mp.Queue()
         pool = mp.Pool(workers, initializer=_init_worker, initargs=(channel, threads))
         try:
-            pending, running = list(jobs), {}
+            pending = list(jobs)
+            running: dict[str, tuple[DemoJob, AsyncResult[dict[str, Any]]]] = {}
             while pending or running:
                 for job in list(pending):
                     if len(running) >= workers:
@@ -547,7 +550,7 @@ def run_demo(
         per_class.update(r["per_class"])
         predictions.update(r["predictions"])
         timings.update(r["timings"])
-        curves[job.name] = [tuple(p) for p in r["curve"]]  # type: ignore[misc]
+        curves[job.name] = [(step, value) for step, value in r["curve"]]
     rows = [results[key] for key in table_order()]
     t0 = time.perf_counter()
     panels = _write_panels(out, val_set, panel_ids, predictions)

@@ -36,6 +36,7 @@ for bit. Other CPUs (another vector instruction set) may round matrix products d
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
@@ -50,11 +51,17 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
+from tqdm.auto import tqdm
 
+from otseg.clip.config import TextConfig, VisionConfig
 from otseg.clip.model import CLIP
-from otseg.config import IMAGENET_MEAN, IMAGENET_STD, TextConfig, VisionConfig
+from otseg.clip.tokenizer import get_tokenizer, tokenize
+from otseg.config import IMAGENET_MEAN, IMAGENET_STD
 from otseg.demo.world import CLASS_NAMES, WorldConfig, demo_cache_root, iter_split, pretraining_corpus, unseen_ids
+from otseg.utils import atomic_torch_save, atomic_write_text
 
 __all__ = ["TinyClipConfig", "evaluate_zero_shot", "tiny_clip_path", "train_tiny_clip"]
 
@@ -153,8 +160,6 @@ def _normalise(images: np.ndarray) -> Tensor:
 def _tokenize_all(captions: list[str]) -> Tensor:
     """Token ids (N, L), L = the longest caption. The text tower is causal and reads the sentence at its
     end-of-text token, so padding after it changes nothing: training on short rows is exact and cheap."""
-    from otseg.clip.tokenizer import get_tokenizer
-
     tok = get_tokenizer()
     ids = [[tok.sot_token_id, *tok.encode(c), tok.eot_token_id] for c in captions]
     width = max(len(i) for i in ids)
@@ -229,8 +234,6 @@ def train_tiny_clip(
     order, cursor = torch.randperm(n, generator=gen), 0
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cfg.steps, desc="tiny CLIP pretraining", dynamic_ncols=True)
     model.train()
     labels = torch.arange(cfg.batch_size)
@@ -287,8 +290,6 @@ def evaluate_zero_shot(model: CLIP, world: WorldConfig, num_images: int = 400) -
     A diagnostic of what the text tower knows: every visible object of the first val images is cut out on a
     neutral background and classified against "a photo of a {class}." for all 16 classes.
     """
-    from otseg.clip.tokenizer import tokenize
-
     text = F.normalize(model.encode_text(tokenize([f"a photo of a {c}." for c in CLASS_NAMES])), dim=-1)
     crops, targets = [], []
     for i, (_, image, label, _, _) in enumerate(iter_split(world, "val")):
@@ -340,8 +341,6 @@ def pack_state(state: dict[str, Tensor], cfg: TinyClipConfig, key: str, info: di
 
 def unpack_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Rebuild the full state dict from a pack (checked against its recorded SHA-256) -> (state, metadata)."""
-    from safetensors import safe_open
-
     path = Path(path)
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
@@ -364,8 +363,6 @@ def unpack_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
 
 def _pack_metadata(path: Path) -> dict[str, str]:
     """A pack's metadata (recipe key, SHA-256, ...), read without loading its tensors."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
 
@@ -399,8 +396,6 @@ def tiny_clip_path(
     (minutes). Beside it, `<name>.json` records the recipe, the pretraining loss and time and the zero-shot
     accuracy.
     """
-    from otseg.utils import atomic_torch_save, atomic_write_text
-
     cfg = cfg or TinyClipConfig()
     key = cfg.key(world)
     base = Path(cache) if cache is not None else demo_cache_root()
@@ -420,10 +415,6 @@ REBUILD_THREADS = 2
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m otseg.demo.tiny_clip --out FILE`: pretrain the default tiny CLIP from scratch and pack it."""
-    import argparse
-
-    from safetensors.torch import save_file
-
     p = argparse.ArgumentParser(
         prog="python -m otseg.demo.tiny_clip",
         description="Pretrain the demo's tiny CLIP from scratch with the default recipe (30-50 minutes on 2 CPU "

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from otseg.config import Setting
 from otseg.data.datasets import SegmentationDataset, build_custom
 from otseg.data.transforms import TestTransform, TrainTransform
 from otseg.demo.presets import DemoSettings, demo_data_config, demo_model_config, demo_train_config
@@ -38,7 +39,7 @@ def demo_holdout_set(cfg: DemoSettings, root: Path) -> SegmentationDataset:
 def train_demo_model(
     cfg: DemoSettings,
     method: str,
-    setting: str,
+    setting: Setting,
     clip_state: dict[str, torch.Tensor],
     train_set: Any,
     work: Path,
@@ -52,12 +53,12 @@ def train_demo_model(
     `evaluate(model)` runs `recipe.eval_points` times during training (and at its end).
     Returns the trained `OTSeg` (its text tower attached, classes set to the world's 16).
     """
-    model_cfg = demo_model_config(method, setting, cfg.world, cfg.clip)  # type: ignore[arg-type]
+    model_cfg = demo_model_config(method, setting, cfg.world, cfg.clip)
     torch.manual_seed(cfg.world.seed)  # the head and prompt initialisation
     model = OTSeg(model_cfg)
     load_clip_into(model, clip_state)
     model.set_classes(CLASS_NAMES)
-    train_cfg = demo_train_config(setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)  # type: ignore[arg-type]
+    train_cfg = demo_train_config(setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)
     shutil.rmtree(work, ignore_errors=True)  # a fresh run, never a silent resume of an older one
     if evaluate is not None:
         train_cfg.eval_interval = max(train_cfg.max_iters // max(cfg.recipe.eval_points, 1), 1)

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from otseg.model.text import cache_dir
+
 __all__ = [
     "BACKGROUNDS",
     "CLASS_NAMES",
@@ -350,12 +352,12 @@ def render_scene(
         for _ in range(20):  # re-draw the placement until no earlier object would be mostly hidden
             if portrait:
                 obj_size = float(rng.uniform(0.8, 0.95)) * size
-                centre = tuple(float(size / 2 + rng.uniform(-3, 3)) for _ in range(2))
+                centre = (float(size / 2 + rng.uniform(-3, 3)), float(size / 2 + rng.uniform(-3, 3)))
             else:
                 obj_size = float(rng.uniform(*object_size))
                 centre = _place(rng, size, obj_size, bool(rng.random() < border_prob))
             angle = float(rng.uniform(-0.35, 0.35))  # up to +-20 degrees: upright-ish, like most photos
-            alpha, full_area = _shape_alpha(shape, obj_size, centre, angle, size)  # type: ignore[arg-type]
+            alpha, full_area = _shape_alpha(shape, obj_size, centre, angle, size)
             mask = alpha >= 0.5
             if mask.sum() < 20:
                 continue
@@ -494,8 +496,6 @@ def generate_world(root: str | os.PathLike, cfg: WorldConfig) -> Path:
 
 def demo_cache_root() -> Path:
     """Where the demo caches worlds and tiny CLIPs: beside the text-embedding cache ($OTSEG_CACHE_DIR)."""
-    from otseg.model.text import cache_dir
-
     return cache_dir().parent / "demo"
 
 

@@ -10,17 +10,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from otseg.distributed import DistInfo
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
+from otseg.model.segmentor import OTSeg
 
 __all__ = ["evaluate", "upsampled_argmax"]
 
@@ -56,10 +56,19 @@ def upsampled_argmax(scores: Tensor, size: tuple[int, int]) -> Tensor:
     return labels
 
 
+class EvalSamples(Protocol):
+    """What `evaluate` reads: a sized, indexable set of samples (dicts with "image", "label", "path", ...), such as
+    `otseg.data.datasets.SegmentationDataset` with a test transform."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
+
+
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module,
-    dataset: Dataset,
+    model: OTSeg,
+    dataset: EvalSamples,
     *,
     dist_info: DistInfo | None = None,
     limit: int | None = None,

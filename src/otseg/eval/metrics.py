@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 __all__ = ["ConfusionMatrix", "compute_metrics", "format_markdown"]
 
@@ -113,8 +114,6 @@ class ConfusionMatrix:
 
         The counts must live on a device the backend supports (CUDA for NCCL, CPU for Gloo).
         """
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self._counts, op=dist.ReduceOp.SUM, group=group)
         return self

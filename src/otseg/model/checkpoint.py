@@ -216,7 +216,7 @@ _DEFAULT_FIX = (
 
 
 def check_state_dict_fits(
-    model: torch.nn.Module,
+    model: OTSeg,
     state: dict[str, Any],
     source: str,
     ignore_missing: tuple[str, ...] = ("text_encoder.",),
@@ -256,7 +256,7 @@ def read_reference_state_dict(path: str | os.PathLike, allow_pickle: bool = Fals
 
 
 def convert_reference_state_dict(
-    ref_sd: dict[str, Tensor], model: torch.nn.Module, source: str = "checkpoint"
+    ref_sd: dict[str, Tensor], model: OTSeg, source: str = "checkpoint"
 ) -> tuple[dict[str, Tensor], ConversionReport]:
     """Map a reference state dict onto `model`'s keys (see `map_reference_key`), resizing positional tables.
 
@@ -311,7 +311,7 @@ def convert_reference_state_dict(
 
 
 def load_reference_checkpoint(
-    model: torch.nn.Module, path: str | os.PathLike, allow_pickle: bool = False, verbose: bool = False
+    model: OTSeg, path: str | os.PathLike, allow_pickle: bool = False, verbose: bool = False
 ) -> ConversionReport:
     """Load a reference release `.pth` (mmseg format) into an OTSeg model built from the matching preset.
 
@@ -326,7 +326,7 @@ def load_reference_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------- our format
-def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+def save_pretrained(model: OTSeg, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write `model.safetensors` (weights + class embeddings) and `config.json` into `directory`, atomically."""
 
     d = Path(directory)

@@ -156,8 +156,8 @@ class OTSegHead(nn.Module):
         # Bilinear upsampling is linear, so blending the two paths on the patch grid and upsampling once equals
         # upsampling both and blending (to float rounding), at half the upsampling cost.
         grid_logits = self.ensemble_logits(self.forward(patch_emb, global_emb, text, upsample=False))
-        b, k = grid_logits.shape[:2]
-        probs = torch.sigmoid(self._upsample(grid_logits.reshape(b, k, -1), tuple(grid_logits.shape[-2:])))
+        b, k, h, w = grid_logits.shape
+        probs = torch.sigmoid(self._upsample(grid_logits.reshape(b, k, -1), (h, w)))
         if seen_mask is not None and self.cfg.seen_bias:
             bias = seen_mask.to(probs.dtype) * self.cfg.seen_bias
             probs = probs - bias[None, :, None, None]

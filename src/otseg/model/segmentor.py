@@ -47,9 +47,11 @@ class OTSeg(nn.Module):
         self.head = OTSegHead(config.head)
         self.text_encoder: TextEncoder | None = None
         k, n, d = config.num_classes, config.num_prompts, config.head.embed_dim
+        self.class_embeddings: Tensor  # (K, N, D), a buffer: it follows the model's device
         self.register_buffer("class_embeddings", torch.zeros(k, n, d), persistent=False)
         seen = torch.zeros(k, dtype=torch.bool)
         seen[list(config.seen_classes)] = True
+        self.seen_mask: Tensor  # (K,) bool, a buffer
         self.register_buffer("seen_mask", seen, persistent=False)
         self.class_names: list[str] = list(config.class_names)
         self.has_class_embeddings = False

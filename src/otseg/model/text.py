@@ -1,4 +1,4 @@
-"""Class text embeddings: prompt templates, live computation with the CLIP text tower, `.npy` loading, cache."""
+"""Class text embeddings: live computation with the CLIP text tower, `.npy` loading, cache."""
 
 from __future__ import annotations
 
@@ -8,20 +8,18 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor
 
 from otseg.clip.tokenizer import tokenize
 from otseg.config import resolve_templates
 from otseg.data.classes import validate_class_names
 from otseg.utils import atomic_torch_save
-
-if TYPE_CHECKING:
-    pass
 
 
 def _weights_signature(module: torch.nn.Module) -> tuple:
@@ -131,6 +129,7 @@ def load_class_embeddings(path: str | os.PathLike) -> Tensor:
         raise ValueError(
             f"cannot read class embeddings from {p}: unknown extension {suffix!r}; use .npy, .pt or .safetensors"
         )
+    t: Any  # what the file holds: checked to be a tensor below
     try:
         if suffix == ".npy":
             t = torch.from_numpy(np.load(p, allow_pickle=False))
@@ -139,8 +138,6 @@ def load_class_embeddings(path: str | os.PathLike) -> Tensor:
             if isinstance(t, dict):
                 t = t.get("class_embeddings", t.get("embeddings"))
         else:
-            from safetensors.torch import load_file
-
             tensors = load_file(str(p))
             # Our files name the tensor "class_embeddings"; a file holding a single tensor is unambiguous.
             t = tensors.get("class_embeddings", next(iter(tensors.values())) if len(tensors) == 1 else None)

@@ -346,6 +346,7 @@ class _ScalingRule:
         if not state:
             return self._first_step()
         log_a, b = state
+        assert self.kernel_t is not None  # set by the first step (the state is empty until then)
         self.unchecked_iters += 1
         a_new = self.mu / torch.bmm(b, self.kernel_t)  # mu / (K b)  (P, 1, M)
         log_a_new = torch.log(a_new)
@@ -516,7 +517,7 @@ def _apply_overrides(settings: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
-def _default_update(unrolled: bool) -> str:
+def _default_update(unrolled: bool) -> Update:
     """The update rule when none is asked for, the same for `sinkhorn` and `sinkhorn_potentials`: the scaling
     update, or the literal reference loop where gradients flow through the iterations (unrolled)."""
     return "reference" if unrolled else "scaling"
@@ -735,8 +736,9 @@ def _record(
         row_err = (plan.sum(dim=2) - row_target).abs().sum(dim=1).amax()
         err = run.err if isinstance(run.err, Tensor) else torch.tensor(run.err)
         err_value, row_value = torch.stack([err.to(row_err), row_err]).tolist()
+    cost_p, cost_m, cost_n = prob.cost.shape
     info = SinkhornInfo(
-        shape=tuple(prob.cost.shape),
+        shape=(cost_p, cost_m, cost_n),
         iterations=run.iterations,
         error=err_value,
         row_marginal_error=row_value,

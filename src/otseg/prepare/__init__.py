@@ -12,7 +12,11 @@ import argparse
 import os
 from pathlib import Path
 
+from otseg.prepare.ade20k import prepare_ade20k
+from otseg.prepare.coco import prepare_coco
 from otseg.prepare.common import PrepareOptions
+from otseg.prepare.context59 import prepare_context59
+from otseg.prepare.voc12 import prepare_voc12
 
 __all__ = ["DATASETS", "PrepareOptions", "add_prepare_parser", "prepare_dataset"]
 
@@ -23,20 +27,12 @@ def prepare_dataset(name: str, opts: PrepareOptions) -> dict[str, int]:
     """Run the converter of dataset `name` (one of `DATASETS`); returns its counts."""
     opts.data_root.mkdir(parents=True, exist_ok=True)
     if name == "voc12":
-        from otseg.prepare.voc12 import prepare_voc12
-
         return prepare_voc12(opts)
     if name == "context59":
-        from otseg.prepare.context59 import prepare_context59
-
         return prepare_context59(opts)
     if name == "coco":
-        from otseg.prepare.coco import prepare_coco
-
         return prepare_coco(opts)
     if name == "ade20k":
-        from otseg.prepare.ade20k import prepare_ade20k
-
         return prepare_ade20k(opts)
     raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
 

@@ -14,6 +14,7 @@ destination from a validated stem.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -30,6 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
+from tqdm import tqdm
 
 from otseg.weights.registry import RegistryEntry, file_digests, find_entry_for_filename, load_registry
 
@@ -159,7 +161,7 @@ class Input:
                     continue
                 rel = self._relative(info.filename)
                 if rel is not None and rel.startswith(prefixes):
-                    yield Member(rel, info.file_size, None, lambda info=info: zf.read(info), self.describe())
+                    yield Member(rel, info.file_size, None, functools.partial(zf.read, info), self.describe())
 
     def _tar_members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
         with tarfile.open(self.path, "r:*") as tf:
@@ -336,8 +338,6 @@ def _run(job: Job) -> Any:
 def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total: int | None = None) -> list[Any]:
     """Run `jobs` (in this process with workers=0, else in a pool of `workers` processes, at most 4 per worker
     in flight so that memory stays bounded) with a tqdm bar; returns the results in completion order."""
-    from tqdm import tqdm
-
     results: list[Any] = []
     bar = tqdm(total=total, desc=desc, unit="file", disable=not progress, leave=True)
     try:

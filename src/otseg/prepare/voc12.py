@@ -18,6 +18,8 @@ Writes, under DATA_ROOT/VOCdevkit/VOC2012:
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +60,7 @@ def read_sbd_mat(data: bytes, name: str) -> np.ndarray:
     return seg.astype(np.uint8)
 
 
-def _loadmat():
+def _loadmat() -> Callable[..., dict[str, Any]]:
     """scipy's MATLAB reader (an optional dependency: only SBD's .mat files need it)."""
     try:
         from scipy.io import loadmat

@@ -9,10 +9,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
+from otseg.config import ModelConfig
 from otseg.model.head import HeadOutput
+from otseg.model.segmentor import OTSeg
 from otseg.train.losses import IGNORE_INDEX, count_present_masks, seg_loss_plus
 
 __all__ = [
@@ -100,16 +104,19 @@ def training_losses(
 
 def total_loss(losses: dict[str, Tensor]) -> Tensor:
     """Sum of the entries whose key contains 'loss' (mmseg's rule)."""
-    return sum(v for k, v in losses.items() if "loss" in k)
+    total = sum(v for k, v in losses.items() if "loss" in k)
+    if not isinstance(total, Tensor):  # sum() of nothing is the int 0
+        raise ValueError(f"no loss terms (keys containing 'loss') among {sorted(losses)}")
+    return total
 
 
 def compute_losses(
-    model,
+    model: torch.nn.Module,
     images: Tensor,
     labels: Tensor,
     num_masks: Tensor | None = None,
-    num_masks_reducer=None,
-    config=None,
+    num_masks_reducer: Callable[[Tensor], Tensor] | None = None,
+    config: ModelConfig | None = None,
 ) -> dict[str, Tensor]:
     """One training step's loss dict for an `OTSeg` model in its configured setting.
 
@@ -121,7 +128,11 @@ def compute_losses(
         num_masks_reducer: maps this batch's present-pair count to the normaliser (e.g. a cross-process mean).
         config: the model's `ModelConfig` (default `model.config`; pass it when `model` is a DDP wrapper).
     """
-    cfg = config if config is not None else model.config
+    if config is None:
+        if not isinstance(model, OTSeg):  # a DDP wrapper does not expose the model's attributes
+            raise TypeError(f"compute_losses: pass config= for a {type(model).__name__} (only an OTSeg carries one)")
+        config = model.config
+    cfg = config
     if labels.dim() == 4:
         labels = labels[:, 0]
     seen, unseen = list(cfg.seen_classes), list(cfg.unseen_classes)

@@ -49,7 +49,7 @@ def build_optimizer(
     `group["lr_mult"]`, which the trainer applies to the scheduled lr.
     """
     items = list(params)
-    named = items if items and isinstance(items[0], tuple) else [("", p) for p in items]
+    named = [item if isinstance(item, tuple) else ("", item) for item in items]
     trainable = [(n, p) for n, p in named if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable parameters")

@@ -26,20 +26,25 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 
 from otseg.distributed import DistInfo, all_reduce_mean, barrier
-from otseg.model.checkpoint import checkpoint_digest, verify_training_digest
+from otseg.model.checkpoint import check_state_dict_fits, checkpoint_digest, safe_torch_load, verify_training_digest
+from otseg.model.segmentor import OTSeg
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr
 from otseg.utils import atomic_torch_save, atomic_write_text, describe_write_failure, is_atomic_temp_file
 from otseg.validation import Validated
+
+if TYPE_CHECKING:
+    from otseg.data.datasets import SegmentationDataset
 
 __all__ = [
     "REFERENCE_ITERS",
@@ -60,6 +65,14 @@ SAMPLE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
 # With bad_samples="skip", how many samples (the bad one and the next ones in dataset order) are tried before
 # a micro-batch slot is given up on.
 _MAX_REPLACEMENT_TRIES = 8
+
+
+class _SizedDataset(Protocol):
+    """What the trainer reads: a map-style dataset with a length (e.g. `otseg.data.SegmentationDataset`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> Any: ...
 
 
 class BadSampleError(ValueError):
@@ -140,7 +153,8 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
             raise ValueError("the training set is empty")
         self.n, self.batch, self.world, self.rank, self.accum = n, batch, world, rank, accum
         self.start, self.stop, self.seed = start, stop, seed
-        self._perm_epoch, self._perm = -1, None
+        self._perm_epoch = -1
+        self._perm: list[int] = []  # drawn on first use (epoch -1 never matches)
 
     def _position(self, pos: int) -> int:
         epoch, offset = divmod(pos, self.n)
@@ -170,7 +184,7 @@ class _SeededDataset(Dataset):
     loads; without, or when none of `_MAX_REPLACEMENT_TRIES` loads, the item is marked "failed".
     """
 
-    def __init__(self, dataset: Dataset, skip_bad: bool = False) -> None:
+    def __init__(self, dataset: _SizedDataset, skip_bad: bool = False) -> None:
         self.dataset = dataset
         self.skip_bad = skip_bad
 
@@ -190,13 +204,14 @@ class _SeededDataset(Dataset):
             return self.dataset.get(index, rng)
         transform = getattr(self.dataset, "transform", None)
         if hasattr(self.dataset, "load") and transform is not None:  # otseg.data.SegmentationDataset
-            image, label = self.dataset.load(index)  # reads and checks the files: the only step that may fail
+            dataset = cast("SegmentationDataset", self.dataset)
+            image, label = dataset.load(index)  # reads and checks the files: the only step that may fail
             try:
                 image_t, label_t = transform(image, label, rng=rng)
             except SAMPLE_ERRORS as e:
                 # An error of the transform itself is a bug, not bad data: never skip it as a bad file.
                 raise RuntimeError(f"transform failed on {self._sample_name(index)}: {e}") from e
-            return {"image": image_t, "label": label_t, "path": str(self.dataset.samples[index][0])}
+            return {"image": image_t, "label": label_t, "path": str(dataset.samples[index][0])}
         return self.dataset[index]
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
@@ -232,7 +247,7 @@ class _LossOutputs(torch.nn.Module):
 
     def forward(self, images: Tensor, text: Tensor | None = None) -> Any:
         out = self.model(images, text)
-        if not dataclasses.is_dataclass(out):
+        if not dataclasses.is_dataclass(out) or isinstance(out, type):  # an instance (HeadOutput), not a class
             return out
         detached = {
             f.name: _detach_all(getattr(out, f.name)) for f in dataclasses.fields(out) if f.name not in self.LOSS_FIELDS
@@ -282,11 +297,11 @@ class Trainer:
 
     def __init__(
         self,
-        model: torch.nn.Module,
-        train_set: Dataset,
+        model: OTSeg,
+        train_set: _SizedDataset,
         cfg: TrainConfig,
         work_dir: str | os.PathLike,
-        evaluate: Callable[[torch.nn.Module], dict[str, Any]] | None = None,
+        evaluate: Callable[[OTSeg], dict[str, Any]] | None = None,
         dist_info: DistInfo | None = None,
         progress: bool = True,
         on_step: Callable[[int], None] | None = None,
@@ -371,8 +386,6 @@ class Trainer:
             ValueError: the file cannot be read (`_UnreadableCheckpoint`), is not a training checkpoint, or does
                 not fit this model; one line naming the file.
         """
-        from otseg.model.checkpoint import check_state_dict_fits, safe_torch_load
-
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint {p} does not exist")
@@ -448,8 +461,6 @@ class Trainer:
 
     def _warn(self, message: str) -> None:
         prefix = f"[rank {self.dist.rank}] " if self.dist.enabled else ""
-        from tqdm.auto import tqdm
-
         tqdm.write(f"otseg train: warning: {prefix}{message}", file=sys.stderr)
 
     # ------------------------------------------------------------------ training
@@ -537,8 +548,6 @@ class Trainer:
 
         progress = None
         if self.dist.is_main and self.show_progress:
-            from tqdm.auto import tqdm
-
             progress = tqdm(total=cfg.max_iters, initial=self.step, desc="train", dynamic_ncols=True)
         try:
             return self._run(progress)
@@ -556,7 +565,8 @@ class Trainer:
         last_eval: dict[str, Any] = {}
         # window: per-key sums over the optimizer steps since the last log record (window_steps of them; fewer
         # than log_interval after a resume off the log grid or at a max_iters off the grid).
-        micro, window, window_steps, t0 = 0, {}, 0, time.perf_counter()
+        window: dict[str, float] = {}
+        micro, window_steps, t0 = 0, 0, time.perf_counter()
         for batch in self._loader():
             self._check_bad_samples(batch)
             images = batch["image"].to(self.dist.device, non_blocking=True)

@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from tqdm import tqdm
+
 from otseg.weights.registry import RegistryEntry, file_digests
 
 __all__ = ["fetch", "manual_steps"]
@@ -133,8 +135,6 @@ def _download(url: str, part: Path, *, limit: int | None, timeout_s: float, prog
             raise ValueError(f"{url} announces {total:,} bytes, more than the expected {limit:,}; not downloading")
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=part.name.strip(".")[:-5])
         try:
             with open(part, "ab" if have else "wb") as f:

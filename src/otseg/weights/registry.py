@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 __all__ = [
     "DIGEST_KINDS",
@@ -129,8 +130,6 @@ def file_digests(path: str | Path, kinds: tuple[str, ...] = DIGEST_KINDS, progre
     hashes = {k: hashlib.new(k) for k in kinds}
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=f"checksum {path.name}", leave=False)
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
