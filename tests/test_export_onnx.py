@@ -25,7 +25,8 @@ from otseg.export import (
     onnx_metadata,
     onnx_slide_inference,
 )
-from otseg.model.checkpoint import convert_reference_state_dict, save_pretrained
+from otseg.formats.otseg_folder import save_pretrained
+from otseg.formats.reference_pth import convert_reference_state_dict
 from otseg.ops.sinkhorn import sinkhorn_overrides
 
 ort = pytest.importorskip("onnxruntime")
@@ -256,8 +257,7 @@ def test_cli_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(RuntimeError, match=re.escape("pip install 'otseg[onnx]'")):
         cmd_export(parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--check"]))
     assert not (tmp_path / "m.onnx").exists()
-    with pytest.raises(SystemExit):  # a model source is required
-        parse(["--onnx", str(tmp_path / "m.onnx")])
+    assert parse(["--onnx", str(tmp_path / "m.onnx")]).model == "demo"  # as segment and serve: the demo model
 
 
 def test_cli_model_demo_uses_the_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -272,5 +272,5 @@ def test_cli_model_demo_uses_the_predictor(monkeypatch: pytest.MonkeyPatch) -> N
         return Predictor(model)
 
     monkeypatch.setattr(Predictor, "from_pretrained", staticmethod(fake_from_pretrained))
-    assert export._load_for_export(parse(["--onnx", "m.onnx", "--model", "demo"])) is model
+    assert export.predictor_from_args(parse(["--onnx", "m.onnx", "--model", "demo"])).model is model
     assert seen == ["demo"]

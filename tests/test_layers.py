@@ -73,6 +73,26 @@ def test_the_dataset_facts_sit_on_the_configuration_layer_only() -> None:
     assert GRAPH["otseg.data.facts"] <= CONFIG_LAYER
 
 
+def test_files_are_read_only_in_otseg_formats() -> None:
+    """Every reader of a weights file lives in otseg.formats: no other module calls torch.load, safetensors'
+    readers, numpy.load or unpickles (images have otseg.image_io, ONNX files otseg.export)."""
+    readers = {"load", "load_file", "safe_open", "Unpickler", "loadmat"}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        module = _module_name(path)
+        if module.split(".")[1:2] in (["formats"], ["demo"], ["weights"], ["prepare"]):
+            continue  # the demo's shipped packs, the registry's header check, the official archives: their own
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                owner = func.value.id if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) else ""
+                weights = name == "load" and owner in ("torch", "np", "numpy", "pickle")
+                if weights or (name in readers - {"load"} and owner in ("", "pickle", "safetensors")):
+                    offenders.append(f"{module}:{node.lineno}: {owner + '.' if owner else ''}{name}")
+    assert not offenders, offenders
+
+
 def test_no_import_cycles() -> None:
     # The package root re-exports the public API, so a submodule importing `otseg` itself would close a loop
     # through it; that edge is excluded only for the root's own re-exports (leaf users such as cli may use it).
@@ -90,6 +110,12 @@ def test_no_import_cycles() -> None:
         ("otseg.ops", "otseg.model"),
         ("otseg.predictor", "otseg.demo"),  # built-in models come through otseg.named_models
         ("otseg.model", "otseg.predictor"),
+        # The readers of files that hold no model sit below the model: CLIP weights, class embeddings, torch files.
+        ("otseg.formats.openai_clip", "otseg.model"),
+        ("otseg.formats.torchscript", "otseg.model"),
+        ("otseg.formats.class_embeddings", "otseg.model"),
+        ("otseg.formats.torch_pickle", "otseg.model"),
+        ("otseg.formats.state_dict", "otseg.model"),
     ],
 )
 def test_layers_depend_downward(lower: str, upper: str) -> None:

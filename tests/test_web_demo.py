@@ -261,7 +261,7 @@ def test_serve_command_serves_the_page_until_interrupted(gr: Any, tmp_path: Path
     import time
     import urllib.request
 
-    from otseg.model.checkpoint import save_pretrained
+    from otseg.formats.otseg_folder import save_pretrained
 
     save_pretrained(make_tiny_model(), tmp_path / "model")
     port = _free_port()

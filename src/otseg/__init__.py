@@ -1,11 +1,13 @@
 """otseg: OTSeg zero-shot semantic segmentation (Multi-Prompt Sinkhorn on CLIP) in modern PyTorch."""
 
 from otseg.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
+from otseg.formats.class_embeddings import load_class_embeddings
+from otseg.formats.otseg_folder import load_pretrained, save_pretrained
+from otseg.formats.reference_pth import load_reference_checkpoint
 from otseg.model.build import build_model
-from otseg.model.checkpoint import load_pretrained, load_reference_checkpoint, save_pretrained
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
-from otseg.model.text import compute_class_embeddings, load_class_embeddings
+from otseg.model.text import compute_class_embeddings
 from otseg.predictor import Prediction, Predictor
 
 __version__ = "0.1.0"

@@ -37,7 +37,6 @@ def add_model_arguments(
         p.add_argument(
             "--model",
             default="demo",
-            choices=list(NAMED_MODELS),
             help=f"a built-in model: {names} (default 'demo': the miniature demo model, shipped with otseg)",
         )
     p.add_argument(

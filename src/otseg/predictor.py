@@ -31,9 +31,9 @@ from torch import Tensor
 from otseg.config import resolve_templates
 from otseg.data.transforms import TestResize
 from otseg.eval.evaluate import upsampled_argmax
+from otseg.formats.open_model import load_model
 from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.build import attach_clip_text_tower
-from otseg.model.loading import load_model
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings, validate_class_names
@@ -183,10 +183,15 @@ class Predictor:
         if str(name_or_path) in NAMED_MODELS:
             name_or_path = NAMED_MODELS[str(name_or_path)].folder(progress=progress)
         elif not Path(name_or_path).exists():
-            raise FileNotFoundError(
-                f"no model {str(name_or_path)!r}: the built-in models are {', '.join(NAMED_MODELS)}; otherwise give "
+            where = str(name_or_path)
+            files = (
                 "a folder from otseg convert / save_pretrained, an iter_N.pt from otseg train, or a reference .pth "
                 "(with its preset)"
+            )
+            if os.sep in where or Path(where).suffix:  # meant as a file
+                raise FileNotFoundError(f"checkpoint {where} does not exist; give {files}")
+            raise FileNotFoundError(
+                f"no model {where!r}: the built-in models are {', '.join(NAMED_MODELS)}; otherwise give {files}"
             )
         model = load_model(name_or_path, preset=preset, overrides=overrides, allow_pickle=allow_pickle)
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from conftest import golden_file
-from otseg.clip.loading import infer_clip_configs, load_clip_weights, load_openai_clip, read_clip_state_dict
+from otseg.clip.loading import infer_clip_configs, load_clip_weights, load_openai_clip
 from otseg.clip.model import CLIP
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.config import TextConfig, VisionConfig
+from otseg.formats.openai_clip import read_clip_state_dict
 
 ATOL, RTOL = 1e-5, 1e-4
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from conftest import golden_file
-from otseg.clip.loading import load_clip_weights, read_clip_state_dict, text_state_dict
+from otseg.clip.loading import load_clip_weights, text_state_dict
 from otseg.clip.text import TextEncoder
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.config import TextConfig, VisionConfig
+from otseg.formats.openai_clip import read_clip_state_dict
 
 ATOL, RTOL = 1e-5, 1e-4
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import golden_file
-from otseg.clip.loading import read_clip_state_dict
-from otseg.clip.torchscript import TorchScriptReadError, read_torchscript_state_dict
+from otseg.formats.openai_clip import read_clip_state_dict
+from otseg.formats.torchscript import TorchScriptReadError, read_torchscript_state_dict
 
 
 def _crafted_archive(path: Path, payload: bytes) -> None:

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from otseg.clip.loading import infer_clip_configs, read_clip_state_dict
+from otseg.clip.loading import infer_clip_configs
 from otseg.demo.run import add_demo_parser, cmd_demo
 from otseg.demo.world import CLASS_NAMES
+from otseg.formats.openai_clip import read_clip_state_dict
 
 METHODS = {"zegclip", "otseg", "otseg+"}
 SETTINGS = {"inductive", "transductive", "fully"}
@@ -137,10 +138,10 @@ def test_demo_model_pack_round_trip(tmp_path):
     tiny CLIP, and unpacking rebuilds every tensor bit for bit (a damaged pack is refused)."""
     from safetensors.torch import save_file
 
-    from otseg.clip.loading import read_clip_state_dict
     from otseg.demo.presets import DemoSettings
     from otseg.demo.pretrained import _model_tensors, _train, pack_demo_model, unpack_demo_model
     from otseg.demo.tiny_clip import tiny_clip_path
+    from otseg.formats.openai_clip import read_clip_state_dict
 
     settings = DemoSettings.quick(seed=3)
     clip_state = read_clip_state_dict(tiny_clip_path(settings.world, settings.clip, cache=tmp_path, progress=False))

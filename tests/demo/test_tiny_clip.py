@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from otseg.clip.loading import infer_clip_configs, read_clip_state_dict
+from otseg.clip.loading import infer_clip_configs
 from otseg.demo import tiny_clip
 from otseg.demo.tiny_clip import (
     SHIPPED_PACK,
@@ -20,6 +20,7 @@ from otseg.demo.tiny_clip import (
     unpack_state,
 )
 from otseg.demo.world import WorldConfig
+from otseg.formats.openai_clip import read_clip_state_dict
 
 WORLD = WorldConfig(seed=0, num_train=4, num_val=4, num_pretrain=48)
 CLIP = TinyClipConfig(steps=3, batch_size=16)

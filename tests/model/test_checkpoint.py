@@ -20,17 +20,16 @@ from otseg import OTSeg
 from otseg.clip.model import resize_positional_embedding
 from otseg.clip.text import TextEncoder
 from otseg.config import ModelConfig, TextConfig
-from otseg.model.build import load_clip_into
-from otseg.model.checkpoint import (
+from otseg.formats.otseg_folder import load_pretrained, save_pretrained
+from otseg.formats.reference_pth import (
     ConversionReport,
     convert_reference_state_dict,
-    load_pretrained,
     load_reference_checkpoint,
     map_reference_key,
     read_reference_state_dict,
-    save_pretrained,
 )
-from otseg.model.checkpoint import _reference_key as reference_key_of  # names missing keys in error messages
+from otseg.formats.reference_pth import _reference_key as reference_key_of
+from otseg.model.build import load_clip_into
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 EMPTY_WEIGHT = "decode_head.loss_decode.criterion.empty_weight"
@@ -564,7 +563,7 @@ def test_text_head_count_survives_the_round_trip(tmp_path):
 
 def test_load_pretrained_applies_inference_overrides(tmp_path):
     import otseg
-    from otseg.model.checkpoint import load_pretrained, save_pretrained
+    from otseg.formats.otseg_folder import load_pretrained, save_pretrained
 
     model = otseg.build_model(
         "voc12-inductive", vision__width=64, vision__layers=2, vision__heads=1, vision__image_size=32,

@@ -8,7 +8,7 @@ import torch
 
 from conftest import load_golden
 from otseg.config import HeadConfig
-from otseg.model.checkpoint import map_reference_key
+from otseg.formats.reference_pth import map_reference_key
 from otseg.model.head import OTSegHead
 from otseg.ops import record_sinkhorn_calls
 from otseg.train.losses import IGNORE_INDEX

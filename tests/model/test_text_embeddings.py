@@ -26,8 +26,9 @@ from otseg.config import (
     VisionConfig,
     resolve_templates,
 )
+from otseg.formats.class_embeddings import load_class_embeddings
 from otseg.model.build import attach_clip_text_tower, load_clip_into
-from otseg.model.text import cache_dir, compute_class_embeddings, load_class_embeddings, validate_class_names
+from otseg.model.text import cache_dir, compute_class_embeddings, validate_class_names
 
 TEXT = load_golden("text_encoder.pt")  # skips the whole module when the golden files are absent
 TOL = {"atol": 1e-5, "rtol": 1e-4}

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from otseg.cli import main
-from otseg.model.checkpoint import load_pretrained, save_pretrained
-from otseg.model.loading import load_model
-from otseg.state_dict import tensor_digest
+from otseg.formats.open_model import load_model
+from otseg.formats.otseg_folder import load_pretrained, save_pretrained
+from otseg.formats.state_dict import tensor_digest
 from otseg.train.trainer import Trainer
 from test_hard_edges_checkpoints import Blocks, tiny_model, train_cfg, trained_checkpoint
 

@@ -238,7 +238,7 @@ def test_bad_arguments_are_clear_errors():
 # ------------------------------------------------------------------------------------------------ the model path
 def _golden_head():
     from otseg.config import HeadConfig
-    from otseg.model.checkpoint import map_reference_key
+    from otseg.formats.reference_pth import map_reference_key
     from otseg.model.head import OTSegHead
 
     g = load_golden("decode_head.pt")

@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 import otseg.model.text as text_module
+import otseg.predictor as predictor_module
 from conftest import TINY_SEGMENTOR, make_tiny_model
 from otseg import Predictor
+from otseg.formats.otseg_folder import save_pretrained
 from otseg.image_io import read_image
-from otseg.model.checkpoint import save_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_text_embeddings_are_cached_across_calls(monkeypatch):
         calls.append(args[1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(text_module, "compute_class_embeddings", counting)
+    monkeypatch.setattr(predictor_module, "compute_class_embeddings", counting)
     image = _picture(64, 64)
     first = predictor.predict(image, ["cat", "dog"])
     predictor.predict(image, ["sky"])

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import make_tiny_model
 from otseg.cli import main
 from otseg.demo.world import CLASS_NAMES
-from otseg.model.checkpoint import save_pretrained
+from otseg.formats.otseg_folder import save_pretrained
 from otseg.segment import output_stems, parse_class_list
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 import otseg
 from conftest import TINY_SEGMENTOR, golden_file, tiny_train_args
 from otseg.cli import main
-from otseg.model.checkpoint import save_pretrained
+from otseg.formats.otseg_folder import save_pretrained
 
 pytest.importorskip("scipy")
 

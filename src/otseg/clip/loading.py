@@ -1,9 +1,5 @@
-"""Reading OpenAI CLIP checkpoints and loading them into the OTSeg towers.
+"""Loading OpenAI CLIP weights (read by `otseg.formats.openai_clip`) into the OTSeg towers.
 
-The released CLIP checkpoints (`ViT-B-16.pt`) are TorchScript archives with fp16 weights; the reference reads
-them with `torch.jit.load(path).float().state_dict()`, which runs code stored in the file. We read the same
-tensors with a restricted unpickler that executes nothing (`otseg.clip.torchscript`). Plain `torch.save`d state
-dicts are accepted too (read with `weights_only=True`).
 Key mapping is explicit: `visual.*` goes to the image backbone with the prefix stripped (its positional
 table resized to the backbone's grid), the top-level text keys go to the text encoder unchanged, and
 `logit_scale` is ignored. Anything else that does not fit is an error that names the file.
@@ -16,17 +12,15 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from otseg.clip.config import TextConfig, VisionConfig
 from otseg.clip.model import CLIP, resize_positional_embedding
 from otseg.clip.text import TextEncoder
-from otseg.clip.torchscript import TorchScriptReadError, is_torchscript_archive, read_torchscript_state_dict
 from otseg.clip.vpt import VPTVisionTransformer
-from otseg.state_dict import check_state_dict_fits
+from otseg.formats.openai_clip import EXPECTED_CLIP_FORMATS, read_clip_state_dict
+from otseg.formats.state_dict import check_state_dict_fits
 
 __all__ = [
     "LoadReport",
@@ -48,71 +42,6 @@ _SCALAR_KEYS = ("input_resolution", "context_length", "vocab_size")
 _TEXT_PREFIXES = ("transformer.", "token_embedding.", "ln_final.")
 _TEXT_KEYS = ("positional_embedding", "text_projection")
 _IGNORED_KEYS = ("logit_scale", *_SCALAR_KEYS)  # the scalars only appear in in-memory dicts
-_EXPECTED_FORMATS = (
-    "an OpenAI CLIP TorchScript archive (like the released ViT-B-16.pt) or a state dict saved with torch.save"
-)
-
-
-# ----------------------------------------------------------------------------------------------- reading
-
-
-def read_clip_state_dict(path: PathLike) -> StateDict:
-    """Read a CLIP checkpoint into a float32 state dict with OpenAI key names.
-
-    Accepts a TorchScript archive (its tensors read without running its code, see `otseg.clip.torchscript`)
-    or a `torch.save`d state dict (read with `weights_only=True`, optionally wrapped as `{"state_dict": ...}`,
-    a `module.` prefix is stripped). Floating tensors become float32 (the reference's `.float()`); the integer
-    scalars `input_resolution`, `context_length` and `vocab_size` are dropped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"CLIP checkpoint not found: {path} (expected {_EXPECTED_FORMATS})")
-    if is_torchscript_archive(path):
-        # A TorchScript archive is read by the restricted reader only; its refusal is final (never retried
-        # with a loader that could run the file's code).
-        try:
-            raw: Mapping[str, object] = read_torchscript_state_dict(path)
-        except TorchScriptReadError as err:
-            raise ValueError(f"cannot read CLIP weights: {err}") from None
-        return _clean_state_dict(raw, path)
-    try:
-        raw = _read_plain(path)
-    except Exception as err:  # any failure means "not this format"; reported with the formats expected
-        raise ValueError(
-            f"cannot read CLIP weights from {path}: expected {_EXPECTED_FORMATS}; "
-            f"torch.load(weights_only=True) said {type(err).__name__}: {_first_line(err)}"
-        ) from None
-    return _clean_state_dict(raw, path)
-
-
-def _read_plain(path: Path) -> Mapping[str, object]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"the file holds a {type(obj).__name__}, not a state dict")
-    return obj
-
-
-def _clean_state_dict(raw: Mapping[str, object], path: Path) -> StateDict:
-    out: StateDict = {}
-    for key, value in raw.items():
-        if not isinstance(value, Tensor):
-            kind = type(value).__name__
-            raise ValueError(f"{path}: entry {key!r} is a {kind}, not a tensor; expected {_EXPECTED_FORMATS}")
-        key = key.removeprefix("module.")
-        if key in _SCALAR_KEYS and value.dim() == 0 and not value.is_floating_point():
-            continue
-        value = value.detach()
-        out[key] = value.float() if value.is_floating_point() else value
-    if not out:
-        raise ValueError(f"{path}: the checkpoint holds no tensors; expected {_EXPECTED_FORMATS}")
-    return out
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "(no message)"
 
 
 # ------------------------------------------------------------------------------------------ configuration
@@ -248,7 +177,7 @@ def _load_checked(
     may_be_missing: Callable[[str], bool] = lambda key: False,
     checkpoint_prefix: str = "",
 ) -> tuple[list[str], list[str]]:
-    """Copy `sd` into `module` after checking names and shapes (`otseg.state_dict.check_state_dict_fits`, the
+    """Copy `sd` into `module` after checking names and shapes (`otseg.formats.state_dict.check_state_dict_fits`, the
     one check); returns (loaded, missing-but-allowed).
 
     Error messages use checkpoint key names (`checkpoint_prefix` + module key), which is what a user can
@@ -260,7 +189,7 @@ def _load_checked(
         f"CLIP weights {source} ({what})",
         may_be_missing=may_be_missing,
         key_prefix=checkpoint_prefix,
-        fix=f"expected {_EXPECTED_FORMATS} of the model's size",
+        fix=f"expected {EXPECTED_CLIP_FORMATS} of the model's size",
     )
     module.load_state_dict(sd, strict=False)
     return list(sd), missing
@@ -290,7 +219,7 @@ def load_clip_weights(
         shown = repr(stray[:5])[:-1] + (", ...]" if len(stray) > 5 else "]")
         raise ValueError(
             f"CLIP weights {source} do not fit this model: {len(stray)} unexpected key(s) {shown}; "
-            f"expected {_EXPECTED_FORMATS}"
+            f"expected {EXPECTED_CLIP_FORMATS}"
         )
     report.ignored = [k for k in sd if k in _IGNORED_KEYS]
 

@@ -32,14 +32,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from otseg.clip.loading import read_clip_state_dict
 from otseg.config import ModelConfig, Setting
 from otseg.demo.presets import DemoSettings
 from otseg.demo.tiny_clip import _pack_metadata, compare_with_shipped, state_digest, tiny_clip_path
 from otseg.demo.training import demo_datasets, train_demo_model
 from otseg.demo.world import caption_vocabulary, demo_cache_root, world_dir
+from otseg.formats.openai_clip import read_clip_state_dict
+from otseg.formats.otseg_folder import save_pretrained
 from otseg.model.build import load_clip_into
-from otseg.model.checkpoint import save_pretrained
 from otseg.model.segmentor import OTSeg
 
 __all__ = ["SHIPPED_MODEL", "demo_model_dir", "demo_model_key", "pack_demo_model", "save_demo_model"]

@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from otseg.clip.loading import read_clip_state_dict
 from otseg.config import Setting
 from otseg.demo.card import world_card
 from otseg.demo.curves import last_fraction_change, plot_curves
@@ -50,6 +49,7 @@ from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_mode
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids, world_dir
 from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
+from otseg.formats.openai_clip import read_clip_state_dict
 from otseg.model.segmentor import OTSeg
 from otseg.utils import atomic_write_text
 from otseg.viz import label_map_panel

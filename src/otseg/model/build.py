@@ -8,18 +8,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import Tensor
 
-from otseg.clip.loading import (
-    _load_checked,
-    infer_clip_configs,
-    load_clip_weights,
-    read_clip_state_dict,
-    text_state_dict,
-)
+from otseg.clip.loading import _load_checked, infer_clip_configs, load_clip_weights, text_state_dict
 from otseg.clip.text import TextEncoder
 from otseg.config import ModelConfig, apply_overrides
+from otseg.formats.class_embeddings import load_class_embeddings
+from otseg.formats.openai_clip import read_clip_state_dict
 from otseg.model.presets import get_preset
 from otseg.model.segmentor import OTSeg
-from otseg.model.text import load_class_embeddings
 
 if TYPE_CHECKING:
     from otseg.clip.text import TextEncoder

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import Tensor
 
 from otseg.clip.tokenizer import tokenize
 from otseg.config import resolve_templates
 from otseg.data.classes import validate_class_names
-from otseg.utils import atomic_torch_save
+from otseg.formats.class_embeddings import read_cached_embeddings, write_cached_embeddings
 
 
 def _weights_signature(module: torch.nn.Module) -> tuple:
@@ -86,22 +82,10 @@ def compute_class_embeddings(
         :32
     ]
     path = cache_dir() / f"{key}.pt"
-    if use_cache and path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # a corrupt cache entry is recomputed, never fatal
-            cached = None
-        # A file that loads but holds something else (truncated by hand, overwritten) is as corrupt as one
-        # that does not load: only a float32 (K, N, D) tensor of the expected K and N is a hit.
-        if (
-            isinstance(cached, Tensor)
-            and cached.dtype == torch.float32
-            and cached.dim() == 3
-            and cached.shape[:2] == (len(names), len(templates))
-        ):
+    if use_cache:
+        cached = read_cached_embeddings(path, (len(names), len(templates)))
+        if cached is not None:
             return cached
-        with contextlib.suppress(OSError):
-            path.unlink(missing_ok=True)
     texts = [t.format(n) for n in names for t in templates]
     device = next(text_encoder.parameters()).device
     chunks = []
@@ -110,46 +94,7 @@ def compute_class_embeddings(
         chunks.append(F.normalize(text_encoder(tokens).float(), dim=-1).cpu())
     emb = F.normalize(torch.cat(chunks).reshape(len(names), len(templates), -1), dim=-1)
     if use_cache:
-        with contextlib.suppress(OSError):  # a read-only home is no reason to fail
-            atomic_torch_save(emb, path)
+        write_cached_embeddings(emb, path)
     return emb
 
 
-def load_class_embeddings(path: str | os.PathLike) -> Tensor:
-    """Read class embeddings (K, N, D) from a reference `.npy`, a `.pt` tensor or a `.safetensors` file.
-
-    The dtype is kept (the reference's VOC/Context files are float16, and those rounded values are part of
-    the published numbers); `OTSeg.set_class_embeddings` upcasts exactly.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"class embedding file {p} does not exist")
-    suffix = p.suffix.lower()
-    if suffix not in (".npy", ".pt", ".pth", ".safetensors"):
-        raise ValueError(
-            f"cannot read class embeddings from {p}: unknown extension {suffix!r}; use .npy, .pt or .safetensors"
-        )
-    t: Any  # what the file holds: checked to be a tensor below
-    try:
-        if suffix == ".npy":
-            t = torch.from_numpy(np.load(p, allow_pickle=False))
-        elif suffix in (".pt", ".pth"):
-            t = torch.load(p, map_location="cpu", weights_only=True)
-            if isinstance(t, dict):
-                t = t.get("class_embeddings", t.get("embeddings"))
-        else:
-            tensors = load_file(str(p))
-            # Our files name the tensor "class_embeddings"; a file holding a single tensor is unambiguous.
-            t = tensors.get("class_embeddings", next(iter(tensors.values())) if len(tensors) == 1 else None)
-    # Any failure to parse (a bad pickle raises pickle.UnpicklingError, a bad zip RuntimeError, a bad .npy
-    # header ValueError, safetensors its own error type) is reported the same way, naming the file.
-    except Exception as e:
-        raise ValueError(f"cannot read class embeddings from {p}: {type(e).__name__}: {e}") from e
-    if not isinstance(t, Tensor):
-        what = "no 'class_embeddings' tensor" if t is None else f"a {type(t).__name__}, not a tensor"
-        raise ValueError(f"class embeddings in {p}: the file holds {what}")
-    if t.dim() != 3:
-        raise ValueError(f"class embeddings in {p} must have shape (K, N, D), got {tuple(t.shape)}")
-    if not t.is_floating_point():
-        raise ValueError(f"class embeddings in {p} must be floating point, got {t.dtype}")
-    return t

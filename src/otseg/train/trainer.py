@@ -35,7 +35,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from otseg.distributed import DistInfo, all_reduce_mean, barrier
-from otseg.model.checkpoint import check_state_dict_fits, checkpoint_digest, safe_torch_load, verify_training_digest
+from otseg.formats.state_dict import check_state_dict_fits
+from otseg.formats.torch_pickle import safe_torch_load
+from otseg.formats.training_checkpoint import checkpoint_digest, verify_training_digest
 from otseg.model.segmentor import OTSeg
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
@@ -411,7 +413,7 @@ class Trainer:
                 f" (it was trained on {len(saved_names)} classes, this model has {len(self.model.class_names)}: "
                 "the weights are class-agnostic, so that alone would not matter)"
             )
-        check_state_dict_fits(self.model, state, f"checkpoint {p}", fix=fix)
+        check_state_dict_fits(self.model, state, f"checkpoint {p}", may_be_missing=("text_encoder.",), fix=fix)
         try:  # after the fit check, so that edited keys are named rather than only caught
             verify_training_digest(ckpt, f"checkpoint {p}")
         except ValueError as e:

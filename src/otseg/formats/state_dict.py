@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_state_dict_fits", "tensor_digest"]
+__all__ = ["check_state_dict_fits", "tensor_digest", "verify_digest"]
 
 
 def _keys(keys: list[str], limit: int = 5) -> str:
@@ -91,3 +91,15 @@ def tensor_digest(tensors: Mapping[str, Tensor]) -> str:
         if t.numel():
             h.update(t.reshape(-1).view(torch.uint8).numpy().data)  # the raw bytes, without a copy
     return h.hexdigest()
+
+
+def verify_digest(tensors: Mapping[str, Tensor], expected: Any, source: str) -> None:
+    """Refuse tensors whose SHA-256 differs from the one written beside them (files written before digests
+    existed carry none and are accepted)."""
+    if expected is None:
+        return
+    if not isinstance(expected, str) or tensor_digest(tensors) != expected:
+        raise ValueError(
+            f"{source}: its tensors do not match the SHA-256 written with them: the file is corrupt (changed on "
+            "disk or in transfer); copy it again or use another checkpoint"
+        )

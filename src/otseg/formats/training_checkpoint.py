@@ -1,58 +1,43 @@
-"""Open any model file a user may hold: our folder format, a training checkpoint, or a reference `.pth`."""
+"""Training checkpoints (`iter_N.pt`, written by `otseg train`): a `torch.save`d dict, read with
+`weights_only=True`, holding `"format": "otseg-train"`, the model config, weights, class embeddings, optimiser and
+RNG states, and the SHA-256 of the weights and class embeddings (checked on reading).
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from otseg.config import ModelConfig, apply_overrides
-from otseg.model.checkpoint import (
-    check_state_dict_fits,
-    load_pretrained,
-    load_reference_checkpoint,
-    safe_torch_load,
-    verify_training_digest,
-)
-from otseg.model.presets import get_preset
+from otseg.formats.state_dict import check_state_dict_fits, tensor_digest, verify_digest
 from otseg.model.segmentor import OTSeg
 
-__all__ = ["load_model"]
+__all__ = ["TRAINING_FORMAT", "checkpoint_digest", "model_from_training_checkpoint", "verify_training_digest"]
+
+TRAINING_FORMAT = "otseg-train"
 
 
-def load_model(
-    path: str | os.PathLike,
-    preset: str | None = None,
-    overrides: dict[str, Any] | None = None,
-    allow_pickle: bool = False,
-) -> OTSeg:
-    """Load a model from `path`:
-
-    - a folder with `config.json` + `model.safetensors` (`otseg convert`, `save_pretrained`);
-    - an `iter_N.pt` written by `otseg train` (config, weights and class embeddings inside);
-    - a reference release `.pth` (mmseg format): needs `preset` (the config it was trained with).
-    """
-
-    p = Path(path)
-    if p.is_dir():
-        return load_pretrained(p, overrides=overrides)
-    ckpt = safe_torch_load(p, "checkpoint", allow_pickle=allow_pickle)
-    if isinstance(ckpt, dict) and ckpt.get("format") == "otseg-train":
-        return _from_training_checkpoint(ckpt, p, overrides)
-    if preset is None:
-        raise ValueError(f"{p} looks like a reference checkpoint: say which preset it was trained with (--preset NAME)")
-
-    cfg = get_preset(preset)
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
-    model = OTSeg(cfg)
-    load_reference_checkpoint(model, p, allow_pickle=allow_pickle)
-    return model
+def checkpoint_digest(model_state: dict[str, Tensor], class_embeddings: Tensor) -> str:
+    """The SHA-256 a training checkpoint (`iter_N.pt`) carries: its weights and its class embeddings."""
+    return tensor_digest({**{f"model.{k}": v for k, v in model_state.items()}, "class_embeddings": class_embeddings})
 
 
-def _from_training_checkpoint(ckpt: dict[str, Any], p: Path, overrides: dict[str, Any] | None) -> OTSeg:
+def verify_training_digest(ckpt: dict[str, Any], source: str) -> None:
+    """Check an `iter_N.pt`'s tensors against its stored SHA-256 (older checkpoints carry none)."""
+    expected = ckpt.get("sha256")
+    if expected is None:
+        return
+    model_state, emb = ckpt.get("model"), ckpt.get("class_embeddings")
+    if not isinstance(model_state, dict) or not isinstance(emb, Tensor):
+        raise ValueError(f"{source}: its weights or class embeddings are missing; the file is damaged")
+    tensors = {f"model.{k}": v for k, v in model_state.items() if isinstance(v, Tensor)}
+    verify_digest({**tensors, "class_embeddings": emb}, expected, source)
+
+
+def model_from_training_checkpoint(ckpt: dict[str, Any], p: Path, overrides: dict[str, Any] | None) -> OTSeg:
     """Build the model of an `iter_N.pt` (its own config, `overrides` applied) and load weights + class embeddings."""
 
     missing = [k for k in ("model_config", "model", "class_embeddings") if k not in ckpt]
@@ -69,6 +54,7 @@ def _from_training_checkpoint(ckpt: dict[str, Any], p: Path, overrides: dict[str
         model,
         ckpt["model"],
         f"training checkpoint {p}",
+        may_be_missing=("text_encoder.",),
         fix="--set overrides of the architecture (vision.*, head.* sizes) must match the training run's; drop them",
     )
     model.load_state_dict(ckpt["model"], strict=False)  # strict=False: the frozen text tower is never saved

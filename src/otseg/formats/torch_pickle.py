@@ -1,0 +1,68 @@
+"""PyTorch's own file format (a zip of pickled records, `torch.save`): the one safe reader.
+
+Every `.pt` / `.pth` otseg opens goes through `safe_torch_load`: `torch.load(weights_only=True)` unless the user
+allows pickle for a file they trust, with one-line errors naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["first_sentence", "safe_torch_load"]
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def safe_torch_load(
+    path: str | os.PathLike, what: str = "checkpoint", allow_pickle: bool = False, pickle_hint: str | None = None
+) -> Any:
+    """`torch.load(path, weights_only=not allow_pickle)` on the CPU, with one-line errors naming the file.
+
+    Args:
+        what: the kind of file, for messages ("checkpoint", "reference checkpoint", ...).
+        allow_pickle: unpickle arbitrary objects (only for trusted files: unpickling can run code).
+        pickle_hint: what to tell the user when safe loading refuses pickled objects; default: pass --allow-pickle.
+
+    Raises:
+        FileNotFoundError: `path` is not a file.
+        ValueError: the file holds pickled objects that weights_only loading refuses, or it cannot be read
+            (truncated, corrupt, not a torch file).
+    """
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if allow_pickle or "Weights only load failed" not in text:
+            raise ValueError(f"cannot read {what} {p}: {first_sentence(text)}; the file may be corrupt") from e
+        found = _UNSAFE_GLOBAL.search(text)
+        objects = f" (e.g. {found.group(1)})" if found else ""
+        hint = pickle_hint or (
+            "if the file comes from a source you trust, retry with --allow-pickle (allow_pickle=True in Python); "
+            "unpickling can run arbitrary code"
+        )
+        raise ValueError(
+            f"{what} {p} holds pickled Python objects{objects} that safe loading (torch.load with "
+            f"weights_only=True) refuses: {hint}"
+        ) from e
+    except Exception as e:  # torch raises RuntimeError / EOFError / OSError / ... for truncated or foreign files
+        raise ValueError(
+            f"cannot read {what} {p} ({type(e).__name__}: {first_sentence(str(e))}); the file is truncated, "
+            "corrupt or not a PyTorch file (an interrupted copy or download?)"
+        ) from e
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a (possibly long, multi-line) library message, on one line."""
+    flat = " ".join(text.split())
+    cut = flat.find(". ")
+    return (flat[:cut] if 0 < cut < 300 else flat[:300]) or "no message"
