@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from otseg import OTSeg
-from otseg.config import HeadConfig, ModelConfig, VisionConfig
+from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
 from otseg.formats.open_model import load_model
 from otseg.formats.otseg_folder import load_pretrained, save_pretrained
-from otseg.train.trainer import TrainConfig, Trainer, find_latest_checkpoint
+from otseg.train.trainer import Trainer, find_latest_checkpoint
 
 CLASSES = ("red", "green", "blue", "yellow")
 

@@ -17,8 +17,8 @@ from fake_layouts import make_custom
 from conftest import golden_file, tiny_set_args
 from otseg import OTSeg
 from otseg.cli import main
-from otseg.config import HeadConfig, ModelConfig, VisionConfig
-from otseg.train.trainer import TrainConfig, Trainer
+from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
+from otseg.train.trainer import Trainer
 
 CLASSES = ("sky", "tree", "road", "car")
 

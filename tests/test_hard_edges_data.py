@@ -17,10 +17,10 @@ from fake_layouts import make_custom, write_label
 from PIL import Image, ImageFile
 
 from otseg import OTSeg
-from otseg.config import HeadConfig, ModelConfig, VisionConfig
+from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
 from otseg.data.datasets import SegmentationDataset, build_dataset, read_image, read_label
 from otseg.eval.evaluate import evaluate
-from otseg.train.trainer import BadSampleError, TrainConfig, Trainer
+from otseg.train.trainer import BadSampleError, Trainer
 
 CLASSES = ("sky", "tree", "road", "car")
 

@@ -16,9 +16,10 @@ from pathlib import Path
 import otseg
 from otseg.benchmark import add_bench_parser
 from otseg.clip.text import TextEncoder
+from otseg.config import TrainConfig
 from otseg.data.check import check_dataset, check_preset, require_usable
 from otseg.data.datasets import build_dataset, read_custom_classes
-from otseg.data.facts import DATASET_ALIASES, data_config_for, list_datasets
+from otseg.data.facts import DATASET_ALIASES, data_config_for, default_train_config, list_datasets
 from otseg.data.transforms import TestTransform, TrainTransform
 from otseg.demo.run import add_demo_parser
 from otseg.distributed import init_distributed, shutdown
@@ -35,7 +36,7 @@ from otseg.predictor import default_class_names
 from otseg.prepare import add_prepare_parser
 from otseg.segment import parse_class_list, segment_images
 from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
-from otseg.train.trainer import TrainConfig, Trainer, _seed_everything, default_train_config
+from otseg.train.trainer import Trainer, _seed_everything
 from otseg.validation import coerce_text as _coerce
 from otseg.web import add_serve_parser
 from otseg.weights.commands import add_weights_parser
@@ -266,8 +267,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info)
         result = trainer.train(resume=args.resume)
         if dist_info.is_main and result["eval"]:
-            from otseg.eval.metrics import format_markdown
-            from otseg.eval.score import write_results
 
             write_results(result["eval"], Path(args.work_dir) / "eval.json", title=args.preset)
             print(format_markdown(result["eval"], title=f"{args.preset} after {result['step']} iterations"))

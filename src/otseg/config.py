@@ -36,6 +36,7 @@ __all__ = [
     "HeadConfig",
     "ModelConfig",
     "TextConfig",
+    "TrainConfig",
     "VisionConfig",
     "apply_overrides",
     "resolve_templates",
@@ -278,3 +279,55 @@ class DataConfig:
     ignore_index: int = 255
     reduce_zero_label: bool = True  # VOC / Context / ADE: id 0 (background) -> ignore, others shift by -1
     test_short_side: int = 512  # test-time keep-ratio resize target of the short side (no long-side cap)
+
+
+@dataclass
+class TrainConfig(Validated):
+    """Optimisation and bookkeeping settings (defaults = the reference's effective recipe, spec section 4.3).
+
+    Validated when built: a bad value raises one ValueError naming `train.KEY`, the value and what is valid.
+    `otseg.data.facts.default_train_config` gives the reference's recipe for a model (its schedule length).
+    """
+
+    _section: ClassVar[str] = "train."
+    _positive: ClassVar[tuple[str, ...]] = (
+        "max_iters", "batch_size", "grad_accum", "lr", "checkpoint_interval", "keep_checkpoints", "log_interval",
+    )  # fmt: skip
+    _non_negative: ClassVar[tuple[str, ...]] = (
+        "backbone_lr_mult", "weight_decay", "min_lr", "power", "warmup_iters", "warmup_ratio", "eval_interval",
+        "keep_every", "num_workers", "seed",
+    )  # fmt: skip
+
+    max_iters: int = 20000
+    batch_size: int = 4  # per process; the reference used 4 per GPU on 4 GPUs (global batch 16)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 2e-4  # effective lr of every trainable parameter in the reference
+    # lr of the backbone's trainable parameters (VPT prompts) relative to `lr` (the reference: 1, one lr for all)
+    backbone_lr_mult: float = 1.0
+    weight_decay: float = 0.01
+    min_lr: float = 1e-6
+    power: float = 0.9
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    amp: Literal["none", "bf16", "fp16"] = "none"  # Sinkhorn always runs in float32
+    eval_interval: int = 0  # 0 = evaluate at the end only
+    checkpoint_interval: int = 1000
+    keep_checkpoints: int = 2  # older iter_*.pt files are deleted (the newest N are kept) ...
+    keep_every: int = 10000  # ... except multiples of this (transductive runs start from the inductive iter_10000)
+    log_interval: int = 20
+    num_workers: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    tensorboard: bool = False
+    init_from: str | None = None  # weights to start from (transductive: the inductive checkpoint)
+    device: str | None = None  # None = cuda if available
+    # An unreadable / corrupt sample, out-of-range label or size mismatch: "stop" training with a message
+    # naming the file, or "skip" it (replaced by the next readable sample; counted and logged).
+    bad_samples: Literal["stop", "skip"] = "stop"
+    # With "skip", stop anyway once more than this share of the samples read for one micro-batch, or of the
+    # distinct samples of the dataset, is bad: the data is broken, not a stray file.
+    max_bad_fraction: float = 0.5
+
+    def _check(self) -> None:
+        if not 0.0 < self.max_bad_fraction <= 1.0:
+            raise self._fail("max_bad_fraction", self.max_bad_fraction, "a fraction in (0, 1]")

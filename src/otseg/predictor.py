@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from otseg.config import resolve_templates
-from otseg.data.transforms import TestResize
+from otseg.data.facts import data_config_for
+from otseg.data.transforms import TestTransform
 from otseg.eval.evaluate import upsampled_argmax
 from otseg.formats.open_model import load_model
 from otseg.image_io import ImageInput, describe_source, read_image
@@ -271,7 +272,6 @@ class Predictor:
     # ------------------------------------------------------------------ prediction
     def preprocess(self, image: np.ndarray) -> Tensor:
         """(H, W, 3) uint8 RGB -> (1, 3, h, w) normalised tensor at the model's test size (short side)."""
-
         cfg = self.model.config
         h, w = image.shape[:2]
         if max(h, w) > MAX_ASPECT_RATIO * min(h, w):
@@ -280,11 +280,9 @@ class Predictor:
                 f"resizes the short side to {cfg.test_short_side} px, would slide over a strip "
                 f"{max(h, w) * cfg.test_short_side // min(h, w)} px long; crop it into parts first"
             )
-        resized, _ = TestResize(cfg.test_short_side)(image, None)
-        x = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32))
-        mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
-        return ((x - mean) / std)[None].to(self.device)
+        # The evaluation's own test pipeline (resize, normalisation), so that a picture scores here as it does there.
+        x, _ = TestTransform(data_config_for(cfg))(image)
+        return x[None].to(self.device)
 
     @torch.no_grad()
     def predict(self, image: ImageInput, class_names: Sequence[str] | None = None) -> Prediction:

@@ -180,3 +180,16 @@ def test_from_a_reference_checkpoint_with_clip_weights(tmp_path):
 
     with pytest.raises(ValueError, match="preset"):
         Predictor.from_pretrained(ckpt)
+
+
+def test_predictor_and_evaluation_prepare_an_image_identically() -> None:
+    """One test pipeline: the Predictor's input tensor is the evaluation's (`TestTransform`), bit for bit."""
+    from otseg.data.facts import data_config_for
+    from otseg.data.transforms import TestTransform
+
+    model = make_tiny_model()
+    image = _picture(37, 53)
+    expected, _ = TestTransform(data_config_for(model.config))(image)
+    got = Predictor(model).preprocess(image)
+    assert got.shape == (1, *expected.shape)
+    assert torch.equal(got[0], expected)

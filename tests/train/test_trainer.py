@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from otseg import OTSeg
-from otseg.config import HeadConfig, ModelConfig, VisionConfig
+from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
 from otseg.train.schedule import poly_lr
-from otseg.train.trainer import StepBatchSampler, TrainConfig, Trainer, find_latest_checkpoint
+from otseg.train.trainer import StepBatchSampler, Trainer, find_latest_checkpoint
 
 CLASSES = ("red", "green", "blue", "yellow")
 

@@ -18,7 +18,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from otseg.config import DataConfig, ModelConfig, Setting
+from otseg.config import DataConfig, ModelConfig, Setting, TrainConfig
 
 __all__ = [
     "CUSTOM_PIPELINE",
@@ -29,6 +29,7 @@ __all__ = [
     "data_config_for",
     "dataset_data_config",
     "dataset_facts",
+    "default_train_config",
     "list_datasets",
 ]
 
@@ -196,3 +197,13 @@ def data_config_for(cfg: ModelConfig) -> DataConfig:
         mean=cfg.mean,
         std=cfg.std,
     )
+
+
+def default_train_config(model_config: ModelConfig) -> TrainConfig:
+    """The reference recipe for a model config: its iteration count; checkpoints every 2k (1k for 10k runs)."""
+    table = _table()
+    schedule = table[model_config.dataset].reference_iters if model_config.dataset in table else None
+    iters = schedule[model_config.setting] if schedule else 20000
+    # Checkpoints every 2000 iterations (the reference: every 10k, every 1k on 10k schedules): resuming
+    # after a crash should not cost hours.
+    return TrainConfig(max_iters=iters, checkpoint_interval=1000 if iters <= 10000 else 2000)

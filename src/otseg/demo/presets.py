@@ -32,10 +32,10 @@ from otseg.config import (
     HeadConfig,
     ModelConfig,
     Setting,
+    TrainConfig,
 )
 from otseg.demo.tiny_clip import TinyClipConfig
 from otseg.demo.world import CLASS_NAMES, WorldConfig, unseen_ids
-from otseg.train.trainer import TrainConfig
 
 __all__ = [
     "DEMO_TEMPLATES",

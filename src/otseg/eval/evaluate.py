@@ -15,12 +15,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from otseg.distributed import DistInfo
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
 from otseg.model.segmentor import OTSeg
+from otseg.utils import atomic_write
 
 __all__ = ["evaluate", "upsampled_argmax"]
 
@@ -54,6 +56,12 @@ def upsampled_argmax(scores: Tensor, size: tuple[int, int]) -> Tensor:
             labels = torch.where(better, index, labels)
     assert labels is not None
     return labels
+
+
+def _write_label_png(labels: Tensor, path: Path) -> None:
+    """(H, W) class indices -> a grayscale PNG (pixel value = class index), written atomically."""
+    image = Image.fromarray(labels.cpu().numpy().astype(np.uint8))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 class EvalSamples(Protocol):
@@ -118,10 +126,8 @@ def evaluate(
             pred = upsampled_argmax(scores[0], tuple(label.shape[-2:]))
             cm.update(pred, label, source=str(sample.get("path", i)))
             if out_dir is not None:
-                from PIL import Image
-
                 stem = Path(str(sample.get("path", f"{i:06d}"))).stem
-                Image.fromarray(pred.cpu().numpy().astype(np.uint8)).save(out_dir / f"{stem}.png")
+                _write_label_png(pred, out_dir / f"{stem}.png")
             if bar is not None:
                 bar.update(1)
     finally:

@@ -9,7 +9,8 @@
 
 from __future__ import annotations
 
-from otseg.train.trainer import REFERENCE_ITERS, TrainConfig
+from otseg.config import TrainConfig
+from otseg.data.facts import dataset_facts, list_datasets
 
 __all__ = ["REFERENCE_GLOBAL_BATCH", "batch_note", "require_transductive_init", "warmup_warning"]
 
@@ -52,7 +53,8 @@ def require_transductive_init(preset: str, setting: str, dataset: str, tcfg: Tra
     """
     if setting != "transductive" or tcfg.init_from or resuming:
         return
-    iters = REFERENCE_ITERS.get(dataset, {}).get("inductive")
+    schedule = dataset_facts(dataset).reference_iters if dataset in list_datasets() else None
+    iters = schedule["inductive"] if schedule else None
     half = f"iter_{iters // 2}.pt" if iters else "iter_N.pt"
     inductive = preset.replace("transductive", "inductive")
     raise ValueError(

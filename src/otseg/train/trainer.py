@@ -24,9 +24,9 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from otseg.config import TrainConfig
 from otseg.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.formats.state_dict import check_state_dict_fits
 from otseg.formats.torch_pickle import safe_torch_load
@@ -43,18 +44,14 @@ from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr
 from otseg.utils import atomic_torch_save, atomic_write_text, describe_write_failure, is_atomic_temp_file
-from otseg.validation import Validated
 
 if TYPE_CHECKING:
     from otseg.data.datasets import SegmentationDataset
 
 __all__ = [
-    "REFERENCE_ITERS",
     "BadSampleError",
     "StepBatchSampler",
-    "TrainConfig",
     "Trainer",
-    "default_train_config",
     "find_latest_checkpoint",
 ]
 
@@ -79,57 +76,6 @@ class _SizedDataset(Protocol):
 
 class BadSampleError(ValueError):
     """A training sample could not be read or failed its checks, and training stopped."""
-
-
-@dataclass
-class TrainConfig(Validated):
-    """Optimisation and bookkeeping settings (defaults = the reference's effective recipe, spec section 4.3).
-
-    Validated when built: a bad value raises one ValueError naming `train.KEY`, the value and what is valid.
-    """
-
-    _section: ClassVar[str] = "train."
-    _positive: ClassVar[tuple[str, ...]] = (
-        "max_iters", "batch_size", "grad_accum", "lr", "checkpoint_interval", "keep_checkpoints", "log_interval",
-    )  # fmt: skip
-    _non_negative: ClassVar[tuple[str, ...]] = (
-        "backbone_lr_mult", "weight_decay", "min_lr", "power", "warmup_iters", "warmup_ratio", "eval_interval",
-        "keep_every", "num_workers", "seed",
-    )  # fmt: skip
-
-    max_iters: int = 20000
-    batch_size: int = 4  # per process; the reference used 4 per GPU on 4 GPUs (global batch 16)
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 2e-4  # effective lr of every trainable parameter in the reference
-    # lr of the backbone's trainable parameters (VPT prompts) relative to `lr` (the reference: 1, one lr for all)
-    backbone_lr_mult: float = 1.0
-    weight_decay: float = 0.01
-    min_lr: float = 1e-6
-    power: float = 0.9
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    amp: Literal["none", "bf16", "fp16"] = "none"  # Sinkhorn always runs in float32
-    eval_interval: int = 0  # 0 = evaluate at the end only
-    checkpoint_interval: int = 1000
-    keep_checkpoints: int = 2  # older iter_*.pt files are deleted (the newest N are kept) ...
-    keep_every: int = 10000  # ... except multiples of this (transductive runs start from the inductive iter_10000)
-    log_interval: int = 20
-    num_workers: int = 2
-    seed: int = 0
-    deterministic: bool = False
-    tensorboard: bool = False
-    init_from: str | None = None  # weights to start from (transductive: the inductive checkpoint)
-    device: str | None = None  # None = cuda if available
-    # An unreadable / corrupt sample, out-of-range label or size mismatch: "stop" training with a message
-    # naming the file, or "skip" it (replaced by the next readable sample; counted and logged).
-    bad_samples: Literal["stop", "skip"] = "stop"
-    # With "skip", stop anyway once more than this share of the samples read for one micro-batch, or of the
-    # distinct samples of the dataset, is bad: the data is broken, not a stray file.
-    max_bad_fraction: float = 0.5
-
-    def _check(self) -> None:
-        if not 0.0 < self.max_bad_fraction <= 1.0:
-            raise self._fail("max_bad_fraction", self.max_bad_fraction, "a fraction in (0, 1]")
 
 
 def find_latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
@@ -727,20 +673,3 @@ def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# The reference's schedules (spec section 4.4): iterations per dataset and setting; transductive runs start
-# from the inductive checkpoint at half its schedule and run a fresh schedule of this length.
-REFERENCE_ITERS: dict[str, dict[str, int]] = {
-    "voc12": {"inductive": 20000, "transductive": 10000, "fully": 20000},
-    "context59": {"inductive": 40000, "transductive": 20000, "fully": 40000},
-    "coco_stuff164k": {"inductive": 80000, "transductive": 40000, "fully": 80000},
-}
-
-
-def default_train_config(model_config) -> TrainConfig:
-    """The reference recipe for a model config: its iteration count; checkpoints every 2k (1k for 10k runs)."""
-    iters = REFERENCE_ITERS.get(model_config.dataset, {}).get(model_config.setting, 20000)
-    # Checkpoints every 2000 iterations (the reference: every 10k, every 1k on 10k schedules): resuming
-    # after a crash should not cost hours.
-    return TrainConfig(max_iters=iters, checkpoint_interval=1000 if iters <= 10000 else 2000)
