@@ -126,8 +126,8 @@ def demo_data_config(model_cfg: ModelConfig) -> DataConfig:
     """The reference augmentation at the world's scale.
 
     Two departures, both because of what defines a class here: the rescale range is 0.75-1.5 (the reference's
-    0.5-2.0 of a 512 crop would shrink the 14-30 px objects below two patches), and the hue and saturation jitter
-    are narrowed (+-10 degrees, x0.75-1.25) because colour is part of a class's identity in this world: the
+    0.5-2.0 of a 512 crop would shrink the smallest, 20 px objects to about one patch), and the hue and saturation
+    jitter are narrowed (+-10 degrees, x0.75-1.25) because colour is part of a class's identity in this world: the
     reference's +-36 degrees would turn some red objects yellow while keeping their label.
     """
     size = model_cfg.vision.image_size
