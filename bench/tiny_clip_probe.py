@@ -91,27 +91,6 @@ def world_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {split: load_split(WORLD_DIR, split) for split in ("train", "val")}
 
 
-@torch.no_grad()
-def block_features(clip: CLIP, images: np.ndarray, block: int, batch_size: int = 100) -> torch.Tensor:
-    """A diagnostic, not the card's features: the patch tokens after `block` (1-based) of the image tower, raw
-    (width-dimensional, no ln_post or proj), L2-normalised, (B, width, h, w)."""
-    from otseg.model.config import IMAGENET_MEAN, IMAGENET_STD
-
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    visual = clip.visual
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = (torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float() - mean) / std
-        tokens, h, w = visual.patchify(x)
-        cls = visual.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
-        t = visual.ln_pre(torch.cat([cls, tokens], dim=1) + visual.positional_embedding.to(tokens.dtype))
-        for b in list(visual.transformer.resblocks)[:block]:
-            t = b(t)
-        out.append(torch.nn.functional.normalize(t[:, 1:], dim=-1).transpose(1, 2).reshape(len(x), -1, h, w))
-    return torch.cat(out)
-
-
 def layers_table(clip_file: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
     """Probe every block's patch tokens of a checkpoint ("shipped": the packaged tiny CLIP), raw and through
     ln_post and proj (the card's features are the last block's, through ln_post and proj)."""
@@ -126,7 +105,7 @@ def layers_table(clip_file: str, splits: dict[str, tuple[np.ndarray, np.ndarray]
     (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
     rows = []
     for b in range(len(visual.transformer.resblocks) + 1):
-        raw_train, raw_val = block_features(model, train_x, b), block_features(model, val_x, b)
+        raw_train, raw_val = dense_features(model, train_x, after_block=b), dense_features(model, val_x, after_block=b)
 
         @torch.no_grad()
         def projected(raw: torch.Tensor) -> torch.Tensor:
@@ -147,12 +126,12 @@ def layer_probes(model: CLIP, splits: dict[str, tuple[np.ndarray, np.ndarray]]) 
     """Diagnostic probes on the raw tokens of the last two blocks (where the card's proj loses information)."""
     (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
     layers = len(model.visual.transformer.resblocks)
-    return {
-        f"probe_raw_block{b}": round(
-            linear_probe_miou(block_features(model, train_x, b), train_y, block_features(model, val_x, b), val_y), 2
-        )
-        for b in (layers - 1, layers)
-    }
+    probes = {}
+    for b in (layers - 1, layers):
+        train_f = dense_features(model, train_x, after_block=b)
+        val_f = dense_features(model, val_x, after_block=b)
+        probes[f"probe_raw_block{b}"] = round(linear_probe_miou(train_f, train_y, val_f, val_y), 2)
+    return probes
 
 
 def measure(model: CLIP, splits: dict[str, tuple[np.ndarray, np.ndarray]], world: WorldConfig) -> dict[str, float]:

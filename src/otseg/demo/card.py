@@ -105,9 +105,13 @@ def load_split(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def dense_features(clip: CLIP, images: np.ndarray, batch_size: int = 100) -> Tensor:
+def dense_features(clip: CLIP, images: np.ndarray, batch_size: int = 100, after_block: int | None = None) -> Tensor:
     """Frozen patch embeddings (B, D, h, w), L2-normalised: every token through ln_post and proj, as the head
-    reads them (the class token dropped)."""
+    reads them (the class token dropped).
+
+    after_block: None for those (the card's features); k for a diagnostic instead: the raw width-dimensional
+        tokens after the first k blocks (0: the embedding after ln_pre), without ln_post or proj.
+    """
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     visual = clip.visual
@@ -116,8 +120,12 @@ def dense_features(clip: CLIP, images: np.ndarray, batch_size: int = 100) -> Ten
         x = (torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float() - mean) / std
         tokens, h, w = visual.patchify(x)
         cls = visual.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
-        t = torch.cat([cls, tokens], dim=1) + visual.positional_embedding.to(tokens.dtype)
-        t = visual.ln_post(visual.transformer(visual.ln_pre(t))) @ visual.proj
+        t = visual.ln_pre(torch.cat([cls, tokens], dim=1) + visual.positional_embedding.to(tokens.dtype))
+        if after_block is None:
+            t = visual.ln_post(visual.transformer(t)) @ visual.proj
+        else:
+            for block in list(visual.transformer.resblocks)[:after_block]:
+                t = block(t)
         patches = F.normalize(t[:, 1:], dim=-1)
         out.append(patches.transpose(1, 2).reshape(len(x), -1, h, w))
     return torch.cat(out)
