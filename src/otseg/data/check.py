@@ -17,7 +17,7 @@ from typing import Literal
 
 from otseg.config import ModelConfig
 from otseg.data.datasets import PREPARE_HINTS, build_dataset
-from otseg.data.facts import DATASET_ALIASES, dataset_facts, list_datasets
+from otseg.data.facts import DATASET_ALIASES, dataset_facts, find_dataset_facts
 
 __all__ = [
     "DataCheck",
@@ -68,8 +68,8 @@ class DataCheck:
         """Counts against the official ones, then one line per problem."""
         lines = [f"{self.dataset} at {self.root}:"]
         for split in self.splits:
-            official = dataset_facts(self.dataset).official_counts if self.dataset in list_datasets() else {}
-            expected = official.get(split)
+            facts = find_dataset_facts(self.dataset)
+            expected = facts.official_counts.get(split) if facts is not None else None
             got = self.counts.get(split)
             got_s = "not counted (see the errors below)" if got is None else f"{got:,} images"
             exp_s = f" (official: {expected:,})" if expected is not None else ""
@@ -217,7 +217,7 @@ def require_usable(
     """The start-up check of train / eval: prints warnings (if `verbose`); raises ValueError (one line) on the
     first error."""
     dataset = DATASET_ALIASES.get(dataset, dataset)
-    if dataset not in list_datasets():  # custom datasets: their builder checks them
+    if find_dataset_facts(dataset) is None:  # custom datasets: their builder checks them
         return DataCheck(dataset, Path(root), splits)
     check = check_dataset(dataset, root, splits, sample=sample)
     for message in check.warnings if verbose else ():

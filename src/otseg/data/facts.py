@@ -30,6 +30,7 @@ __all__ = [
     "dataset_data_config",
     "dataset_facts",
     "default_train_config",
+    "find_dataset_facts",
     "list_datasets",
 ]
 
@@ -163,9 +164,14 @@ def dataset_facts(name: str) -> DatasetFacts:
     return table[name]
 
 
+def find_dataset_facts(name: str) -> DatasetFacts | None:
+    """The facts of dataset `name`, or None for a name the table does not hold (a user's own folder)."""
+    return _table().get(name)
+
+
 def _pipeline(dataset: str) -> PipelineFacts:
-    table = _table()
-    return table[dataset].pipeline if dataset in table else CUSTOM_PIPELINE
+    facts = find_dataset_facts(dataset)
+    return facts.pipeline if facts is not None else CUSTOM_PIPELINE
 
 
 def dataset_data_config(dataset: str) -> DataConfig:
@@ -201,8 +207,8 @@ def data_config_for(cfg: ModelConfig) -> DataConfig:
 
 def default_train_config(model_config: ModelConfig) -> TrainConfig:
     """The reference recipe for a model config: its iteration count; checkpoints every 2k (1k for 10k runs)."""
-    table = _table()
-    schedule = table[model_config.dataset].reference_iters if model_config.dataset in table else None
+    facts = find_dataset_facts(model_config.dataset)
+    schedule = facts.reference_iters if facts is not None else None
     iters = schedule[model_config.setting] if schedule else 20000
     # Checkpoints every 2000 iterations (the reference: every 10k, every 1k on 10k schedules): resuming
     # after a crash should not cost hours.

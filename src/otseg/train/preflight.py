@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from otseg.config import TrainConfig
-from otseg.data.facts import dataset_facts, list_datasets
+from otseg.data.facts import find_dataset_facts
 
 __all__ = ["REFERENCE_GLOBAL_BATCH", "batch_note", "require_transductive_init", "warmup_warning"]
 
@@ -53,7 +53,8 @@ def require_transductive_init(preset: str, setting: str, dataset: str, tcfg: Tra
     """
     if setting != "transductive" or tcfg.init_from or resuming:
         return
-    schedule = dataset_facts(dataset).reference_iters if dataset in list_datasets() else None
+    facts = find_dataset_facts(dataset)
+    schedule = facts.reference_iters if facts is not None else None
     iters = schedule["inductive"] if schedule else None
     half = f"iter_{iters // 2}.pt" if iters else "iter_N.pt"
     inductive = preset.replace("transductive", "inductive")
