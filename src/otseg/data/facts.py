@@ -111,10 +111,6 @@ class DatasetFacts:
     reference_iters: dict[str, int] | None  # schedule per setting (spec 4.4); None: not trained on
     official_counts: dict[str, int]  # images per split of the official release
 
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        return self.classes.class_names
-
 
 def _record(key: str, entry: dict[str, Any]) -> DatasetFacts:
     iters = entry["reference_iters"]

@@ -38,7 +38,7 @@ from otseg.config import TrainConfig
 from otseg.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.formats.state_dict import check_state_dict_fits
 from otseg.formats.torch_pickle import safe_torch_load
-from otseg.formats.training_checkpoint import checkpoint_digest, verify_training_digest
+from otseg.formats.training_checkpoint import TRAINING_FORMAT, checkpoint_digest, verify_training_digest
 from otseg.model.segmentor import OTSeg
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
@@ -298,7 +298,7 @@ class Trainer:
         model_state = self._trainable_state()
         class_embeddings = self.model.class_embeddings.detach().cpu()
         return {
-            "format": "otseg-train",
+            "format": TRAINING_FORMAT,
             "step": self.step,
             "model": model_state,
             "class_embeddings": class_embeddings,
@@ -346,7 +346,7 @@ class Trainer:
             )
         except ValueError as e:
             raise _UnreadableCheckpoint(str(e)) from e
-        if not isinstance(ckpt, dict) or ckpt.get("format") != "otseg-train":
+        if not isinstance(ckpt, dict) or ckpt.get("format") != TRAINING_FORMAT:
             raise ValueError(f"{p} is not an otseg training checkpoint (an iter_N.pt written by otseg train)")
         absent = [k for k in ("model", "optimizer", "scaler", "step", "rng") if k not in ckpt]
         if absent:
