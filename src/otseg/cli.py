@@ -267,7 +267,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info)
         result = trainer.train(resume=args.resume)
         if dist_info.is_main and result["eval"]:
-
             write_results(result["eval"], Path(args.work_dir) / "eval.json", title=args.preset)
             print(format_markdown(result["eval"], title=f"{args.preset} after {result['step']} iterations"))
     finally:

@@ -159,7 +159,6 @@ def _quiet_exporter() -> Iterator[None]:
 
 def export_metadata(model: OTSeg, image_size: tuple[int, int], sinkhorn_iters: int, opset: int) -> dict[str, Any]:
     """What is stored with an export (metadata_props and the sidecar JSON), as plain JSON values."""
-
     cfg = model.config
     return {
         "format": ONNX_FORMAT,
@@ -217,7 +216,6 @@ def export_onnx(
         The path written. The graph maps `image` float32 (B, 3, H, W) -> `scores` float32 (B, K, H, W), equal to
         `model.encode_decode(image)` under `sinkhorn_overrides(fixed_iters=sinkhorn_iters, update="log")`.
     """
-
     if not isinstance(model, OTSeg):
         raise TypeError(f"export_onnx needs an otseg.OTSeg model, got {type(model).__name__}")
     out = Path(path)
@@ -388,7 +386,6 @@ def onnx_segment_image(session: Any, image: Any) -> Any:
     Returns:
         An `otseg.Prediction`: `labels` (H, W), `fractions()`, `overlay()`, `label_image()`, as `Predictor.predict`.
     """
-
     meta = onnx_metadata(session)
     rgb = read_image(image)
     short = int(meta.get("test_short_side") or meta["input_size"][0])
@@ -418,7 +415,6 @@ def compare_with_onnxruntime(
          "argmax_agreement": fraction of pixels whose argmax class agrees with the fixed-iteration PyTorch run,
          "argmax_agreement_default": the same against the default run}.
     """
-
     ort = _require("onnxruntime", "checking the export with onnxruntime")
     meta = onnx_metadata(path)
     if meta["class_names"] != list(model.class_names):

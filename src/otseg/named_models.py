@@ -1,6 +1,6 @@
 """The models otseg knows by name: one small table, read by `Predictor.from_pretrained`, the CLI and the web page.
 
-    >>> named_model("demo").folder(progress=False)   # the model's folder (otseg's format), unpacked in the cache
+>>> named_model("demo").folder(progress=False)   # the model's folder (otseg's format), unpacked in the cache
 """
 
 from __future__ import annotations

@@ -105,12 +105,10 @@ class Prediction:
 
     def overlay(self, alpha: float = 0.5, legend: bool = True) -> Any:
         """A PIL image: the colour label map blended over the image, with a legend of the classes present."""
-
         return overlay_with_legend(self.image, self.labels, self.class_names, alpha=alpha, legend=legend)
 
     def label_image(self) -> Any:
         """The label map as a palette ("P" mode) PIL image: pixel value = class index, colours from `otseg.viz`."""
-
         return palette_label_image(self.labels, len(self.class_names), self.class_names)
 
 
@@ -220,7 +218,6 @@ class Predictor:
 
     def _classes_for(self, class_names: Sequence[str] | None) -> tuple[list[str], tuple[Tensor, Tensor]]:
         """(names, (embeddings (K, N, D), seen mask (K,))) for a class list; the model itself is not changed."""
-
         names = validate_class_names(self._default_names if class_names is None else class_names)
         key = tuple(names)
         if key == tuple(self.model.class_names) and self.model.has_class_embeddings:

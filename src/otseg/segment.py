@@ -72,7 +72,6 @@ def segment_images(
     the pixel cap (`otseg.image_io.max_pixels`), is reported (its name and why) and skipped; the others and
     `summary.json` are still written.
     """
-
     paths = find_images(list(images))
     # The class list is checked (and embedded) once, before the image loop: a bad list is one error, not one
     # per image.

@@ -106,7 +106,6 @@ def split_class_names(text: str | None) -> list[str]:
     Raises:
         ValueError: the text holds no names, an empty, over-long or repeated one.
     """
-
     message_prefix = "class names"
     try:
         return parse_class_text(text or "", message_prefix)
@@ -139,7 +138,6 @@ def make_segment_fn(
 
     Bad input raises `gradio.Error`, which the page shows as a message (never a traceback, never a server path).
     """
-
     gr = import_gradio()
     uploads = Path(upload_dir).resolve() if upload_dir is not None else None
     remembered: OrderedDict[str, np.ndarray] = OrderedDict()

@@ -84,4 +84,3 @@ def write_cached_embeddings(embeddings: Tensor, path: Path) -> None:
     """Store computed embeddings atomically; a read-only cache folder is no reason to fail."""
     with contextlib.suppress(OSError):
         atomic_torch_save(embeddings, path)
-

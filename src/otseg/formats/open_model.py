@@ -29,7 +29,6 @@ def load_model(
     - an `iter_N.pt` written by `otseg train` (config, weights and class embeddings inside);
     - a reference release `.pth` (mmseg format): needs `preset` (the config it was trained with).
     """
-
     p = Path(path)
     if p.is_dir():
         return load_pretrained(p, overrides=overrides)

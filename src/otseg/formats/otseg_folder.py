@@ -34,7 +34,6 @@ _RESERVED_META = frozenset({"format", "format_version", "config", "class_names",
 
 def save_pretrained(model: OTSeg, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
     """Write `model.safetensors` (weights + class embeddings) and `config.json` into `directory`, atomically."""
-
     d = Path(directory)
     clash = sorted(set(extra or {}) & _RESERVED_META)
     if clash:
@@ -65,7 +64,6 @@ def load_pretrained(
 
     `overrides` change inference settings of the saved config (e.g. {"stride": 256, "head.seen_bias": 0.0}).
     """
-
     d = Path(directory)
     cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
     for p in (cfg_path, weights_path):

@@ -170,7 +170,6 @@ def convert_reference_state_dict(
     Raises:
         ValueError: unknown reference keys, shape mismatches, or model keys left without a value.
     """
-
     ours = model.state_dict()
     keep_text = any(k.startswith("text_encoder.") for k in ours)
     report = ConversionReport()

@@ -34,7 +34,6 @@ def safe_torch_load(
         ValueError: the file holds pickled objects that weights_only loading refuses, or it cannot be read
             (truncated, corrupt, not a torch file).
     """
-
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what} {p} does not exist")

@@ -39,7 +39,6 @@ def verify_training_digest(ckpt: dict[str, Any], source: str) -> None:
 
 def model_from_training_checkpoint(ckpt: dict[str, Any], p: Path, overrides: dict[str, Any] | None) -> OTSeg:
     """Build the model of an `iter_N.pt` (its own config, `overrides` applied) and load weights + class embeddings."""
-
     missing = [k for k in ("model_config", "model", "class_embeddings") if k not in ckpt]
     if missing:
         raise ValueError(f"training checkpoint {p} lacks {missing}: it was not written by otseg train, or is damaged")

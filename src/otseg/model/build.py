@@ -44,7 +44,6 @@ def build_model(
     Returns:
         The model in training mode (call `.eval()` before inference), on the CPU.
     """
-
     cfg = get_preset(preset) if isinstance(preset, str) else preset
     if overrides:
         cfg = apply_overrides(cfg, {k.replace("__", "."): v for k, v in overrides.items()})
@@ -72,7 +71,6 @@ def load_clip_into(
     The image tower itself is `model.backbone`, built from `model.config.vision`, so `vision_heads` only
     matters to the shape inference and is accepted for symmetry with `infer_clip_configs`.
     """
-
     sd, source = _read_clip(clip)
     text_encoder = _text_tower(model, sd, source, vision_heads=vision_heads, text_heads=text_heads)
     try:
@@ -107,7 +105,6 @@ def _text_tower(
     model: OTSeg, sd: dict, source: str, *, vision_heads: int | None = None, text_heads: int | None = None
 ) -> TextEncoder:
     """CLIP's text tower built from `sd`'s shapes and loaded (strictly); its width checked against the head's."""
-
     try:
         _, text_cfg = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
     except ValueError as e:

@@ -131,7 +131,6 @@ class OTSeg(nn.Module):
             templates: prompt templates with one "{}" each, or a template-set name ("templates_6"); default:
                 the preset's set. The number of templates is the number of prompts N.
         """
-
         if self.text_encoder is None:
             raise RuntimeError(
                 "this model has no CLIP text tower, so it cannot embed class names; build it with CLIP weights "

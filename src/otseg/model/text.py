@@ -75,7 +75,6 @@ def compute_class_embeddings(
     Returns:
         (K, N, D) float32.
     """
-
     names = validate_class_names(class_names)
     templates = resolve_templates(templates)
     key = hashlib.sha256(json.dumps([_weights_fingerprint(text_encoder), list(templates), names]).encode()).hexdigest()[
@@ -96,5 +95,3 @@ def compute_class_embeddings(
     if use_cache:
         write_cached_embeddings(emb, path)
     return emb
-
-
