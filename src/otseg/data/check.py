@@ -17,7 +17,7 @@ from typing import Literal
 
 from otseg.config import ModelConfig
 from otseg.data.datasets import PREPARE_HINTS, build_dataset
-from otseg.data.facts import DATASET_ALIASES, dataset_facts, find_dataset_facts
+from otseg.data.facts import DATASET_ALIASES, find_dataset_facts
 
 __all__ = [
     "DataCheck",
@@ -68,8 +68,7 @@ class DataCheck:
         """Counts against the official ones, then one line per problem."""
         lines = [f"{self.dataset} at {self.root}:"]
         for split in self.splits:
-            facts = find_dataset_facts(self.dataset)
-            expected = facts.official_counts.get(split) if facts is not None else None
+            expected = _official_count(self.dataset, split)
             got = self.counts.get(split)
             got_s = "not counted (see the errors below)" if got is None else f"{got:,} images"
             exp_s = f" (official: {expected:,})" if expected is not None else ""
@@ -77,6 +76,12 @@ class DataCheck:
         lines += [f"  {p.severity}: {p.message}" for p in self.problems]
         lines.append("  usable" if self.usable else f"  NOT usable: {len(self.errors)} error(s)")
         return "\n".join(lines)
+
+
+def _official_count(dataset: str, split: str) -> int | None:
+    """Images in `split` of the official release (`otseg.data.facts`), None where unknown."""
+    facts = find_dataset_facts(dataset)
+    return facts.official_counts.get(split) if facts is not None else None
 
 
 def _prepare_fix(dataset: str, root: Path) -> str:
@@ -185,7 +190,7 @@ def check_dataset(
             check.error(f"{split}: {' '.join(str(exc).split())}")
             continue
         check.counts[split] = len(ds)
-        expected = dataset_facts(dataset).official_counts.get(split)
+        expected = _official_count(dataset, split)
         if expected is not None and len(ds) != expected:
             check.warn(f"{split} has {len(ds):,} images, the official set {expected:,} (a subset is usable; for "
                        f"the paper's numbers, {_prepare_fix(dataset, root)} with the full downloads)")  # fmt: skip
