@@ -107,3 +107,19 @@ def test_aggregate_rows_mean_and_std():
     assert row["hiou"] is None and row["hiou_std"] is None
     assert [p["miou_seen"] for p in row["per_seed"]] == [10.0, 20.0, 30.0]
     assert "| OTSeg | inductive | 20.0 ± 10.0 | 2.0 ± 1.4 | - |" in format_table(agg)
+
+
+def test_linear_probe_is_not_capped_by_regularisation_on_a_narrow_cone():
+    # Unit features whose classes differ by a small angle, as CLIP's do: separable, but only with large weights.
+    rng = np.random.default_rng(0)
+    k, d = 4, 8
+    base = torch.zeros(d)
+    base[-1] = 1.0
+    centres = torch.nn.functional.normalize(base + 0.02 * torch.eye(d)[:k], dim=-1)
+    patch_labels = rng.integers(0, k, (40, 4, 4)).astype(np.uint8)
+    feats = centres[torch.from_numpy(patch_labels.astype(np.int64))].permute(0, 3, 1, 2)
+    feats = feats + 0.002 * torch.randn(feats.shape, generator=torch.Generator().manual_seed(1))
+    feats = torch.nn.functional.normalize(feats, dim=1)
+    labels = _blocks(patch_labels)
+    miou = linear_probe_miou(feats[:30], labels[:30], feats[30:], labels[30:], num_classes=k, train_stride=1)
+    assert miou > 85.0  # the earlier default (weight decay 1e-4, 60 steps) gave 55 here

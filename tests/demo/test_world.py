@@ -135,7 +135,9 @@ def test_no_unseen_pixels_reach_the_inductive_loss(world, monkeypatch):
     monkeypatch.setattr(objective, "remap_labels", spy_remap)
     monkeypatch.setattr(objective, "training_losses", spy_losses)
     recipe = DemoRecipe(iters=3, batch_size=8, warmup_iters=1)
-    Trainer(model, train_set, demo_train_config("inductive", recipe), Path(world).parent / "inductive-run").train()
+    Trainer(
+        model, train_set, demo_train_config("otseg", "inductive", recipe), Path(world).parent / "inductive-run"
+    ).train()
 
     assert len(seen_by_loss) == 3
     unseen = torch.tensor(unseen_ids())
@@ -153,7 +155,7 @@ def test_no_unseen_pixels_reach_the_inductive_loss(world, monkeypatch):
 
 
 def test_captions_give_the_template_words_their_visual_meaning():
-    """"portrait" is a close-up, "segment" under half visible, "part" 50-80 % visible, size words whole objects by
+    """ "portrait" is a close-up, "segment" under half visible, "part" 50-80 % visible, size words whole objects by
     size; the held-out split has seen classes only."""
     from otseg.demo.world import object_phrase, seen_ids
 

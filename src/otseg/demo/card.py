@@ -147,8 +147,8 @@ def linear_probe_miou(
     val_features: Tensor,
     val_labels: np.ndarray,
     num_classes: int = len(CLASS_NAMES),
-    steps: int = 60,
-    weight_decay: float = 1e-4,
+    steps: int = 300,
+    weight_decay: float = 0.0,
     train_stride: int = 4,
 ) -> float:
     """mIoU (%) of a linear classifier on frozen patch features, fully supervised on every class.
@@ -158,6 +158,10 @@ def linear_probe_miou(
     training set (the problem is convex). Training reads every `train_stride`-th pixel of each row and column (the
     logits are smooth at that scale, and it is that many squared times cheaper). Scored on the validation images
     at full resolution, over all classes.
+
+    No weight decay by default: the features are unit vectors in a narrow cone, so telling classes apart takes
+    large weights, and a penalty caps the probe instead of the features (on the tiny CLIP of world version 3,
+    1e-4 x |W|^2 held it at 50.0 mIoU; without it, 60.5 at 300 L-BFGS steps and 60.4 at 1000). 300 steps: converged.
     """
     torch.manual_seed(0)
     dim = train_features.shape[1]

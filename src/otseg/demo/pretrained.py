@@ -54,10 +54,14 @@ REBUILD_THREADS = 1
 
 
 def demo_model_key(settings: DemoSettings) -> str:
+    """Hash of what determines the demo model: the world, the tiny CLIP, and the recipe of its OTSeg run (the
+    baseline's schedule left out: it does not change this model)."""
+    recipe = asdict(settings.recipe)
+    recipe.pop("baseline_iters")
     spec = {
         "world": settings.world.key(),
         "clip": settings.clip.key(settings.world),
-        "recipe": asdict(settings.recipe),
+        "recipe": recipe,
         "method": DEMO_MODEL_METHOD,
         "setting": DEMO_MODEL_SETTING,
     }

@@ -13,7 +13,7 @@ import torch
 from otseg.config import Setting
 from otseg.data.datasets import SegmentationDataset, build_custom
 from otseg.data.transforms import TestTransform, TrainTransform
-from otseg.demo.presets import DemoSettings, demo_data_config, demo_model_config, demo_train_config
+from otseg.demo.presets import DemoSettings, demo_data_config, demo_model_config, demo_train_config, training_arch
 from otseg.demo.world import CLASS_NAMES
 from otseg.model.build import load_clip_into
 from otseg.model.segmentor import OTSeg
@@ -58,7 +58,7 @@ def train_demo_model(
     model = OTSeg(model_cfg)
     load_clip_into(model, clip_state)
     model.set_classes(CLASS_NAMES)
-    train_cfg = demo_train_config(setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)
+    train_cfg = demo_train_config(training_arch(method), setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)
     shutil.rmtree(work, ignore_errors=True)  # a fresh run, never a silent resume of an older one
     if evaluate is not None:
         train_cfg.eval_interval = max(train_cfg.max_iters // max(cfg.recipe.eval_points, 1), 1)
