@@ -197,3 +197,24 @@ def test_every_seed_uses_the_shipped_tiny_clip():
         settings = DemoSettings.full(seed)
         assert settings.world.seed == seed
         assert settings.clip.key(settings.world) == shipped
+
+
+def test_each_method_trains_its_own_schedule_and_the_demo_model_ignores_the_baselines():
+    """The baseline runs `baseline_iters` (transductive half, from its own half-schedule checkpoint), OTSeg `iters`;
+    the demo model (an OTSeg run) is keyed on OTSeg's recipe only, so the shipped pack survives a baseline change."""
+    import dataclasses
+
+    from otseg.demo.presets import DemoRecipe, DemoSettings, demo_train_config, transductive_init_step
+    from otseg.demo.pretrained import demo_model_key
+
+    recipe = DemoRecipe(iters=100, baseline_iters=300)
+    assert demo_train_config("otseg", "inductive", recipe).max_iters == 100
+    assert demo_train_config("zegclip", "fully", recipe).max_iters == 300
+    assert demo_train_config("zegclip", "transductive", recipe).max_iters == 150
+    assert transductive_init_step(recipe, "zegclip") == 150 and transductive_init_step(recipe, "otseg") == 50
+    with pytest.raises(KeyError):
+        recipe.iters_for("otseg+")  # a method, not a trained architecture
+    base = DemoSettings.full(0)
+    longer_baseline = dataclasses.replace(base, recipe=dataclasses.replace(base.recipe, baseline_iters=9999))
+    longer_otseg = dataclasses.replace(base, recipe=dataclasses.replace(base.recipe, iters=9999))
+    assert demo_model_key(longer_baseline) == demo_model_key(base) != demo_model_key(longer_otseg)

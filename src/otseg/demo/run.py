@@ -707,7 +707,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Generate a miniature zero-shot segmentation world, load the tiny CLIP pretrained on its captions "
         "(shipped with otseg), print the world card (the properties that make the miniature resemble the real "
         "problem), train ZegCLIP-style and OTSeg models (inductive, transductive, fully supervised), evaluate them, "
-        "a training-free row and a control, print the table and write results.json, curves and pictures. About 11 "
+        "a training-free row and a control, print the table and write results.json, curves and pictures. About 12 "
         "minutes on 2 CPU cores.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
