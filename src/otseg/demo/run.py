@@ -36,6 +36,7 @@ from otseg.demo.card import world_card
 from otseg.demo.curves import last_fraction_change, plot_curves
 from otseg.demo.presets import (
     METHODS,
+    SCHEDULES,
     SETTINGS,
     DemoRecipe,
     DemoSettings,
@@ -57,6 +58,7 @@ from otseg.viz import label_map_panel
 __all__ = [
     "DemoJob",
     "DemoSettings",
+    "JobContext",
     "add_demo_parser",
     "cmd_demo",
     "control_names",
@@ -64,6 +66,7 @@ __all__ = [
     "format_table",
     "run_demo",
     "run_demo_seeds",
+    "run_job",
 ]
 
 METHOD_TITLES = {
@@ -227,8 +230,9 @@ def demo_jobs() -> list[DemoJob]:
 
 
 @dataclass(frozen=True)
-class _JobContext:
-    """What a job needs, picklable for a worker process."""
+class JobContext:
+    """What a job needs: the demo's sizes, the written world, the tiny CLIP file, the output folder and the test
+    images drawn as panels. Picklable, so a worker process can take it."""
 
     settings: DemoSettings
     world_root: Path
@@ -261,7 +265,7 @@ def _control_embeddings(model: Any, seed: int) -> torch.Tensor:
 
 def run_job(
     job: DemoJob,
-    ctx: _JobContext,
+    ctx: JobContext,
     on_step: Callable[[int], object] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -368,7 +372,7 @@ def _init_worker(channel: Any, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_job_in_worker(job: DemoJob, ctx: _JobContext) -> dict[str, Any]:
+def _run_job_in_worker(job: DemoJob, ctx: JobContext) -> dict[str, Any]:
     last = [0]
 
     def on_step(step: int) -> None:
@@ -391,7 +395,7 @@ def _result_line(job: DemoJob, result: dict[str, Any]) -> str:
 
 
 def _run_jobs(
-    jobs: list[DemoJob], ctx: _JobContext, workers: int, threads: int, progress: bool
+    jobs: list[DemoJob], ctx: JobContext, workers: int, threads: int, progress: bool
 ) -> dict[str, dict[str, Any]]:
     """Run the jobs, `workers` at a time (in this process when 1), with one progress bar over all their steps."""
     recipe = ctx.settings.recipe
@@ -477,6 +481,7 @@ def run_demo(
     settings: DemoSettings | None = None,
     workers: int | None = None,
     threads: int | None = None,
+    schedule: str = "fast",
 ) -> list[dict[str, Any]]:
     """Run the miniature benchmark and return the results rows (also written to `out_dir/results.json`).
 
@@ -491,9 +496,11 @@ def run_demo(
         settings: explicit sizes (overrides `seed` and `quick`).
         workers: parallel training processes (default: `default_workers()`); 1 trains in this process.
         threads: torch threads of each training process (default: CPU cores / workers).
+        schedule: the training lengths (`SCHEDULES`): "fast" (the 15-minute main job) or "converged" (every
+            method's held-out curve levels off; about twice as long). Ignored with `quick` or `settings`.
     """
     t_start = time.perf_counter()
-    cfg = settings or (DemoSettings.quick(seed) if quick else DemoSettings.full(seed))
+    cfg = settings or (DemoSettings.quick(seed) if quick else DemoSettings.full(seed, schedule))
     seed = cfg.world.seed
     workers = default_workers() if workers is None else workers
     if workers < 1 or (threads is not None and threads < 1):
@@ -506,7 +513,8 @@ def run_demo(
     def stage(name: str, t0: float) -> None:
         timings[name] = round(time.perf_counter() - t0, 2)
 
-    print(f"otseg demo: miniature zero-shot benchmark, seed {seed}{' (quick)' if quick else ''}", flush=True)
+    lengths = f"{cfg.recipe.iters_for('zegclip')} / {cfg.recipe.iters_for('otseg')} iterations (ZegCLIP-style / OTSeg)"
+    print(f"otseg demo: miniature zero-shot benchmark, seed {seed}{' (quick)' if quick else ''}; {lengths}", flush=True)
     t0 = time.perf_counter()
     root = world_dir(cfg.world)
     stage("world", t0)
@@ -534,7 +542,7 @@ def run_demo(
 
     _, val_set = demo_datasets(cfg, root)
     panel_ids = tuple(_panel_indices(val_set, min(NUM_PANELS, len(val_set))))
-    ctx = _JobContext(cfg, root, clip_file, out, panel_ids)
+    ctx = JobContext(cfg, root, clip_file, out, panel_ids)
     jobs = demo_jobs()
     print(f"[train] {len(jobs)} models, {workers} at a time, {threads} thread(s) each", flush=True)
     t0 = time.perf_counter()
@@ -575,6 +583,11 @@ def run_demo(
     print(table)
     print("\nConvergence (seen mIoU change on the held-out split over the last 20 % of training, points): " +
           ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in convergence.items()))  # fmt: skip
+    moving = [k for k, v in convergence.items() if v is not None and v >= 1.0]
+    if moving and not quick:
+        print(f"  still moving (>= 1 point): {', '.join(moving)}; see curves.png" +
+              ("" if cfg.recipe == DemoRecipe.for_schedule("converged") else
+               " (--schedule converged trains every method until its curve levels off)"))  # fmt: skip
     ind = {r["method"]: r for r in rows if r["setting"] == "inductive"}
     gap = None
     if ind["otseg+"]["miou_unseen"] is not None and ind["control"]["miou_unseen"] is not None:
@@ -663,6 +676,7 @@ def run_demo_seeds(
     progress: bool = True,
     workers: int | None = None,
     threads: int | None = None,
+    schedule: str = "fast",
 ) -> list[dict[str, Any]]:
     """`run_demo` once per seed (in `out_dir/seed_<s>/`), then the table of means ± standard deviations across seeds
     in `out_dir/results.json` and `table.md` (each cell also lists the seeds' values).
@@ -677,12 +691,16 @@ def run_demo_seeds(
     per_seed = []
     for s in seeds:
         folder = out / f"seed_{s}"
-        finished = _finished_rows(folder, DemoSettings.quick(s) if quick else DemoSettings.full(s))
+        finished = _finished_rows(folder, DemoSettings.quick(s) if quick else DemoSettings.full(s, schedule))
         if finished is not None:
             print(f"seed {s}: finished earlier with the same settings, results read from {folder}", flush=True)
             per_seed.append(finished)
             continue
-        per_seed.append(run_demo(folder, seed=s, quick=quick, progress=progress, workers=workers, threads=threads))
+        per_seed.append(
+            run_demo(
+                folder, seed=s, quick=quick, progress=progress, workers=workers, threads=threads, schedule=schedule
+            )
+        )
     rows = aggregate_rows(per_seed)
     title = f"Miniature zero-shot benchmark, seeds {', '.join(map(str, seeds))}: mean ± std over seeds, mIoU in %"
     table = format_table(rows, title)
@@ -717,6 +735,13 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=_seed_list,
         default=None,
         help="several seeds, e.g. 0,1,2: the whole table per seed (in OUT/seed_N/), then mean ± std per cell",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="fast",
+        help="training lengths: fast (default, about 12 minutes on 2 cores; some held-out curves still rise at the "
+        "end) or converged (every method trains until its held-out seen curve levels off; about twice as long)",
     )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run with meaningless numbers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -757,6 +782,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             workers=args.workers,
             threads=args.threads,
+            schedule=args.schedule,
         )
         return 0
     run_demo(
@@ -766,5 +792,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         workers=args.workers,
         threads=args.threads,
+        schedule=args.schedule,
     )
     return 0

@@ -1,12 +1,14 @@
-"""Calibration of the demo's baseline schedule: the ZegCLIP-style runs alone (never OTSeg), at a chosen length and
-learning rate, with their held-out seen curve (`docs/demo.md`, calibration step 7).
+"""Calibration of the demo's training lengths: one run of one architecture (the ZegCLIP-style baseline by default,
+or OTSeg), at a chosen length and learning rate, with its held-out seen curve (`docs/demo.md`, calibration steps 7
+and 8).
 
-Trains one ZegCLIP-style run of the demo (seed 0, one thread) and appends a JSON line to
-`bench/results/demo_baseline_schedule.jsonl`: the test rows (bias 0.1 and, for inductive, 0), the held-out seen mIoU
-at each tenth of the schedule, its largest change over the last 20 % and the training time.
+Trains one run of the demo (seed 0, one thread) and appends a JSON line to `bench/results/demo_schedule.jsonl`: the
+test rows (bias 0.1 and, for inductive, 0), the held-out seen mIoU at each tenth of the schedule, its largest change
+over the last 20 % and the training time. A length is chosen from the curve alone (the change over the last 20 %).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_baseline_schedule.py --setting inductive --iters 3200
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_baseline_schedule.py --setting inductive --iters 1600 \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --setting inductive --iters 6400
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --arch otseg --setting fully --iters 3200
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --setting inductive --iters 1600 \\
         --lr 5e-3 --backbone-lr-mult 0.04
 """
 
@@ -24,17 +26,18 @@ import torch
 from otseg.demo.card import world_card
 from otseg.demo.curves import last_fraction_change
 from otseg.demo.presets import DemoSettings
-from otseg.demo.run import DemoJob, _JobContext, run_job
+from otseg.demo.run import DemoJob, JobContext, run_job
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.world import world_dir
 
-RESULTS = Path(__file__).parent / "results" / "demo_baseline_schedule.jsonl"
+RESULTS = Path(__file__).parent / "results" / "demo_schedule.jsonl"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--setting", choices=("inductive", "fully"), default="inductive")
-    p.add_argument("--iters", type=int, default=None, help="the baseline's schedule (default: the recipe's)")
+    p.add_argument("--arch", choices=("zegclip", "otseg"), default="zegclip", help="the trained architecture")
+    p.add_argument("--iters", type=int, default=None, help="the architecture's schedule (default: the recipe's)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--backbone-lr-mult", type=float, default=None)
     p.add_argument("--card", action="store_true", help="also print the world card (method-agnostic)")
@@ -43,8 +46,9 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = DemoSettings.full(0)
     recipe = cfg.recipe
+    length_field = "baseline_iters" if args.arch == "zegclip" else "iters"
     changes = {
-        "baseline_iters": args.iters if args.iters is not None else recipe.baseline_iters,
+        length_field: args.iters if args.iters is not None else getattr(recipe, length_field),
         "lr": args.lr if args.lr is not None else recipe.lr,
         "backbone_lr_mult": args.backbone_lr_mult if args.backbone_lr_mult is not None else recipe.backbone_lr_mult,
     }
@@ -55,9 +59,10 @@ def main() -> None:
         print(json.dumps(world_card(root, clip), indent=1))
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        result = run_job(DemoJob("zegclip", args.setting), _JobContext(cfg, root, clip, Path(out), ()))
+        result = run_job(DemoJob(args.arch, args.setting), JobContext(cfg, root, clip, Path(out), ()))
         seconds = time.perf_counter() - t0
     line = {
+        "arch": args.arch,
         "setting": args.setting,
         **changes,
         "rows": result["rows"],
