@@ -220,28 +220,28 @@ def test_each_method_trains_its_own_schedule_and_the_demo_model_ignores_the_base
     assert demo_model_key(longer_baseline) == demo_model_key(base) != demo_model_key(longer_otseg)
 
 
-def test_the_converged_schedule_changes_only_the_training_lengths(capsys):
-    """--schedule converged lengthens both architectures' runs and nothing else; the shipped demo model stays the
+def test_the_long_schedule_changes_only_the_training_lengths(capsys):
+    """--schedule long lengthens both architectures' runs and nothing else; the shipped demo model stays the
     fast schedule's; an unknown schedule is refused by the command line in one line."""
     import dataclasses
 
     from otseg.demo.presets import SCHEDULES, DemoRecipe, DemoSettings
     from otseg.demo.pretrained import demo_model_key
 
-    assert SCHEDULES == ("fast", "converged")
-    fast, converged = DemoRecipe.for_schedule("fast"), DemoRecipe.for_schedule("converged")
+    assert SCHEDULES == ("fast", "long")
+    fast, long = DemoRecipe.for_schedule("fast"), DemoRecipe.for_schedule("long")
     assert fast == DemoRecipe()
     for arch in ("zegclip", "otseg"):
-        assert converged.iters_for(arch) > fast.iters_for(arch)
-    assert dataclasses.replace(converged, iters=fast.iters, baseline_iters=fast.baseline_iters) == fast
-    assert DemoSettings.full(0, "converged").recipe == converged
-    assert demo_model_key(DemoSettings.full(0, "converged")) != demo_model_key(DemoSettings.full(0))
-    with pytest.raises(KeyError, match="valid: fast, converged"):
-        DemoRecipe.for_schedule("long")
+        assert long.iters_for(arch) == 2 * fast.iters_for(arch)
+    assert dataclasses.replace(long, iters=fast.iters, baseline_iters=fast.baseline_iters) == fast
+    assert DemoSettings.full(0, "long").recipe == long
+    assert demo_model_key(DemoSettings.full(0, "long")) != demo_model_key(DemoSettings.full(0))
+    with pytest.raises(KeyError, match="valid: fast, long"):
+        DemoRecipe.for_schedule("converged")
     parser = argparse.ArgumentParser()
     add_demo_parser(parser.add_subparsers(dest="command"))
-    assert parser.parse_args(["demo", "--schedule", "converged"]).schedule == "converged"
+    assert parser.parse_args(["demo", "--schedule", "long"]).schedule == "long"
     assert parser.parse_args(["demo"]).schedule == "fast"
     with pytest.raises(SystemExit):
-        parser.parse_args(["demo", "--schedule", "long"])
-    assert "invalid choice: 'long'" in capsys.readouterr().err
+        parser.parse_args(["demo", "--schedule", "converged"])
+    assert "invalid choice: 'converged'" in capsys.readouterr().err

@@ -496,8 +496,8 @@ def run_demo(
         settings: explicit sizes (overrides `seed` and `quick`).
         workers: parallel training processes (default: `default_workers()`); 1 trains in this process.
         threads: torch threads of each training process (default: CPU cores / workers).
-        schedule: the training lengths (`SCHEDULES`): "fast" (the 15-minute main job) or "converged" (every
-            method's held-out curve levels off; about twice as long). Ignored with `quick` or `settings`.
+        schedule: the training lengths (`SCHEDULES`): "fast" (the 15-minute main job) or "long" (twice the
+            iterations, for curves that level off; about twice as long). Ignored with `quick` or `settings`.
     """
     t_start = time.perf_counter()
     cfg = settings or (DemoSettings.quick(seed) if quick else DemoSettings.full(seed, schedule))
@@ -586,8 +586,8 @@ def run_demo(
     moving = [k for k, v in convergence.items() if v is not None and v >= 1.0]
     if moving and not quick:
         print(f"  still moving (>= 1 point): {', '.join(moving)}; see curves.png" +
-              ("" if cfg.recipe == DemoRecipe.for_schedule("converged") else
-               " (--schedule converged trains every method until its curve levels off)"))  # fmt: skip
+              ("" if cfg.recipe == DemoRecipe.for_schedule("long") else
+               " (--schedule long trains every method twice as long)"))  # fmt: skip
     ind = {r["method"]: r for r in rows if r["setting"] == "inductive"}
     gap = None
     if ind["otseg+"]["miou_unseen"] is not None and ind["control"]["miou_unseen"] is not None:
@@ -741,7 +741,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=SCHEDULES,
         default="fast",
         help="training lengths: fast (default, about 12 minutes on 2 cores; some held-out curves still rise at the "
-        "end) or converged (every method trains until its held-out seen curve levels off; about twice as long)",
+        "end) or long (twice the iterations, so that the curves level off; about 25 minutes)",
     )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run with meaningless numbers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
