@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from otseg.demo.card import linear_probe_miou, prompt_geometry, training_free_metrics
-from otseg.demo.curves import last_fraction_change, plot_curves
+from otseg.demo.curves import last_fraction_change, plot_curves, value_range
 from otseg.demo.run import aggregate_rows, format_table
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids
 
@@ -94,6 +94,15 @@ def test_last_fraction_change_and_plot(tmp_path):
     with Image.open(png) as im:
         assert im.size == (760, 420)
         assert len(np.unique(np.asarray(im.convert("RGB")).reshape(-1, 3), axis=0)) > 4  # not a blank page
+    # The value axis follows the data, so a curve that moves 5 points fills most of the plot's height.
+    assert value_range({"a": curve}) == (10, 50) and value_range({"a": [(1, 40.0), (2, 45.0)]}) == (40, 50)
+    assert value_range({"a": [(1, 99.5)]}) == (90, 100) and value_range({"a": [(1, 0.0)]}) == (0, 10)
+    assert value_range({}) == (0, 100)
+    plot_curves({"a": [(1, 40.0), (2, 45.0)]}, tmp_path / "d.png")
+    with Image.open(tmp_path / "d.png") as im:
+        plot_area = np.asarray(im.convert("RGB"))[:, :560]  # left of the legend
+    rows = np.nonzero((plot_area == (31, 119, 180)).all(axis=2))[0]
+    assert rows.max() - rows.min() > 150  # 5 of the axis's 10 points, of a 346-px plot (on 0-100 it was 17 px)
 
 
 def test_aggregate_rows_mean_and_std():

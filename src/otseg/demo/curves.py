@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-__all__ = ["last_fraction_change", "plot_curves"]
+__all__ = ["last_fraction_change", "plot_curves", "value_range"]
 
 Curve = Sequence[tuple[int, float]]
 # Line colours, distinct on white (the runs are few).
@@ -33,19 +33,32 @@ def last_fraction_change(curve: Curve, fraction: float = 0.2) -> float | None:
     return max(abs(v - end_value) for v in window)
 
 
+def value_range(curves: Mapping[str, Curve]) -> tuple[int, int]:
+    """The plot's value axis, in %: the data's range widened to multiples of 10 (at least 10 wide), within 0-100.
+    Zoomed to the data, not 0-100, so that a one-point change over the last fifth (the convergence test) shows."""
+    values = [v for c in curves.values() for _, v in c]
+    if not values:
+        return 0, 100
+    low = max(0, min(90, int(min(values) // 10) * 10))
+    high = min(100, max(low + 10, -int(-max(values) // 10) * 10))
+    return low, high
+
+
 def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "") -> Path:
-    """Draw one line per run (value in % against iteration) with a legend; returns the PNG's path."""
+    """Draw one line per run (value in % against iteration, the value axis zoomed to the data: `value_range`) with
+    a legend; returns the PNG's path."""
     width, height, left, right, top, bottom = 760, 420, 56, 190, 34, 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
     plot_w, plot_h = width - left - right, height - top - bottom
     max_step = max((s for c in curves.values() for s, _ in c), default=1) or 1
+    low, high = value_range(curves)
 
     def xy(step: float, value: float) -> tuple[float, float]:
-        return left + plot_w * step / max_step, top + plot_h * (1 - value / 100.0)
+        return left + plot_w * step / max_step, top + plot_h * (1 - (value - low) / (high - low))
 
     draw.rectangle([left, top, left + plot_w, top + plot_h], outline="black")
-    for value in range(0, 101, 20):
+    for value in range(low, high + 1, 10 if high - low > 40 else 5):
         _, y = xy(0, value)
         draw.line([left, y, left + plot_w, y], fill=(225, 225, 225))
         draw.text((left - 30, y - 6), f"{value:>3}", fill="black")
