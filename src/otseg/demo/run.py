@@ -741,7 +741,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=SCHEDULES,
         default="fast",
         help="training lengths: fast (default, about 12 minutes on 2 cores; some held-out curves still rise at the "
-        "end) or long (twice the iterations, so that the curves level off; about 25 minutes)",
+        "end) or long (twice the iterations, about 25 minutes; the curves rise less, but not all level off)",
     )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run with meaningless numbers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
