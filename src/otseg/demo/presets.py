@@ -21,7 +21,7 @@ switch and the number of prompts is shared by all methods, and the training reci
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from otseg.config import (
     IMAGENET_MEAN,
@@ -178,10 +178,11 @@ class DemoRecipe:
         points, OTSeg 0.38 and 0.50. On seeds 1 and 2 the baseline's curves still rise (`docs/demo.md`). About
         twice the fast schedule's time.
         """
+        fast = cls()
         if schedule == "fast":
-            return cls()
+            return fast
         if schedule == "long":
-            return cls(iters=3200, baseline_iters=6400)
+            return replace(fast, iters=2 * fast.iters, baseline_iters=2 * fast.baseline_iters)
         raise KeyError(f"unknown demo schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
     def iters_for(self, arch: str) -> int:
@@ -238,6 +239,11 @@ class DemoSettings:
         (`DemoRecipe.for_schedule`). The tiny CLIP is one fixed model (its own seed, 0), as OpenAI's CLIP is one
         model for every experiment: the shipped one."""
         return cls(WorldConfig(seed=seed), TinyClipConfig(), DemoRecipe.for_schedule(schedule))
+
+    @classmethod
+    def for_run(cls, seed: int = 0, quick: bool = False, schedule: str = "fast") -> DemoSettings:
+        """The settings `otseg demo` runs with: `quick`'s smoke sizes (which ignore `schedule`), else `full`."""
+        return cls.quick(seed) if quick else cls.full(seed, schedule)
 
     @classmethod
     def quick(cls, seed: int = 0) -> DemoSettings:

@@ -500,7 +500,7 @@ def run_demo(
             iterations, for curves that level off; about twice as long). Ignored with `quick` or `settings`.
     """
     t_start = time.perf_counter()
-    cfg = settings or (DemoSettings.quick(seed) if quick else DemoSettings.full(seed, schedule))
+    cfg = settings or DemoSettings.for_run(seed, quick, schedule)
     seed = cfg.world.seed
     workers = default_workers() if workers is None else workers
     if workers < 1 or (threads is not None and threads < 1):
@@ -691,7 +691,7 @@ def run_demo_seeds(
     per_seed = []
     for s in seeds:
         folder = out / f"seed_{s}"
-        finished = _finished_rows(folder, DemoSettings.quick(s) if quick else DemoSettings.full(s, schedule))
+        finished = _finished_rows(folder, DemoSettings.for_run(s, quick, schedule))
         if finished is not None:
             print(f"seed {s}: finished earlier with the same settings, results read from {folder}", flush=True)
             per_seed.append(finished)
