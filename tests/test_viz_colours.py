@@ -1,10 +1,12 @@
-"""Class colours follow colour words in the names; other classes keep distinct palette hues."""
+"""Class colours follow colour words in the names; other classes keep distinct palette hues; legend text keeps
+its spaces."""
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from otseg.viz import class_colours, colorize, palette, palette_label_image
+from otseg.viz import class_colours, colorize, label_font, palette, palette_label_image
 
 
 def test_colour_words_give_their_colour() -> None:
@@ -33,3 +35,19 @@ def test_label_images_and_overlays_use_the_names() -> None:
     img = palette_label_image(labels, 2, ["yellow sky", "blue sea"])
     assert img.getpalette()[:6] == [240, 210, 40, 40, 90, 225]
     assert np.array_equal(colorize(labels, 2), colorize(labels, ["a", "b"]))  # a count alone: the palette
+
+
+def _widest_blank_run(text: str) -> int:
+    """Widest run of blank pixel columns between the first and last inked column of `text` in `label_font`."""
+    image = Image.new("L", (400, 30), 255)
+    ImageDraw.Draw(image).text((2, 2), text, fill=0, font=label_font())
+    inked = np.nonzero((np.asarray(image) < 160).any(axis=0))[0]
+    return int(np.diff(inked).max()) - 1
+
+
+def test_legend_and_title_text_keeps_the_space_between_words() -> None:
+    # Pillow's default 10 px font drew "yellow dotted" as "yellowdotted": its space was no wider than the gaps
+    # between letters. The space must be the widest gap, wider than any inside either word.
+    for name in ("yellow dotted", "held-out seen", "red striped"):
+        inside = max(_widest_blank_run(word) for word in name.split())
+        assert _widest_blank_run(name) > inside, name

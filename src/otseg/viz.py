@@ -18,6 +18,7 @@ __all__ = [
     "COLOUR_WORDS",
     "class_colours",
     "colorize",
+    "label_font",
     "label_map_panel",
     "overlay",
     "overlay_with_legend",
@@ -36,6 +37,9 @@ COLOUR_WORDS: dict[str, tuple[int, int, int]] = {
 }  # fmt: skip
 ClassesOrCount = int | Sequence[str]
 _SHADES = (0.0, 0.4, -0.4, 0.65, -0.6)  # towards white (> 0) or black (< 0) for repeated colour words
+# Pillow's default font at its default 10 px rounds some spaces to nothing ("yellow dotted" drew as
+# "yellowdotted"); at 12 px every space keeps its width.
+_FONT_SIZE = 12
 
 
 def palette(num_classes: int, seed: int = 0) -> np.ndarray:
@@ -94,10 +98,15 @@ def overlay(image: np.ndarray, labels: np.ndarray, classes: ClassesOrCount, alph
     return mixed.clip(0, 255).astype(np.uint8)
 
 
+def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The font of every picture's text (legends, titles, axes): Pillow's bundled one, at a size that keeps spaces."""
+    return ImageFont.load_default(size=_FONT_SIZE)
+
+
 def _legend(class_names: Sequence[str], present: Sequence[int], height: int, num_classes: int) -> Image.Image:
-    font = ImageFont.load_default()
+    font = label_font()
     row = 16
-    width = 20 + max((len(class_names[c]) for c in present), default=4) * 7 + 10
+    width = 20 + int(max((font.getlength(class_names[c]) for c in present), default=28)) + 10
     legend = Image.new("RGB", (max(width, 80), max(height, row * len(present) + 8)), "white")
     draw = ImageDraw.Draw(legend)
     colors = class_colours(class_names)
@@ -131,10 +140,11 @@ def label_map_panel(
     legend = _legend(class_names, present, h, k)
     canvas = Image.new("RGB", (w * len(panels) + legend.width, max(h, legend.height) + caption), "white")
     draw = ImageDraw.Draw(canvas)
+    title_font = label_font()
     for i, panel in enumerate(panels):
         canvas.paste(panel, (i * w, caption))
         if titles and i < len(titles):
-            draw.text((i * w + 4, 2), titles[i], fill="black", font=ImageFont.load_default())
+            draw.text((i * w + 4, 2), titles[i], fill="black", font=title_font)
     canvas.paste(legend, (w * len(panels), caption))
     return canvas
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from otseg.viz import label_font
+
 __all__ = ["last_fraction_change", "plot_curves", "value_range"]
 
 Curve = Sequence[tuple[int, float]]
@@ -47,9 +49,10 @@ def value_range(curves: Mapping[str, Curve]) -> tuple[int, int]:
 def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "") -> Path:
     """Draw one line per run (value in % against iteration, the value axis zoomed to the data: `value_range`) with
     a legend; returns the PNG's path."""
-    width, height, left, right, top, bottom = 760, 420, 56, 190, 34, 40
+    width, height, left, right, top, bottom = 760, 420, 56, 200, 34, 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
+    font = label_font()
     plot_w, plot_h = width - left - right, height - top - bottom
     max_step = max((s for c in curves.values() for s, _ in c), default=1) or 1
     low, high = value_range(curves)
@@ -61,13 +64,13 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "") 
     for value in range(low, high + 1, 10 if high - low > 40 else 5):
         _, y = xy(0, value)
         draw.line([left, y, left + plot_w, y], fill=(225, 225, 225))
-        draw.text((left - 30, y - 6), f"{value:>3}", fill="black")
+        draw.text((left - 30, y - 6), f"{value:>3}", fill="black", font=font)
     for i in range(5):
         step = round(max_step * i / 4)
         x, _ = xy(step, 0)
-        draw.text((x - 12, top + plot_h + 6), str(step), fill="black")
-    draw.text((left + plot_w // 2 - 30, height - 18), "iteration", fill="black")
-    draw.text((left, 10), title or "seen mIoU (%) on the held-out seen-only split", fill="black")
+        draw.text((x - 12, top + plot_h + 6), str(step), fill="black", font=font)
+    draw.text((left + plot_w // 2 - 30, height - 18), "iteration", fill="black", font=font)
+    draw.text((left, 10), title or "seen mIoU (%) on the held-out seen-only split", fill="black", font=font)
     for i, (name, curve) in enumerate(curves.items()):
         colour = _COLOURS[i % len(_COLOURS)]
         points = [xy(s, v) for s, v in curve]
@@ -77,7 +80,7 @@ def plot_curves(curves: Mapping[str, Curve], path: str | Path, title: str = "") 
             draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
         ly = top + 10 + 18 * i
         draw.line([left + plot_w + 12, ly + 6, left + plot_w + 32, ly + 6], fill=colour, width=3)
-        draw.text((left + plot_w + 38, ly), name, fill="black")
+        draw.text((left + plot_w + 38, ly), name, fill="black", font=font)
     path = Path(path)
     image.save(path)
     return path
