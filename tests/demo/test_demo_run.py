@@ -63,6 +63,7 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert all(len(c) == 2 for c in info["curves"].values())
     assert (out / "curves.png").is_file()
     assert info["seed"] == 1 and set(info["timings_s"]) >= {"world", "tiny_clip", "total"}
+    assert info["schedule"] is None  # the quick sizes are no named schedule
     # The tiny CLIP is a plain OpenAI-format state dict that the regular loader reads and sizes on its own.
     sd = read_clip_state_dict(info["tiny_clip"])
     vision, text = infer_clip_configs(sd)
@@ -235,6 +236,8 @@ def test_the_long_schedule_changes_only_the_training_lengths(capsys):
         assert long.iters_for(arch) == 2 * fast.iters_for(arch)
     assert dataclasses.replace(long, iters=fast.iters, baseline_iters=fast.baseline_iters) == fast
     assert DemoSettings.full(0, "long").recipe == long
+    assert (fast.schedule_name(), long.schedule_name()) == ("fast", "long")
+    assert DemoSettings.quick(0).recipe.schedule_name() is None
     assert demo_model_key(DemoSettings.full(0, "long")) != demo_model_key(DemoSettings.full(0))
     with pytest.raises(KeyError, match="valid: fast, long"):
         DemoRecipe.for_schedule("converged")

@@ -185,6 +185,10 @@ class DemoRecipe:
             return replace(fast, iters=2 * fast.iters, baseline_iters=2 * fast.baseline_iters)
         raise KeyError(f"unknown demo schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
 
+    def schedule_name(self) -> str | None:
+        """The name of the schedule (`SCHEDULES`) this recipe is, or None (the quick sizes, a hand-made recipe)."""
+        return next((name for name in SCHEDULES if self == DemoRecipe.for_schedule(name)), None)
+
     def iters_for(self, arch: str) -> int:
         """Inductive / fully supervised iterations of a trained architecture ("zegclip" or "otseg")."""
         if arch not in ("zegclip", "otseg"):

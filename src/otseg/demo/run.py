@@ -586,7 +586,7 @@ def run_demo(
     moving = [k for k, v in convergence.items() if v is not None and v >= 1.0]
     if moving and not quick:
         print(f"  still moving (>= 1 point): {', '.join(moving)}; see curves.png" +
-              ("" if cfg.recipe == DemoRecipe.for_schedule("long") else
+              ("" if cfg.recipe.schedule_name() == "long" else
                " (--schedule long trains every method twice as long)"))  # fmt: skip
     ind = {r["method"]: r for r in rows if r["setting"] == "inductive"}
     gap = None
@@ -598,6 +598,7 @@ def run_demo(
     info = {
         "seed": seed,
         "quick": quick,
+        "schedule": cfg.recipe.schedule_name(),
         "world_card": card,
         "rows_bias0": rows_bias0,
         "curves": {k: [list(p) for p in v] for k, v in curves.items()},
