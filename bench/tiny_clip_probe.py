@@ -41,7 +41,7 @@ from otseg.demo.card import dense_features, linear_probe_miou, load_split, promp
 from otseg.demo.tiny_clip import TinyClipConfig, evaluate_zero_shot, train_tiny_clip
 from otseg.demo.world import CLASS_NAMES, SceneObject, WorldConfig, generate_world
 
-WORLD_DIR = Path(tempfile.gettempdir()) / "otseg-probe-world-seed0"
+WORLD_DIR = Path(tempfile.gettempdir()) / "otseg-probe-world-seed0"  # per world variant: see `main`
 
 
 # ---- caption variants (applied by replacing `world.object_phrase`; the images are unchanged) ----------------
@@ -89,6 +89,21 @@ def world_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     if not (WORLD_DIR / "world.json").is_file():
         generate_world(WORLD_DIR, WorldConfig())
     return {split: load_split(WORLD_DIR, split) for split in ("train", "val")}
+
+
+def handmade_features(images: np.ndarray, patch: int = 8) -> torch.Tensor:
+    """Hand-made local features of each patch (B, D, h, w), standardised: per-channel mean, std, max and min, and
+    the magnitude of the patch's 2-D spectrum (grey, mean removed) and its square root. What a patch shows by
+    itself, without any learnt feature: the level the tiny CLIP's patch tokens are compared with."""
+    x = torch.from_numpy(images).float() / 255  # (B, H, W, 3)
+    b, h, w, _ = x.shape
+    p = x.reshape(b, h // patch, patch, w // patch, patch, 3).permute(0, 1, 3, 2, 4, 5)
+    p = p.reshape(b, h // patch, w // patch, patch * patch, 3)
+    grey = p.mean(-1).reshape(b, h // patch, w // patch, patch, patch)
+    spectrum = torch.fft.rfft2(grey - grey.mean((-1, -2), keepdim=True)).abs().flatten(3)
+    f = torch.cat([p.mean(3), p.std(3), p.amax(3), p.amin(3), spectrum, spectrum.sqrt()], dim=-1)
+    f = (f - f.mean((0, 1, 2))) / (f.std((0, 1, 2)) + 1e-6)
+    return f.permute(0, 3, 1, 2).contiguous()
 
 
 def layers_table(clip_file: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[dict[str, Any]]:
@@ -233,14 +248,25 @@ def main() -> None:
     p.add_argument("--layers-of", default="", help="only probe every block of this checkpoint ('shipped')")
     p.add_argument("--save", default="", help="write the pretrained state dict here (OpenAI key names)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--checker-cell", default="",
+        help="a world variant: the checkered pattern's cell size range in px, LOW,HIGH (shipped: 3.5,4.5)",
+    )  # fmt: skip
+    p.add_argument("--handmade-only", action="store_true", help="only probe hand-made local features of the world")
     p.add_argument("--log", default=str(Path(__file__).with_name("results") / "tiny_clip_probe.jsonl"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
+    global WORLD_DIR
     cfg = _config(args)
     world = WorldConfig()
-    splits = world_splits()
     record: dict[str, Any] = {"tag": args.tag, "captions": args.captions, "config": dataclasses.asdict(cfg)}
+    if args.checker_cell:
+        low, high = (float(v) for v in args.checker_cell.split(","))
+        world_module.CHECKER_CELL = (low, high)  # `_pattern` reads it at call time: corpus and world both change
+        WORLD_DIR = WORLD_DIR.with_name(f"{WORLD_DIR.name}-checker{low:g}-{high:g}")
+        record["checker_cell"] = [low, high]
+    splits = world_splits()
 
     def log(entry: dict[str, Any]) -> None:
         line = json.dumps({**record, **entry})
@@ -249,6 +275,11 @@ def main() -> None:
         with open(args.log, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
+    if args.handmade_only:
+        (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
+        probe = linear_probe_miou(handmade_features(train_x), train_y, handmade_features(val_x), val_y)
+        log({"step": 0, "handmade_probe": round(probe, 2)})
+        return
     if args.layers_of:
         for row in layers_table(args.layers_of, splits):
             log({"checkpoint": args.layers_of, **row})

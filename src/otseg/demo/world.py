@@ -81,6 +81,11 @@ CLASS_NAMES: tuple[str, ...] = tuple(f"{colour} {texture}" for colour, _ in COLO
 # A Latin square: every colour and every pattern is unseen once, so each word is still taught by seen masks.
 UNSEEN_NAMES: tuple[str, ...] = ("red dotted", "green checkered", "blue plain", "yellow striped")
 BACKGROUNDS: tuple[str, ...] = ("smooth", "cloudy", "grainy", "mottled")
+# Pattern sizes in pixels, each drawn uniformly from its range per object.
+STRIPE_PERIOD: tuple[float, float] = (6.0, 7.5)
+DOT_SPACING: tuple[float, float] = (6.5, 8.0)
+DOT_RADIUS: tuple[float, float] = (1.6, 2.1)
+CHECKER_CELL: tuple[float, float] = (3.5, 4.5)  # one dark and one light cell make a period of 7-9 px
 
 # Caption grammar. Templates of the demo presets are phrased the same way, as CLIP prompts are phrased like
 # web captions.
@@ -269,15 +274,15 @@ def _pattern(rng: np.random.Generator, texture: str, size: int) -> np.ndarray:
     u = x * np.cos(angle) + y * np.sin(angle) + rng.uniform(0, 10)
     v = -x * np.sin(angle) + y * np.cos(angle) + rng.uniform(0, 10)
     if texture == "striped":
-        period = rng.uniform(6.0, 7.5)
+        period = rng.uniform(*STRIPE_PERIOD)
         dark = (u % period) < period / 2
     elif texture == "dotted":
-        spacing = rng.uniform(6.5, 8.0)
-        radius = rng.uniform(1.6, 2.1)
+        spacing = rng.uniform(*DOT_SPACING)
+        radius = rng.uniform(*DOT_RADIUS)
         du, dv = (u % spacing) - spacing / 2, (v % spacing) - spacing / 2
         dark = du**2 + dv**2 < radius**2
     elif texture == "checkered":
-        cell = rng.uniform(3.5, 4.5)
+        cell = rng.uniform(*CHECKER_CELL)
         dark = ((np.floor(u / cell) + np.floor(v / cell)) % 2) == 0
     else:
         raise ValueError(f"unknown texture {texture!r}")
