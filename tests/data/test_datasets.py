@@ -22,8 +22,9 @@ from otseg.data.datasets import (
     read_label,
     seed_worker,
 )
-from otseg.data.facts import dataset_data_config
+from otseg.data.facts import data_config_for
 from otseg.data.transforms import TestTransform, TrainTransform
+from otseg.model.presets import get_preset
 
 
 def _raw(path: Path) -> np.ndarray:
@@ -59,7 +60,7 @@ def test_voc_lengths_and_reduce_zero_label(voc_root: Path) -> None:
 
 
 def test_voc_item_dict(voc_root: Path) -> None:
-    ds = build_dataset("voc12", voc_root, "val", TestTransform(dataset_data_config("voc12")))
+    ds = build_dataset("voc12", voc_root, "val", TestTransform(data_config_for(get_preset("voc12-inductive"))))
     item = ds[0]
     assert set(item) == {"image", "label", "path", "ori_shape"}
     assert item["image"].shape == (3, 512, 640) and item["image"].dtype == torch.float32

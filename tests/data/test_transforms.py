@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from otseg.config import CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD, DataConfig
-from otseg.data.facts import data_config_for, dataset_data_config, dataset_facts
+from otseg.data.facts import data_config_for, dataset_facts
 from otseg.data.transforms import (
     Normalize,
     Pad,
@@ -326,7 +327,8 @@ def test_train_transform_shapes_dtypes_and_padding() -> None:
     assert (img_t[:, 50:] == 0).all() and (img_t[:, :, 63:] == 0).all()
     assert set(lab_t[:50, :63].unique().tolist()) <= {0, 1, 2, 3, 255}
     # Default-sized run: crop-sized output even for a small source image.
-    img_t, lab_t = TrainTransform(dataset_data_config("voc12"), np.random.default_rng(1))(image, label)
+    voc = data_config_for(get_preset("voc12-inductive"))
+    img_t, lab_t = TrainTransform(voc, np.random.default_rng(1))(image, label)
     assert img_t.shape == (3, 512, 512) and lab_t.shape == (512, 512)
 
 
@@ -361,13 +363,13 @@ def test_train_transform_rejects_bad_inputs() -> None:
 
 def test_test_transform() -> None:
     image, label = _blobs(64, 80)
-    cfg = dataset_data_config("voc12")
+    cfg = data_config_for(get_preset("voc12-inductive"))
     img_t, lab_t = TestTransform(cfg)(image, label)
     assert img_t.shape == (3, 512, 640) and img_t.dtype == torch.float32
     # The label stays at the original resolution (metrics compare at the original size).
     assert lab_t.shape == (64, 80) and lab_t.dtype == torch.int64
     assert torch.equal(lab_t, torch.from_numpy(label.astype(np.int64)))
-    assert TestTransform(dataset_data_config("context59"))(image)[0].shape == (3, 520, 650)
+    assert TestTransform(data_config_for(get_preset("context59-inductive")))(image)[0].shape == (3, 520, 650)
     assert TestTransform(cfg)(image, None)[1] is None
 
 
@@ -389,15 +391,18 @@ def test_data_config_for(preset, img_scale, crop, reduce, short, mean) -> None:
     assert cfg.ratio_range == (0.5, 2.0) and cfg.cat_max_ratio == 0.75 and cfg.ignore_index == 255
 
 
-@pytest.mark.parametrize("dataset", ["voc12", "context59", "coco_stuff164k", "ade20k"])
-def test_dataset_data_config_reads_the_facts_table(dataset) -> None:
+@pytest.mark.parametrize(
+    ("preset", "dataset"),
+    [("voc12-inductive", "voc12"), ("context59-inductive", "context59"), ("coco-inductive", "coco_stuff164k")],
+)
+def test_data_config_for_reads_the_facts_table(preset, dataset) -> None:
     facts = dataset_facts(dataset)
-    cfg = dataset_data_config(dataset)
+    cfg = data_config_for(get_preset(preset))
     assert cfg.img_scale == facts.pipeline.img_scale and cfg.crop_size == facts.pipeline.image_size
     assert cfg.reduce_zero_label is facts.pipeline.reduce_zero_label
     assert cfg.test_short_side == facts.pipeline.test_short_side
 
 
 def test_a_user_folder_gets_the_custom_pipeline() -> None:
-    cfg = dataset_data_config("my_photos")
+    cfg = data_config_for(replace(get_preset("voc12-inductive"), dataset="my_photos"))
     assert cfg.reduce_zero_label is False and cfg.img_scale == (2048, 512) and cfg.crop_size == 512

@@ -27,7 +27,6 @@ __all__ = [
     "DatasetFacts",
     "PipelineFacts",
     "data_config_for",
-    "dataset_data_config",
     "dataset_facts",
     "default_train_config",
     "find_dataset_facts",
@@ -168,18 +167,6 @@ def find_dataset_facts(name: str) -> DatasetFacts | None:
 def _pipeline(dataset: str) -> PipelineFacts:
     facts = find_dataset_facts(dataset)
     return facts.pipeline if facts is not None else CUSTOM_PIPELINE
-
-
-def dataset_data_config(dataset: str) -> DataConfig:
-    """The reference's `DataConfig` of dataset `dataset` (any other key: a user folder's, labels 0..K-1)."""
-    p = _pipeline(dataset)
-    return DataConfig(
-        dataset=dataset,
-        img_scale=p.img_scale,
-        crop_size=p.image_size,
-        reduce_zero_label=p.reduce_zero_label,
-        test_short_side=p.test_short_side,
-    )
 
 
 def data_config_for(cfg: ModelConfig) -> DataConfig:
