@@ -28,7 +28,7 @@ from otseg.demo.curves import last_fraction_change
 from otseg.demo.presets import DemoSettings
 from otseg.demo.run import DemoJob, JobContext, run_job
 from otseg.demo.tiny_clip import tiny_clip_path
-from otseg.demo.world import world_dir
+from otseg.demo.world import GENERATOR_VERSION, world_dir
 
 RESULTS = Path(__file__).parent / "results" / "demo_schedule.jsonl"
 
@@ -62,6 +62,7 @@ def main() -> None:
         result = run_job(DemoJob(args.arch, args.setting), JobContext(cfg, root, clip, Path(out), ()))
         seconds = time.perf_counter() - t0
     line = {
+        "world_version": GENERATOR_VERSION,
         "arch": args.arch,
         "setting": args.setting,
         **changes,

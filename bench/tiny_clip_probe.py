@@ -41,7 +41,8 @@ from otseg.demo.card import dense_features, linear_probe_miou, load_split, promp
 from otseg.demo.tiny_clip import TinyClipConfig, evaluate_zero_shot, train_tiny_clip
 from otseg.demo.world import CLASS_NAMES, SceneObject, WorldConfig, generate_world
 
-WORLD_DIR = Path(tempfile.gettempdir()) / "otseg-probe-world-seed0"  # per world variant: see `main`
+# The default world (seed 0) of this generator version; a variant gets its own folder (see `main`).
+WORLD_DIR = Path(tempfile.gettempdir()) / f"otseg-probe-world-{WorldConfig().key()}"
 
 
 # ---- caption variants (applied by replacing `world.object_phrase`; the images are unchanged) ----------------
@@ -260,7 +261,10 @@ def main() -> None:
     global WORLD_DIR
     cfg = _config(args)
     world = WorldConfig()
-    record: dict[str, Any] = {"tag": args.tag, "captions": args.captions, "config": dataclasses.asdict(cfg)}
+    record: dict[str, Any] = {
+        "tag": args.tag, "world_version": world_module.GENERATOR_VERSION, "captions": args.captions,
+        "config": dataclasses.asdict(cfg),
+    }  # fmt: skip
     if args.checker_cell:
         low, high = (float(v) for v in args.checker_cell.split(","))
         world_module.CHECKER_CELL = (low, high)  # `_pattern` reads it at call time: corpus and world both change
