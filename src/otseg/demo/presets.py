@@ -173,10 +173,10 @@ class DemoRecipe:
         """The recipe of a named schedule (`SCHEDULES`): the same except for the two training lengths.
 
         "long": twice each architecture's fast length (baseline 6400 iterations, OTSeg 3200; transductive half),
-        fixed before it was run and accepted on seed 0's held-out seen curves alone (`bench/demo_schedule.py`,
-        `docs/demo.md` step 8): over the last 20 % the baseline moved 0.77 (inductive) and 1.11 (fully, falling)
-        points, OTSeg 0.38 and 0.50. On seeds 1 and 2 the baseline's curves still rise (`docs/demo.md`). About
-        twice the fast schedule's time.
+        fixed before it was run and accepted on seed 0's held-out seen curves alone, on world version 3
+        (`bench/demo_schedule.py`, `docs/demo.md` step 8): over the last 20 % the baseline moved 0.77 (inductive)
+        and 1.11 (fully, falling) points, OTSeg 0.38 and 0.50. On seeds 1 and 2 the baseline's curves still rise
+        (`docs/demo.md`). About twice the fast schedule's time.
         """
         fast = cls()
         if schedule == "fast":

@@ -11,7 +11,7 @@ masks. Its patch tokens are therefore as the real CLIP's are: the last block's p
 their own, so scoring them against text without training is a weak segmenter (the demo's "training-free" row),
 while a trained head can read what they carry (the world card's linear probe).
 
-Shipped weights: pretraining takes 30-50 minutes on 2 CPU cores, more than the whole demo may take, so the
+Shipped weights: pretraining takes about 17 minutes on 2 CPU cores, more than the whole demo takes, so the
 package ships the default tiny CLIP (`tiny_clip.safetensors` beside this file, about 3 MB) and `tiny_clip_path`
 unpacks it into the cache instead of pretraining. The pack holds every tensor except the untouched rows of the
 49408-row token table: the captions use a few dozen tokens, the sparse optimiser never moves the other rows, and
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m otseg.demo.tiny_clip --out FILE`: pretrain the default tiny CLIP from scratch and pack it."""
     p = argparse.ArgumentParser(
         prog="python -m otseg.demo.tiny_clip",
-        description="Pretrain the demo's tiny CLIP from scratch with the default recipe (30-50 minutes on 2 CPU "
+        description="Pretrain the demo's tiny CLIP from scratch with the default recipe (about 17 minutes on 2 CPU "
         f"cores, {REBUILD_THREADS} threads), write it as a pack, and compare it bit for bit with the shipped one.",
     )
     p.add_argument("--out", required=True, help="the pack to write (.safetensors)")
