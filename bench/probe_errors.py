@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +21,8 @@ from otseg.clip.loading import load_openai_clip
 from otseg.demo import card
 from otseg.demo import world as world_module
 from otseg.demo.tiny_clip import tiny_clip_path
-from otseg.demo.world import TEXTURES, WorldConfig, generate_world
+from otseg.demo.world import TEXTURES, WorldConfig
+from tiny_clip_probe import use_checker_cell, world_splits  # bench/ is on the path when a bench script runs
 
 
 def probe_errors(pred: np.ndarray, labels: np.ndarray, patch: int = 8) -> dict[str, Any]:
@@ -63,17 +62,11 @@ def main() -> None:
     p.add_argument("--clip", default="", help="a tiny CLIP checkpoint (default: the shipped one)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    folder = f"otseg-probe-errors-{WorldConfig().key()}"
     if args.checker_cell:
-        low, high = (float(v) for v in args.checker_cell.split(","))
-        world_module.CHECKER_CELL = (low, high)
-        folder += f"-checker{low:g}-{high:g}"
-    root = Path(tempfile.gettempdir()) / folder
-    if not (root / "world.json").is_file():
-        generate_world(root, WorldConfig())
+        use_checker_cell(args.checker_cell)
     clip = load_openai_clip(args.clip or tiny_clip_path(WorldConfig(), progress=False)).eval()
-    train_x, train_y = card.load_split(root, "train")
-    val_x, val_y = card.load_split(root, "val")
+    splits = world_splits()
+    (train_x, train_y), (val_x, val_y) = splits["train"], splits["val"]
     probe = card.fit_linear_probe(card.dense_features(clip, train_x), train_y)
     pred = card.probe_predictions(probe, card.dense_features(clip, val_x), val_y.shape[1:]).numpy()
     print(json.dumps({"checker_cell": list(world_module.CHECKER_CELL), **probe_errors(pred, val_y)}, indent=1))

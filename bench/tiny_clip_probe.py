@@ -92,6 +92,17 @@ def world_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {split: load_split(WORLD_DIR, split) for split in ("train", "val")}
 
 
+def use_checker_cell(checker_cell: str) -> tuple[float, float]:
+    """Switch this process to a world variant whose checkered cells are `checker_cell` ("LOW,HIGH" px): the
+    generator reads `world.CHECKER_CELL` at call time, so the pretraining corpus and the segmentation world both
+    change, and `world_splits` writes the variant to its own folder. Returns (low, high)."""
+    global WORLD_DIR
+    low, high = (float(v) for v in checker_cell.split(","))
+    world_module.CHECKER_CELL = (low, high)
+    WORLD_DIR = WORLD_DIR.with_name(f"{WORLD_DIR.name}-checker{low:g}-{high:g}")
+    return low, high
+
+
 def handmade_features(images: np.ndarray, patch: int = 8) -> torch.Tensor:
     """Hand-made local features of each patch (B, D, h, w), standardised: per-channel mean, std, max and min, and
     the magnitude of the patch's 2-D spectrum (grey, mean removed) and its square root. What a patch shows by
@@ -258,7 +269,6 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    global WORLD_DIR
     cfg = _config(args)
     world = WorldConfig()
     record: dict[str, Any] = {
@@ -266,10 +276,7 @@ def main() -> None:
         "config": dataclasses.asdict(cfg),
     }  # fmt: skip
     if args.checker_cell:
-        low, high = (float(v) for v in args.checker_cell.split(","))
-        world_module.CHECKER_CELL = (low, high)  # `_pattern` reads it at call time: corpus and world both change
-        WORLD_DIR = WORLD_DIR.with_name(f"{WORLD_DIR.name}-checker{low:g}-{high:g}")
-        record["checker_cell"] = [low, high]
+        record["checker_cell"] = list(use_checker_cell(args.checker_cell))
     splits = world_splits()
 
     def log(entry: dict[str, Any]) -> None:
