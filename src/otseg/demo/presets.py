@@ -56,7 +56,8 @@ __all__ = [
 METHODS: tuple[str, ...] = ("zegclip", "otseg", "otseg+")
 SETTINGS: tuple[Setting, ...] = ("inductive", "transductive", "fully")
 # "fast": the README's main job, within 15 minutes on 2 cores; its runs have not all levelled off. "long": twice the
-# iterations, meant to let every held-out seen curve level off (it does on seed 0; see `DemoRecipe.for_schedule`).
+# iterations, meant to let every held-out seen curve level off (it did on world version 3's seed 0, not on its other
+# seeds nor on version 4's seed 0; see `DemoRecipe.for_schedule` and docs/demo.md).
 SCHEDULES: tuple[str, ...] = ("fast", "long")
 
 # The reference's own prompts: its six VOC templates for OTSeg, and ZegCLIP's single one. The world's captions
