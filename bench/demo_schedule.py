@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=None, help="the architecture's schedule (default: the recipe's)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--backbone-lr-mult", type=float, default=None)
+    p.add_argument("--eval-points", type=int, default=None, help="held-out evaluations per run (default: the recipe's)")
     p.add_argument("--card", action="store_true", help="also print the world card (method-agnostic)")
     p.add_argument("--results", type=Path, default=RESULTS, help=f"the JSON-lines file to append to ({RESULTS})")
     args = p.parse_args()
@@ -51,6 +52,7 @@ def main() -> None:
         length_field: args.iters if args.iters is not None else getattr(recipe, length_field),
         "lr": args.lr if args.lr is not None else recipe.lr,
         "backbone_lr_mult": args.backbone_lr_mult if args.backbone_lr_mult is not None else recipe.backbone_lr_mult,
+        "eval_points": args.eval_points if args.eval_points is not None else recipe.eval_points,
     }
     cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(recipe, **changes))
     root = world_dir(cfg.world)

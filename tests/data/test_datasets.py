@@ -126,6 +126,32 @@ def test_custom_single_folder_and_unlabelled(tmp_path: Path) -> None:
     assert ds.load_label(0) is None and ds[0]["label"] is None
 
 
+def test_decoded_cache_keeps_samples_within_its_budget(tmp_path: Path) -> None:
+    root = make_custom(tmp_path / "c", n_train=3, n_val=1, size=(16, 20))
+    plain = build_dataset("custom", root, "train")
+    one_sample = 16 * 20 * 3 + 16 * 20  # image + label bytes
+    cached = build_dataset("custom", root, "train", cache_bytes=2 * one_sample)
+    expected = [plain.load(i) for i in range(3)]
+    for _ in range(2):
+        for i, (image, label) in enumerate(expected):
+            got_image, got_label = cached.load(i)
+            np.testing.assert_array_equal(got_image, image)
+            np.testing.assert_array_equal(got_label, label)
+    assert cached._cached_bytes == 2 * one_sample  # the third sample did not fit
+    # Cached samples come from memory, the others from disk: remove the files and only the first two still load.
+    for image_path, label_path in cached.samples:
+        image_path.unlink()
+        label_path.unlink()
+    assert cached.load(0)[0].shape == (16, 20, 3) and cached.load(1)[1].shape == (16, 20)
+    with pytest.raises(OSError):
+        cached.load(2)
+    # Read-only: a transform that changed a cached array in place would change every later read of it.
+    with pytest.raises(ValueError, match="read-only"):
+        cached.load(0)[0][0, 0, 0] = 1
+    with pytest.raises(ValueError, match="cache_bytes"):
+        SegmentationDataset([], 2, cache_bytes=-1)
+
+
 def test_custom_split_json_errors(tmp_path: Path) -> None:
     root = make_custom(tmp_path / "c", n_train=1, n_val=1, unseen=["bus"])
     with pytest.raises(ValueError, match="'bus'"):

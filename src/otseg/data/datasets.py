@@ -205,6 +205,11 @@ class SegmentationDataset(Dataset):
     start, so with `persistent_workers=True` the epoch would never reach them). Without a seed the
     transform's own generator is used; pass `seed_worker` as the DataLoader's `worker_init_fn` so workers
     do not share its state.
+
+    `cache_bytes` > 0 keeps decoded and checked (image, label) arrays in memory, up to that many bytes in all
+    (samples past the budget are read from disk each time): for small datasets read many times, where decoding
+    costs more than the model (the demo's 64 px world). The cached arrays are read-only; each DataLoader worker
+    holds its own copy.
     """
 
     def __init__(
@@ -217,7 +222,10 @@ class SegmentationDataset(Dataset):
         ignore_index: int = 255,
         seed: int | None = None,
         name: str = "",
+        cache_bytes: int = 0,
     ) -> None:
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.samples: list[tuple[Path, Path | None]] = [
             (Path(img), None if lab is None else Path(lab)) for img, lab in samples
         ]
@@ -230,6 +238,9 @@ class SegmentationDataset(Dataset):
         self.ignore_index = ignore_index
         self.seed = seed
         self.epoch = 0
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._cached_bytes = 0
 
     @property
     def num_classes(self) -> int:
@@ -266,7 +277,21 @@ class SegmentationDataset(Dataset):
         return label.astype(np.uint8, copy=False)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image and label of sample `index` as arrays, with the size check."""
+        """Image and label of sample `index` as arrays, with the size check (from memory when cached)."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached
+        image, label = self._read(index)
+        size = image.nbytes + (0 if label is None else label.nbytes)
+        if self._cached_bytes + size <= self.cache_bytes:
+            image.flags.writeable = False  # shared by every later read: a transform must not change it in place
+            if label is not None:
+                label.flags.writeable = False
+            self._cache[index] = (image, label)
+            self._cached_bytes += size
+        return image, label
+
+    def _read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         image = self.load_image(index)
         label = self.load_label(index)
         if label is not None and label.shape != image.shape[:2]:

@@ -21,19 +21,26 @@ from otseg.train.trainer import Trainer
 
 __all__ = ["demo_datasets", "demo_holdout_set", "train_demo_model"]
 
+# Every split of the world is read many times (each image about 20 times in training, the test and held-out sets
+# at each evaluation) and decoding its 64 px PNGs cost about a tenth of a training step: keep them decoded. A
+# split of the default world is under 10 MB; the budget bounds a larger world.
+SPLIT_CACHE_BYTES = 64 * 2**20
+
 
 def demo_datasets(cfg: DemoSettings, root: Path) -> tuple[SegmentationDataset, SegmentationDataset]:
     """The world's training set (the demo augmentation) and test set, through the regular custom-layout loader."""
     data_cfg = demo_data_config(demo_model_config("otseg", "inductive", cfg.world, cfg.clip))
-    train_set = build_custom(root, "train", TrainTransform(data_cfg), seed=cfg.world.seed)
-    val_set = build_custom(root, "val", TestTransform(data_cfg))
+    train_set = build_custom(
+        root, "train", TrainTransform(data_cfg), seed=cfg.world.seed, cache_bytes=SPLIT_CACHE_BYTES
+    )
+    val_set = build_custom(root, "val", TestTransform(data_cfg), cache_bytes=SPLIT_CACHE_BYTES)
     return train_set, val_set
 
 
 def demo_holdout_set(cfg: DemoSettings, root: Path) -> SegmentationDataset:
     """The held-out validation split (seen classes only, never trained on): the training curves' data."""
     data_cfg = demo_data_config(demo_model_config("otseg", "inductive", cfg.world, cfg.clip))
-    return build_custom(root, "holdout", TestTransform(data_cfg))
+    return build_custom(root, "holdout", TestTransform(data_cfg), cache_bytes=SPLIT_CACHE_BYTES)
 
 
 def train_demo_model(
