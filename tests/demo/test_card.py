@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from otseg.demo.card import linear_probe_miou, prompt_geometry, training_free_metrics
-from otseg.demo.curves import last_fraction_change, plot_curves, value_range
+from otseg.demo.curves import last_fraction_change, plot_curves, trend_change, value_range
 from otseg.demo.run import aggregate_rows, format_table
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids
 
@@ -103,6 +103,23 @@ def test_last_fraction_change_and_plot(tmp_path):
         plot_area = np.asarray(im.convert("RGB"))[:, :560]  # left of the legend
     rows = np.nonzero((plot_area == (31, 119, 180)).all(axis=2))[0]
     assert rows.max() - rows.min() > 150  # 5 of the axis's 10 points, of a 346-px plot (on 0-100 it was 17 px)
+
+
+def test_trend_change_separates_a_rising_curve_from_scatter():
+    # A straight line: the trend is its rise over the last 20 % (0.01 per step x 200 steps), no scatter.
+    line = [(s, 10.0 + 0.01 * s) for s in range(100, 1001, 100)]
+    change, scatter = trend_change(line)
+    assert change == pytest.approx(2.0) and scatter == pytest.approx(0.0, abs=1e-9)
+    assert last_fraction_change(line) == pytest.approx(2.0)
+    # Level but jittering by ±1.5 between evaluations: the largest change says 3 points, the trend about none.
+    jitter = [(s, 60.0 + (1.5 if i % 2 else -1.5)) for i, s in enumerate(range(100, 1001, 100))]
+    change, scatter = trend_change(jitter)
+    assert last_fraction_change(jitter) == pytest.approx(3.0)
+    # The last 40 %: 61.5, 58.5, 61.5, 58.5, 61.5; a level line at 60.3; residuals 1.2 (x3) and -1.8 (x2), 3 dof.
+    assert change == pytest.approx(0.0, abs=1e-9) and scatter == pytest.approx(((3 * 1.2**2 + 2 * 1.8**2) / 3) ** 0.5)
+    # The fit uses the last 40 % by default; fewer than three points there give None.
+    assert trend_change(line[-2:]) is None and trend_change([]) is None
+    assert trend_change(line, fraction=0.5)[0] == pytest.approx(5.0)
 
 
 def test_aggregate_rows_mean_and_std():

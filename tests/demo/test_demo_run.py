@@ -61,6 +61,9 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     # The held-out curves: 2 evaluations per run (quick recipe), and the picture.
     assert set(info["curves"]) == {f"{a}-{s}" for a in ("zegclip", "otseg") for s in SETTINGS}
     assert all(len(c) == 2 for c in info["curves"].values())
+    # Two evaluations give a largest change but too few points for a trend line.
+    assert set(info["convergence_trend_last20_points"]) == set(info["curves"])
+    assert all(t is None for t in info["convergence_trend_last20_points"].values())
     assert (out / "curves.png").is_file()
     assert info["seed"] == 1 and set(info["timings_s"]) >= {"world", "tiny_clip", "total"}
     assert info["schedule"] is None  # the quick sizes are no named schedule
@@ -92,6 +95,10 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
             assert mean[key] == (round(sum(values) / len(values), 2) if values else None)
             assert (mean[f"{key}_std"] is None) == (len(values) < 2)
     assert "±" in (tmp_path / "seeds" / "table.md").read_text()
+    convergence = json.loads((tmp_path / "seeds" / "seeds_info.json").read_text())["convergence"]
+    assert set(convergence) == {"seed_1", "seed_2"}
+    assert {k: v[0] for k, v in convergence["seed_1"].items()} == info["convergence_last20_points"]
+    assert "held-out curves converged" in capsys.readouterr().out
     # Resumable: finished seeds are read back, not run again.
     assert _demo(tmp_path / "seeds", "--seeds", "1,2", "--workers", "1") == 0
     assert "seed 2: finished earlier with the same settings" in capsys.readouterr().out
@@ -221,29 +228,31 @@ def test_each_method_trains_its_own_schedule_and_the_demo_model_ignores_the_base
     assert demo_model_key(longer_baseline) == demo_model_key(base) != demo_model_key(longer_otseg)
 
 
-def test_the_long_schedule_changes_only_the_training_lengths(capsys):
-    """--schedule long lengthens both architectures' runs and nothing else; the shipped demo model stays the
-    fast schedule's; an unknown schedule is refused by the command line in one line."""
+def test_the_long_schedules_change_only_the_training_lengths(capsys):
+    """--schedule long / longer lengthen both architectures' runs (x2, x4) and nothing else; the shipped demo model
+    stays the fast schedule's; an unknown schedule is refused by the command line in one line."""
     import dataclasses
 
     from otseg.demo.presets import SCHEDULES, DemoRecipe, DemoSettings
     from otseg.demo.pretrained import demo_model_key
 
-    assert SCHEDULES == ("fast", "long")
-    fast, long = DemoRecipe.for_schedule("fast"), DemoRecipe.for_schedule("long")
-    assert fast == DemoRecipe()
-    for arch in ("zegclip", "otseg"):
-        assert long.iters_for(arch) == 2 * fast.iters_for(arch)
-    assert dataclasses.replace(long, iters=fast.iters, baseline_iters=fast.baseline_iters) == fast
-    assert DemoSettings.full(0, "long").recipe == long
-    assert (fast.schedule_name(), long.schedule_name()) == ("fast", "long")
+    assert SCHEDULES == ("fast", "long", "longer")
+    fast = DemoRecipe.for_schedule("fast")
+    assert fast == DemoRecipe() and fast.schedule_name() == "fast"
     assert DemoSettings.quick(0).recipe.schedule_name() is None
-    assert demo_model_key(DemoSettings.full(0, "long")) != demo_model_key(DemoSettings.full(0))
-    with pytest.raises(KeyError, match="valid: fast, long"):
+    for name, factor in (("long", 2), ("longer", 4)):
+        recipe = DemoRecipe.for_schedule(name)
+        for arch in ("zegclip", "otseg"):
+            assert recipe.iters_for(arch) == factor * fast.iters_for(arch)
+        assert dataclasses.replace(recipe, iters=fast.iters, baseline_iters=fast.baseline_iters) == fast
+        assert DemoSettings.full(0, name).recipe == recipe and recipe.schedule_name() == name
+        assert demo_model_key(DemoSettings.full(0, name)) != demo_model_key(DemoSettings.full(0))
+    with pytest.raises(KeyError, match="valid: fast, long, longer"):
         DemoRecipe.for_schedule("converged")
     parser = argparse.ArgumentParser()
     add_demo_parser(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["demo", "--schedule", "long"]).schedule == "long"
+    assert parser.parse_args(["demo", "--schedule", "longer"]).schedule == "longer"
     assert parser.parse_args(["demo"]).schedule == "fast"
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--schedule", "converged"])

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from otseg.viz import label_font
 
-__all__ = ["last_fraction_change", "plot_curves", "value_range"]
+__all__ = ["last_fraction_change", "plot_curves", "trend_change", "value_range"]
 
 Curve = Sequence[tuple[int, float]]
 # Line colours, distinct on white (the runs are few).
@@ -33,6 +33,32 @@ def last_fraction_change(curve: Curve, fraction: float = 0.2) -> float | None:
     if len(window) < 2:
         return None
     return max(abs(v - end_value) for v in window)
+
+
+def trend_change(curve: Curve, fraction: float = 0.2, fit_fraction: float = 0.4) -> tuple[float, float] | None:
+    """The curve's drift, with the evaluation-to-evaluation scatter averaged out: a least-squares line through the
+    evaluations at t >= (1 - fit_fraction) * end. Returns (the line's change over the last `fraction` of
+    iterations, the standard deviation of the evaluations around the line); None for fewer than three points.
+
+    `last_fraction_change` reads single evaluations, so on a curve that has levelled off it still reports the
+    scatter (the held-out mIoU moves by a point or two between evaluations late in training); this separates a curve
+    still rising from one that only jitters. The line is fitted over twice the window so that it rests on more than
+    the two or three evaluations the window itself holds.
+    """
+    if not curve:
+        return None
+    end_step = curve[-1][0]
+    points = [(float(s), float(v)) for s, v in curve if s >= (1 - fit_fraction) * end_step]
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mean_s = sum(s for s, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    spread = sum((s - mean_s) ** 2 for s, _ in points)
+    slope = sum((s - mean_s) * (v - mean_v) for s, v in points) / spread
+    residuals = [v - (mean_v + slope * (s - mean_s)) for s, v in points]
+    scatter = (sum(r * r for r in residuals) / (n - 2)) ** 0.5
+    return slope * fraction * end_step, scatter
 
 
 def value_range(curves: Mapping[str, Curve]) -> tuple[int, int]:

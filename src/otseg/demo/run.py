@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from otseg.config import Setting
 from otseg.demo.card import world_card
-from otseg.demo.curves import last_fraction_change, plot_curves
+from otseg.demo.curves import last_fraction_change, plot_curves, trend_change
 from otseg.demo.presets import (
     METHODS,
     SCHEDULES,
@@ -496,8 +496,8 @@ def run_demo(
         settings: explicit sizes (overrides `seed` and `quick`).
         workers: parallel training processes (default: `default_workers()`); 1 trains in this process.
         threads: torch threads of each training process (default: CPU cores / workers).
-        schedule: the training lengths (`SCHEDULES`): "fast" (the 15-minute main job) or "long" (twice the
-            iterations, for curves that level off; about twice as long). Ignored with `quick` or `settings`.
+        schedule: the training lengths (`SCHEDULES`): "fast" (the 15-minute main job), "long" or "longer" (twice
+            and four times the iterations, for curves that level off). Ignored with `quick` or `settings`.
     """
     t_start = time.perf_counter()
     cfg = settings or DemoSettings.for_run(seed, quick, schedule)
@@ -572,6 +572,7 @@ def run_demo(
     )
     stage("panels", t0)
     convergence = {name: last_fraction_change(curve) for name, curve in curves.items()}
+    trends = {name: trend_change(curve) for name, curve in curves.items()}
     timings["total"] = round(time.perf_counter() - t_start, 2)
 
     title = (
@@ -581,13 +582,17 @@ def run_demo(
     table = format_table(rows, title)
     print()
     print(table)
-    print("\nConvergence (seen mIoU change on the held-out split over the last 20 % of training, points): " +
+    print("\nConvergence: seen mIoU on the held-out split over the last 20 % of training, points")
+    print("  largest change from the end (converged: < 1): " +
           ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in convergence.items()))  # fmt: skip
+    trend_text = (f"{k} {'-' if t is None else f'{t[0]:+.2f} (sd {t[1]:.2f})'}" for k, t in trends.items())
+    print("  trend (a line through the last 40 % of evaluations) and the evaluations' scatter around it: " +
+          ", ".join(trend_text))  # fmt: skip
     moving = [k for k, v in convergence.items() if v is not None and v >= 1.0]
     if moving and not quick:
         print(f"  still moving (>= 1 point): {', '.join(moving)}; see curves.png" +
-              ("" if cfg.recipe.schedule_name() == "long" else
-               " (--schedule long trains every method twice as long)"))  # fmt: skip
+              ("" if cfg.recipe.schedule_name() == "longer" else
+               " (--schedule long / longer train every method twice / four times as long)"))  # fmt: skip
     ind = {r["method"]: r for r in rows if r["setting"] == "inductive"}
     gap = None
     if ind["otseg+"]["miou_unseen"] is not None and ind["control"]["miou_unseen"] is not None:
@@ -603,6 +608,10 @@ def run_demo(
         "rows_bias0": rows_bias0,
         "curves": {k: [list(p) for p in v] for k, v in curves.items()},
         "convergence_last20_points": convergence,
+        # (change of the fitted line over the last 20 %, scatter of the evaluations around it): `trend_change`
+        "convergence_trend_last20_points": {
+            k: None if t is None else [round(t[0], 2), round(t[1], 2)] for k, t in trends.items()
+        },
         "settings": {"world": cfg.world.to_dict(), "clip": asdict(cfg.clip), "recipe": asdict(cfg.recipe)},
         "world_dir": str(root),
         "tiny_clip": str(clip_file),
@@ -709,10 +718,31 @@ def run_demo_seeds(
     print(table)
     atomic_write_text(out / "results.json", json.dumps(rows, indent=2) + "\n")
     atomic_write_text(out / "table.md", table + "\n")
-    info = {"seeds": list(seeds), "seconds_total": round(time.perf_counter() - t0, 1)}
+    curves = seed_convergence(out, seeds)
+    largest = [v[0] for runs in curves.values() for v in runs.values() if v[0] is not None]
+    trend = [v[1] for runs in curves.values() for v in runs.values() if v[1] is not None]
+    print(f"\nheld-out curves converged (largest change over the last 20 % < 1 point): "
+          f"{sum(v < 1 for v in largest)} of {len(largest)} runs; trend over the last 20 % within ±1 point: "
+          f"{sum(abs(v) < 1 for v in trend)} of {len(trend)} (per seed: seed_N/demo_info.json)")  # fmt: skip
+    info = {"seeds": list(seeds), "seconds_total": round(time.perf_counter() - t0, 1), "convergence": curves}
     atomic_write_text(out / "seeds_info.json", json.dumps(info, indent=2) + "\n")
     print(f"\nwrote {out / 'results.json'} and {out / 'table.md'}; {len(seeds)} seeds in {info['seconds_total']:.0f}s")
     return rows
+
+
+def seed_convergence(out_dir: Path, seeds: Sequence[int]) -> dict[str, dict[str, list[float | None]]]:
+    """Per seed and run, [largest change over the last 20 %, trend over the last 20 %] of the held-out seen curve,
+    from each seed's demo_info.json (`last_fraction_change`, `trend_change`)."""
+    found: dict[str, dict[str, list[float | None]]] = {}
+    for s in seeds:
+        info = json.loads((out_dir / f"seed_{s}" / "demo_info.json").read_text(encoding="utf-8"))
+        runs: dict[str, list[float | None]] = {}
+        for name, curve in info["curves"].items():
+            points = [(int(step), float(value)) for step, value in curve]
+            trend = trend_change(points)
+            runs[name] = [last_fraction_change(points), None if trend is None else round(trend[0], 2)]
+        found[f"seed_{s}"] = runs
+    return found
 
 
 # ---- command line -----------------------------------------------------------------------------------------
@@ -741,8 +771,8 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--schedule",
         choices=SCHEDULES,
         default="fast",
-        help="training lengths: fast (default, about 12 minutes on 2 cores; some held-out curves still rise at the "
-        "end) or long (twice the iterations, about 25 minutes; the curves rise less, but not all level off)",
+        help="training lengths: fast (default, about 13 minutes on 2 cores; some held-out curves still rise at the "
+        "end), long (twice the iterations, about 25 minutes) or longer (four times, about 50 minutes)",
     )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run with meaningless numbers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
