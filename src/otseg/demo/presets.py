@@ -182,7 +182,7 @@ class DemoRecipe:
         and 1.11 (fully, falling) points, OTSeg 0.38 and 0.50. On seeds 1 and 2 the baseline's curves still rise
         (`docs/demo.md`). About twice the fast schedule's time.
         "longer": four times (baseline 12800, OTSeg 6400), added on world version 4 when "long" left every seed-0
-        curve rising; its inductive runs' curves are in `docs/demo.md`.
+        curve rising; its seed-0 run is in `docs/demo.md`.
         """
         factor = _SCHEDULE_FACTORS.get(schedule)
         if factor is None:
