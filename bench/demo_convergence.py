@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from otseg.demo.curves import last_fraction_change, trend_change
+from otseg.demo.curves import CONVERGED_BELOW_POINTS, last_fraction_change, trend_change
 
 
 def main() -> None:
@@ -30,8 +30,8 @@ def main() -> None:
             largest = last_fraction_change(curve)
             trend = trend_change(curve)
             counts["runs"] += 1
-            counts["largest"] += largest is not None and largest < 1
-            counts["trend"] += trend is not None and abs(trend[0]) < 1
+            counts["largest"] += largest is not None and largest < CONVERGED_BELOW_POINTS
+            counts["trend"] += trend is not None and abs(trend[0]) < CONVERGED_BELOW_POINTS
             trend_text = "- | -" if trend is None else f"{trend[0]:+.2f} | {trend[1]:.2f}"
             largest_text = "-" if largest is None else f"{largest:.2f}"
             print(
@@ -39,8 +39,8 @@ def main() -> None:
                 f"{largest_text} | {trend_text} |"
             )
     print(
-        f"\n{counts['runs']} runs: largest change < 1 point in {counts['largest']}; trend within ±1 point in "
-        f"{counts['trend']}"
+        f"\n{counts['runs']} runs: largest change < {CONVERGED_BELOW_POINTS:g} point in {counts['largest']}; trend "
+        f"within ±{CONVERGED_BELOW_POINTS:g} point in {counts['trend']}"
     )
 
 

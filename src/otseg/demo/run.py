@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from otseg.config import Setting
 from otseg.demo.card import world_card
-from otseg.demo.curves import last_fraction_change, plot_curves, trend_change
+from otseg.demo.curves import CONVERGED_BELOW_POINTS, last_fraction_change, plot_curves, trend_change
 from otseg.demo.presets import (
     METHODS,
     SCHEDULES,
@@ -583,14 +583,14 @@ def run_demo(
     print()
     print(table)
     print("\nConvergence: seen mIoU on the held-out split over the last 20 % of training, points")
-    print("  largest change from the end (converged: < 1): " +
+    print(f"  largest change from the end (converged: < {CONVERGED_BELOW_POINTS:g}): " +
           ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}" for k, v in convergence.items()))  # fmt: skip
     trend_text = (f"{k} {'-' if t is None else f'{t[0]:+.2f} (sd {t[1]:.2f})'}" for k, t in trends.items())
     print("  trend (a line through the last 40 % of evaluations) and the evaluations' scatter around it: " +
           ", ".join(trend_text))  # fmt: skip
-    moving = [k for k, v in convergence.items() if v is not None and v >= 1.0]
+    moving = [k for k, v in convergence.items() if v is not None and v >= CONVERGED_BELOW_POINTS]
     if moving and not quick:
-        print(f"  still moving (>= 1 point): {', '.join(moving)}; see curves.png" +
+        print(f"  still moving (>= {CONVERGED_BELOW_POINTS:g} point): {', '.join(moving)}; see curves.png" +
               ("" if cfg.recipe.schedule_name() == "longer" else
                " (--schedule long / longer train every method twice / four times as long)"))  # fmt: skip
     ind = {r["method"]: r for r in rows if r["setting"] == "inductive"}
@@ -721,9 +721,10 @@ def run_demo_seeds(
     curves = seed_convergence(out, seeds)
     largest = [v[0] for runs in curves.values() for v in runs.values() if v[0] is not None]
     trend = [v[1] for runs in curves.values() for v in runs.values() if v[1] is not None]
-    print(f"\nheld-out curves converged (largest change over the last 20 % < 1 point): "
-          f"{sum(v < 1 for v in largest)} of {len(largest)} runs; trend over the last 20 % within ±1 point: "
-          f"{sum(abs(v) < 1 for v in trend)} of {len(trend)} (per seed: seed_N/demo_info.json)")  # fmt: skip
+    bound = CONVERGED_BELOW_POINTS
+    print(f"\nheld-out curves converged (largest change over the last 20 % < {bound:g} point): "
+          f"{sum(v < bound for v in largest)} of {len(largest)} runs; trend over the last 20 % within ±{bound:g} "
+          f"point: {sum(abs(v) < bound for v in trend)} of {len(trend)} (per seed: seed_N/demo_info.json)")  # fmt: skip
     info = {"seeds": list(seeds), "seconds_total": round(time.perf_counter() - t0, 1), "convergence": curves}
     atomic_write_text(out / "seeds_info.json", json.dumps(info, indent=2) + "\n")
     print(f"\nwrote {out / 'results.json'} and {out / 'table.md'}; {len(seeds)} seeds in {info['seconds_total']:.0f}s")
