@@ -20,12 +20,10 @@ from pathlib import Path
 
 import torch
 
-from otseg.data.datasets import build_custom
-from otseg.data.transforms import TestTransform, TrainTransform
-from otseg.demo.presets import DemoSettings, demo_data_config, demo_model_config
+from otseg.demo.presets import DemoSettings
 from otseg.demo.run import holdout_seen_miou
 from otseg.demo.tiny_clip import tiny_clip_path
-from otseg.demo.training import SPLIT_CACHE_BYTES, train_demo_model
+from otseg.demo.training import SPLIT_CACHE_BYTES, demo_datasets, demo_holdout_set, train_demo_model
 from otseg.demo.world import world_dir
 from otseg.formats.openai_clip import read_clip_state_dict
 
@@ -46,12 +44,11 @@ def main() -> None:
     cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(cfg.recipe, iters=args.iters, baseline_iters=args.iters))
     root = world_dir(cfg.world)
     clip_state = read_clip_state_dict(tiny_clip_path(cfg.world, cfg.clip))
-    data_cfg = demo_data_config(demo_model_config("otseg", "inductive", cfg.world, cfg.clip))
     times: dict[str, dict[str, float]] = {}
     losses: dict[str, list[float]] = {}
     for label, budget in (("disk", 0), ("memory", SPLIT_CACHE_BYTES)):
-        train_set = build_custom(root, "train", TrainTransform(data_cfg), seed=cfg.world.seed, cache_bytes=budget)
-        holdout = build_custom(root, "holdout", TestTransform(data_cfg), cache_bytes=budget)
+        train_set, _ = demo_datasets(cfg, root, cache_bytes=budget)
+        holdout = demo_holdout_set(cfg, root, cache_bytes=budget)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             model = train_demo_model(cfg, args.arch, "inductive", clip_state, train_set, Path(tmp), progress=False)

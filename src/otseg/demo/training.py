@@ -27,20 +27,21 @@ __all__ = ["demo_datasets", "demo_holdout_set", "train_demo_model"]
 SPLIT_CACHE_BYTES = 64 * 2**20
 
 
-def demo_datasets(cfg: DemoSettings, root: Path) -> tuple[SegmentationDataset, SegmentationDataset]:
-    """The world's training set (the demo augmentation) and test set, through the regular custom-layout loader."""
+def demo_datasets(
+    cfg: DemoSettings, root: Path, cache_bytes: int = SPLIT_CACHE_BYTES
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """The world's training set (the demo augmentation) and test set, through the regular custom-layout loader;
+    each keeps up to `cache_bytes` of decoded samples in memory (`SegmentationDataset`)."""
     data_cfg = demo_data_config(demo_model_config("otseg", "inductive", cfg.world, cfg.clip))
-    train_set = build_custom(
-        root, "train", TrainTransform(data_cfg), seed=cfg.world.seed, cache_bytes=SPLIT_CACHE_BYTES
-    )
-    val_set = build_custom(root, "val", TestTransform(data_cfg), cache_bytes=SPLIT_CACHE_BYTES)
+    train_set = build_custom(root, "train", TrainTransform(data_cfg), seed=cfg.world.seed, cache_bytes=cache_bytes)
+    val_set = build_custom(root, "val", TestTransform(data_cfg), cache_bytes=cache_bytes)
     return train_set, val_set
 
 
-def demo_holdout_set(cfg: DemoSettings, root: Path) -> SegmentationDataset:
+def demo_holdout_set(cfg: DemoSettings, root: Path, cache_bytes: int = SPLIT_CACHE_BYTES) -> SegmentationDataset:
     """The held-out validation split (seen classes only, never trained on): the training curves' data."""
     data_cfg = demo_data_config(demo_model_config("otseg", "inductive", cfg.world, cfg.clip))
-    return build_custom(root, "holdout", TestTransform(data_cfg), cache_bytes=SPLIT_CACHE_BYTES)
+    return build_custom(root, "holdout", TestTransform(data_cfg), cache_bytes=cache_bytes)
 
 
 def train_demo_model(
