@@ -10,6 +10,8 @@ over the last 20 % and the training time. A length is chosen from the curve alon
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --arch otseg --setting fully --iters 3200
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --setting inductive --iters 1600 \\
         --lr 5e-3 --backbone-lr-mult 0.04
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --setting inductive --iters 1600 \\
+        --lr 5e-3 --warmup-iters 400
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=None, help="the architecture's schedule (default: the recipe's)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--backbone-lr-mult", type=float, default=None)
+    p.add_argument("--warmup-iters", type=int, default=None, help="linear warm-up length (default: the recipe's)")
     p.add_argument("--eval-points", type=int, default=None, help="held-out evaluations per run (default: the recipe's)")
     p.add_argument("--card", action="store_true", help="also print the world card (method-agnostic)")
     p.add_argument("--results", type=Path, default=RESULTS, help=f"the JSON-lines file to append to ({RESULTS})")
@@ -53,6 +56,7 @@ def main() -> None:
         "lr": args.lr if args.lr is not None else recipe.lr,
         "backbone_lr_mult": args.backbone_lr_mult if args.backbone_lr_mult is not None else recipe.backbone_lr_mult,
         "eval_points": args.eval_points if args.eval_points is not None else recipe.eval_points,
+        "warmup_iters": args.warmup_iters if args.warmup_iters is not None else recipe.warmup_iters,
     }
     cfg = dataclasses.replace(cfg, recipe=dataclasses.replace(recipe, **changes))
     root = world_dir(cfg.world)
