@@ -54,7 +54,7 @@ def test_pack_rebuilds_the_state_dict_bit_for_bit(trained, tmp_path):
     # A damaged pack is refused with a message naming the file and the fix.
     tensors["ln_final.weight"] = tensors["ln_final.weight"] + 1e-3
     save_file(tensors, str(path), metadata=metadata)
-    with pytest.raises(ValueError, match=r"pack.safetensors.*damaged.*python -m otseg.demo.tiny_clip"):
+    with pytest.raises(ValueError, match=r"pack.safetensors.*damaged.*python -m otseg.demo.rebuild tiny-clip"):
         unpack_state(path)
 
 
