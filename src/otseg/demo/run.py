@@ -8,7 +8,9 @@ unseen classes' names replaced by made-up words), print the table, and write `re
 
 The six training runs are independent jobs (a transductive run waits for its inductive checkpoint) and run in
 parallel worker processes, one thread each by default: models this small keep one core busy with one thread,
-while two threads on one model mostly wait for each other. The results do not depend on the schedule.
+while two threads on one model mostly wait for each other. The results do not depend on the schedule. Each finished
+job's results are kept in its folder (`otseg.demo.job_results`), so an interrupted demo run again into the same
+folder trains only what had not finished.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 from otseg.config import Setting
 from otseg.demo.card import world_card
 from otseg.demo.curves import CONVERGED_BELOW_POINTS, last_fraction_change, plot_curves, trend_change
+from otseg.demo.job_results import load_job_result, save_job_result
 from otseg.demo.presets import (
     METHODS,
     SCHEDULES,
@@ -47,7 +50,7 @@ from otseg.demo.presets import (
 from otseg.demo.pretrained import save_demo_model
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
-from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids, world_dir
+from otseg.demo.world import CLASS_NAMES, GENERATOR_VERSION, seen_ids, unseen_ids, world_dir
 from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
 from otseg.formats.openai_clip import read_clip_state_dict
@@ -394,24 +397,81 @@ def _result_line(job: DemoJob, result: dict[str, Any]) -> str:
     return f"[done] {job.name} (trained in {seconds:.0f}s): " + "; ".join(parts)
 
 
+def _job_folder(job: DemoJob, ctx: JobContext) -> Path:
+    return ctx.out / "runs" / job.name
+
+
+def _job_key(job: DemoJob, ctx: JobContext) -> dict[str, Any]:
+    """What determines a job's results: the job, the world (and its generator), the tiny CLIP's recipe, the
+    training recipe and the test images drawn as panels."""
+    cfg = ctx.settings
+    return {
+        "job": job.name,
+        "world_version": GENERATOR_VERSION,
+        "world": cfg.world.to_dict(),
+        "clip": asdict(cfg.clip),
+        "recipe": asdict(cfg.recipe),
+        "panel_ids": list(ctx.panel_ids),
+    }
+
+
+def _finished_jobs(jobs: list[DemoJob], ctx: JobContext) -> dict[str, dict[str, Any]]:
+    """The jobs that finished in an earlier run of this output folder with the same settings, and their results.
+
+    An inductive job is counted only if its transductive job is finished too or the checkpoint that job starts
+    from is still there.
+    """
+    finished = {}
+    for job in jobs:
+        result = load_job_result(_job_folder(job, ctx), _job_key(job, ctx))
+        if result is not None:
+            finished[job.name] = result
+    for job in jobs:
+        base = job.depends_on
+        if base is None or job.name in finished or base.name not in finished:
+            continue
+        start = _job_folder(base, ctx) / f"iter_{transductive_init_step(ctx.settings.recipe, base.arch)}.pt"
+        if not start.is_file():
+            del finished[base.name]
+    return finished
+
+
 def _run_jobs(
     jobs: list[DemoJob], ctx: JobContext, workers: int, threads: int, progress: bool
 ) -> dict[str, dict[str, Any]]:
-    """Run the jobs, `workers` at a time (in this process when 1), with one progress bar over all their steps."""
+    """Run the jobs, `workers` at a time (in this process when 1), with one progress bar over all their steps.
+
+    Resumable: each finished job's results are saved in its folder (`save_job_result`), and a job that finished
+    in an earlier run of the same output folder with the same settings is read back, not trained again (its
+    result carries ``"reused": True``).
+    """
     recipe = ctx.settings.recipe
     total = sum(j.iters(recipe) for j in jobs)
     bar = tqdm(total=total, desc=f"training {len(jobs)} models", unit="it", dynamic_ncols=True, disable=not progress)
     say = bar.write if progress else (lambda text: print(text, flush=True))
     done: dict[str, dict[str, Any]] = {}
+    for name, result in _finished_jobs(jobs, ctx).items():
+        done[name] = {**result, "reused": True}
+        bar.update(next(j for j in jobs if j.name == name).iters(recipe))
+        say(f"[reuse] {name}: finished earlier in {ctx.out / 'runs' / name} with the same settings "
+            "(delete that folder to train it again)")  # fmt: skip
+    jobs = [job for job in jobs if job.name not in done]
+
+    def finish(job: DemoJob, result: dict[str, Any]) -> None:
+        done[job.name] = result
+        save_job_result(_job_folder(job, ctx), _job_key(job, ctx), result)
+        say(_result_line(job, result))
+
     try:
+        if not jobs:
+            return done
         if workers <= 1:
             previous = torch.get_num_threads()
             torch.set_num_threads(threads)
             try:
                 for job in jobs:
                     say(f"[start] {job.name}: {job.iters(recipe)} iterations")
-                    done[job.name] = run_job(job, ctx, on_step=lambda _step: bar.update(1))
-                    say(_result_line(job, done[job.name]))
+                    finish(job, run_job(job, ctx, on_step=lambda _step: bar.update(1)))
             finally:
                 torch.set_num_threads(previous)
             return done
@@ -437,9 +497,8 @@ def _run_jobs(
                     pass
                 for name, (job, handle) in list(running.items()):
                     if handle.ready():
-                        done[name] = handle.get()  # re-raises a worker's exception here
                         del running[name]
-                        say(_result_line(job, done[name]))
+                        finish(job, handle.get())  # get() re-raises a worker's exception here
             pool.close()
         finally:
             pool.terminate()  # after an error or Ctrl-C, do not wait minutes for the other runs to finish
@@ -603,6 +662,8 @@ def run_demo(
     info = {
         "seed": seed,
         "quick": quick,
+        # Jobs read back from an earlier, interrupted run of this folder (`_run_jobs`); their timings are that run's.
+        "reused_jobs": [job.name for job in jobs if job_results[job.name].get("reused")],
         "schedule": cfg.recipe.schedule_name(),
         "world_card": card,
         "rows_bias0": rows_bias0,
@@ -760,7 +821,12 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         "a training-free row and a control, print the table and write results.json, curves and pictures. About 12 "
         "minutes on 2 CPU cores.",
     )
-    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument(
+        "--out",
+        default="runs/demo",
+        help="output folder (default: runs/demo); run again into the same folder after an interruption, the "
+        "training runs that finished there with the same settings are read back, not trained again",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of every training run (default: 0)")
     p.add_argument(
         "--seeds",
