@@ -450,11 +450,13 @@ def _run_jobs(
     bar = tqdm(total=total, desc=f"training {len(jobs)} models", unit="it", dynamic_ncols=True, disable=not progress)
     say = bar.write if progress else (lambda text: print(text, flush=True))
     done: dict[str, dict[str, Any]] = {}
-    for name, result in _finished_jobs(jobs, ctx).items():
-        done[name] = {**result, "reused": True}
-        bar.update(next(j for j in jobs if j.name == name).iters(recipe))
-        say(f"[reuse] {name}: finished earlier in {ctx.out / 'runs' / name} with the same settings "
-            "(delete that folder to train it again)")  # fmt: skip
+    finished = _finished_jobs(jobs, ctx)
+    for job in jobs:
+        if job.name in finished:
+            done[job.name] = {**finished[job.name], "reused": True}
+            bar.update(job.iters(recipe))
+            say(f"[reuse] {job.name}: finished earlier in {_job_folder(job, ctx)} with the same settings "
+                "(delete that folder to train it again)")  # fmt: skip
     jobs = [job for job in jobs if job.name not in done]
 
     def finish(job: DemoJob, result: dict[str, Any]) -> None:
