@@ -93,3 +93,28 @@ def test_an_interrupted_demo_reuses_its_finished_jobs(tmp_path: Path, capsys: py
     assert json.loads((out / "results.json").read_text()) == rows  # the same table as one uninterrupted run
     info = json.loads((out / "demo_info.json").read_text())
     assert set(info["reused_jobs"]) == reused
+
+
+def test_an_interrupted_training_run_resumes_from_its_last_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    assert _demo(out) == 0
+    rows = json.loads((out / "results.json").read_text())
+    curves = json.loads((out / "demo_info.json").read_text())["curves"]
+    # As if zegclip-fully had been stopped just after its checkpoint at iteration 2, before that evaluation: its
+    # result, its last checkpoint and the evaluations logged from iteration 2 on are gone.
+    work = out / "runs" / "zegclip-fully"
+    (work / JOB_RESULT).unlink()
+    (work / "iter_4.pt").unlink()
+    log = work / "metrics.jsonl"
+    kept = [line for line in log.read_text().splitlines() if not ('"eval/' in line and json.loads(line)["step"] >= 2)]
+    log.write_text("\n".join(kept) + "\n")
+    capsys.readouterr()
+    assert _demo(out) == 0
+    printed = capsys.readouterr().out
+    assert "[done] zegclip-fully (resumed at iteration 2," in printed
+    assert printed.count("[reuse]") == 5
+    # The same numbers, curve and panels' rows as the uninterrupted run.
+    assert json.loads((out / "results.json").read_text()) == rows
+    assert json.loads((out / "demo_info.json").read_text())["curves"] == curves

@@ -49,7 +49,7 @@ from otseg.demo.presets import (
 )
 from otseg.demo.pretrained import save_demo_model
 from otseg.demo.tiny_clip import tiny_clip_path
-from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
+from otseg.demo.training import demo_datasets, demo_holdout_set, logged_evaluations, train_demo_model
 from otseg.demo.world import CLASS_NAMES, GENERATOR_VERSION, seen_ids, unseen_ids, world_dir
 from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
@@ -296,14 +296,23 @@ def run_job(
         curve.append((step[0], round(value, 2)))
         return {"holdout_miou_seen": value}
 
+    resumed_at: list[int] = []
+    work = ctx.out / "runs" / job.name
     t0 = time.perf_counter()
     model = train_demo_model(
-        cfg, job.methods[-1], job.setting, read_clip_state_dict(ctx.clip_file), train_set, ctx.out / "runs" / job.name,
-        init_from, progress=progress, on_step=count_step, evaluate=holdout_eval,
+        cfg, job.methods[-1], job.setting, read_clip_state_dict(ctx.clip_file), train_set, work, init_from,
+        progress=progress, on_step=count_step, evaluate=holdout_eval, on_resume=resumed_at.append,
     )  # fmt: skip
+    if resumed_at:  # the evaluations before the interruption are in the trainer's log
+        have = {s for s, _ in curve}
+        earlier = logged_evaluations(work)
+        curve += [(s, round(v["holdout_miou_seen"], 2)) for s, v in earlier.items()
+                  if s <= resumed_at[0] and s not in have and "holdout_miou_seen" in v]  # fmt: skip
+        curve.sort()
     result: dict[str, Any] = {"rows": [], "rows_bias0": [], "per_class": {}, "predictions": {}, "timings": {}}
     result["timings"][f"train {job.name}"] = round(time.perf_counter() - t0, 2)
     result["curve"] = curve
+    result["resumed_at"] = resumed_at[0] if resumed_at else None
 
     def score(method: str, setting: str) -> None:
         t_eval = time.perf_counter()
@@ -394,7 +403,20 @@ def _result_line(job: DemoJob, result: dict[str, Any]) -> str:
         f"{METHOD_TITLES[r['method']]} mIoU(S) {r['miou_seen']} mIoU(U) {r['miou_unseen']} hIoU {r['hiou']}"
         for r in result["rows"]
     ]
-    return f"[done] {job.name} (trained in {seconds:.0f}s): " + "; ".join(parts)
+    resumed = result.get("resumed_at")
+    how = f"resumed at iteration {resumed}, trained in" if resumed is not None else "trained in"
+    return f"[done] {job.name} ({how} {seconds:.0f}s): " + "; ".join(parts)
+
+
+def _bar_advancer(bar: Any) -> Callable[[int], None]:
+    """An `on_step` that moves `bar` to the step reported (a resumed run's first report is a jump)."""
+    reached = [0]
+
+    def advance(step: int) -> None:
+        bar.update(step - reached[0])
+        reached[0] = step
+
+    return advance
 
 
 def _job_folder(job: DemoJob, ctx: JobContext) -> Path:
@@ -473,7 +495,7 @@ def _run_jobs(
             try:
                 for job in jobs:
                     say(f"[start] {job.name}: {job.iters(recipe)} iterations")
-                    finish(job, run_job(job, ctx, on_step=lambda _step: bar.update(1)))
+                    finish(job, run_job(job, ctx, on_step=_bar_advancer(bar)))
             finally:
                 torch.set_num_threads(previous)
             return done
