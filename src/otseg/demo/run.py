@@ -9,8 +9,9 @@ unseen classes' names replaced by made-up words), print the table, and write `re
 The six training runs are independent jobs (a transductive run waits for its inductive checkpoint) and run in
 parallel worker processes, one thread each by default: models this small keep one core busy with one thread,
 while two threads on one model mostly wait for each other. The results do not depend on the schedule. Each finished
-job's results are kept in its folder (`otseg.demo.job_results`), so an interrupted demo run again into the same
-folder trains only what had not finished.
+job's results are kept in its folder (`otseg.demo.job_results`), and each run keeps a checkpoint at every held-out
+evaluation, so an interrupted demo run again into the same folder reads back the finished jobs and resumes the
+others (`train_demo_model`), with the same results as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -848,8 +849,9 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default="runs/demo",
-        help="output folder (default: runs/demo); run again into the same folder after an interruption, the "
-        "training runs that finished there with the same settings are read back, not trained again",
+        help="output folder (default: runs/demo); run again into the same folder after an interruption: the "
+        "training runs that finished there with the same settings are read back, and those cut short go on from "
+        "their last checkpoint",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of every training run (default: 0)")
     p.add_argument(
