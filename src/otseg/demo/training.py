@@ -47,6 +47,11 @@ def demo_holdout_set(cfg: DemoSettings, root: Path, cache_bytes: int = SPLIT_CAC
     return build_custom(root, "holdout", TestTransform(data_cfg), cache_bytes=cache_bytes)
 
 
+# The trainer's own files in a demo run's folder are small (config.json, a few hundred metrics records); a larger
+# one is not from a demo run and is not read.
+_MAX_LOG_BYTES = 16 * 2**20
+
+
 def _same_run_config(work: Path, expected: dict[str, Any]) -> bool:
     """Whether `work/config.json` (written by the trainer) is the config of the run about to start."""
     path = work / "config.json"
@@ -56,11 +61,6 @@ def _same_run_config(work: Path, expected: dict[str, Any]) -> bool:
         return bool(json.loads(path.read_text(encoding="utf-8")) == json.loads(json.dumps(expected)))
     except (OSError, ValueError):
         return False
-
-
-# The trainer's own files in a demo run's folder are small (config.json, a few hundred metrics records); a larger
-# one is not from a demo run and is not read.
-_MAX_LOG_BYTES = 16 * 2**20
 
 
 def logged_evaluations(work: Path) -> dict[int, dict[str, float]]:
