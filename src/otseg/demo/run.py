@@ -267,6 +267,19 @@ def _control_embeddings(model: Any, seed: int) -> torch.Tensor:
     return model.class_embeddings.clone()
 
 
+def _job_folder(job: DemoJob, ctx: JobContext) -> Path:
+    """A job's training folder (checkpoints, the trainer's log, its `result.json`)."""
+    return ctx.out / "runs" / job.name
+
+
+def _start_checkpoint(job: DemoJob, ctx: JobContext) -> Path | None:
+    """The checkpoint a transductive job starts from (its inductive job's at half schedule); None for the others."""
+    base = job.depends_on
+    if base is None:
+        return None
+    return _job_folder(base, ctx) / f"iter_{transductive_init_step(ctx.settings.recipe, base.arch)}.pt"
+
+
 def run_job(
     job: DemoJob,
     ctx: JobContext,
@@ -279,11 +292,8 @@ def run_job(
     cfg = ctx.settings
     train_set, val_set = demo_datasets(cfg, ctx.world_root)
     holdout_set = demo_holdout_set(cfg, ctx.world_root)
-    init_from = None
-    if job.depends_on is not None:
-        init_from = str(
-            ctx.out / "runs" / job.depends_on.name / f"iter_{transductive_init_step(cfg.recipe, job.arch)}.pt"
-        )
+    start = _start_checkpoint(job, ctx)
+    init_from = None if start is None else str(start)
     step = [0]
     curve: list[tuple[int, float]] = []
 
@@ -298,7 +308,7 @@ def run_job(
         return {"holdout_miou_seen": value}
 
     resumed_at: list[int] = []
-    work = ctx.out / "runs" / job.name
+    work = _job_folder(job, ctx)
     t0 = time.perf_counter()
     model = train_demo_model(
         cfg, job.methods[-1], job.setting, read_clip_state_dict(ctx.clip_file), train_set, work, init_from,
@@ -420,10 +430,6 @@ def _bar_advancer(bar: Any) -> Callable[[int], None]:
     return advance
 
 
-def _job_folder(job: DemoJob, ctx: JobContext) -> Path:
-    return ctx.out / "runs" / job.name
-
-
 def _job_key(job: DemoJob, ctx: JobContext) -> dict[str, Any]:
     """What determines a job's results: the job, the world (and its generator), the tiny CLIP's recipe, the
     training recipe and the test images drawn as panels."""
@@ -450,10 +456,9 @@ def _finished_jobs(jobs: list[DemoJob], ctx: JobContext) -> dict[str, dict[str, 
         if result is not None:
             finished[job.name] = result
     for job in jobs:
-        base = job.depends_on
-        if base is None or job.name in finished or base.name not in finished:
+        base, start = job.depends_on, _start_checkpoint(job, ctx)
+        if base is None or start is None or job.name in finished or base.name not in finished:
             continue
-        start = _job_folder(base, ctx) / f"iter_{transductive_init_step(ctx.settings.recipe, base.arch)}.pt"
         if not start.is_file():
             del finished[base.name]
     return finished
