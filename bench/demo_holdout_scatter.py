@@ -1,0 +1,143 @@
+"""Is the held-out curve's scatter the split's or the model's? (`docs/demo.md`, "Reading the convergence test".)
+
+Trains one demo run (seed 0, one thread; OTSeg inductive at the fast length by default) and scores every checkpoint
+it evaluates on a held-out split ten times the demo's: 2,000 images of seen classes, in ten blocks of 200. The first
+block is the demo's own held-out split (the world seeds each image by its index, so a larger split only adds
+images). If the evaluation-to-evaluation changes came from which 200 images happen to be scored, the mean over the
+ten blocks would move about three times less than one block; if they are the model's, it moves as much.
+
+The OTSeg model is scored on its decoder path (plain OTSeg); the demo's own curve for this model (the job's last
+method) scores it as OTSeg+, which does not change its training.
+
+Prints, over the second half of the evaluations: the standard deviation of the change from one evaluation to the
+next, on the demo's 200 images and on the mean of the 2,000; the blocks' spread at one checkpoint (the sampling error
+of one 200-image split); and how often a perfectly level curve with that scatter would pass the issue's test. Appends
+a JSON line to `bench/results/demo_holdout_scatter.jsonl`.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --arch zegclip --iters 3200
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Subset
+
+from otseg.demo.presets import DemoSettings
+from otseg.demo.run import unbiased_metrics
+from otseg.demo.tiny_clip import tiny_clip_path
+from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
+from otseg.demo.world import GENERATOR_VERSION, world_dir
+from otseg.formats.openai_clip import read_clip_state_dict
+
+RESULTS = Path(__file__).parent / "results" / "demo_holdout_scatter.jsonl"
+BLOCK = 200  # the demo's held-out split size
+BLOCKS = 10
+
+
+def level_curve_pass_probability(sd: float, others: int, threshold: float = 1.0, steps: int = 4000) -> float:
+    """Probability that a level curve passes the convergence test when its evaluations scatter independently with
+    standard deviation `sd`: every one of the `others` evaluations in the last 20 % lies within `threshold` of the
+    last one. Integrates over the last evaluation z ~ N(0, sd^2): P = E_z[(Phi((z + t)/sd) - Phi((z - t)/sd))^others].
+    """
+
+    def cdf(x: float) -> float:
+        return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+    lo, hi = -8.0 * sd, 8.0 * sd
+    dz = (hi - lo) / steps
+    total = 0.0
+    for i in range(steps):
+        z = lo + (i + 0.5) * dz
+        density = math.exp(-0.5 * (z / sd) ** 2) / (sd * math.sqrt(2.0 * math.pi))
+        inside = cdf((z + threshold) / sd) - cdf((z - threshold) / sd)
+        total += density * inside**others * dz
+    return total
+
+
+def _step_changes(values: list[float]) -> list[float]:
+    half = len(values) // 2
+    return [values[i + 1] - values[i] for i in range(half, len(values) - 1)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=("zegclip", "otseg"), default="otseg", help="the trained architecture")
+    p.add_argument("--iters", type=int, default=None, help="the architecture's schedule (default: the recipe's)")
+    p.add_argument("--eval-points", type=int, default=20, help="held-out evaluations during the run (default 20)")
+    p.add_argument("--results", type=Path, default=RESULTS, help=f"the JSON-lines file to append to ({RESULTS})")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    cfg = DemoSettings.full(0)
+    length_field = "baseline_iters" if args.arch == "zegclip" else "iters"
+    iters = args.iters if args.iters is not None else getattr(cfg.recipe, length_field)
+    recipe = dataclasses.replace(cfg.recipe, **{length_field: iters, "eval_points": args.eval_points})
+    cfg = dataclasses.replace(cfg, recipe=recipe)
+    large = dataclasses.replace(cfg, world=dataclasses.replace(cfg.world, num_holdout=BLOCK * BLOCKS))
+    train_set, _ = demo_datasets(cfg, world_dir(cfg.world))
+    holdout = demo_holdout_set(large, world_dir(large.world))
+    blocks = [Subset(holdout, range(start, start + BLOCK)) for start in range(0, BLOCK * BLOCKS, BLOCK)]
+    per_checkpoint: list[list[float]] = []
+
+    def evaluate(model: Any) -> dict[str, Any]:
+        scores = [float(unbiased_metrics(model, block)["miou_seen"] or 0.0) for block in blocks]
+        per_checkpoint.append(scores)
+        return {"holdout_miou_seen": scores[0]}
+
+    state = read_clip_state_dict(tiny_clip_path(cfg.world, cfg.clip))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        train_demo_model(cfg, args.arch, "inductive", state, train_set, Path(out) / "w", progress=False,
+                         evaluate=evaluate)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    demo_split = [scores[0] for scores in per_checkpoint]
+    large_split = [statistics.fmean(scores) for scores in per_checkpoint]
+    sd_demo = statistics.pstdev(_step_changes(demo_split))
+    sd_large = statistics.pstdev(_step_changes(large_split))
+    block_sd = statistics.fmean(statistics.stdev(scores) for scores in per_checkpoint)
+    # One evaluation's own scatter, from the changes between consecutive ones (a change has twice its variance).
+    evaluation_sd = sd_demo / math.sqrt(2.0)
+    passes = {n: level_curve_pass_probability(evaluation_sd, n) for n in (2, 4)}
+    print(f"{args.arch} inductive, {iters} iterations, {args.eval_points} evaluations; {seconds:.0f} s")
+    print("held-out seen mIoU, the demo's 200 images:", ", ".join(f"{v:.1f}" for v in demo_split))
+    print("held-out seen mIoU, mean of 2,000 images: ", ", ".join(f"{v:.1f}" for v in large_split))
+    print(
+        f"change from one evaluation to the next (second half), sd: 200 images {sd_demo:.2f}, 2,000 images "
+        f"{sd_large:.2f} (sampling alone would make the second {1 / math.sqrt(BLOCKS):.2f}x the first)"
+    )
+    print(f"sampling error of one 200-image split (sd of the ten blocks at one checkpoint, averaged): {block_sd:.2f}")
+    print(
+        f"a level curve whose evaluations scatter by sd {evaluation_sd:.2f} passes the test (< 1 point over the last "
+        f"20 %) with probability {passes[2]:.2f} at 10 evaluations, {passes[4]:.2f} at 20"
+    )
+    line = {
+        "world_version": GENERATOR_VERSION,
+        "arch": args.arch,
+        "setting": "inductive",
+        "iters": iters,
+        "eval_points": args.eval_points,
+        "demo_split": [round(v, 2) for v in demo_split],
+        "large_split_mean": [round(v, 2) for v in large_split],
+        "change_sd_demo_split": round(sd_demo, 3),
+        "change_sd_large_split": round(sd_large, 3),
+        "block_sd": round(block_sd, 3),
+        "level_curve_pass_probability": {str(n): round(v, 4) for n, v in passes.items()},
+        "seconds": round(seconds, 1),
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    with args.results.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+if __name__ == "__main__":
+    main()
