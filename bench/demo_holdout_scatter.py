@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from otseg.demo.curves import step_change_sd
 from otseg.demo.presets import DemoSettings
 from otseg.demo.run import unbiased_metrics
 from otseg.demo.tiny_clip import tiny_clip_path
@@ -54,6 +55,8 @@ def level_curve_pass_probability(sd: float, others: int, threshold: float = 1.0,
     def cdf(x: float) -> float:
         return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
 
+    if sd == 0.0:
+        return 1.0  # no scatter: every evaluation equals the last
     lo, hi = -8.0 * sd, 8.0 * sd
     dz = (hi - lo) / steps
     total = 0.0
@@ -65,11 +68,6 @@ def level_curve_pass_probability(sd: float, others: int, threshold: float = 1.0,
     return total
 
 
-def _step_changes(values: list[float]) -> list[float]:
-    half = len(values) // 2
-    return [values[i + 1] - values[i] for i in range(half, len(values) - 1)]
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=("zegclip", "otseg"), default="otseg", help="the trained architecture")
@@ -77,6 +75,8 @@ def main() -> None:
     p.add_argument("--eval-points", type=int, default=20, help="held-out evaluations during the run (default 20)")
     p.add_argument("--results", type=Path, default=RESULTS, help=f"the JSON-lines file to append to ({RESULTS})")
     args = p.parse_args()
+    if args.eval_points < 5:
+        p.error(f"--eval-points {args.eval_points}: at least 5, so that the second half holds two changes")
     torch.set_num_threads(1)
     cfg = DemoSettings.full(0)
     length_field = "baseline_iters" if args.arch == "zegclip" else "iters"
@@ -102,8 +102,9 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     demo_split = [scores[0] for scores in per_checkpoint]
     large_split = [statistics.fmean(scores) for scores in per_checkpoint]
-    sd_demo = statistics.pstdev(_step_changes(demo_split))
-    sd_large = statistics.pstdev(_step_changes(large_split))
+    sd_demo = step_change_sd(demo_split)
+    sd_large = step_change_sd(large_split)
+    assert sd_demo is not None and sd_large is not None  # --eval-points >= 5
     block_sd = statistics.fmean(statistics.stdev(scores) for scores in per_checkpoint)
     # One evaluation's own scatter, from the changes between consecutive ones (a change has twice its variance).
     evaluation_sd = sd_demo / math.sqrt(2.0)

@@ -23,7 +23,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 import torch
 
-from otseg.demo.curves import last_fraction_change, trend_change
+from otseg.demo.curves import last_fraction_change, step_change_sd, trend_change
 from otseg.demo.presets import DemoSettings
 from otseg.demo.run import holdout_seen_miou
 from otseg.demo.tiny_clip import tiny_clip_path
@@ -69,13 +68,8 @@ class WeightAverages:
         return twin
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
-
-
-def _change_sd(values: list[float]) -> float:
-    half = len(values) // 2
-    return statistics.pstdev([values[i + 1] - values[i] for i in range(half, len(values) - 1)])
+def _rounded(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def main() -> None:
@@ -127,7 +121,7 @@ def main() -> None:
             "change_last_20": _rounded(last_fraction_change(curve)),
             "trend": None if trend is None else round(trend[0], 3),
             "scatter": None if trend is None else round(trend[1], 3),
-            "change_sd_second_half": round(_change_sd(values), 3),
+            "change_sd_second_half": _rounded(step_change_sd(values), 3),
         }
         s = summary[name]
         print(f"{name}: " + ", ".join(f"{v:.1f}" for v in values))

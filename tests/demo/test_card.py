@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from otseg.demo.card import linear_probe_miou, prompt_geometry, training_free_metrics
-from otseg.demo.curves import last_fraction_change, plot_curves, trend_change, value_range
+from otseg.demo.curves import last_fraction_change, plot_curves, step_change_sd, trend_change, value_range
 from otseg.demo.run import aggregate_rows, format_table
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids
 
@@ -120,6 +120,14 @@ def test_trend_change_separates_a_rising_curve_from_scatter():
     # The fit uses the last 40 % by default; fewer than three points there give None.
     assert trend_change(line[-2:]) is None and trend_change([]) is None
     assert trend_change(line, fraction=0.5)[0] == pytest.approx(5.0)
+
+
+def test_step_change_sd_reads_the_second_half_only():
+    # Second half of 8 values: 10, 12, 10, 13; changes +2, -2, +3 (mean 1); the first half's big jump is left out.
+    values = [0.0, 50.0, 0.0, 50.0, 10.0, 12.0, 10.0, 13.0]
+    assert step_change_sd(values) == pytest.approx(((1**2 + 3**2 + 2**2) / 3) ** 0.5)
+    assert step_change_sd([5.0, 6.0, 7.0, 8.0, 9.0, 10.0]) == pytest.approx(0.0)  # a straight line does not jump
+    assert step_change_sd([1.0, 2.0, 3.0, 4.0]) is None  # one change in the second half
 
 
 def test_aggregate_rows_mean_and_std():

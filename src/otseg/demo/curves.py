@@ -10,7 +10,9 @@ from PIL import Image, ImageDraw
 
 from otseg.viz import label_font
 
-__all__ = ["CONVERGED_BELOW_POINTS", "last_fraction_change", "plot_curves", "trend_change", "value_range"]
+__all__ = [
+    "CONVERGED_BELOW_POINTS", "last_fraction_change", "plot_curves", "step_change_sd", "trend_change", "value_range",
+]  # fmt: skip
 
 Curve = Sequence[tuple[int, float]]
 # The issue's convergence test: held-out seen mIoU moves by less than this over the last 20 % of training. The trend
@@ -62,6 +64,18 @@ def trend_change(curve: Curve, fraction: float = 0.2, fit_fraction: float = 0.4)
     residuals = [v - (mean_v + slope * (s - mean_s)) for s, v in points]
     scatter = (sum(r * r for r in residuals) / (n - 2)) ** 0.5
     return slope * fraction * end_step, scatter
+
+
+def step_change_sd(values: Sequence[float]) -> float | None:
+    """Standard deviation of the change from one evaluation to the next over the second half of a curve's values
+    (evaluated at even intervals): how much the curve jumps late in training. None for fewer than two changes there.
+    """
+    half = len(values) // 2
+    changes = [values[i + 1] - values[i] for i in range(half, len(values) - 1)]
+    if len(changes) < 2:
+        return None
+    mean = sum(changes) / len(changes)
+    return (sum((c - mean) ** 2 for c in changes) / len(changes)) ** 0.5
 
 
 def value_range(curves: Mapping[str, Curve]) -> tuple[int, int]:
