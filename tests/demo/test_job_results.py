@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import otseg
 import otseg.demo.job_results as job_results
 from otseg.demo.job_results import JOB_RESULT, load_job_result, save_job_result
-from otseg.demo.run import add_demo_parser
+from otseg.demo.presets import DemoSettings
+from otseg.demo.run import DemoJob, JobContext, _job_folder, _job_key, add_demo_parser
 
 KEY = {"job": "otseg-inductive", "recipe": {"iters": 4}, "panel_ids": (0, 2)}
 
@@ -61,6 +63,17 @@ def test_other_settings_or_a_bad_file_mean_train_again(tmp_path: Path, monkeypat
         assert load_job_result(tmp_path, KEY) is None
     path.write_text('{"key": ')  # cut short
     assert load_job_result(tmp_path, KEY) is None
+
+
+def test_results_kept_by_another_release_are_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = JobContext(DemoSettings.quick(), tmp_path / "world", tmp_path / "clip.safetensors", tmp_path / "out", (0, 1))
+    job = DemoJob("otseg", "fully")
+    folder = _job_folder(job, ctx)
+    folder.mkdir(parents=True)
+    save_job_result(folder, _job_key(job, ctx), _result())
+    assert load_job_result(folder, _job_key(job, ctx)) is not None
+    monkeypatch.setattr(otseg, "__version__", "0.0.1-another-release")
+    assert load_job_result(folder, _job_key(job, ctx)) is None
 
 
 def _demo(out: Path) -> int:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+import otseg
 from otseg.config import Setting
 from otseg.demo.card import world_card
 from otseg.demo.curves import CONVERGED_BELOW_POINTS, last_fraction_change, plot_curves, trend_change
@@ -431,11 +432,13 @@ def _bar_advancer(bar: Any) -> Callable[[int], None]:
 
 
 def _job_key(job: DemoJob, ctx: JobContext) -> dict[str, Any]:
-    """What determines a job's results: the job, the world (and its generator), the tiny CLIP's recipe, the
-    training recipe and the test images drawn as panels."""
+    """What determines a job's results: the job, the code (otseg's version: results kept by another release are not
+    reused), the world (and its generator), the tiny CLIP's recipe, the training recipe and the test images drawn
+    as panels."""
     cfg = ctx.settings
     return {
         "job": job.name,
+        "otseg_version": otseg.__version__,
         "world_version": GENERATOR_VERSION,
         "world": cfg.world.to_dict(),
         "clip": asdict(cfg.clip),
