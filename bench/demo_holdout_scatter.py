@@ -11,8 +11,11 @@ method) scores it as OTSeg+, which does not change its training.
 
 Prints, over the second half of the evaluations: the standard deviation of the change from one evaluation to the
 next, on the demo's 200 images and on the mean of the 2,000; the blocks' spread at one checkpoint (the sampling error
-of one 200-image split); and how often a perfectly level curve with that scatter would pass the issue's test. Appends
-a JSON line to `bench/results/demo_holdout_scatter.jsonl`.
+of one 200-image split); and how often a perfectly level curve with that scatter would pass the issue's test. Two
+checks of where the changes come from: the same 2,000 images scored over the 12 seen classes alone (do the changes
+come from seen pixels sent to unseen classes, which inductive training never scores?), and how much the seen
+classes' IoUs move together (one confusable pair trading pixels, or the whole model's features moving?). Appends a
+JSON line to `bench/results/demo_holdout_scatter.jsonl`.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --arch zegclip --iters 3200
@@ -38,12 +41,13 @@ from otseg.demo.presets import DemoSettings
 from otseg.demo.run import unbiased_metrics
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
-from otseg.demo.world import GENERATOR_VERSION, world_dir
+from otseg.demo.world import CLASS_NAMES, GENERATOR_VERSION, seen_ids, world_dir
 from otseg.formats.openai_clip import read_clip_state_dict
 
 RESULTS = Path(__file__).parent / "results" / "demo_holdout_scatter.jsonl"
 BLOCK = 200  # the demo's held-out split size
 BLOCKS = 10
+SEEN = [CLASS_NAMES[i] for i in seen_ids()]
 
 
 def level_curve_pass_probability(sd: float, others: int, threshold: float = 1.0, steps: int = 4000) -> float:
@@ -68,6 +72,22 @@ def level_curve_pass_probability(sd: float, others: int, threshold: float = 1.0,
     return total
 
 
+def classes_move_together(class_values: list[dict[str, float]]) -> float:
+    """How much the classes' IoU changes move together over the second half of the evaluations: the variance of the
+    change of their mean divided by what it would be if each class changed independently (the sum of the classes'
+    change variances over the number of classes squared). 1 for independent classes, the number of classes when
+    all change in lockstep, below 1 when they trade pixels with each other."""
+    names = list(class_values[0])
+    half = len(class_values) // 2
+
+    def changes(values: list[float]) -> list[float]:
+        return [values[i + 1] - values[i] for i in range(half, len(values) - 1)]
+
+    mean_changes = changes([statistics.fmean(v[c] for c in names) for v in class_values])
+    independent = sum(statistics.pvariance(changes([v[c] for v in class_values])) for c in names) / len(names) ** 2
+    return statistics.pvariance(mean_changes) / independent if independent > 0 else math.nan
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=("zegclip", "otseg"), default="otseg", help="the trained architecture")
@@ -88,10 +108,16 @@ def main() -> None:
     holdout = demo_holdout_set(large, world_dir(large.world))
     blocks = [Subset(holdout, range(start, start + BLOCK)) for start in range(0, BLOCK * BLOCKS, BLOCK)]
     per_checkpoint: list[list[float]] = []
+    seen_only_mean: list[float] = []  # the 2,000 images scored over the 12 seen classes alone
+    class_means: list[dict[str, float]] = []  # each seen class's IoU, the mean over the ten blocks
 
     def evaluate(model: Any) -> dict[str, Any]:
-        scores = [float(unbiased_metrics(model, block)["miou_seen"] or 0.0) for block in blocks]
+        metrics = [unbiased_metrics(model, block) for block in blocks]
+        scores = [float(m["miou_seen"] or 0.0) for m in metrics]
         per_checkpoint.append(scores)
+        seen_only = [float(unbiased_metrics(model, b, seen_only=True)["miou_seen"] or 0.0) for b in blocks]
+        seen_only_mean.append(statistics.fmean(seen_only))
+        class_means.append({c: statistics.fmean(float(m["per_class_iou"][c] or 0.0) for m in metrics) for c in SEEN})
         return {"holdout_miou_seen": scores[0]}
 
     state = read_clip_state_dict(tiny_clip_path(cfg.world, cfg.clip))
@@ -106,6 +132,8 @@ def main() -> None:
     sd_large = step_change_sd(large_split)
     assert sd_demo is not None and sd_large is not None  # --eval-points >= 5
     block_sd = statistics.fmean(statistics.stdev(scores) for scores in per_checkpoint)
+    sd_seen_only = step_change_sd(seen_only_mean)
+    together = classes_move_together(class_means)
     # One evaluation's own scatter, from the changes between consecutive ones (a change has twice its variance).
     evaluation_sd = sd_demo / math.sqrt(2.0)
     passes = {n: level_curve_pass_probability(evaluation_sd, n) for n in (2, 4)}
@@ -117,6 +145,14 @@ def main() -> None:
         f"{sd_large:.2f} (sampling alone would make the second {1 / math.sqrt(BLOCKS):.2f}x the first)"
     )
     print(f"sampling error of one 200-image split (sd of the ten blocks at one checkpoint, averaged): {block_sd:.2f}")
+    print(
+        f"scored over the 12 seen classes alone (unseen classes never predicted), 2,000 images: change sd "
+        f"{sd_seen_only:.2f}"
+    )
+    print(
+        f"the seen classes' IoU changes move together: the variance of the mean's change is {together:.2f}x what "
+        f"independent classes would give (1 independent, {len(SEEN)} in lockstep)"
+    )
     print(
         f"a level curve whose evaluations scatter by sd {evaluation_sd:.2f} passes the test (< 1 point over the last "
         f"20 %) with probability {passes[2]:.2f} at 10 evaluations, {passes[4]:.2f} at 20"
@@ -132,6 +168,9 @@ def main() -> None:
         "change_sd_demo_split": round(sd_demo, 3),
         "change_sd_large_split": round(sd_large, 3),
         "block_sd": round(block_sd, 3),
+        "large_split_seen_only_mean": [round(v, 2) for v in seen_only_mean],
+        "change_sd_large_split_seen_only": round(sd_seen_only, 3) if sd_seen_only is not None else None,
+        "classes_move_together": round(together, 3) if math.isfinite(together) else None,
         "level_curve_pass_probability": {str(n): round(v, 4) for n, v in passes.items()},
         "seconds": round(seconds, 1),
     }

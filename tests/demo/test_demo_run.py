@@ -184,6 +184,12 @@ def test_demo_model_pack_round_trip(tmp_path):
     model.head.cfg.seen_bias = 0.0
     regular = evaluate(model, val_set, progress=False)
     assert fast["per_class_iou"] == regular["per_class_iou"]
+    # Scored over the seen classes alone, no pixel goes to an unseen class.
+    from otseg.demo.world import CLASS_NAMES, unseen_ids
+
+    seen_only = unbiased_metrics(model, val_set, batch_size=4, seen_only=True)
+    assert any(regular["per_class_acc"][CLASS_NAMES[i]] for i in unseen_ids())  # the model does predict unseen ones
+    assert all(seen_only["per_class_iou"][CLASS_NAMES[i]] in (0.0, None) for i in unseen_ids())
 
 
 def test_shipped_demo_model_matches_the_default_recipe():

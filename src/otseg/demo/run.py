@@ -353,13 +353,15 @@ def run_job(
 
 
 @torch.no_grad()
-def unbiased_metrics(model: Any, dataset: Any, batch_size: int = 50) -> dict[str, Any]:
+def unbiased_metrics(model: Any, dataset: Any, batch_size: int = 50, seen_only: bool = False) -> dict[str, Any]:
     """`compute_metrics` of `model` on `dataset` without the seen-class bias, the world's 12/4 split.
 
     The images are scored in batches (the world's images are all one crop in size, so each is one window of the
     regular slide inference); a class absent from both the ground truth and the predictions is left out, as in
-    `evaluate`. The model's mode and bias are restored afterwards.
+    `evaluate`. The model's mode and bias are restored afterwards. `seen_only`: each pixel goes to the best of the
+    12 seen classes, the classes inductive training scores (a diagnostic of the held-out curve, bench/).
     """
+    unseen = torch.tensor(unseen_ids())
     was_training = model.training
     bias = model.head.cfg.seen_bias
     model.eval()
@@ -372,6 +374,8 @@ def unbiased_metrics(model: Any, dataset: Any, batch_size: int = 50) -> dict[str
             labels = torch.stack([s["label"] for s in samples])
             if scores.shape[-2:] != labels.shape[-2:]:
                 scores = F.interpolate(scores, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
+            if seen_only:
+                scores[:, unseen] = -math.inf
             cm.update(scores.argmax(1), labels)
     finally:
         model.head.cfg.seen_bias = bias
