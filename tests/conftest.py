@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -9,6 +10,10 @@ from typing import Any
 
 import pytest
 import torch
+
+from otseg.clip.text import TextEncoder
+from otseg.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
+from otseg.model.segmentor import OTSeg
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = Path(os.environ.get("OTSEG_GOLDEN", REPO.parent / "shared" / "golden"))
@@ -80,7 +85,6 @@ def load_golden(name: str) -> dict:
 
 def golden_segmentor_config(setting: str = "inductive"):
     """The architecture, classes and slide settings of the golden tiny segmentor (`segmentor.pt`), dropout off."""
-    from otseg.config import HeadConfig, ModelConfig, VisionConfig
 
     ref = load_golden("segmentor.pt")["config"]["inductive"]
     b, h, test = ref["backbone"], ref["decode_head"], ref["test_cfg"]
@@ -113,11 +117,6 @@ def make_tiny_model(seed: int = 0, with_text: bool = True, setting: str = "induc
     """A random-weight OTSeg of the golden tiny architecture (fast), with a random tiny CLIP text tower so that
     `set_classes` works, and its configured classes set. Predictions are meaningless; shapes and plumbing are real.
     """
-    import dataclasses
-
-    from otseg.clip.text import TextEncoder
-    from otseg.config import TextConfig
-    from otseg.model.segmentor import OTSeg
 
     base = golden_segmentor_config(setting)
     cfg = dataclasses.replace(

@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+import otseg
 from conftest import golden_file, load_golden, tiny_set_args
-from otseg.cli import main
+from otseg.cli import build_parser, main
+from otseg.demo.run import cmd_demo
 
 
 def test_presets_lists_and_describes(capsys):
@@ -43,15 +45,12 @@ def test_bad_input_is_one_line_and_exit_2(capsys):
 
 def test_demo_is_the_miniature_benchmark(capsys):
     # The end-to-end run itself is tests/demo/test_demo_run.py; here: `otseg demo` is wired to it.
-    from otseg.cli import build_parser
-    from otseg.demo.run import cmd_demo
 
     args = build_parser().parse_args(["demo", "--out", "x", "--quick", "--seed", "3"])
     assert args.func is cmd_demo and args.quick and args.seed == 3 and args.out == "x"
 
 
 def test_convert_reference_checkpoint_to_our_format(tmp_path, capsys):
-    import otseg
 
     seg, backbone = load_golden("segmentor.pt"), load_golden("backbone.pt")
     ref_sd = {**{"backbone." + k: v for k, v in backbone["state_dict"].items()}, **seg["state_dict"]}

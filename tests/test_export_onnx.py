@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import golden_file, golden_segmentor_config, load_golden
-from otseg import OTSeg
+from otseg import OTSeg, Predictor, export
 from otseg.config import ModelConfig
 from otseg.export import (
     add_export_parser,
@@ -23,10 +24,12 @@ from otseg.export import (
     export_onnx,
     normalise_image,
     onnx_metadata,
+    onnx_segment_image,
     onnx_slide_inference,
 )
 from otseg.formats.otseg_folder import save_pretrained
 from otseg.formats.reference_pth import convert_reference_state_dict
+from otseg.model.build import load_clip_into
 from otseg.ops.sinkhorn import sinkhorn_overrides
 
 ort = pytest.importorskip("onnxruntime")
@@ -154,10 +157,6 @@ def test_onnx_slide_inference_matches_pytorch(exported) -> None:
 
 
 def test_onnx_segment_image_from_a_file_matches_the_predictor(exported, tmp_path: Path) -> None:
-    from PIL import Image
-
-    from otseg import Predictor
-    from otseg.export import onnx_segment_image
 
     model, _, session = exported
     rng = np.random.default_rng(0)
@@ -212,7 +211,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_export_with_new_classes_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from otseg.model.build import load_clip_into
 
     model = golden_model()
     load_clip_into(model, golden_file("openai_clip_jit.pt"), text_heads=4)  # the tiny CLIP's text tower
@@ -261,8 +259,6 @@ def test_cli_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cli_model_demo_uses_the_predictor(monkeypatch: pytest.MonkeyPatch) -> None:
-    from otseg import export
-    from otseg.predictor import Predictor
 
     model = golden_model()
     seen: list[str] = []

@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +33,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_tiny_model
+from otseg import cli, web
+from otseg.formats.otseg_folder import save_pretrained
 from otseg.predictor import Predictor
-from otseg.web import ELEM_IDS, INSTALL_HINT, add_serve_parser, cmd_serve
+from otseg.web import ELEM_IDS, INSTALL_HINT, add_serve_parser, build_app, cmd_serve, launch, make_segment_fn
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before anything imports gradio
 
@@ -115,7 +123,6 @@ def outbound() -> Iterator[list[str]]:
 @pytest.fixture(scope="module")
 def server(gr: Any, outbound: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Predictor]]:
     """The page for a tiny random-weight model, served in this process on a free port; closed at the end."""
-    from otseg.web import build_app, launch
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OTSEG_CACHE_DIR", str(tmp_path_factory.mktemp("otseg-cache")))
@@ -228,7 +235,6 @@ def test_serve_without_gradio_says_how_to_install(monkeypatch: pytest.MonkeyPatc
 
 
 def test_cli_serve_without_gradio_is_one_line_error(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
-    from otseg import cli
 
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     if "serve" not in sub.choices:
@@ -254,14 +260,6 @@ sys.exit(args.func(args))
 
 def test_serve_command_serves_the_page_until_interrupted(gr: Any, tmp_path: Path) -> None:
     """`otseg serve --checkpoint FOLDER --port P` in its own process: the page answers, Ctrl+C stops it cleanly."""
-    import json
-    import signal
-    import subprocess
-    import threading
-    import time
-    import urllib.request
-
-    from otseg.formats.otseg_folder import save_pretrained
 
     save_pretrained(make_tiny_model(), tmp_path / "model")
     port = _free_port()
@@ -300,7 +298,6 @@ def test_serve_command_serves_the_page_until_interrupted(gr: Any, tmp_path: Path
 
 # ------------------------------------------------------------------------------------------------ in-process
 def test_build_app_makes_the_page_without_serving(gr: Any) -> None:
-    from otseg.web import build_app
 
     predictor = Predictor(make_tiny_model())
     app = build_app(predictor)
@@ -314,7 +311,6 @@ def test_build_app_makes_the_page_without_serving(gr: Any) -> None:
 
 
 def test_segment_function_result_and_messages(gr: Any, tmp_path: Path) -> None:
-    from otseg.web import make_segment_fn
 
     predictor = Predictor(make_tiny_model())
     segment = make_segment_fn(predictor)
@@ -344,8 +340,6 @@ def test_segment_function_result_and_messages(gr: Any, tmp_path: Path) -> None:
 def test_unreadable_upload_is_a_page_message(gr: Any, tmp_path: Path) -> None:
     """gradio opens uploads itself before our function runs; the page's image input turns failures into messages."""
     from gradio.data_classes import FileData
-
-    from otseg import web
 
     app = web.build_app(Predictor(make_tiny_model()))
     image_input = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == ELEM_IDS["image"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from otseg.demo.card import linear_probe_miou, prompt_geometry, training_free_metrics
 from otseg.demo.curves import last_fraction_change, plot_curves, step_change_sd, trend_change, value_range
@@ -89,7 +90,6 @@ def test_last_fraction_change_and_plot(tmp_path):
     assert last_fraction_change(curve, fraction=0.5) == pytest.approx(5.0)  # from 250 on: 40, 44.5 and 45
     assert last_fraction_change([(10, 1.0)]) is None
     png = plot_curves({"a": curve, "b": [(s, v / 2) for s, v in curve]}, tmp_path / "c.png")
-    from PIL import Image
 
     with Image.open(png) as im:
         assert im.size == (760, 420)

@@ -3,16 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
+from otseg import Predictor
 from otseg.clip.loading import infer_clip_configs
-from otseg.demo.run import add_demo_parser, cmd_demo
-from otseg.demo.world import CLASS_NAMES
+from otseg.demo.presets import SCHEDULES, DemoRecipe, DemoSettings, demo_train_config, transductive_init_step
+from otseg.demo.pretrained import (
+    SHIPPED_MODEL,
+    _model_tensors,
+    _pack_metadata,
+    _train,
+    demo_model_dir,
+    demo_model_key,
+    pack_demo_model,
+    unpack_demo_model,
+)
+from otseg.demo.run import add_demo_parser, cmd_demo, unbiased_metrics
+from otseg.demo.tiny_clip import SHIPPED_PACK, tiny_clip_path
+from otseg.demo.tiny_clip import _pack_metadata as clip_pack_metadata
+from otseg.demo.training import demo_datasets
+from otseg.demo.world import CLASS_NAMES, unseen_ids, world_dir
+from otseg.eval.evaluate import evaluate
 from otseg.formats.openai_clip import read_clip_state_dict
 
 METHODS = {"zegclip", "otseg", "otseg+"}
@@ -107,11 +126,6 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
 
 def test_demo_model_for_the_predictor(tmp_path, capsys):
     """The "demo" model: built on first use (here at quick sizes), then cached; a Predictor segments with it."""
-    import numpy as np
-
-    from otseg import Predictor
-    from otseg.demo.presets import DemoSettings
-    from otseg.demo.pretrained import demo_model_dir
 
     settings = DemoSettings.quick(seed=2)
     path = demo_model_dir(settings=settings, cache=tmp_path, progress=False)
@@ -144,12 +158,6 @@ def test_demo_model_for_the_predictor(tmp_path, capsys):
 def test_demo_model_pack_round_trip(tmp_path):
     """The shipped form of the demo model: only what training changed is stored, the frozen towers come from the
     tiny CLIP, and unpacking rebuilds every tensor bit for bit (a damaged pack is refused)."""
-    from safetensors.torch import save_file
-
-    from otseg.demo.presets import DemoSettings
-    from otseg.demo.pretrained import _model_tensors, _train, pack_demo_model, unpack_demo_model
-    from otseg.demo.tiny_clip import tiny_clip_path
-    from otseg.formats.openai_clip import read_clip_state_dict
 
     settings = DemoSettings.quick(seed=3)
     clip_state = read_clip_state_dict(tiny_clip_path(settings.world, settings.clip, cache=tmp_path, progress=False))
@@ -173,10 +181,6 @@ def test_demo_model_pack_round_trip(tmp_path):
         unpack_demo_model(tmp_path / "damaged.safetensors", clip_state)
 
     # The batched, bias-free scoring of the curves and bias-0 rows equals the regular evaluator at bias 0.
-    from otseg.demo.run import unbiased_metrics
-    from otseg.demo.training import demo_datasets
-    from otseg.demo.world import world_dir
-    from otseg.eval.evaluate import evaluate
 
     _, val_set = demo_datasets(settings, world_dir(settings.world, tmp_path))
     fast = unbiased_metrics(model, val_set, batch_size=4)
@@ -185,7 +189,6 @@ def test_demo_model_pack_round_trip(tmp_path):
     regular = evaluate(model, val_set, progress=False)
     assert fast["per_class_iou"] == regular["per_class_iou"]
     # Scored over the seen classes alone, no pixel goes to an unseen class.
-    from otseg.demo.world import CLASS_NAMES, unseen_ids
 
     seen_only = unbiased_metrics(model, val_set, batch_size=4, seen_only=True)
     assert any(regular["per_class_acc"][CLASS_NAMES[i]] for i in unseen_ids())  # the model does predict unseen ones
@@ -194,8 +197,6 @@ def test_demo_model_pack_round_trip(tmp_path):
 
 def test_shipped_demo_model_matches_the_default_recipe():
     """The package ships the demo model for the default recipe (so "demo" loads in seconds, with no training)."""
-    from otseg.demo.presets import DemoSettings
-    from otseg.demo.pretrained import SHIPPED_MODEL, _pack_metadata, demo_model_key
 
     assert SHIPPED_MODEL.is_file()
     assert _pack_metadata(SHIPPED_MODEL)["key"] == demo_model_key(DemoSettings.full(0))
@@ -203,10 +204,8 @@ def test_shipped_demo_model_matches_the_default_recipe():
 
 def test_every_seed_uses_the_shipped_tiny_clip():
     """--seed varies the world and the runs, never the CLIP: every seed's settings name the shipped pack's recipe."""
-    from otseg.demo.presets import DemoSettings
-    from otseg.demo.tiny_clip import SHIPPED_PACK, _pack_metadata
 
-    shipped = _pack_metadata(SHIPPED_PACK)["key"]
+    shipped = clip_pack_metadata(SHIPPED_PACK)["key"]
     for seed in (0, 1, 7):
         settings = DemoSettings.full(seed)
         assert settings.world.seed == seed
@@ -216,10 +215,6 @@ def test_every_seed_uses_the_shipped_tiny_clip():
 def test_each_method_trains_its_own_schedule_and_the_demo_model_ignores_the_baselines():
     """The baseline runs `baseline_iters` (transductive half, from its own half-schedule checkpoint), OTSeg `iters`;
     the demo model (an OTSeg run) is keyed on OTSeg's recipe only, so the shipped pack survives a baseline change."""
-    import dataclasses
-
-    from otseg.demo.presets import DemoRecipe, DemoSettings, demo_train_config, transductive_init_step
-    from otseg.demo.pretrained import demo_model_key
 
     recipe = DemoRecipe(iters=100, baseline_iters=300)
     assert demo_train_config("otseg", "inductive", recipe).max_iters == 100
@@ -237,10 +232,6 @@ def test_each_method_trains_its_own_schedule_and_the_demo_model_ignores_the_base
 def test_the_long_schedules_change_only_the_training_lengths(capsys):
     """--schedule long / longer lengthen both architectures' runs (x2, x4) and nothing else; the shipped demo model
     stays the fast schedule's; an unknown schedule is refused by the command line in one line."""
-    import dataclasses
-
-    from otseg.demo.presets import SCHEDULES, DemoRecipe, DemoSettings
-    from otseg.demo.pretrained import demo_model_key
 
     assert SCHEDULES == ("fast", "long", "longer")
     fast = DemoRecipe.for_schedule("fast")

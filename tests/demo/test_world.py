@@ -24,6 +24,7 @@ from otseg.demo.world import (
     WorldConfig,
     generate_world,
     iter_split,
+    object_phrase,
     seen_ids,
     unseen_ids,
     world_dir,
@@ -157,7 +158,6 @@ def test_no_unseen_pixels_reach_the_inductive_loss(world, monkeypatch):
 def test_captions_give_the_template_words_their_visual_meaning():
     """ "portrait" is a close-up, "segment" under half visible, "part" 50-80 % visible, size words whole objects by
     size; the held-out split has seen classes only."""
-    from otseg.demo.world import object_phrase, seen_ids
 
     seen_words: set[str] = set()
     rng = np.random.default_rng(0)

@@ -562,9 +562,6 @@ def test_text_head_count_survives_the_round_trip(tmp_path):
 
 
 def test_load_pretrained_applies_inference_overrides(tmp_path):
-    import otseg
-    from otseg.formats.otseg_folder import load_pretrained, save_pretrained
-
     model = otseg.build_model(
         "voc12-inductive", vision__width=64, vision__layers=2, vision__heads=1, vision__image_size=32,
         vision__output_dim=32, vision__deep_prompt_layers=1, head__embed_dim=32, head__ffn_dim=64,

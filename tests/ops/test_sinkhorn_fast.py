@@ -4,6 +4,7 @@ FLOP counters of `otseg bench` (otseg.benchmark)."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import math
 
@@ -13,6 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import load_golden
+from otseg.benchmark import add_bench_parser, efficiency_table, format_table, full_macs, mmcv_style_macs
+from otseg.config import HeadConfig
+from otseg.formats.reference_pth import map_reference_key
+from otseg.model.head import OTSegHead
 from otseg.ops import record_sinkhorn_calls, sinkhorn, sinkhorn_potentials
 from otseg.ops.sinkhorn import _implicit_backward, sinkhorn_overrides
 
@@ -237,9 +242,6 @@ def test_bad_arguments_are_clear_errors():
 
 # ------------------------------------------------------------------------------------------------ the model path
 def _golden_head():
-    from otseg.config import HeadConfig
-    from otseg.formats.reference_pth import map_reference_key
-    from otseg.model.head import OTSegHead
 
     g = load_golden("decode_head.pt")
     c = g["config"]
@@ -440,9 +442,6 @@ def test_implicit_gradient_matches_the_unrolled_reference_on_trained_like_costs(
 
 # ---------------------------------------------------------------------------------------------- `otseg bench` counters
 def test_efficiency_counters_follow_mmcv_rules_and_count_attention():
-    import argparse
-
-    from otseg.benchmark import add_bench_parser, format_table, full_macs, mmcv_style_macs
 
     class SubLinear(nn.Linear):  # a subclass: mmcv does not count it
         pass
@@ -490,7 +489,6 @@ def test_efficiency_counters_follow_mmcv_rules_and_count_attention():
 
 def test_efficiency_table_forces_the_default_loop_to_its_cap():
     # A small image keeps this to seconds; what is checked is the protocol, not the speed.
-    from otseg.benchmark import efficiency_table, format_table
 
     rows = efficiency_table(image_size=64, repeats=1, warmup=0)
     by_name = {r["name"]: r for r in rows}

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import otseg.eval.evaluate as evaluate_module
 from conftest import make_tiny_model
 from otseg import Predictor
 from otseg.cli import main
@@ -105,7 +106,6 @@ def test_score_names_a_bomb_in_one_line(tmp_path, capsys):
 
 
 def test_label_maps_are_built_a_few_channels_at_a_time(monkeypatch):
-    import otseg.eval.evaluate as evaluate_module
 
     calls = []
     interpolate = F.interpolate

@@ -9,8 +9,10 @@ from PIL import Image
 
 import otseg.model.text as text_module
 import otseg.predictor as predictor_module
-from conftest import TINY_SEGMENTOR, make_tiny_model
+from conftest import TINY_SEGMENTOR, golden_file, load_golden, make_tiny_model
 from otseg import Predictor
+from otseg.data.facts import data_config_for
+from otseg.data.transforms import TestTransform
 from otseg.formats.otseg_folder import save_pretrained
 from otseg.image_io import read_image
 
@@ -159,7 +161,6 @@ def test_outputs_render(predictor):
 
 def test_from_a_reference_checkpoint_with_clip_weights(tmp_path):
     """A reference release .pth (no text tower inside) + OpenAI CLIP weights for the text tower."""
-    from conftest import golden_file, load_golden
 
     seg, backbone = load_golden("segmentor.pt"), load_golden("backbone.pt")
     ref_sd = {**{"backbone." + k: v for k, v in backbone["state_dict"].items()}, **seg["state_dict"]}
@@ -184,8 +185,6 @@ def test_from_a_reference_checkpoint_with_clip_weights(tmp_path):
 
 def test_predictor_and_evaluation_prepare_an_image_identically() -> None:
     """One test pipeline: the Predictor's input tensor is the evaluation's (`TestTransform`), bit for bit."""
-    from otseg.data.facts import data_config_for
-    from otseg.data.transforms import TestTransform
 
     model = make_tiny_model()
     image = _picture(37, 53)

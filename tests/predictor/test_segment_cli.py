@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,7 +87,6 @@ def test_segment_bad_input_is_a_message_not_a_traceback(model_dir, tmp_path, cap
 
 def test_helpers():
     assert parse_class_list(" cat , big sofa,wall") == ["cat", "big sofa", "wall"]
-    from pathlib import Path
 
     stems = output_stems([Path("a/x.png"), Path("b/x.jpg"), Path("b/y.png")])
     assert stems == ["a_x", "b_x", "y"]

@@ -26,6 +26,8 @@ import numpy as np
 from fake_layouts import VOC_PALETTE, fake_label
 from PIL import Image
 
+from otseg.data.facts import dataset_facts
+
 __all__ = [
     "encode_rle_string",
     "make_ade20k",
@@ -163,7 +165,6 @@ def make_context(src: Path, archive: bool, seed: int = 2) -> dict:
     Categories used: 2 (aeroplane), 9 (bag), 284 (person), 458 (wood) of the 59, and 1, 100 outside them
     (background after conversion). Returns the expected label maps (0 = background, 1..59).
     """
-    from otseg.data.facts import dataset_facts
 
     names = dataset_facts("context59").classes.class_names
     expected_label = {2: 1, 9: 2, 284: names.index("person") + 1, 458: 59, 1: 0, 100: 0}

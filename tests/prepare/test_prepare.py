@@ -14,7 +14,9 @@ from PIL import Image
 import otseg
 from conftest import TINY_SEGMENTOR, golden_file, tiny_train_args
 from otseg.cli import main
+from otseg.data.datasets import build_dataset
 from otseg.formats.otseg_folder import save_pretrained
+from otseg.prepare import common
 
 pytest.importorskip("scipy")
 
@@ -125,7 +127,6 @@ def test_coco_every_pixel_then_trains_and_evaluates(archive, tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ ade20k
 def test_ade20k_copied_unchanged_and_read_by_the_cross_dataset_preset(tmp_path, capsys):
-    from otseg.data.datasets import build_dataset
 
     src, root = tmp_path / "downloads", tmp_path / "data"
     ade = make_ade20k(src, archive=True)
@@ -156,7 +157,6 @@ def test_ade20k_copied_unchanged_and_read_by_the_cross_dataset_preset(tmp_path, 
 
 # ------------------------------------------------------------------------------------------------ resume
 def test_interrupted_prepare_then_rerun_gives_the_same_files_as_one_run(tmp_path, monkeypatch, capsys):
-    from otseg.prepare import common
 
     src = tmp_path / "downloads"
     voc = make_voc2012(src, archive=True)

@@ -17,11 +17,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fake_layouts import make_coco_stuff, make_context, make_voc
+from fake_layouts import make_coco_stuff, make_context, make_custom, make_voc
 from PIL import Image
 
 from conftest import golden_file, tiny_train_args, tiny_train_overrides
 from otseg.cli import main
+from otseg.train import objective
+from otseg.train.trainer import Trainer
 
 NO_DROPOUT = ["head.dropout=0", "head.attn_dropout=0", "vision.prompt_dropout=0"]
 METRIC_KEYS = ("miou_seen", "miou_unseen", "hiou", "per_class_iou")
@@ -105,8 +107,6 @@ def test_log_records_average_exactly_the_steps_they_cover(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ resume
 def test_interrupted_run_resumed_with_auto_ends_with_the_same_weights(tmp_path, monkeypatch, capsys):
-    from otseg.train import objective
-    from otseg.train.trainer import Trainer
 
     root = make_voc(tmp_path / "data")
     full, part = tmp_path / "full", tmp_path / "part"
@@ -268,7 +268,6 @@ def test_bad_training_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_custom_dataset_brings_its_own_classes_and_split(tmp_path, capsys):
-    from fake_layouts import make_custom
 
     root = make_custom(tmp_path / "mydata", class_names=("sky", "tree", "road", "car"), unseen=("car",))
     work = tmp_path / "work"

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import otseg.ops.mps as mps_module
 from otseg import OTSeg
 from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
 from otseg.train.schedule import poly_lr
@@ -160,7 +161,6 @@ def test_sampler_splits_positions_across_ranks_and_resumes():
 
 
 def test_bf16_autocast_trains_with_sinkhorn_in_float32(tmp_path, monkeypatch):
-    import otseg.ops.mps as mps_module
 
     seen_dtypes = []
     original = mps_module.sinkhorn
