@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from otseg import OTSeg
 from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
@@ -191,6 +192,15 @@ def test_truncated_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="truncated") as info:
             load(ckpt)
         assert str(ckpt) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_file_of_another_kind_is_not_called_pickled(tmp_path: Path) -> None:
+    """A PNG given as a checkpoint is not a pickle of objects: no advice to allow pickle, which could not help."""
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(image)
+    with pytest.raises(ValueError, match="not a PyTorch file") as info:
+        load_model(image)
+    assert str(image) in str(info.value) and "allow-pickle" not in str(info.value) and "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------ mismatches

@@ -254,3 +254,18 @@ def test_the_long_schedules_change_only_the_training_lengths(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--schedule", "converged"])
     assert "invalid choice: 'converged'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [(["--seed", "-1"], "'-1'"), (["--seed", "one"], "'one'"), (["--seeds", "0,-2"], "'0,-2'"),
+     (["--seeds", "0,x"], "'0,x'"), (["--seeds", "1,1"], "'1,1'")],
+)  # fmt: skip
+def test_bad_seeds_are_refused_in_one_line(argv: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="otseg")
+    add_demo_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["demo", *argv])
+    assert info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("otseg demo: error: argument --seed") and named in error

@@ -865,7 +865,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         "training runs that finished there with the same settings are read back, and those cut short go on from "
         "their last checkpoint",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the world and of every training run (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the world and of every training run (default: 0)")
     p.add_argument(
         "--seeds",
         type=_seed_list,
@@ -898,12 +898,25 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _seed(text: str) -> int:
+    """A seed: a whole number from 0 (NumPy's generators take no negative seeds)."""
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed takes a whole number from 0, e.g. 0; got {text!r}") from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"--seed takes a whole number from 0 (seeds are not negative); got {text!r}")
+    return seed
+
+
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         message = f"--seeds takes whole numbers separated by commas, e.g. 0,1,2; got {text!r}"
         raise argparse.ArgumentTypeError(message) from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError(f"--seeds takes whole numbers from 0 (seeds are not negative); got {text!r}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds needs distinct seeds, e.g. 0,1,2; got {text!r}")
     return seeds

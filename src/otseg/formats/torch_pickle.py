@@ -41,6 +41,13 @@ def safe_torch_load(
         return torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
         text = str(e)
+        if "Unsupported operand" in text:
+            # Bytes that are no pickle opcode at all: another kind of file (an image, a text file), not a pickle
+            # of objects, so --allow-pickle would not help.
+            raise ValueError(
+                f"cannot read {what} {p}: it is not a PyTorch file (its bytes are no pickle); give the .pt / .pth "
+                "file itself"
+            ) from e
         if allow_pickle or "Weights only load failed" not in text:
             raise ValueError(f"cannot read {what} {p}: {first_sentence(text)}; the file may be corrupt") from e
         found = _UNSAFE_GLOBAL.search(text)
