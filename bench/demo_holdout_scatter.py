@@ -19,6 +19,7 @@ JSON line to `bench/results/demo_holdout_scatter.jsonl`.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --arch zegclip --iters 3200
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --arch zegclip --batch-size 16
 """
 
 from __future__ import annotations
@@ -93,15 +94,21 @@ def main() -> None:
     p.add_argument("--arch", choices=("zegclip", "otseg"), default="otseg", help="the trained architecture")
     p.add_argument("--iters", type=int, default=None, help="the architecture's schedule (default: the recipe's)")
     p.add_argument("--eval-points", type=int, default=20, help="held-out evaluations during the run (default 20)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per training step (default: the recipe's, 8)")
     p.add_argument("--results", type=Path, default=RESULTS, help=f"the JSON-lines file to append to ({RESULTS})")
     args = p.parse_args()
+    if args.batch_size is not None and args.batch_size < 1:
+        p.error(f"--batch-size {args.batch_size}: at least 1 image per step")
     if args.eval_points < 5:
         p.error(f"--eval-points {args.eval_points}: at least 5, so that the second half holds two changes")
     torch.set_num_threads(1)
     cfg = DemoSettings.full(0)
     length_field = "baseline_iters" if args.arch == "zegclip" else "iters"
     iters = args.iters if args.iters is not None else getattr(cfg.recipe, length_field)
-    recipe = dataclasses.replace(cfg.recipe, **{length_field: iters, "eval_points": args.eval_points})
+    batch_size = args.batch_size if args.batch_size is not None else cfg.recipe.batch_size
+    recipe = dataclasses.replace(
+        cfg.recipe, **{length_field: iters, "eval_points": args.eval_points, "batch_size": batch_size}
+    )
     cfg = dataclasses.replace(cfg, recipe=recipe)
     large = dataclasses.replace(cfg, world=dataclasses.replace(cfg.world, num_holdout=BLOCK * BLOCKS))
     train_set, _ = demo_datasets(cfg, world_dir(cfg.world))
@@ -137,7 +144,10 @@ def main() -> None:
     # One evaluation's own scatter, from the changes between consecutive ones (a change has twice its variance).
     evaluation_sd = sd_demo / math.sqrt(2.0)
     passes = {n: level_curve_pass_probability(evaluation_sd, n) for n in (2, 4)}
-    print(f"{args.arch} inductive, {iters} iterations, {args.eval_points} evaluations; {seconds:.0f} s")
+    print(
+        f"{args.arch} inductive, {iters} iterations of {batch_size} images, {args.eval_points} evaluations; "
+        f"{seconds:.0f} s"
+    )
     print("held-out seen mIoU, the demo's 200 images:", ", ".join(f"{v:.1f}" for v in demo_split))
     print("held-out seen mIoU, mean of 2,000 images: ", ", ".join(f"{v:.1f}" for v in large_split))
     print(
@@ -162,6 +172,7 @@ def main() -> None:
         "arch": args.arch,
         "setting": "inductive",
         "iters": iters,
+        "batch_size": batch_size,
         "eval_points": args.eval_points,
         "demo_split": [round(v, 2) for v in demo_split],
         "large_split_mean": [round(v, 2) for v in large_split],

@@ -311,7 +311,8 @@ def main() -> None:
         log({"step": 0})
         return
 
-    world_module.object_phrase = CAPTIONS[args.captions]  # caption_for looks it up at call time
+    # caption_for looks it up at call time; the probe swaps in another caption style on purpose.
+    world_module.object_phrase = CAPTIONS[args.captions]  # type: ignore[assignment]
     eval_at = {int(s) for s in args.eval_at.split(",") if s}
     t0 = time.perf_counter()
     paused = [0.0]  # seconds spent measuring, left out of the pretraining wall time
