@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 
 import numpy as np
@@ -100,3 +101,12 @@ def test_score_writes_the_public_keys(tmp_path, capsys):
     (tmp_path / "pred" / "img0.png").unlink()
     assert main([*argv, "--out", str(out)]) == 2
     assert "img0" in capsys.readouterr().err
+
+
+def test_version_is_the_installed_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """`otseg --version` prints the version the package metadata carries (pyproject reads it from otseg.version)."""
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == f"otseg {importlib.metadata.version('otseg')}" == f"otseg {otseg.__version__}"

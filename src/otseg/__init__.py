@@ -9,8 +9,7 @@ from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings
 from otseg.predictor import Prediction, Predictor
-
-__version__ = "0.1.0"
+from otseg.version import __version__
 
 __all__ = [
     "HeadConfig",
@@ -20,6 +19,7 @@ __all__ = [
     "Predictor",
     "TextConfig",
     "VisionConfig",
+    "__version__",
     "build_model",
     "compute_class_embeddings",
     "get_preset",

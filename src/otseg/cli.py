@@ -387,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="otseg",
         description="OTSeg zero-shot semantic segmentation (Multi-Prompt Sinkhorn on CLIP ViT-B/16).",
     )
+    parser.add_argument("--version", action="version", version=f"otseg {otseg.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     add_demo_parser(sub)

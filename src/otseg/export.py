@@ -49,7 +49,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import otseg
 from otseg.data.classes import parse_class_text
 from otseg.data.transforms import TestResize
 from otseg.image_io import read_image
@@ -58,6 +57,7 @@ from otseg.model_arguments import add_model_arguments, predictor_from_args
 from otseg.ops.sinkhorn import sinkhorn_overrides
 from otseg.predictor import Prediction
 from otseg.utils import atomic_write, atomic_write_text
+from otseg.version import __version__
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -163,7 +163,7 @@ def export_metadata(model: OTSeg, image_size: tuple[int, int], sinkhorn_iters: i
     return {
         "format": ONNX_FORMAT,
         "format_version": ONNX_FORMAT_VERSION,
-        "otseg_version": otseg.__version__,
+        "otseg_version": __version__,
         "class_names": list(model.class_names),
         "seen_classes": [int(i) for i in torch.nonzero(model.seen_mask).flatten().tolist()],
         "seen_bias_applied": bool(cfg.apply_seen_bias and cfg.head.seen_bias),

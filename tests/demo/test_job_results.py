@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import otseg
 import otseg.demo.job_results as job_results
+import otseg.demo.run as demo_run
 from otseg.demo.job_results import JOB_RESULT, load_job_result, save_job_result
 from otseg.demo.presets import DemoSettings
 from otseg.demo.run import DemoJob, JobContext, _job_folder, _job_key, add_demo_parser
@@ -72,7 +72,7 @@ def test_results_kept_by_another_release_are_not_reused(tmp_path: Path, monkeypa
     folder.mkdir(parents=True)
     save_job_result(folder, _job_key(job, ctx), _result())
     assert load_job_result(folder, _job_key(job, ctx)) is not None
-    monkeypatch.setattr(otseg, "__version__", "0.0.1-another-release")
+    monkeypatch.setattr(demo_run, "__version__", "0.0.1-another-release")
     assert load_job_result(folder, _job_key(job, ctx)) is None
 
 

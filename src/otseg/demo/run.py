@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import otseg
 from otseg.config import Setting
 from otseg.demo.card import world_card
 from otseg.demo.curves import CONVERGED_BELOW_POINTS, last_fraction_change, plot_curves, trend_change
@@ -58,6 +57,7 @@ from otseg.eval.metrics import ConfusionMatrix, compute_metrics
 from otseg.formats.openai_clip import read_clip_state_dict
 from otseg.model.segmentor import OTSeg
 from otseg.utils import atomic_write_text
+from otseg.version import __version__
 from otseg.viz import label_map_panel
 
 __all__ = [
@@ -442,7 +442,7 @@ def _job_key(job: DemoJob, ctx: JobContext) -> dict[str, Any]:
     cfg = ctx.settings
     return {
         "job": job.name,
-        "otseg_version": otseg.__version__,
+        "otseg_version": __version__,
         "world_version": GENERATOR_VERSION,
         "world": cfg.world.to_dict(),
         "clip": asdict(cfg.clip),

@@ -45,8 +45,8 @@ def safe_torch_load(
             # Bytes that are no pickle opcode at all: another kind of file (an image, a text file), not a pickle
             # of objects, so --allow-pickle would not help.
             raise ValueError(
-                f"cannot read {what} {p}: it is not a PyTorch file (its bytes are no pickle); give the .pt / .pth "
-                "file itself"
+                f"cannot read {what} {p}: it is not a PyTorch file (not a pickle at all); give the .pt / .pth file "
+                "itself"
             ) from e
         if allow_pickle or "Weights only load failed" not in text:
             raise ValueError(f"cannot read {what} {p}: {first_sentence(text)}; the file may be corrupt") from e
