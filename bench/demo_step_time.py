@@ -21,13 +21,11 @@ from typing import Any
 
 import torch
 
-from otseg.demo.presets import DemoSettings, demo_model_config, demo_train_config
+from otseg.demo.presets import DemoSettings, demo_train_config
 from otseg.demo.tiny_clip import tiny_clip_path
-from otseg.demo.training import demo_datasets
-from otseg.demo.world import CLASS_NAMES, world_dir
+from otseg.demo.training import build_demo_model, demo_datasets
+from otseg.demo.world import world_dir
 from otseg.formats.openai_clip import read_clip_state_dict
-from otseg.model.build import load_clip_into
-from otseg.model.segmentor import OTSeg
 from otseg.train.trainer import Trainer
 
 ARCHS = ("zegclip", "otseg")
@@ -38,9 +36,7 @@ def seconds_per_step(
     arch: str, batch_size: int, steps: int, settings: DemoSettings, train_set: Any, state: dict[str, torch.Tensor]
 ) -> float:
     """Mean wall time of one training step of `arch` at `batch_size` (the regular Trainer, inductive setting)."""
-    model = OTSeg(demo_model_config(arch, "inductive", settings.world, settings.clip))
-    load_clip_into(model, state)
-    model.set_classes(CLASS_NAMES)
+    model = build_demo_model(settings, arch, "inductive", state)
     train_cfg = demo_train_config(arch, "inductive", settings.recipe)
     train_cfg.batch_size = batch_size
     train_cfg.log_interval = steps + WARMUP_STEPS

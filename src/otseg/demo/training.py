@@ -22,7 +22,7 @@ from otseg.model.build import load_clip_into
 from otseg.model.segmentor import OTSeg
 from otseg.train.trainer import CKPT_PATTERN, Trainer, find_latest_checkpoint
 
-__all__ = ["demo_datasets", "demo_holdout_set", "logged_evaluations", "train_demo_model"]
+__all__ = ["build_demo_model", "demo_datasets", "demo_holdout_set", "logged_evaluations", "train_demo_model"]
 
 # Every split of the world is read many times (each image about 20 times in training, the test and held-out sets
 # at each evaluation) and decoding its 64 px PNGs cost about a tenth of a training step: keep them decoded. A
@@ -86,6 +86,16 @@ def logged_evaluations(work: Path) -> dict[int, dict[str, float]]:
     return found
 
 
+def build_demo_model(cfg: DemoSettings, method: str, setting: Setting, clip_state: dict[str, torch.Tensor]) -> OTSeg:
+    """An untrained demo model of `method` in `setting`: its head and prompts initialised from the world's seed, the
+    tiny CLIP loaded (text tower attached), classes set to the world's 16."""
+    torch.manual_seed(cfg.world.seed)  # the head and prompt initialisation
+    model = OTSeg(demo_model_config(method, setting, cfg.world, cfg.clip))
+    load_clip_into(model, clip_state)
+    model.set_classes(CLASS_NAMES)
+    return model
+
+
 def train_demo_model(
     cfg: DemoSettings,
     method: str,
@@ -107,11 +117,7 @@ def train_demo_model(
     `on_resume(step)` is called first, and `on_step(step)` with that step. Otherwise `work` is emptied and the run
     starts fresh. Returns the trained `OTSeg` (its text tower attached, classes set to the world's 16).
     """
-    model_cfg = demo_model_config(method, setting, cfg.world, cfg.clip)
-    torch.manual_seed(cfg.world.seed)  # the head and prompt initialisation
-    model = OTSeg(model_cfg)
-    load_clip_into(model, clip_state)
-    model.set_classes(CLASS_NAMES)
+    model = build_demo_model(cfg, method, setting, clip_state)
     train_cfg = demo_train_config(training_arch(method), setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)
     if evaluate is not None:
         train_cfg.eval_interval = max(train_cfg.max_iters // max(cfg.recipe.eval_points, 1), 1)
