@@ -39,7 +39,7 @@ from torch.utils.data import Subset
 
 from otseg.demo.curves import step_change_sd
 from otseg.demo.presets import DemoSettings
-from otseg.demo.run import unbiased_metrics
+from otseg.demo.run import unbiased_and_seen_only_metrics
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
 from otseg.demo.world import CLASS_NAMES, GENERATOR_VERSION, seen_ids, world_dir
@@ -119,11 +119,11 @@ def main() -> None:
     class_means: list[dict[str, float]] = []  # each seen class's IoU, the mean over the ten blocks
 
     def evaluate(model: Any) -> dict[str, Any]:
-        metrics = [unbiased_metrics(model, block) for block in blocks]
+        both = [unbiased_and_seen_only_metrics(model, block) for block in blocks]
+        metrics = [everything for everything, _ in both]
         scores = [float(m["miou_seen"] or 0.0) for m in metrics]
         per_checkpoint.append(scores)
-        seen_only = [float(unbiased_metrics(model, b, seen_only=True)["miou_seen"] or 0.0) for b in blocks]
-        seen_only_mean.append(statistics.fmean(seen_only))
+        seen_only_mean.append(statistics.fmean(float(seen_only["miou_seen"] or 0.0) for _, seen_only in both))
         class_means.append({c: statistics.fmean(float(m["per_class_iou"][c] or 0.0) for m in metrics) for c in SEEN})
         return {"holdout_miou_seen": scores[0]}
 

@@ -26,7 +26,7 @@ from otseg.demo.pretrained import (
     pack_demo_model,
     unpack_demo_model,
 )
-from otseg.demo.run import add_demo_parser, cmd_demo, unbiased_metrics
+from otseg.demo.run import add_demo_parser, cmd_demo, unbiased_and_seen_only_metrics, unbiased_metrics
 from otseg.demo.tiny_clip import SHIPPED_PACK, tiny_clip_path
 from otseg.demo.tiny_clip import _pack_metadata as clip_pack_metadata
 from otseg.demo.training import demo_datasets
@@ -190,7 +190,8 @@ def test_demo_model_pack_round_trip(tmp_path):
     assert fast["per_class_iou"] == regular["per_class_iou"]
     # Scored over the seen classes alone, no pixel goes to an unseen class.
 
-    seen_only = unbiased_metrics(model, val_set, batch_size=4, seen_only=True)
+    same_pass, seen_only = unbiased_and_seen_only_metrics(model, val_set, batch_size=4)
+    assert same_pass == fast
     assert any(regular["per_class_acc"][CLASS_NAMES[i]] for i in unseen_ids())  # the model does predict unseen ones
     assert all(seen_only["per_class_iou"][CLASS_NAMES[i]] in (0.0, None) for i in unseen_ids())
 

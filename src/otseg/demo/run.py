@@ -352,21 +352,42 @@ def run_job(
     return result
 
 
-@torch.no_grad()
-def unbiased_metrics(model: Any, dataset: Any, batch_size: int = 50, seen_only: bool = False) -> dict[str, Any]:
+def unbiased_metrics(model: Any, dataset: Any, batch_size: int = 50) -> dict[str, Any]:
     """`compute_metrics` of `model` on `dataset` without the seen-class bias, the world's 12/4 split.
 
     The images are scored in batches (the world's images are all one crop in size, so each is one window of the
     regular slide inference); a class absent from both the ground truth and the predictions is left out, as in
-    `evaluate`. The model's mode and bias are restored afterwards. `seen_only`: each pixel goes to the best of the
-    12 seen classes, the classes inductive training scores (a diagnostic of the held-out curve, bench/).
+    `evaluate`. The model's mode and bias are restored afterwards.
     """
+    everything, _ = _unbiased_confusions(model, dataset, batch_size, seen_only_too=False)
+    return _world_metrics(everything)
+
+
+def unbiased_and_seen_only_metrics(model: Any, dataset: Any, batch_size: int = 50) -> tuple[dict, dict]:
+    """`unbiased_metrics`, and from the same scores the metrics with each pixel sent to the best of the 12 seen
+    classes, the classes inductive training scores (a diagnostic of the held-out curve, bench/)."""
+    everything, seen_only = _unbiased_confusions(model, dataset, batch_size, seen_only_too=True)
+    assert seen_only is not None
+    return _world_metrics(everything), _world_metrics(seen_only)
+
+
+def _world_metrics(cm: ConfusionMatrix) -> dict[str, Any]:
+    return compute_metrics(cm, list(CLASS_NAMES), seen=list(seen_ids()), unseen=list(unseen_ids()))
+
+
+@torch.no_grad()
+def _unbiased_confusions(
+    model: Any, dataset: Any, batch_size: int, seen_only_too: bool
+) -> tuple[ConfusionMatrix, ConfusionMatrix | None]:
+    """One bias-free pass of `model` over `dataset` (see `unbiased_metrics`): the confusion matrix of the argmax over
+    every class and, with `seen_only_too`, of the argmax over the seen classes alone."""
     unseen = torch.tensor(unseen_ids())
     was_training = model.training
     bias = model.head.cfg.seen_bias
     model.eval()
     model.head.cfg.seen_bias = 0.0
-    cm = ConfusionMatrix(model.num_classes)
+    everything = ConfusionMatrix(model.num_classes)
+    seen_only = ConfusionMatrix(model.num_classes) if seen_only_too else None
     try:
         for start in range(0, len(dataset), batch_size):
             samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -374,13 +395,14 @@ def unbiased_metrics(model: Any, dataset: Any, batch_size: int = 50, seen_only: 
             labels = torch.stack([s["label"] for s in samples])
             if scores.shape[-2:] != labels.shape[-2:]:
                 scores = F.interpolate(scores, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
-            if seen_only:
+            everything.update(scores.argmax(1), labels)
+            if seen_only is not None:
                 scores[:, unseen] = -math.inf
-            cm.update(scores.argmax(1), labels)
+                seen_only.update(scores.argmax(1), labels)
     finally:
         model.head.cfg.seen_bias = bias
         model.train(was_training)
-    return compute_metrics(cm, list(CLASS_NAMES), seen=list(seen_ids()), unseen=list(unseen_ids()))
+    return everything, seen_only
 
 
 def holdout_seen_miou(model: Any, holdout_set: Any) -> float:
