@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from otseg.demo.curves import step_change_sd
+from otseg.demo.curves import second_half_changes, step_change_sd
 from otseg.demo.presets import DemoSettings
 from otseg.demo.run import unbiased_and_seen_only_metrics
 from otseg.demo.tiny_clip import tiny_clip_path
@@ -79,13 +79,9 @@ def classes_move_together(class_values: list[dict[str, float]]) -> float:
     change variances over the number of classes squared). 1 for independent classes, the number of classes when
     all change in lockstep, below 1 when they trade pixels with each other."""
     names = list(class_values[0])
-    half = len(class_values) // 2
-
-    def changes(values: list[float]) -> list[float]:
-        return [values[i + 1] - values[i] for i in range(half, len(values) - 1)]
-
-    mean_changes = changes([statistics.fmean(v[c] for c in names) for v in class_values])
-    independent = sum(statistics.pvariance(changes([v[c] for v in class_values])) for c in names) / len(names) ** 2
+    mean_changes = second_half_changes([statistics.fmean(v[c] for c in names) for v in class_values])
+    per_class = [second_half_changes([v[c] for v in class_values]) for c in names]
+    independent = sum(statistics.pvariance(changes) for changes in per_class) / len(names) ** 2
     return statistics.pvariance(mean_changes) / independent if independent > 0 else math.nan
 
 

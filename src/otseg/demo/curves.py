@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 from otseg.viz import label_font
 
 __all__ = [
-    "CONVERGED_BELOW_POINTS", "last_fraction_change", "plot_curves", "step_change_sd", "trend_change", "value_range",
+    "CONVERGED_BELOW_POINTS", "last_fraction_change", "plot_curves", "second_half_changes", "step_change_sd",
+    "trend_change", "value_range",
 ]  # fmt: skip
 
 Curve = Sequence[tuple[int, float]]
@@ -66,12 +67,18 @@ def trend_change(curve: Curve, fraction: float = 0.2, fit_fraction: float = 0.4)
     return slope * fraction * end_step, scatter
 
 
+def second_half_changes(values: Sequence[float]) -> list[float]:
+    """The change from one evaluation to the next over the second half of a curve's values (evaluated at even
+    intervals), the part of training where a converged curve should only jitter."""
+    half = len(values) // 2
+    return [values[i + 1] - values[i] for i in range(half, len(values) - 1)]
+
+
 def step_change_sd(values: Sequence[float]) -> float | None:
     """Standard deviation of the change from one evaluation to the next over the second half of a curve's values
     (evaluated at even intervals): how much the curve jumps late in training. None for fewer than two changes there.
     """
-    half = len(values) // 2
-    changes = [values[i + 1] - values[i] for i in range(half, len(values) - 1)]
+    changes = second_half_changes(values)
     if len(changes) < 2:
         return None
     mean = sum(changes) / len(changes)
