@@ -20,6 +20,10 @@ JSON line to `bench/results/demo_holdout_scatter.jsonl`.
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --arch zegclip --iters 3200
     OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --arch zegclip --batch-size 16
+    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --batch-size 16 --ablate attention
+
+`--ablate` trains OTSeg with one of its parts replaced by the ZegCLIP-style baseline's (`ABLATIONS`), the recipe
+unchanged: which part, if any, makes OTSeg's curve swing more than the baseline's?
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
+from otseg.config import ModelConfig
 from otseg.demo.curves import second_half_changes, step_change_sd
-from otseg.demo.presets import DemoSettings
+from otseg.demo.presets import ZEGCLIP_TEMPLATES, DemoSettings, demo_model_config
 from otseg.demo.run import unbiased_and_seen_only_metrics
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
@@ -49,6 +54,30 @@ RESULTS = Path(__file__).parent / "results" / "demo_holdout_scatter.jsonl"
 BLOCK = 200  # the demo's held-out split size
 BLOCKS = 10
 SEEN = [CLASS_NAMES[i] for i in seen_ids()]
+# OTSeg's parts that the ZegCLIP-style baseline does not have, each replaced by the baseline's own.
+ABLATIONS: dict[str, str] = {
+    "attention": "softmax multi-head cross-attention in the decoder instead of MPSA",
+    "combination": "the last layer's score map as the logits instead of the gated combination of all layers",
+    "mps-path": "no MPS score path (its loss term is gone; the decoder path alone is trained)",
+    "prompts": "the baseline's single prompt per class instead of the six",
+}
+
+
+def ablated_config(cfg: DemoSettings, ablation: str) -> ModelConfig:
+    """OTSeg's inductive demo model with one part (`ABLATIONS`) replaced by the baseline's."""
+    model = demo_model_config("otseg", "inductive", cfg.world, cfg.clip)
+    head = model.head
+    if ablation == "attention":
+        head = dataclasses.replace(head, attention="softmax")
+    elif ablation == "combination":
+        head = dataclasses.replace(head, map_combination="last")
+    elif ablation == "mps-path":
+        head = dataclasses.replace(head, use_mps=False)
+    elif ablation == "prompts":
+        return dataclasses.replace(model, templates=ZEGCLIP_TEMPLATES)
+    else:
+        raise KeyError(f"unknown ablation {ablation!r}; valid: {', '.join(ABLATIONS)}")
+    return dataclasses.replace(model, head=head)
 
 
 def level_curve_pass_probability(sd: float, others: int, threshold: float = 1.0, steps: int = 4000) -> float:
@@ -91,10 +120,17 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=None, help="the architecture's schedule (default: the recipe's)")
     p.add_argument("--eval-points", type=int, default=20, help="held-out evaluations during the run (default 20)")
     p.add_argument("--batch-size", type=int, default=None, help="images per training step (default: the recipe's, 8)")
+    p.add_argument(
+        "--ablate", choices=tuple(ABLATIONS), default=None,
+        help="with --arch otseg: replace one part of OTSeg by the baseline's: "
+        + "; ".join(f"{k}: {v}" for k, v in ABLATIONS.items()),
+    )  # fmt: skip
     p.add_argument("--results", type=Path, default=RESULTS, help=f"the JSON-lines file to append to ({RESULTS})")
     args = p.parse_args()
     if args.batch_size is not None and args.batch_size < 1:
         p.error(f"--batch-size {args.batch_size}: at least 1 image per step")
+    if args.ablate is not None and args.arch != "otseg":
+        p.error(f"--ablate {args.ablate} changes OTSeg's model: use it with --arch otseg")
     if args.eval_points < 5:
         p.error(f"--eval-points {args.eval_points}: at least 5, so that the second half holds two changes")
     torch.set_num_threads(1)
@@ -124,10 +160,11 @@ def main() -> None:
         return {"holdout_miou_seen": scores[0]}
 
     state = read_clip_state_dict(tiny_clip_path(cfg.world, cfg.clip))
+    model_config = ablated_config(cfg, args.ablate) if args.ablate is not None else None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         train_demo_model(cfg, args.arch, "inductive", state, train_set, Path(out) / "w", progress=False,
-                         evaluate=evaluate)  # fmt: skip
+                         evaluate=evaluate, model_config=model_config)  # fmt: skip
     seconds = time.perf_counter() - t0
     demo_split = [scores[0] for scores in per_checkpoint]
     large_split = [statistics.fmean(scores) for scores in per_checkpoint]
@@ -140,8 +177,9 @@ def main() -> None:
     # One evaluation's own scatter, from the changes between consecutive ones (a change has twice its variance).
     evaluation_sd = sd_demo / math.sqrt(2.0)
     passes = {n: level_curve_pass_probability(evaluation_sd, n) for n in (2, 4)}
+    ablation = f" ({ABLATIONS[args.ablate]})" if args.ablate is not None else ""
     print(
-        f"{args.arch} inductive, {iters} iterations of {batch_size} images, {args.eval_points} evaluations; "
+        f"{args.arch}{ablation} inductive, {iters} iterations of {batch_size} images, {args.eval_points} evaluations; "
         f"{seconds:.0f} s"
     )
     print("held-out seen mIoU, the demo's 200 images:", ", ".join(f"{v:.1f}" for v in demo_split))
@@ -166,6 +204,7 @@ def main() -> None:
     line = {
         "world_version": GENERATOR_VERSION,
         "arch": args.arch,
+        "ablate": args.ablate,
         "setting": "inductive",
         "iters": iters,
         "batch_size": batch_size,

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from otseg.config import Setting
+from otseg.config import ModelConfig, Setting
 from otseg.data.datasets import SegmentationDataset, build_custom
 from otseg.data.transforms import TestTransform, TrainTransform
 from otseg.demo.presets import DemoSettings, demo_data_config, demo_model_config, demo_train_config, training_arch
@@ -86,11 +86,20 @@ def logged_evaluations(work: Path) -> dict[int, dict[str, float]]:
     return found
 
 
-def build_demo_model(cfg: DemoSettings, method: str, setting: Setting, clip_state: dict[str, torch.Tensor]) -> OTSeg:
+def build_demo_model(
+    cfg: DemoSettings,
+    method: str,
+    setting: Setting,
+    clip_state: dict[str, torch.Tensor],
+    model_config: ModelConfig | None = None,
+) -> OTSeg:
     """An untrained demo model of `method` in `setting`: its head and prompts initialised from the world's seed, the
-    tiny CLIP loaded (text tower attached), classes set to the world's 16."""
+    tiny CLIP loaded (text tower attached), classes set to the world's 16.
+
+    `model_config` replaces the method's own (`demo_model_config`) when a bench changes one part of it (an
+    ablation); the demo itself never passes it."""
     torch.manual_seed(cfg.world.seed)  # the head and prompt initialisation
-    model = OTSeg(demo_model_config(method, setting, cfg.world, cfg.clip))
+    model = OTSeg(model_config or demo_model_config(method, setting, cfg.world, cfg.clip))
     load_clip_into(model, clip_state)
     model.set_classes(CLASS_NAMES)
     return model
@@ -108,6 +117,7 @@ def train_demo_model(
     on_step: Callable[[int], None] | None = None,
     evaluate: Callable[[Any], dict[str, Any]] | None = None,
     on_resume: Callable[[int], None] | None = None,
+    model_config: ModelConfig | None = None,
 ) -> OTSeg:
     """Build one demo model from the tiny CLIP and train it with the regular `Trainer` in `work`.
 
@@ -116,8 +126,9 @@ def train_demo_model(
     was interrupted), training resumes from the newest one, and gives the same model as an uninterrupted run;
     `on_resume(step)` is called first, and `on_step(step)` with that step. Otherwise `work` is emptied and the run
     starts fresh. Returns the trained `OTSeg` (its text tower attached, classes set to the world's 16).
+    `model_config`: as `build_demo_model`'s (the training recipe stays `method`'s).
     """
-    model = build_demo_model(cfg, method, setting, clip_state)
+    model = build_demo_model(cfg, method, setting, clip_state, model_config)
     train_cfg = demo_train_config(training_arch(method), setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)
     if evaluate is not None:
         train_cfg.eval_interval = max(train_cfg.max_iters // max(cfg.recipe.eval_points, 1), 1)
@@ -144,7 +155,18 @@ def train_demo_model(
         except ValueError:  # unreadable (cut short, damaged): start afresh, in an emptied folder
             shutil.rmtree(work, ignore_errors=True)
             return train_demo_model(
-                cfg, method, setting, clip_state, train_set, work, init_from, progress, on_step, evaluate, on_resume
+                cfg,
+                method,
+                setting,
+                clip_state,
+                train_set,
+                work,
+                init_from,
+                progress,
+                on_step,
+                evaluate,
+                on_resume,
+                model_config,
             )
         step = trainer.step
         if on_resume is not None:
