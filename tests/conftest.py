@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from otseg.clip.text import TextEncoder
-from otseg.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
+from otseg.config import HeadConfig, ModelConfig, Setting, TextConfig, VisionConfig
 from otseg.model.segmentor import OTSeg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def load_golden(name: str) -> dict:
     return torch.load(golden_file(name), map_location="cpu", weights_only=True)
 
 
-def golden_segmentor_config(setting: str = "inductive"):
+def golden_segmentor_config(setting: Setting = "inductive"):
     """The architecture, classes and slide settings of the golden tiny segmentor (`segmentor.pt`), dropout off."""
 
     ref = load_golden("segmentor.pt")["config"]["inductive"]
@@ -113,7 +113,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("OTSEG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "otseg-cache"))
 
 
-def make_tiny_model(seed: int = 0, with_text: bool = True, setting: str = "inductive"):
+def make_tiny_model(seed: int = 0, with_text: bool = True, setting: Setting = "inductive"):
     """A random-weight OTSeg of the golden tiny architecture (fast), with a random tiny CLIP text tower so that
     `set_classes` works, and its configured classes set. Predictions are meaningless; shapes and plumbing are real.
     """

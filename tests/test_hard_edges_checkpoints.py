@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_works(tm
     script = CHILD.format(tests=str(Path(__file__).parent), marker=str(marker), work_dir=str(wd))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
+    assert child.stderr is not None  # stderr=PIPE
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
@@ -140,14 +142,17 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_works(tm
         torch.testing.assert_close(value, a[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
-def test_resume_auto_falls_back_when_the_newest_file_is_truncated(tmp_path: Path, capsys) -> None:
+def test_resume_auto_falls_back_when_the_newest_file_is_truncated(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     wd = tmp_path / "run"
     Trainer(tiny_model(), Blocks(), train_cfg(max_iters=4, keep_checkpoints=3), wd).train()
     newest = wd / "iter_4.pt"
     data = newest.read_bytes()
     newest.write_bytes(data[: len(data) // 3])  # e.g. a half-finished copy from another machine
     trainer = Trainer(tiny_model(), Blocks(), train_cfg(max_iters=4), wd)
-    trainer.load_checkpoint = _spy(trainer.load_checkpoint, loaded := [])
+    loaded: list[str] = []
+    monkeypatch.setattr(trainer, "load_checkpoint", _spy(trainer.load_checkpoint, loaded))
     trainer.train(resume="auto")
     assert loaded == ["iter_4.pt", "iter_2.pt"] and trainer.step == 4
     err = capsys.readouterr().err
@@ -155,8 +160,10 @@ def test_resume_auto_falls_back_when_the_newest_file_is_truncated(tmp_path: Path
     assert torch.load(newest, weights_only=True)["step"] == 4  # rewritten whole
 
 
-def _spy(fn, calls: list):
-    def wrapper(path, *args, **kwargs):
+def _spy(fn: Callable[..., None], calls: list[str]) -> Callable[..., None]:
+    """`fn`, recording the file name of each path it is called with in `calls`."""
+
+    def wrapper(path: str | os.PathLike, *args: object, **kwargs: object) -> None:
         calls.append(Path(path).name)
         return fn(path, *args, **kwargs)
 

@@ -128,6 +128,7 @@ def test_stop_in_dataloader_workers_gives_the_same_one_line_message(
 ) -> None:
     train_set = custom_set(data_root)
     lab = train_set.samples[2][1]
+    assert lab is not None
     if problem == "size":
         write_label(lab, np.zeros((20, 24), np.uint8))
         expected = "size mismatch"
@@ -147,7 +148,9 @@ def test_stop_in_dataloader_workers_gives_the_same_one_line_message(
 def test_skip_counts_warns_once_per_file_and_logs(data_root: Path, tmp_path: Path, capsys) -> None:
     train_set = custom_set(data_root)
     truncate(train_set.samples[1][0])
-    train_set.samples[6][1].write_bytes(b"not a png")
+    bad_label = train_set.samples[6][1]
+    assert bad_label is not None
+    bad_label.write_bytes(b"not a png")
     wd = tmp_path / "wd"
     trainer = Trainer(tiny_model(), train_set, cfg(bad_samples="skip", num_workers=2, max_iters=8), wd)
     result = trainer.train()

@@ -65,6 +65,7 @@ def tok() -> SimpleTokenizer:
 
 @pytest.mark.parametrize("entry", ENTRY_PARAMS)
 def test_golden_entry(entry: dict[str, Any], tok: SimpleTokenizer) -> None:
+    assert GOLDEN is not None  # a missing golden file skips this test (ENTRY_PARAMS)
     text = entry["text"]
     context_length = GOLDEN["context_length"]
 
@@ -102,6 +103,7 @@ def test_golden_entry(entry: dict[str, Any], tok: SimpleTokenizer) -> None:
 
 @needs_golden
 def test_golden_metadata(tok: SimpleTokenizer) -> None:
+    assert GOLDEN is not None  # needs_golden
     assert tok.sot_token_id == GOLDEN["sot_token"]
     assert tok.eot_token_id == GOLDEN["eot_token"]
     assert tok.vocab_size == GOLDEN["vocab_size"]
@@ -109,6 +111,7 @@ def test_golden_metadata(tok: SimpleTokenizer) -> None:
 
 @needs_golden
 def test_batch_matches_rows() -> None:
+    assert GOLDEN is not None  # needs_golden
     entries = GOLDEN["entries"]
     batch = tokenize([e["text"] for e in entries], truncate=True)
     assert batch.dtype == torch.int64

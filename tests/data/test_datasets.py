@@ -31,6 +31,20 @@ def _raw(path: Path) -> np.ndarray:
     return np.array(Image.open(path))
 
 
+def _label_path(ds: SegmentationDataset, index: int) -> Path:
+    """The label file of sample `index`; every dataset here but the unlabelled one has them."""
+    path = ds.samples[index][1]
+    assert path is not None
+    return path
+
+
+def _label(ds: SegmentationDataset, index: int) -> np.ndarray:
+    """`ds.load_label(index)`, which is not None for a labelled sample."""
+    label = ds.load_label(index)
+    assert label is not None
+    return label
+
+
 # ---- layouts load with the right lengths and label values -----------------------------------------------
 
 
@@ -45,12 +59,13 @@ def test_voc_lengths_and_reduce_zero_label(voc_root: Path) -> None:
     assert len(train) == 6 + 4 and len(val) == 3
     assert train.num_classes == 20 and train.classes.unseen == (15, 16, 17, 18, 19)
     # train.txt (SegmentationClass) first, then trainaug.txt (SegmentationClassAug), as the reference.
-    assert [p.parent.name for _, p in train.samples] == ["SegmentationClass"] * 6 + ["SegmentationClassAug"] * 4
-    assert all(p.parent.name == "SegmentationClass" for _, p in val.samples)
+    train_labels = [_label_path(train, i) for i in range(len(train))]
+    assert [p.parent.name for p in train_labels] == ["SegmentationClass"] * 6 + ["SegmentationClassAug"] * 4
+    assert all(_label_path(val, i).parent.name == "SegmentationClass" for i in range(len(val)))
     for ds in (train, val):
         for i in (0, len(ds) - 1):
-            raw = _raw(ds.samples[i][1]).astype(np.int64)
-            label = ds.load_label(i)
+            raw = _raw(_label_path(ds, i)).astype(np.int64)
+            label = _label(ds, i)
             assert label.dtype == np.uint8
             assert (label[raw == 0] == 255).all()  # background -> ignore
             assert (label[raw == 255] == 255).all()
@@ -80,8 +95,8 @@ def test_context_lengths_and_labels(tmp_path: Path) -> None:
     train = build_dataset("context59", root, "train")
     val = build_dataset("context", root, "val")
     assert len(train) == 6 and len(val) == 3 and train.num_classes == 59
-    raw = _raw(val.samples[1][1]).astype(np.int64)
-    label = val.load_label(1)
+    raw = _raw(_label_path(val, 1)).astype(np.int64)
+    label = _label(val, 1)
     assert (label[raw == 0] == 255).all()
     np.testing.assert_array_equal(label[raw > 0], raw[raw > 0] - 1)
     assert label.max() < 59 or label.max() == 255
@@ -97,8 +112,8 @@ def test_coco_lengths_and_unchanged_labels(tmp_path: Path) -> None:
     val = build_dataset("coco", root / "coco_stuff164k", "val")
     assert len(train) == 6 and len(val) == 3 and train.num_classes == 171
     for ds in (train, val):
-        np.testing.assert_array_equal(ds.load_label(0), _raw(ds.samples[0][1]))  # no reduce_zero_label
-    values = set(np.unique(np.concatenate([train.load_label(i).ravel() for i in range(len(train))])).tolist())
+        np.testing.assert_array_equal(ds.load_label(0), _raw(_label_path(ds, 0)))  # no reduce_zero_label
+    values = set(np.unique(np.concatenate([_label(train, i).ravel() for i in range(len(train))])).tolist())
     assert 0 in values and 255 in values and values <= {0, 19, 56, 112, 156, 170, 255}
     assert [p.name for p, _ in train.samples] == sorted(p.name for p, _ in train.samples)
 
@@ -110,7 +125,7 @@ def test_custom_split_folders_and_classes(tmp_path: Path) -> None:
     assert len(train) == 6 and len(val) == 3
     assert train.classes.class_names == ("sky", "tree", "road", "car")
     assert train.classes.unseen == (1, 3) and train.classes.seen == (0, 2)
-    np.testing.assert_array_equal(train.load_label(0), _raw(train.samples[0][1]))  # 0 is a real class
+    np.testing.assert_array_equal(train.load_label(0), _raw(_label_path(train, 0)))  # 0 is a real class
     assert read_custom_classes(root) == train.classes
 
 
@@ -139,10 +154,12 @@ def test_decoded_cache_keeps_samples_within_its_budget(tmp_path: Path) -> None:
             np.testing.assert_array_equal(got_label, label)
     assert cached._cached_bytes == 2 * one_sample  # the third sample did not fit
     # Cached samples come from memory, the others from disk: remove the files and only the first two still load.
-    for image_path, label_path in cached.samples:
+    for i, (image_path, _) in enumerate(cached.samples):
         image_path.unlink()
-        label_path.unlink()
-    assert cached.load(0)[0].shape == (16, 20, 3) and cached.load(1)[1].shape == (16, 20)
+        _label_path(cached, i).unlink()
+    assert cached.load(0)[0].shape == (16, 20, 3)
+    label_1 = cached.load(1)[1]
+    assert label_1 is not None and label_1.shape == (16, 20)
     with pytest.raises(OSError):
         cached.load(2)
     # Read-only: a transform that changed a cached array in place would change every later read of it.
@@ -271,26 +288,26 @@ def test_unknown_name_and_split(tmp_path: Path) -> None:
 def test_bad_label_value_names_file_and_value(tmp_path: Path) -> None:
     root = make_voc(tmp_path / "voc", n_train=1, n_val=1, n_aug=1)
     ds = build_dataset("voc12", root, "val")
-    bad = _raw(ds.samples[0][1]).copy()
+    bad = _raw(_label_path(ds, 0)).copy()
     bad[5, 5] = 22  # raw 22 -> 21 after reduce_zero_label: VOC has ids 0..19
-    write_label(ds.samples[0][1], bad, palette=True)
+    write_label(_label_path(ds, 0), bad, palette=True)
     with pytest.raises(ValueError, match=r"\[21\]") as exc:
         ds[0]
-    assert str(ds.samples[0][1]) in str(exc.value) and "raw value" in str(exc.value)
+    assert str(_label_path(ds, 0)) in str(exc.value) and "raw value" in str(exc.value)
     root = make_coco_stuff(tmp_path / "coco", n_train=1, n_val=1)
     ds = build_dataset("coco_stuff164k", root, "val")
-    bad = _raw(ds.samples[0][1]).copy()
+    bad = _raw(_label_path(ds, 0)).copy()
     bad[0, 0] = 200
-    write_label(ds.samples[0][1], bad)
+    write_label(_label_path(ds, 0), bad)
     with pytest.raises(ValueError, match=r"\[200\]") as exc:
         ds.load_label(0)
-    assert ds.samples[0][1].name in str(exc.value) and "0..170" in str(exc.value)
+    assert _label_path(ds, 0).name in str(exc.value) and "0..170" in str(exc.value)
 
 
 def test_size_mismatch_names_file_and_sizes(tmp_path: Path) -> None:
     root = make_coco_stuff(tmp_path, n_train=1, n_val=1)
     ds = build_dataset("coco_stuff164k", root, "val")
-    write_label(ds.samples[0][1], np.zeros((30, 40), np.uint8))
+    write_label(_label_path(ds, 0), np.zeros((30, 40), np.uint8))
     with pytest.raises(ValueError, match="size mismatch") as exc:
         ds[0]
     msg = str(exc.value)
@@ -308,7 +325,7 @@ def test_corrupt_image_and_rgb_label(tmp_path: Path) -> None:
     img_path.write_bytes(b"not an image at all")
     with pytest.raises(OSError, match=img_path.name):
         ds[0]
-    lab_path = ds.samples[1][1]
+    lab_path = _label_path(ds, 1)
     Image.new("RGB", (80, 64), (128, 0, 0)).save(lab_path)
     with pytest.raises(ValueError, match="mode-RGB") as exc:
         ds[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 import pytest
@@ -128,6 +129,11 @@ class _FixedRng:
         return 0.0
 
 
+def _fixed_rng(coin: int = 1, value: float = 0.0) -> np.random.Generator:
+    """A `_FixedRng` where a generator is expected: it has the only methods the photometric steps call."""
+    return cast(np.random.Generator, _FixedRng(coin, value))
+
+
 # ---- label mapping, resampling -------------------------------------------------------------------------
 
 
@@ -190,6 +196,7 @@ def test_rescale_target_size_keeps_ratio_within_bounds() -> None:
     image, label = _blobs(375, 500)
     for _ in range(5):
         out, lab = rescale(image, label, rng)
+        assert lab is not None
         assert out.dtype == np.uint8 and lab.shape == out.shape[:2]
         assert 256 <= min(out.shape[:2]) <= 1024 and abs(out.shape[1] / out.shape[0] - 500 / 375) < 0.01
         assert set(np.unique(lab)) <= set(np.unique(label))  # nearest never invents label values
@@ -200,8 +207,10 @@ def test_random_crop_sizes() -> None:
     crop = RandomCrop(32, cat_max_ratio=1.0)
     image, label = _blobs()
     out, lab = crop(image, label, rng)
+    assert lab is not None
     assert out.shape == (32, 32, 3) and lab.shape == (32, 32)
     small, small_lab = crop(image[:20, :25], label[:20, :25], rng)  # smaller than the crop: kept whole
+    assert small_lab is not None
     assert small.shape == (20, 25, 3) and small_lab.shape == (20, 25)
 
 
@@ -210,7 +219,7 @@ class _CountingCrop(RandomCrop):
         super().__init__(*args, **kwargs)
         self.draws = 0
 
-    def draw_bbox(self, h, w, rng):
+    def draw_bbox(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         self.draws += 1
         return super().draw_bbox(h, w, rng)
 
@@ -234,11 +243,12 @@ def test_random_crop_cat_max_ratio_redraws() -> None:
     # A small two-class region in a sea of one class: accepted crops satisfy the criterion.
     label = np.zeros((64, 64), np.uint8)
     label[20:44, 20:44] = 1
-    crop = RandomCrop(24, cat_max_ratio=0.75)
+    plain_crop = RandomCrop(24, cat_max_ratio=0.75)
     for seed in range(20):
-        _, lab = crop(image, label, np.random.default_rng(seed))
+        _, lab = plain_crop(image, label, np.random.default_rng(seed))
+        assert lab is not None
         counts = np.bincount(lab.ravel(), minlength=2)
-        if crop.acceptable(lab):
+        if plain_crop.acceptable(lab):
             assert len(np.flatnonzero(counts)) == 2 and counts.max() / counts.sum() < 0.75
     # With the criterion off (ratio 1) there is a single draw.
     crop = _CountingCrop(16, cat_max_ratio=1.0)
@@ -258,13 +268,13 @@ def test_random_flip() -> None:
 def test_photometric_keeps_uint8_range_and_clips() -> None:
     pmd = PhotoMetricDistortion()
     bright = np.full((4, 4, 3), 250, np.uint8)
-    assert (pmd.brightness(bright, _FixedRng(1, 32.0)) == 255).all()  # clipped, not wrapped to 26
+    assert (pmd.brightness(bright, _fixed_rng(1, 32.0)) == 255).all()  # clipped, not wrapped to 26
     dark = np.full((4, 4, 3), 10, np.uint8)
-    assert (pmd.brightness(dark, _FixedRng(1, -32.0)) == 0).all()
-    assert (pmd.contrast(bright, _FixedRng(1, 1.5)) == 255).all()
+    assert (pmd.brightness(dark, _fixed_rng(1, -32.0)) == 0).all()
+    assert (pmd.contrast(bright, _fixed_rng(1, 1.5)) == 255).all()
     # mmseg truncates after each op: 101 * 0.5 = 50.5 -> 50.
-    assert (pmd.contrast(np.full((2, 2, 3), 101, np.uint8), _FixedRng(1, 0.5)) == 50).all()
-    assert pmd.brightness(bright, _FixedRng(0, 32.0)) is bright  # coin 0: op skipped
+    assert (pmd.contrast(np.full((2, 2, 3), 101, np.uint8), _fixed_rng(1, 0.5)) == 50).all()
+    assert pmd.brightness(bright, _fixed_rng(0, 32.0)) is bright  # coin 0: op skipped
     image, label = _blobs()
     for seed in range(10):
         out, lab = pmd(image, label, np.random.default_rng(seed))
@@ -275,7 +285,7 @@ def test_photometric_hue_shift_wraps_mod_180() -> None:
     pmd = PhotoMetricDistortion(hue_delta=18)
     red = np.zeros((1, 1, 3), np.uint8)
     red[..., 0] = 255  # H = 0
-    out = pmd.hue(red, _FixedRng(1))  # delta = -18 (the low bound) -> H = 162 (magenta side)
+    out = pmd.hue(red, _fixed_rng(1))  # delta = -18 (the low bound) -> H = 162 (magenta side)
     assert rgb_to_hsv(out)[0, 0, 0] == 162
 
 
@@ -295,6 +305,7 @@ def test_pad() -> None:
     image = np.ones((3, 5, 3), np.float32)
     label = np.zeros((3, 5), np.uint8)
     out, lab = Pad(6, 0.0, 255)(image, label)
+    assert lab is not None
     assert out.shape == (6, 6, 3) and lab.shape == (6, 6)
     assert (out[3:] == 0).all() and (out[:, 5:] == 0).all() and (out[:3, :5] == 1).all()
     assert (lab[3:] == 255).all() and (lab[:, 5:] == 255).all() and (lab[:3, :5] == 0).all()
@@ -321,6 +332,7 @@ def test_train_transform_shapes_dtypes_and_padding() -> None:
     # ratio 1 on a 64x80 image with scale (100, 50): factor 50/64 -> 50x63, smaller than the 128 crop.
     cfg = DataConfig(img_scale=(100, 50), ratio_range=(1.0, 1.0), crop_size=128, flip_prob=0.0)
     img_t, lab_t = TrainTransform(cfg, np.random.default_rng(0))(image, label)
+    assert lab_t is not None
     assert img_t.dtype == torch.float32 and img_t.shape == (3, 128, 128)
     assert lab_t.dtype == torch.int64 and lab_t.shape == (128, 128)
     assert (lab_t[50:] == 255).all() and (lab_t[:, 63:] == 255).all()
@@ -329,6 +341,7 @@ def test_train_transform_shapes_dtypes_and_padding() -> None:
     # Default-sized run: crop-sized output even for a small source image.
     voc = data_config_for(get_preset("voc12-inductive"))
     img_t, lab_t = TrainTransform(voc, np.random.default_rng(1))(image, label)
+    assert lab_t is not None
     assert img_t.shape == (3, 512, 512) and lab_t.shape == (512, 512)
 
 
@@ -337,10 +350,12 @@ def test_train_transform_is_deterministic_given_a_seed() -> None:
     cfg = _small_cfg()
     a = TrainTransform(cfg, np.random.default_rng(123))(image, label)
     b = TrainTransform(cfg, np.random.default_rng(123))(image, label)
+    assert a[1] is not None and b[1] is not None
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     # A per-call generator overrides the transform's own one.
     t = TrainTransform(cfg, np.random.default_rng(999))
     c = t(image, label, rng=np.random.default_rng(123))
+    assert c[1] is not None
     assert torch.equal(a[0], c[0]) and torch.equal(a[1], c[1])
     outs = [TrainTransform(cfg, np.random.default_rng(s))(image, label)[0] for s in range(4)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
@@ -365,6 +380,7 @@ def test_test_transform() -> None:
     image, label = _blobs(64, 80)
     cfg = data_config_for(get_preset("voc12-inductive"))
     img_t, lab_t = TestTransform(cfg)(image, label)
+    assert lab_t is not None
     assert img_t.shape == (3, 512, 640) and img_t.dtype == torch.float32
     # The label stays at the original resolution (metrics compare at the original size).
     assert lab_t.shape == (64, 80) and lab_t.dtype == torch.int64

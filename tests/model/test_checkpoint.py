@@ -19,7 +19,7 @@ from conftest import golden_file, golden_segmentor_config, load_golden
 from otseg import OTSeg
 from otseg.clip.model import resize_positional_embedding
 from otseg.clip.text import TextEncoder
-from otseg.config import ModelConfig, TextConfig
+from otseg.config import ModelConfig, Setting, TextConfig
 from otseg.formats.otseg_folder import load_pretrained, save_pretrained
 from otseg.formats.reference_pth import (
     ConversionReport,
@@ -233,7 +233,7 @@ FAKE_TEXT = {
 }
 
 
-def tiny_config(setting: str = "inductive") -> ModelConfig:
+def tiny_config(setting: Setting = "inductive") -> ModelConfig:
     return golden_segmentor_config(setting)
 
 

@@ -8,17 +8,17 @@ import torch
 
 from conftest import golden_segmentor_config, load_golden
 from otseg import OTSeg
-from otseg.config import ModelConfig
+from otseg.config import ModelConfig, Setting
 from otseg.formats.reference_pth import convert_reference_state_dict
 from otseg.train.objective import compute_losses
 
 SEG = load_golden("segmentor.pt")
 BACKBONE = load_golden("backbone.pt")
 TOL = {"atol": 1e-5, "rtol": 1e-4}
-SETTINGS = {"inductive": "inductive", "self_training": "transductive"}
+SETTINGS: dict[str, Setting] = {"inductive": "inductive", "self_training": "transductive"}
 
 
-def tiny_config(setting: str = "inductive") -> ModelConfig:
+def tiny_config(setting: Setting = "inductive") -> ModelConfig:
     return golden_segmentor_config(setting)
 
 

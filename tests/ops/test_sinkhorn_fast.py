@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -347,8 +348,8 @@ def test_half_inputs_get_float32_plans_and_gradients_of_their_dtype():
 
 
 # ------------------------------------------------------------------------------------------------ memory
-def _saved_bytes(fn) -> tuple[int, int]:
-    """(number, total bytes) of tensors the autograd graph of fn() saves for backward."""
+def _saved_bytes(fn: Callable[[], torch.Tensor]) -> tuple[int, int, torch.Tensor]:
+    """(number, total bytes) of tensors the autograd graph of fn() saves for backward, and fn()'s output."""
     count, total = 0, 0
 
     def pack(t):

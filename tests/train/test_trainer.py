@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import otseg.ops.mps as mps_module
 from otseg import OTSeg
-from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
+from otseg.config import HeadConfig, ModelConfig, Setting, TrainConfig, VisionConfig
 from otseg.train.schedule import poly_lr
 from otseg.train.trainer import StepBatchSampler, Trainer, find_latest_checkpoint
 
@@ -46,7 +46,7 @@ class SquaresDataset(torch.utils.data.Dataset):
         return self.get(index, np.random.default_rng(0))
 
 
-def tiny_model(setting: str = "inductive") -> OTSeg:
+def tiny_model(setting: Setting = "inductive") -> OTSeg:
     torch.manual_seed(0)
     cfg = ModelConfig(
         name="tiny",
