@@ -225,7 +225,9 @@ def test_cli_export_with_new_classes_and_check(tmp_path: Path, capsys: pytest.Ca
     assert "classes: bird, bottle, wall" in printed
     for stage in ("loading the model ... ", "exporting to ONNX", "checking with onnxruntime ... "):
         assert re.search(re.escape(stage) + r".*?\d+\.\d s", printed), stage  # each stage says how long it took
-    diff = float(re.search(r"max \|diff\| (\S+) with the same 2-iteration Sinkhorn", printed).group(1))
+    found = re.search(r"max \|diff\| (\S+) with the same 2-iteration Sinkhorn", printed)
+    assert found is not None
+    diff = float(found.group(1))
     assert diff < 1e-4
     meta = onnx_metadata(out)
     assert meta["class_names"] == ["bird", "bottle", "wall"] and meta["sinkhorn_iters"] == 2

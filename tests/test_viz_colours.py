@@ -33,7 +33,8 @@ def test_label_images_and_overlays_use_the_names() -> None:
     rgb = colorize(labels, ["yellow sky", "blue sea"])
     assert tuple(rgb[0, 0]) == (240, 210, 40) and tuple(rgb[0, 1]) == (40, 90, 225)
     img = palette_label_image(labels, 2, ["yellow sky", "blue sea"])
-    assert img.getpalette()[:6] == [240, 210, 40, 40, 90, 225]
+    palette = img.getpalette()
+    assert palette is not None and palette[:6] == [240, 210, 40, 40, 90, 225]
     assert np.array_equal(colorize(labels, 2), colorize(labels, ["a", "b"]))  # a count alone: the palette
 
 

@@ -339,17 +339,18 @@ def test_segment_function_result_and_messages(gr: Any, tmp_path: Path) -> None:
 
 def test_unreadable_upload_is_a_page_message(gr: Any, tmp_path: Path) -> None:
     """gradio opens uploads itself before our function runs; the page's image input turns failures into messages."""
-    from gradio.data_classes import FileData
+    from gradio import Image as GradioImage
+    from gradio.data_classes import ImageData  # what gr.Image.preprocess takes (its data_model)
 
     app = web.build_app(Predictor(make_tiny_model()))
     image_input = next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == ELEM_IDS["image"])
-    assert type(image_input) is gr.Image  # a plain gr.Image (gradio writes a .pyi beside any subclass's source)
+    assert type(image_input) is GradioImage  # a plain gr.Image (gradio writes a .pyi beside any subclass's source)
     bad = tmp_path / "notes.png"
     bad.write_bytes(b"this is not a picture")
     with pytest.raises(gr.Error, match=r"notes\.png is not an image that can be read"):
-        image_input.preprocess(FileData(path=str(bad), orig_name="notes.png"))
+        image_input.preprocess(ImageData(path=str(bad), orig_name="notes.png"))
     good = _write_png(tmp_path / "ok.png")
-    assert image_input.preprocess(FileData(path=str(good), orig_name="ok.png")) == str(good)
+    assert image_input.preprocess(ImageData(path=str(good), orig_name="ok.png")) == str(good)
     assert image_input.preprocess(None) is None
     assert not Path(web.__file__).with_suffix(".pyi").exists()
 
@@ -395,7 +396,7 @@ def test_browser_upload_segment_shows_overlay_and_fractions(
         expect(fractions).to_contain_text(name)
     text = fractions.inner_text()
     shares = expected.fractions()
-    assert text.split("\n")[1].strip() == max(shares, key=shares.get)  # the heading names the largest class
+    assert text.split("\n")[1].strip() == max(shares, key=shares.__getitem__)  # the heading names the largest class
     percents = [float(p) for p in re.findall(r"(\d+(?:\.\d+)?)\s*%", text)]
     assert len(percents) == len(CLASSES)
     assert sorted(percents, reverse=True) == pytest.approx(sorted((100 * v for v in shares.values()), reverse=True),

@@ -99,11 +99,20 @@ def test_verify_never_executes_the_file(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ fetch
+class _RangeServer(http.server.HTTPServer):
+    """The server `_RangeHandler` serves from: what it serves, where to cut, and the Range header of each request."""
+
+    payload: bytes
+    cut_after: int | None
+    requests: list[str | None]
+
+
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves `server.payload` at /file.bin with Range support; `server.cut_after` truncates one response."""
 
     def do_GET(self) -> None:
         srv = self.server
+        assert isinstance(srv, _RangeServer)
         srv.requests.append(self.headers.get("Range"))
         data = srv.payload
         start = 0
@@ -125,8 +134,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def server() -> Iterator[http.server.HTTPServer]:
-    srv = http.server.HTTPServer(("127.0.0.1", 0), _RangeHandler)
+def server() -> Iterator[_RangeServer]:
+    srv = _RangeServer(("127.0.0.1", 0), _RangeHandler)
     srv.timeout = 5
     srv.payload, srv.cut_after, srv.requests = b"", None, []
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -112,7 +112,7 @@ def test_split_file_is_read_by_the_regular_loader(world):
     assert len(colours) == len(patterns) == 4
 
 
-def test_no_unseen_pixels_reach_the_inductive_loss(world, monkeypatch):
+def test_no_unseen_pixels_reach_the_inductive_loss(world, monkeypatch) -> None:
     """Train two steps with the regular Trainer and spy on what the loss receives."""
     clip = TinyClipConfig(vision_width=64, vision_layers=2, text_width=64, text_layers=1, embed_dim=32)
     cfg = demo_model_config("otseg+", "inductive", SMALL, clip)
@@ -155,7 +155,7 @@ def test_no_unseen_pixels_reach_the_inductive_loss(world, monkeypatch):
     assert unseen_pixels > 0  # the batches did contain unseen objects, so the check above was not vacuous
 
 
-def test_captions_give_the_template_words_their_visual_meaning():
+def test_captions_give_the_template_words_their_visual_meaning() -> None:
     """ "portrait" is a close-up, "segment" under half visible, "part" 50-80 % visible, size words whole objects by
     size; the held-out split has seen classes only."""
 

@@ -131,7 +131,7 @@ def test_key_list_parses_and_matches_its_own_totals():
     assert all(r.numel == max(1, torch.Size(r.shape).numel()) for r in rows)
 
 
-def test_every_reference_key_is_mapped_or_dropped_with_a_reason():
+def test_every_reference_key_is_mapped_or_dropped_with_a_reason() -> None:
     dropped: set[str] = set()
     for row in KEYS.rows:
         ours, reason = map_reference_key(row.key, keep_text_encoder=False)
@@ -381,7 +381,7 @@ def test_readable_file_that_is_not_a_checkpoint(tmp_path):
         load_reference_checkpoint(tiny_model(), path)
 
 
-def test_non_tensor_state_dict_entry_is_named(tmp_path):
+def test_non_tensor_state_dict_entry_is_named(tmp_path) -> None:
     sd: dict[str, Any] = {**reference_state_dict(), "decode_head.step": 3}
     with pytest.raises(ValueError, match=r"not tensors.*decode_head\.step"):
         load_modified(tmp_path, sd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pytest
@@ -31,7 +32,16 @@ from otseg.model.build import attach_clip_text_tower, load_clip_into
 from otseg.model.text import cache_dir, compute_class_embeddings, validate_class_names
 
 TEXT = load_golden("text_encoder.pt")  # skips the whole module when the golden files are absent
-TOL = {"atol": 1e-5, "rtol": 1e-4}
+
+
+class _Tolerance(TypedDict):
+    """The tolerance keywords of `torch.testing.assert_close`."""
+
+    atol: float
+    rtol: float
+
+
+TOL: _Tolerance = {"atol": 1e-5, "rtol": 1e-4}
 VOC = get_preset("voc12-inductive")
 
 
@@ -539,6 +549,7 @@ def test_set_classes(tiny_model: OTSeg, fresh_cache: Path) -> None:
     # cat: a seen VOC training class; sofa: a VOC class held out as unseen; wall: not a VOC class at all.
     assert tiny_model.seen_mask.tolist() == [True, False, False]
     assert tiny_model.has_class_embeddings
+    assert tiny_model.text_encoder is not None
     expected = compute_class_embeddings(tiny_model.text_encoder, names, TEMPLATES_6, use_cache=False)
     assert torch.equal(tiny_model.class_embeddings, expected)
 

@@ -132,11 +132,12 @@ def make_sbd(src: Path, voc: dict, archive: bool, seed: int = 1) -> dict:
 def rle_runs(mask: np.ndarray) -> list[int]:
     """Run lengths of a bool mask in column-major order, starting with a (possibly empty) run of zeros."""
     flat = mask.T.ravel().astype(np.uint8)
-    runs, current, n = [], 0, 0
+    runs: list[int] = []
+    current, n = 0, 0
     for v in flat:
         if v != current:
             runs.append(n)
-            current, n = v, 0
+            current, n = int(v), 0
         n += 1
     runs.append(n)
     return runs

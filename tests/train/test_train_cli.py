@@ -198,7 +198,9 @@ def make_voc_all_seen_train(root: Path) -> Path:
                 with Image.open(path) as im:
                     relabelled = Image.fromarray(lut[np.asarray(im)], im.mode)
                     if im.mode == "P":
-                        relabelled.putpalette(im.getpalette())
+                        palette = im.getpalette()
+                        assert palette is not None  # a mode-P image has one
+                        relabelled.putpalette(palette)
                 relabelled.save(path)
     return root
 

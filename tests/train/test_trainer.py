@@ -177,8 +177,8 @@ def test_bf16_autocast_trains_with_sinkhorn_in_float32(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
-def test_backbone_lr_multiplier_scales_the_prompts_lr_only(tmp_path):
-    seen: list[dict[str, float]] = []
+def test_backbone_lr_multiplier_scales_the_prompts_lr_only(tmp_path) -> None:
+    seen: list[dict[int, float]] = []  # number of parameters in the group -> its lr
 
     class Spy(Trainer):
         def save_checkpoint(self):
