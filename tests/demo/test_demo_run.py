@@ -15,7 +15,14 @@ from safetensors.torch import save_file
 
 from otseg import Predictor
 from otseg.clip.loading import infer_clip_configs
-from otseg.demo.presets import SCHEDULES, DemoRecipe, DemoSettings, demo_train_config, transductive_init_step
+from otseg.demo.presets import (
+    SCHEDULES,
+    DemoRecipe,
+    DemoSettings,
+    demo_model_config,
+    demo_train_config,
+    transductive_init_step,
+)
 from otseg.demo.pretrained import (
     SHIPPED_MODEL,
     _model_tensors,
@@ -29,7 +36,7 @@ from otseg.demo.pretrained import (
 from otseg.demo.run import add_demo_parser, cmd_demo, unbiased_and_seen_only_metrics, unbiased_metrics
 from otseg.demo.tiny_clip import SHIPPED_PACK, tiny_clip_path
 from otseg.demo.tiny_clip import _pack_metadata as clip_pack_metadata
-from otseg.demo.training import demo_datasets
+from otseg.demo.training import build_demo_model, demo_datasets
 from otseg.demo.world import CLASS_NAMES, unseen_ids, world_dir
 from otseg.eval.evaluate import evaluate
 from otseg.formats.openai_clip import read_clip_state_dict
@@ -270,3 +277,15 @@ def test_bad_seeds_are_refused_in_one_line(argv: list[str], named: str, capsys: 
     assert info.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("otseg demo: error: argument --seed") and named in error
+
+
+def test_build_demo_model_takes_a_changed_config_for_benches() -> None:
+    """The ablation bench's hook: `model_config` replaces the method's own config, and only when it is given."""
+    cfg = DemoSettings.full(0)
+    state = read_clip_state_dict(tiny_clip_path(cfg.world, cfg.clip))
+    own = demo_model_config("otseg", "inductive", cfg.world, cfg.clip)
+    changed = dataclasses.replace(own, head=dataclasses.replace(own.head, attention="softmax"))
+    assert build_demo_model(cfg, "otseg", "inductive", state).config.head.attention == "mpsa"
+    model = build_demo_model(cfg, "otseg", "inductive", state, changed)
+    assert model.config.head.attention == "softmax" and tuple(model.class_names) == CLASS_NAMES
+    assert model.config.to_dict() == changed.to_dict()
