@@ -64,9 +64,8 @@ ABLATIONS: dict[str, str] = {
 }
 
 
-def ablated_config(cfg: DemoSettings, ablation: str) -> ModelConfig:
-    """OTSeg's inductive demo model with one part (`ABLATIONS`) replaced by the baseline's."""
-    model = demo_model_config("otseg", "inductive", cfg.world, cfg.clip)
+def ablated_config(model: ModelConfig, ablation: str) -> ModelConfig:
+    """OTSeg's model config `model` with one part (`ABLATIONS`) replaced by the baseline's."""
     head = model.head
     if ablation == "attention":
         head = dataclasses.replace(head, attention="softmax")
@@ -170,10 +169,14 @@ def main() -> None:
         return {"holdout_miou_seen": scores[0]}
 
     state = read_clip_state_dict(tiny_clip_path(cfg.world, cfg.clip))
-    model_config = ablated_config(cfg, args.ablate) if args.ablate is not None else None
-    if args.sinkhorn_eps is not None:
-        base = model_config or demo_model_config("otseg", "inductive", cfg.world, cfg.clip)
-        model_config = dataclasses.replace(base, head=dataclasses.replace(base.head, sinkhorn_eps=args.sinkhorn_eps))
+    model_config: ModelConfig | None = None  # None: the method's own
+    if args.ablate is not None or args.sinkhorn_eps is not None:  # both checked above to come with --arch otseg
+        model_config = demo_model_config("otseg", "inductive", cfg.world, cfg.clip)
+        if args.ablate is not None:
+            model_config = ablated_config(model_config, args.ablate)
+        if args.sinkhorn_eps is not None:
+            head = dataclasses.replace(model_config.head, sinkhorn_eps=args.sinkhorn_eps)
+            model_config = dataclasses.replace(model_config, head=head)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         train_demo_model(cfg, args.arch, "inductive", state, train_set, Path(out) / "w", progress=False,
