@@ -22,7 +22,7 @@ from otseg.demo.run import _row
 from otseg.demo.training import demo_datasets
 from otseg.demo.world import world_dir
 from otseg.eval.evaluate import evaluate
-from otseg.formats.open_model import load_model
+from otseg.model_files.open_model import load_model
 from otseg.ops.sinkhorn import sinkhorn_overrides
 
 MODES: dict[str, dict] = {

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import make_tiny_model
 from otseg.cli import build_parser, main
-from otseg.formats.otseg_folder import save_pretrained
+from otseg.model_files.otseg_folder import save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -27,9 +27,9 @@ from otseg.export import (
     onnx_segment_image,
     onnx_slide_inference,
 )
-from otseg.formats.otseg_folder import save_pretrained
-from otseg.formats.reference_pth import convert_reference_state_dict
 from otseg.model.build import load_clip_into
+from otseg.model_files.otseg_folder import save_pretrained
+from otseg.model_files.reference_pth import convert_reference_state_dict
 from otseg.ops.sinkhorn import sinkhorn_overrides
 
 ort = pytest.importorskip("onnxruntime")

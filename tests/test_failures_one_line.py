@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from conftest import make_tiny_model, tiny_train_args
 from otseg.cli import main
 from otseg.data.datasets import read_custom_classes
-from otseg.formats.otseg_folder import save_pretrained
 from otseg.formats.state_dict import tensor_digest
+from otseg.model_files.otseg_folder import save_pretrained
 
 REPO = Path(__file__).resolve().parents[1]
 

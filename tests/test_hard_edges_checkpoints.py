@@ -18,8 +18,8 @@ from PIL import Image
 
 from otseg import OTSeg
 from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
-from otseg.formats.open_model import load_model
-from otseg.formats.otseg_folder import load_pretrained, save_pretrained
+from otseg.model_files.open_model import load_model
+from otseg.model_files.otseg_folder import load_pretrained, save_pretrained
 from otseg.train.trainer import Trainer, find_latest_checkpoint
 
 CLASSES = ("red", "green", "blue", "yellow")

@@ -34,7 +34,7 @@ from PIL import Image
 
 from conftest import make_tiny_model
 from otseg import cli, web
-from otseg.formats.otseg_folder import save_pretrained
+from otseg.model_files.otseg_folder import save_pretrained
 from otseg.predictor import Predictor
 from otseg.web import ELEM_IDS, INSTALL_HINT, add_serve_parser, build_app, cmd_serve, launch, make_segment_fn
 

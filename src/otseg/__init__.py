@@ -2,12 +2,12 @@
 
 from otseg.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
 from otseg.formats.class_embeddings import load_class_embeddings
-from otseg.formats.otseg_folder import load_pretrained, save_pretrained
-from otseg.formats.reference_pth import load_reference_checkpoint
 from otseg.model.build import build_model
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings
+from otseg.model_files.otseg_folder import load_pretrained, save_pretrained
+from otseg.model_files.reference_pth import load_reference_checkpoint
 from otseg.predictor import Prediction, Predictor
 from otseg.version import __version__
 

@@ -27,11 +27,11 @@ from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import format_markdown
 from otseg.eval.score import score_folders, write_results
 from otseg.export import add_export_parser
-from otseg.formats.otseg_folder import save_pretrained
-from otseg.formats.reference_pth import load_reference_checkpoint, map_reference_key, read_reference_state_dict
 from otseg.model.build import load_clip_into
 from otseg.model.presets import describe_preset, get_preset, list_presets
 from otseg.model_arguments import add_model_arguments, predictor_from_args
+from otseg.model_files.otseg_folder import save_pretrained
+from otseg.model_files.reference_pth import load_reference_checkpoint, map_reference_key, read_reference_state_dict
 from otseg.predictor import default_class_names
 from otseg.prepare import add_prepare_parser
 from otseg.segment import parse_class_list, segment_images

@@ -32,12 +32,12 @@ from otseg.config import resolve_templates
 from otseg.data.facts import data_config_for
 from otseg.data.transforms import TestTransform
 from otseg.eval.evaluate import upsampled_argmax
-from otseg.formats.open_model import load_model
 from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.build import attach_clip_text_tower
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings, validate_class_names
+from otseg.model_files.open_model import load_model
 from otseg.named_models import NAMED_MODELS
 from otseg.viz import overlay_with_legend, palette_label_image
 

@@ -20,16 +20,16 @@ from otseg import OTSeg
 from otseg.clip.model import resize_positional_embedding
 from otseg.clip.text import TextEncoder
 from otseg.config import ModelConfig, Setting, TextConfig
-from otseg.formats.otseg_folder import load_pretrained, save_pretrained
-from otseg.formats.reference_pth import (
+from otseg.model.build import load_clip_into
+from otseg.model_files.otseg_folder import load_pretrained, save_pretrained
+from otseg.model_files.reference_pth import (
     ConversionReport,
     convert_reference_state_dict,
     load_reference_checkpoint,
     map_reference_key,
     read_reference_state_dict,
 )
-from otseg.formats.reference_pth import _reference_key as reference_key_of
-from otseg.model.build import load_clip_into
+from otseg.model_files.reference_pth import _reference_key as reference_key_of
 
 TOL = {"atol": 1e-5, "rtol": 1e-4}
 EMPTY_WEIGHT = "decode_head.loss_decode.criterion.empty_weight"

@@ -8,8 +8,8 @@ import torch
 
 from conftest import load_golden
 from otseg.config import HeadConfig
-from otseg.formats.reference_pth import map_reference_key
 from otseg.model.head import OTSegHead
+from otseg.model_files.reference_pth import map_reference_key
 from otseg.ops import record_sinkhorn_calls
 from otseg.train.losses import IGNORE_INDEX
 from otseg.train.objective import fill_pseudo_labels, remap_labels, training_losses

@@ -9,7 +9,7 @@ import torch
 from conftest import golden_segmentor_config, load_golden
 from otseg import OTSeg
 from otseg.config import ModelConfig, Setting
-from otseg.formats.reference_pth import convert_reference_state_dict
+from otseg.model_files.reference_pth import convert_reference_state_dict
 from otseg.train.objective import compute_losses
 
 SEG = load_golden("segmentor.pt")

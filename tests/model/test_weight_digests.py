@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from otseg.cli import main
-from otseg.formats.open_model import load_model
-from otseg.formats.otseg_folder import load_pretrained, save_pretrained
 from otseg.formats.state_dict import tensor_digest
+from otseg.model_files.open_model import load_model
+from otseg.model_files.otseg_folder import load_pretrained, save_pretrained
 from otseg.train.trainer import Trainer
 from test_hard_edges_checkpoints import Blocks, tiny_model, train_cfg, trained_checkpoint
 

@@ -17,8 +17,8 @@ from torch import nn
 from conftest import load_golden
 from otseg.benchmark import add_bench_parser, efficiency_table, format_table, full_macs, mmcv_style_macs
 from otseg.config import HeadConfig
-from otseg.formats.reference_pth import map_reference_key
 from otseg.model.head import OTSegHead
+from otseg.model_files.reference_pth import map_reference_key
 from otseg.ops import record_sinkhorn_calls, sinkhorn, sinkhorn_potentials
 from otseg.ops.sinkhorn import _implicit_backward, sinkhorn_overrides
 

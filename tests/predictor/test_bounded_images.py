@@ -20,8 +20,8 @@ from conftest import make_tiny_model
 from otseg import Predictor
 from otseg.cli import main
 from otseg.eval.evaluate import upsampled_argmax
-from otseg.formats.otseg_folder import save_pretrained
 from otseg.image_io import max_pixels, read_image
+from otseg.model_files.otseg_folder import save_pretrained
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -13,8 +13,8 @@ from conftest import TINY_SEGMENTOR, golden_file, load_golden, make_tiny_model
 from otseg import Predictor
 from otseg.data.facts import data_config_for
 from otseg.data.transforms import TestTransform
-from otseg.formats.otseg_folder import save_pretrained
 from otseg.image_io import read_image
+from otseg.model_files.otseg_folder import save_pretrained
 
 
 @pytest.fixture(scope="module")

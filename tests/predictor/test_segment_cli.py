@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import make_tiny_model
 from otseg.cli import main
 from otseg.demo.world import CLASS_NAMES
-from otseg.formats.otseg_folder import save_pretrained
+from otseg.model_files.otseg_folder import save_pretrained
 from otseg.segment import output_stems, parse_class_list
 
 

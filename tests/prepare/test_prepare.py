@@ -15,7 +15,7 @@ import otseg
 from conftest import TINY_SEGMENTOR, golden_file, tiny_train_args
 from otseg.cli import main
 from otseg.data.datasets import build_dataset
-from otseg.formats.otseg_folder import save_pretrained
+from otseg.model_files.otseg_folder import save_pretrained
 from otseg.prepare import common
 
 pytest.importorskip("scipy")

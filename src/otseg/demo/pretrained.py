@@ -37,9 +37,9 @@ from otseg.demo.tiny_clip import _pack_metadata, compare_with_shipped, state_dig
 from otseg.demo.training import demo_datasets, train_demo_model
 from otseg.demo.world import caption_vocabulary, demo_cache_root, world_dir
 from otseg.formats.openai_clip import read_clip_state_dict
-from otseg.formats.otseg_folder import save_pretrained
 from otseg.model.build import load_clip_into
 from otseg.model.segmentor import OTSeg
+from otseg.model_files.otseg_folder import save_pretrained
 from otseg.utils import atomic_write
 
 __all__ = ["SHIPPED_MODEL", "demo_model_dir", "demo_model_key", "pack_demo_model", "save_demo_model"]

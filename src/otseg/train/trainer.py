@@ -38,8 +38,8 @@ from otseg.config import TrainConfig
 from otseg.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.formats.state_dict import check_state_dict_fits
 from otseg.formats.torch_pickle import safe_torch_load
-from otseg.formats.training_checkpoint import TRAINING_FORMAT, checkpoint_digest, verify_training_digest
 from otseg.model.segmentor import OTSeg
+from otseg.model_files.training_checkpoint import TRAINING_FORMAT, checkpoint_digest, verify_training_digest
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr

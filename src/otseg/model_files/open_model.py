@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from otseg.config import apply_overrides
-from otseg.formats.otseg_folder import load_pretrained
-from otseg.formats.reference_pth import load_reference_checkpoint
 from otseg.formats.torch_pickle import safe_torch_load
-from otseg.formats.training_checkpoint import TRAINING_FORMAT, model_from_training_checkpoint
 from otseg.model.presets import get_preset
 from otseg.model.segmentor import OTSeg
+from otseg.model_files.otseg_folder import load_pretrained
+from otseg.model_files.reference_pth import load_reference_checkpoint
+from otseg.model_files.training_checkpoint import TRAINING_FORMAT, model_from_training_checkpoint
 
 __all__ = ["load_model"]
 
