@@ -31,9 +31,9 @@ from torch import Tensor
 from otseg.config import resolve_templates
 from otseg.data.facts import data_config_for
 from otseg.data.transforms import TestTransform
-from otseg.eval.evaluate import upsampled_argmax
 from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.build import attach_clip_text_tower
+from otseg.model.labels import upsampled_argmax
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings, validate_class_names
@@ -63,7 +63,7 @@ class Prediction:
             where the model applies it); None when unknown.
 
     `scores` (K, H, W) at the image's own size is built on first access (K x H x W floats); the label map is
-    built without it, a few channels at a time (`otseg.eval.evaluate.upsampled_argmax`, the evaluation's own
+    built without it, a few channels at a time (`otseg.model.labels.upsampled_argmax`, the evaluation uses the same
     resize-and-argmax), so memory stays bounded for large images.
     """
 

@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import otseg.eval.evaluate as evaluate_module
+import otseg.model.labels as labels_module
 from conftest import make_tiny_model
 from otseg import Predictor
 from otseg.cli import main
-from otseg.eval.evaluate import upsampled_argmax
 from otseg.image_io import max_pixels, read_image
+from otseg.model.labels import upsampled_argmax
 from otseg.model_files.otseg_folder import save_pretrained
 
 
@@ -114,8 +114,8 @@ def test_label_maps_are_built_a_few_channels_at_a_time(monkeypatch):
         calls.append(tuple(x.shape))
         return interpolate(x, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_module, "_CHUNK_ELEMENTS", 2 * 40 * 50)
-    monkeypatch.setattr(evaluate_module.F, "interpolate", spy)
+    monkeypatch.setattr(labels_module, "_CHUNK_ELEMENTS", 2 * 40 * 50)
+    monkeypatch.setattr(labels_module.F, "interpolate", spy)
     low = torch.rand(5, 9, 13)
     low[3] = low[1]  # a tie: the lower index wins, as argmax
     labels = upsampled_argmax(low, (40, 50))
