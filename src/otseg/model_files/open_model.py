@@ -12,7 +12,7 @@ from otseg.model.presets import get_preset
 from otseg.model.segmentor import OTSeg
 from otseg.model_files.otseg_folder import load_pretrained
 from otseg.model_files.reference_pth import load_reference_checkpoint
-from otseg.model_files.training_checkpoint import TRAINING_FORMAT, model_from_training_checkpoint
+from otseg.model_files.training_checkpoint import is_training_checkpoint, model_from_training_checkpoint
 
 __all__ = ["load_model"]
 
@@ -33,7 +33,7 @@ def load_model(
     if p.is_dir():
         return load_pretrained(p, overrides=overrides)
     ckpt = safe_torch_load(p, "checkpoint", allow_pickle=allow_pickle)
-    if isinstance(ckpt, dict) and ckpt.get("format") == TRAINING_FORMAT:
+    if is_training_checkpoint(ckpt):
         return model_from_training_checkpoint(ckpt, p, overrides)
     if preset is None:
         raise ValueError(f"{p} looks like a reference checkpoint: say which preset it was trained with (--preset NAME)")

@@ -37,13 +37,18 @@ from tqdm.auto import tqdm
 from otseg.config import TrainConfig
 from otseg.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.formats.state_dict import check_state_dict_fits
-from otseg.formats.torch_pickle import safe_torch_load
 from otseg.model.segmentor import OTSeg
-from otseg.model_files.training_checkpoint import TRAINING_FORMAT, checkpoint_digest, verify_training_digest
+from otseg.model_files.training_checkpoint import (
+    UnreadableCheckpointError,
+    read_training_checkpoint,
+    training_checkpoint,
+    verify_training_digest,
+    write_training_checkpoint,
+)
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.schedule import build_optimizer, poly_lr
-from otseg.utils import atomic_torch_save, atomic_write_text, describe_write_failure, is_atomic_temp_file
+from otseg.utils import atomic_write_text, describe_write_failure, is_atomic_temp_file
 
 if TYPE_CHECKING:
     from otseg.data.datasets import SegmentationDataset
@@ -295,29 +300,24 @@ class Trainer:
         }
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
-        model_state = self._trainable_state()
-        class_embeddings = self.model.class_embeddings.detach().cpu()
-        return {
-            "format": TRAINING_FORMAT,
-            "step": self.step,
-            "model": model_state,
-            "class_embeddings": class_embeddings,
-            # Loading verifies it: a checkpoint with flipped bytes is refused instead of silently used.
-            "sha256": checkpoint_digest(model_state, class_embeddings),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": _rng_to_plain(rng),
-            "train_config": asdict(self.cfg),
-            "model_config": self.model.config.to_dict(),
-            "class_names": list(self.model.class_names),
-        }
+        return training_checkpoint(
+            step=self.step,
+            model_state=self._trainable_state(),
+            class_embeddings=self.model.class_embeddings.detach().cpu(),
+            class_names=list(self.model.class_names),
+            model_config=self.model.config.to_dict(),
+            train_config=asdict(self.cfg),
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            rng=_rng_to_plain(rng),
+        )
 
     def save_checkpoint(self) -> Path | None:
         """Write `iter_{step}.pt` atomically (rank 0), then prune old ones. Returns the path on rank 0."""
         path = None
         if self.dist.is_main:
             path = self.work_dir / f"iter_{self.step}.pt"
-            atomic_torch_save(self.checkpoint_state(), path)
+            write_training_checkpoint(self.checkpoint_state(), path)
             atomic_write_text(self.work_dir / "last_checkpoint", path.name + "\n")
             ckpts = sorted((int(m.group(1)), p) for p in self.work_dir.iterdir() if (m := CKPT_PATTERN.match(p.name)))
             for step, old in ckpts[: -self.cfg.keep_checkpoints]:
@@ -338,19 +338,9 @@ class Trainer:
         if not p.is_file():
             raise FileNotFoundError(f"checkpoint {p} does not exist")
         try:
-            ckpt = safe_torch_load(
-                p,
-                "checkpoint",
-                pickle_hint="checkpoints written by otseg train never hold any, so this is not one of them; pass "
-                "the iter_N.pt of a training run",
-            )
-        except ValueError as e:
+            ckpt = read_training_checkpoint(p, required=("model", "optimizer", "scaler", "step", "rng"))
+        except UnreadableCheckpointError as e:
             raise _UnreadableCheckpoint(str(e)) from e
-        if not isinstance(ckpt, dict) or ckpt.get("format") != TRAINING_FORMAT:
-            raise ValueError(f"{p} is not an otseg training checkpoint (an iter_N.pt written by otseg train)")
-        absent = [k for k in ("model", "optimizer", "scaler", "step", "rng") if k not in ckpt]
-        if absent:
-            raise ValueError(f"training checkpoint {p} lacks {absent}: it is damaged; use an older iter_N.pt")
         state = ckpt["model"]
         saved_names = ckpt.get("class_names")
         fix = "was it trained with another preset or other --set sizes? train with the same ones"
