@@ -1,41 +1,48 @@
-"""The models otseg knows by name: one small table, read by `Predictor.from_pretrained`, the CLI and the web page.
+"""The models otseg knows by name: one small table of data, read by `Predictor.from_pretrained`, the CLI and the web
+page. Each is an ordinary otseg model folder shipped with the package (`config.json` + `model.safetensors`, read by
+`otseg.model_files.otseg_folder.load_pretrained` like any other), so naming one builds, trains or imports nothing.
 
->>> named_model("demo").folder(progress=False)   # the model's folder (otseg's format), unpacked in the cache
+>>> named_model("demo").path   # .../otseg/builtin_models/demo, a folder in otseg's format
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
-from otseg.demo.pretrained import demo_model_dir
-from otseg.demo.world import CLASS_NAMES as DEMO_CLASS_NAMES
+__all__ = ["BUILTIN_MODELS", "NAMED_MODELS", "NamedModel", "named_model"]
 
-__all__ = ["NAMED_MODELS", "NamedModel", "named_model"]
+BUILTIN_MODELS = Path(__file__).with_name("builtin_models")
 
 
 @dataclass(frozen=True)
 class NamedModel:
-    """A model available without a file: where its folder comes from, and what it segments."""
+    """A model available without a file of the user's: its shipped folder, and what it segments."""
 
     name: str
     summary: str
-    class_names: tuple[str, ...]
-    folder: Callable[..., Path]  # folder(progress=bool) -> a folder in otseg's format, built or unpacked once
+    path: Path  # a folder in otseg's format (save_pretrained), shipped with the package
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes the model comes with, from its `config.json` (read once, without building the model)."""
+        return _class_names(self.path / "config.json")
 
 
-def _demo_folder(progress: bool = True) -> Path:
-    return demo_model_dir(progress=progress)
+@cache
+def _class_names(config_file: Path) -> tuple[str, ...]:
+    return tuple(json.loads(config_file.read_text(encoding="utf-8"))["class_names"])
 
 
 NAMED_MODELS: dict[str, NamedModel] = {
+    # Written by `otseg.demo.pretrained.write_demo_model_folder` from the demo's shipped packs.
     "demo": NamedModel(
         name="demo",
         summary="OTSeg+ trained inductively on the built-in miniature world (shipped with otseg; it knows only "
         "its world's words)",
-        class_names=tuple(DEMO_CLASS_NAMES),
-        folder=_demo_folder,
+        path=BUILTIN_MODELS / "demo",
     ),
 }
 

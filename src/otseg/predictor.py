@@ -168,19 +168,19 @@ class Predictor:
         """Load a predictor.
 
         Args:
-            name_or_path: "demo" (the built-in miniature model, shipped with otseg: unpacked into the cache on
-                first use, in seconds), a folder written by `save_pretrained`/`otseg convert`, a training checkpoint
-                `iter_N.pt`, or a reference release `.pth` (needs `preset`).
+            name_or_path: "demo" (the built-in miniature model, a model folder shipped with otseg), a folder
+                written by `save_pretrained`/`otseg convert`, a training checkpoint `iter_N.pt`, or a reference
+                release `.pth` (needs `preset`).
             clip: OpenAI CLIP weights (e.g. ViT-B-16.pt) for the text tower, when the file holds none (training
                 checkpoints and reference releases do not); needed to name new classes.
             preset: the preset a reference `.pth` was trained with (e.g. "voc12-inductive").
             allow_pickle: allow pickled objects in old checkpoint files (only for files you trust).
-            progress: progress bars when the demo model has to be built (only for a non-default recipe).
+            progress: unused, kept for callers that pass it: the named models ship ready, nothing is built.
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
         """
         if str(name_or_path) in NAMED_MODELS:
-            name_or_path = NAMED_MODELS[str(name_or_path)].folder(progress=progress)
+            name_or_path = NAMED_MODELS[str(name_or_path)].path
         elif not Path(name_or_path).exists():
             where = str(name_or_path)
             files = (

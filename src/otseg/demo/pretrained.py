@@ -1,16 +1,23 @@
-"""The built-in demo model: OTSeg+ trained inductively on the miniature world, for `Predictor.from_pretrained("demo")`.
+"""The built-in demo model: OTSeg+ trained inductively on the miniature world, `Predictor.from_pretrained("demo")`.
 
-It is shipped with the package, as the tiny CLIP is: `demo_model.safetensors` beside this file holds what training
-changed (the VPT prompts, the head, the class embeddings), about 1 MB; the frozen towers come from the shipped tiny
-CLIP. `demo_model_dir` unpacks both into otseg's own folder format (`save_pretrained`: safetensors + config.json,
-with the CLIP text tower, so any class name can be embedded) under `<otseg cache>/demo/`, checking the SHA-256
-that the pack records for the whole model. That takes seconds. When the package has no pack for the current
-recipe, the model is trained instead (one inductive OTSeg run of the demo, minutes on a CPU); `otseg demo` also
-saves the model it trains there.
+The package ships it twice, in two forms with one content:
 
-To rebuild the shipped pack from scratch and compare it bit for bit (the tiny CLIP comes from its own pack)::
+- `otseg/builtin_models/demo/`: an ordinary otseg model folder (`save_pretrained`: `config.json` with the class
+  names and the vocabulary, `model.safetensors` with the CLIP text tower, so any class name can be embedded), which
+  the library reads with its ordinary loader and nothing of the demo;
+- `demo_model.safetensors` beside this file: the compact pack it is written from, holding only what training changed
+  (the VPT prompts, the head, the class embeddings), about 0.6 MB; the frozen towers come from the shipped tiny CLIP.
+
+`write_demo_model_folder` writes the folder from the two packs (`python -m otseg.demo.rebuild model-folder --out
+DIR` writes it and compares it, tensor for tensor, with the shipped folder), checking the SHA-256 that the pack
+records for the whole model. To rebuild the pack itself from scratch and compare it bit for bit (the tiny CLIP comes
+from its own pack)::
 
     python -m otseg.demo.rebuild demo-model --out demo_model.safetensors
+
+For other demo settings (another seed, the quick sizes), `demo_model_dir` trains the model on first use (one
+inductive OTSeg run of the demo, minutes on a CPU) and caches it under `<otseg cache>/demo/`; `otseg demo` also
+saves the model it trains there.
 
 The model only knows its world's words; its `config.json` lists them (`vocabulary`), and `Predictor` says so when
 a class name uses other words.
@@ -33,7 +40,7 @@ from torch import Tensor
 
 from otseg.config import ModelConfig, Setting
 from otseg.demo.presets import DemoSettings
-from otseg.demo.tiny_clip import _pack_metadata, compare_with_shipped, state_digest, tiny_clip_path
+from otseg.demo.tiny_clip import _pack_metadata, _shipped_state, compare_with_shipped, state_digest, tiny_clip_path
 from otseg.demo.training import demo_datasets, train_demo_model
 from otseg.demo.world import caption_vocabulary, demo_cache_root, world_dir
 from otseg.formats.openai_clip import read_clip_state_dict
@@ -42,7 +49,15 @@ from otseg.model.segmentor import OTSeg
 from otseg.model_files.otseg_folder import save_pretrained
 from otseg.utils import atomic_write
 
-__all__ = ["SHIPPED_MODEL", "demo_model_dir", "demo_model_key", "pack_demo_model", "save_demo_model"]
+__all__ = [
+    "SHIPPED_MODEL",
+    "demo_model_dir",
+    "demo_model_key",
+    "pack_demo_model",
+    "same_model_folder",
+    "save_demo_model",
+    "write_demo_model_folder",
+]
 
 DEMO_MODEL_METHOD = "otseg+"
 DEMO_MODEL_SETTING: Setting = "inductive"
@@ -146,6 +161,44 @@ def unpack_demo_model(path: str | os.PathLike, clip_state: dict[str, Tensor]) ->
     names = json.loads(metadata["class_names"])
     model.set_class_embeddings(embeddings, class_names=names, seen=torch.nonzero(seen).flatten().tolist())
     return model.eval(), json.loads(metadata["extra"])
+
+
+def write_demo_model_folder(out: str | os.PathLike) -> Path:
+    """Write the built-in demo model, from the two shipped packs (the tiny CLIP's and the demo model's), as an
+    ordinary otseg model folder: `config.json` (config, class names, vocabulary) and `model.safetensors` (the
+    prompted image tower, the head, the CLIP text tower, the class embeddings and seen mask), as `save_pretrained`
+    writes it. This is how the package's `otseg/builtin_models/demo/` is made, which `Predictor.from_pretrained("demo")`
+    reads with the ordinary loader (`python -m otseg.demo.rebuild model-folder --out DIR` writes and compares it).
+
+    Raises:
+        ValueError: a shipped pack is missing, damaged, or for another recipe than the default one.
+    """
+    cfg = DemoSettings.full(0)
+    key = demo_model_key(cfg)
+    if not SHIPPED_MODEL.is_file() or _pack_metadata(SHIPPED_MODEL).get("key") != key:
+        raise ValueError(f"{SHIPPED_MODEL} is missing or not the demo model of the default recipe (key {key})")
+    shipped_clip = _shipped_state(cfg.clip.key(cfg.world))
+    if shipped_clip is None:
+        raise ValueError("the package ships no tiny CLIP for the default recipe (otseg/demo/tiny_clip.safetensors)")
+    model, extra = unpack_demo_model(SHIPPED_MODEL, shipped_clip[0])
+    return save_pretrained(model, out, extra=extra)
+
+
+def same_model_folder(written: Path, shipped: Path) -> int:
+    """Print whether the model folder `written` holds the same model as `shipped` (the same tensors, by the SHA-256
+    in its header, and the same `config.json`); the exit status of the rebuild command: 0 when so, 1 otherwise."""
+    if not (shipped / "config.json").is_file():
+        print(f"no shipped model folder at {shipped} to compare with")
+        return 0
+
+    def digest(folder: Path) -> str | None:
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            return (f.metadata() or {}).get("otseg_sha256")
+
+    same_config = json.loads((written / "config.json").read_text()) == json.loads((shipped / "config.json").read_text())
+    same = same_config and digest(written) == digest(shipped)
+    print(f"identical to the shipped folder {shipped}" if same else f"DIFFERS from the shipped folder {shipped}")
+    return 0 if same else 1
 
 
 def demo_model_dir(

@@ -1,9 +1,10 @@
 """`python -m otseg.demo.rebuild {tiny-clip,demo-model} --out FILE`: rebuild one of the demo's shipped weight packs
-from scratch and compare it bit for bit with the one in the package.
+from scratch and compare it bit for bit with the one in the package; `python -m otseg.demo.rebuild model-folder
+--out DIR`: write the built-in model folder (`otseg/builtin_models/demo`) from the shipped packs and compare it
+with the shipped folder (seconds).
 
-The commands live in this module of their own, not in `tiny_clip` or `pretrained`: importing `otseg` imports those
-two (through `Predictor` and the named models), and `python -m` on a module that is already imported runs a second
-copy of it as `__main__`.
+The commands live in this module of their own, so that `tiny_clip` and `pretrained` hold no command line (and
+`python -m` never runs a second copy of a module that the command imports).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from otseg.demo.pretrained import REBUILD_THREADS as MODEL_THREADS
-from otseg.demo.pretrained import rebuild_demo_model
+from otseg.demo.pretrained import rebuild_demo_model, same_model_folder, write_demo_model_folder
 from otseg.demo.tiny_clip import REBUILD_THREADS as CLIP_THREADS
 from otseg.demo.tiny_clip import rebuild_tiny_clip
+from otseg.named_models import NAMED_MODELS
 
-__all__ = ["main", "out_path_problem"]
+__all__ = ["main", "out_path_problem", "write_model_folder"]
 
 
 def out_path_problem(out: Path) -> str | None:
@@ -28,6 +30,16 @@ def out_path_problem(out: Path) -> str | None:
     if not out.parent.is_dir():
         return f"--out {out}: folder {out.parent} does not exist: create it or choose another path"
     return None
+
+
+def write_model_folder(out: Path) -> int:
+    """Write the built-in demo model's folder into `out` and compare it with the shipped one (0 when the same)."""
+    if out.exists() and not out.is_dir():
+        print(f"python -m otseg.demo.rebuild model-folder: --out {out} is a file: give a folder", file=sys.stderr)
+        return 2
+    write_demo_model_folder(out)
+    print(f"wrote {out} (config.json, model.safetensors)")
+    return same_model_folder(out, NAMED_MODELS["demo"].path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,8 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         p.add_argument("--out", required=True, help="the pack to write (.safetensors)")
         p.add_argument("--no-progress", action="store_true")
+    text = "write the built-in model folder (otseg/builtin_models/demo) from the shipped packs (seconds)"
+    p = sub.add_parser("model-folder", help=text, description=text[0].upper() + text[1:] + ".")
+    p.add_argument("--out", required=True, help="the folder to write (config.json and model.safetensors in it)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.pack == "model-folder":
+        return write_model_folder(out)
     problem = out_path_problem(out)
     if problem is not None:
         print(f"{parser.prog} {args.pack}: {problem}", file=sys.stderr)
