@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from otseg.demo.presets import DemoSettings
-from otseg.demo.run import holdout_seen_miou
+from otseg.demo.scoring import holdout_seen_miou
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import SPLIT_CACHE_BYTES, demo_datasets, demo_holdout_set, train_demo_model
 from otseg.demo.world import world_dir

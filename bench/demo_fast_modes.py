@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from otseg.demo.presets import DemoSettings
-from otseg.demo.run import _row
+from otseg.demo.table import results_row
 from otseg.demo.training import demo_datasets
 from otseg.demo.world import world_dir
 from otseg.eval.evaluate import evaluate
@@ -69,7 +69,7 @@ def main() -> None:
                 metrics = evaluate(model, val_set, progress=False)
                 seconds = time.perf_counter() - t0
                 moved = (model.predict_scores(probe) - reference).abs().max().item()
-            r = _row("otseg+", setting, metrics)
+            r = results_row("otseg+", setting, metrics)
             print(
                 f"| {setting} | {name} | {r['miou_seen']:.2f} | {r['miou_unseen']:.2f} | {r['hiou']:.2f} | "
                 f"{moved:.1e} | {seconds:.1f} |",

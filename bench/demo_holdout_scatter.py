@@ -45,7 +45,7 @@ from torch.utils.data import Subset
 from otseg.config import ModelConfig
 from otseg.demo.curves import second_half_changes, step_change_sd
 from otseg.demo.presets import ZEGCLIP_TEMPLATES, DemoSettings, demo_model_config
-from otseg.demo.run import unbiased_and_seen_only_metrics
+from otseg.demo.scoring import unbiased_and_seen_only_metrics
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
 from otseg.demo.world import CLASS_NAMES, GENERATOR_VERSION, seen_ids, world_dir

@@ -28,8 +28,8 @@ import torch
 
 from otseg.demo.card import world_card
 from otseg.demo.curves import last_fraction_change
+from otseg.demo.jobs import DemoJob, JobContext, run_job
 from otseg.demo.presets import DemoSettings
-from otseg.demo.run import DemoJob, JobContext, run_job
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.world import GENERATOR_VERSION, world_dir
 

@@ -32,7 +32,7 @@ import torch
 
 from otseg.demo.curves import last_fraction_change, step_change_sd, trend_change
 from otseg.demo.presets import DemoSettings
-from otseg.demo.run import holdout_seen_miou
+from otseg.demo.scoring import holdout_seen_miou
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets, demo_holdout_set, train_demo_model
 from otseg.demo.world import GENERATOR_VERSION, world_dir

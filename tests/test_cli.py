@@ -13,7 +13,7 @@ from PIL import Image
 import otseg
 from conftest import golden_file, load_golden, tiny_set_args
 from otseg.cli import build_parser, main
-from otseg.demo.run import cmd_demo
+from otseg.demo.command import cmd_demo
 
 
 def test_presets_lists_and_describes(capsys):

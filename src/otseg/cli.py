@@ -21,7 +21,7 @@ from otseg.data.check import check_dataset, check_preset, require_usable
 from otseg.data.datasets import build_dataset, read_custom_classes
 from otseg.data.facts import DATASET_ALIASES, data_config_for, default_train_config, list_datasets
 from otseg.data.transforms import TestTransform, TrainTransform
-from otseg.demo.run import add_demo_parser
+from otseg.demo.command import add_demo_parser
 from otseg.distributed import init_distributed, shutdown
 from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import format_markdown

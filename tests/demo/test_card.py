@@ -12,7 +12,7 @@ from PIL import Image
 
 from otseg.demo.card import linear_probe_miou, prompt_geometry, training_free_metrics
 from otseg.demo.curves import last_fraction_change, plot_curves, step_change_sd, trend_change, value_range
-from otseg.demo.run import aggregate_rows, format_table
+from otseg.demo.table import aggregate_rows, format_table
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids
 
 REFERENCE_EMBEDDINGS = Path(__file__).resolve().parents[3] / "shared" / "reference-embeddings"

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from otseg import Predictor
 from otseg.clip.loading import infer_clip_configs
+from otseg.demo.command import add_demo_parser, cmd_demo
 from otseg.demo.presets import (
     SCHEDULES,
     DemoRecipe,
@@ -33,7 +34,7 @@ from otseg.demo.pretrained import (
     pack_demo_model,
     unpack_demo_model,
 )
-from otseg.demo.run import add_demo_parser, cmd_demo, unbiased_and_seen_only_metrics, unbiased_metrics
+from otseg.demo.scoring import unbiased_and_seen_only_metrics, unbiased_metrics
 from otseg.demo.tiny_clip import SHIPPED_PACK, tiny_clip_path
 from otseg.demo.tiny_clip import _pack_metadata as clip_pack_metadata
 from otseg.demo.training import build_demo_model, demo_datasets

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 import otseg.demo.job_results as job_results
-import otseg.demo.run as demo_run
+import otseg.demo.scheduler as demo_scheduler
+from otseg.demo.command import add_demo_parser
 from otseg.demo.job_results import JOB_RESULT, load_job_result, save_job_result
+from otseg.demo.jobs import DemoJob, JobContext, job_folder
 from otseg.demo.presets import DemoSettings
-from otseg.demo.run import DemoJob, JobContext, _job_folder, _job_key, add_demo_parser
+from otseg.demo.scheduler import job_key
 
 KEY = {"job": "otseg-inductive", "recipe": {"iters": 4}, "panel_ids": (0, 2)}
 
@@ -68,12 +70,12 @@ def test_other_settings_or_a_bad_file_mean_train_again(tmp_path: Path, monkeypat
 def test_results_kept_by_another_release_are_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = JobContext(DemoSettings.quick(), tmp_path / "world", tmp_path / "clip.safetensors", tmp_path / "out", (0, 1))
     job = DemoJob("otseg", "fully")
-    folder = _job_folder(job, ctx)
+    folder = job_folder(job, ctx)
     folder.mkdir(parents=True)
-    save_job_result(folder, _job_key(job, ctx), _result())
-    assert load_job_result(folder, _job_key(job, ctx)) is not None
-    monkeypatch.setattr(demo_run, "__version__", "0.0.1-another-release")
-    assert load_job_result(folder, _job_key(job, ctx)) is None
+    save_job_result(folder, job_key(job, ctx), _result())
+    assert load_job_result(folder, job_key(job, ctx)) is not None
+    monkeypatch.setattr(demo_scheduler, "__version__", "0.0.1-another-release")
+    assert load_job_result(folder, job_key(job, ctx)) is None
 
 
 def _demo(out: Path) -> int:

@@ -1,7 +1,7 @@
 """A finished demo training job's results on disk, so that an interrupted `otseg demo` (Ctrl-C, a crash, a closed
 laptop) reuses the jobs it finished instead of training them again.
 
-A job's results (`otseg.demo.run.run_job`: its table rows, rows without the seen-class bias, per-class IoU, held-out
+A job's results (`otseg.demo.jobs.run_job`: its table rows, rows without the seen-class bias, per-class IoU, held-out
 curve, timings and the panel images' label maps) are written as `result.json` in the job's training folder once the
 job has finished. The file records a key (the job and every setting that determines its numbers); it is reused only
 when the key matches exactly, and it is read only if it is small: anything else means "train again".
