@@ -4,7 +4,7 @@ training runs, the held-out seen mIoU at the end, its largest change from the en
 evaluations) and the evaluations' scatter around that line (`otseg.demo.curves`). Reads each folder's
 demo_info.json; trains nothing.
 
-    python bench/demo_convergence.py runs/seeds/seed_0 runs/seeds/seed_1 runs/seeds/seed_2 runs/long0 runs/longer0
+    python research/demo_convergence.py runs/seeds/seed_0 runs/seeds/seed_1 runs/seeds/seed_2 runs/long0 runs/longer0
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ memory, and evaluates the held-out split a few times each way; prints the times,
 runs logged bit-identical losses (they must: the cache changes where the bytes come from, not what they are).
 Run it on a quiet machine, one thread, as the demo's workers run:
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_data_cache.py [--arch otseg] [--iters 300]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_data_cache.py [--arch otseg] [--iters 300]
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Reads the trained models of an `otseg demo --out DIR` run (DIR/runs/otseg-*/iter
 demo world's test set under the default Sinkhorn (the reference's stopping rule) and under each faster mode, in the
 same process, printing mIoU(S), mIoU(U), hIoU, the largest score difference from the default and the time.
 
-    python bench/demo_fast_modes.py --demo runs/demo [--limit 200]
+    python research/demo_fast_modes.py --demo runs/demo [--limit 200]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Is the held-out curve's scatter the split's or the model's? (`docs/demo.md`, "Reading the convergence test".)
+"""Is the held-out curve's scatter the split's or the model's? (`demo-notes.md`, "Reading the convergence test".)
 
 Trains one demo run (seed 0 unless `--seed`, one thread; OTSeg inductive at the fast length by default) and scores
 every checkpoint it evaluates on a held-out split ten times the demo's: 2,000 images of seen classes, in ten blocks
@@ -15,12 +15,12 @@ of one 200-image split); and how often a perfectly level curve with that scatter
 checks of where the changes come from: the same 2,000 images scored over the 12 seen classes alone (do the changes
 come from seen pixels sent to unseen classes, which inductive training never scores?), and how much the seen
 classes' IoUs move together (one confusable pair trading pixels, or the whole model's features moving?). Appends a
-JSON line to `bench/results/demo_holdout_scatter.jsonl`.
+JSON line to `research/results/demo_holdout_scatter.jsonl`.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --arch zegclip --iters 3200
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --arch zegclip --batch-size 16
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_holdout_scatter.py --batch-size 16 --ablate attention
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_holdout_scatter.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_holdout_scatter.py --arch zegclip --iters 3200
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_holdout_scatter.py --arch zegclip --batch-size 16
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_holdout_scatter.py --batch-size 16 --ablate attention
 
 `--ablate` trains OTSeg with one of its parts replaced by the ZegCLIP-style baseline's (`ABLATIONS`), the recipe
 unchanged: which part, if any, makes OTSeg's curve swing more than the baseline's? `--sinkhorn-eps` sets the

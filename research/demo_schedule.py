@@ -1,17 +1,17 @@
 """Calibration of the demo's training lengths: one run of one architecture (the ZegCLIP-style baseline by default,
-or OTSeg), at a chosen length and learning rate, with its held-out seen curve (`docs/demo.md`, calibration steps 7
+or OTSeg), at a chosen length and learning rate, with its held-out seen curve (`demo-notes.md`, calibration steps 7
 and 8).
 
 Trains one run of the demo (seed 0 unless `--seed`, one thread) and appends a JSON line to
-`bench/results/demo_schedule.jsonl`: the test rows (bias 0.1 and, for inductive, 0), the held-out seen mIoU at each
+`research/results/demo_schedule.jsonl`: the test rows (bias 0.1 and, for inductive, 0), the held-out seen mIoU at each
 tenth of the schedule, its largest change over the last 20 % and the training time (lines without "seed" are seed
 0). A length is chosen from the curve alone (the change over the last 20 %).
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --setting inductive --iters 6400
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --arch otseg --setting fully --iters 3200
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --setting inductive --iters 1600 \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_schedule.py --setting inductive --iters 6400
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_schedule.py --arch otseg --setting fully --iters 3200
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_schedule.py --setting inductive --iters 1600 \\
         --lr 5e-3 --backbone-lr-mult 0.04
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_schedule.py --setting inductive --iters 1600 \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_schedule.py --setting inductive --iters 1600 \\
         --lr 5e-3 --warmup-iters 400
 """
 

@@ -3,11 +3,11 @@
 
 Each (architecture, batch size) pair is timed twice, alternating, over `--steps` steps after a warm-up; the decoded
 training images are cached first, so the times are the model's and the augmentation's, not PNG decoding. Prints the
-times and the ratio of the second size to the recipe's, measured in the same run (`docs/demo.md`, "Reading the
+times and the ratio of the second size to the recipe's, measured in the same run (`demo-notes.md`, "Reading the
 convergence test").
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_step_time.py
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_step_time.py --batch-size 12 --steps 40
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_step_time.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_step_time.py --batch-size 12 --steps 40
 """
 
 from __future__ import annotations

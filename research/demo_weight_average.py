@@ -1,8 +1,8 @@
 """Would averaged weights steady the held-out curve? One baseline run, its checkpoints scored as trained and as an
-exponential moving average of the trainable weights (`docs/demo.md`, "Reading the convergence test").
+exponential moving average of the trainable weights (`demo-notes.md`, "Reading the convergence test").
 
 The held-out seen mIoU moves by a few points from one evaluation to the next late in training, and the moves are the
-model's, not the split's (`bench/demo_holdout_scatter.py`). A moving average of the weights is the usual remedy. This
+model's, not the split's (`research/demo_holdout_scatter.py`). A moving average of the weights is the usual remedy. This
 trains the ZegCLIP-style baseline inductively (seed 0, one thread; the recipe's length unless `--iters`), and at each
 held-out evaluation also scores two averages, with decays 0.995 and 0.999 (about 200 and 1,000 steps), fixed before
 the first run. The averages start from the weights at the first evaluation; at the fast length that start weighs
@@ -12,9 +12,9 @@ copies, scored and thrown away.
 
 Prints each curve with its trend and scatter (`otseg.demo.curves.trend_change`) and the standard deviation of the
 change from one evaluation to the next over the second half; appends a JSON line to
-`bench/results/demo_weight_average.jsonl`. The baseline only: this is calibration, no OTSeg model is trained.
+`research/results/demo_weight_average.jsonl`. The baseline only: this is calibration, no OTSeg model is trained.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/demo_weight_average.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/demo_weight_average.py
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Where the world card's linear probe errs (`docs/demo.md`, calibration step 9): on the test split of the default
+"""Where the world card's linear probe errs (`demo-notes.md`, calibration step 9): on the test split of the default
 world (seed 0) and the shipped tiny CLIP, the probe of `card.linear_probe_miou` is fitted again and its object-pixel
 errors are split by what they keep (the colour, the pattern, neither), by pattern confusion, and by whether the pixel
 lies in an 8-px patch of one label or of several. Method-agnostic: no segmentation model is trained.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python bench/probe_errors.py [--checker-cell 3.5,4.5]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python research/probe_errors.py [--checker-cell 3.5,4.5]
 
 Prints one JSON object.
 """
@@ -22,7 +22,7 @@ from otseg.demo import card
 from otseg.demo import world as world_module
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.world import TEXTURES, WorldConfig
-from tiny_clip_probe import use_checker_cell, world_splits  # bench/ is on the path when a bench script runs
+from tiny_clip_probe import use_checker_cell, world_splits  # research/ is on the path when a research script runs
 
 
 def probe_errors(pred: np.ndarray, labels: np.ndarray, patch: int = 8) -> dict[str, Any]:

@@ -12,11 +12,11 @@ It never trains or evaluates an OTSeg/OTSeg+ segmentor. With `--time-demo` it ti
 training step (inductive, batch 8) for this candidate's backbone shape and for the shipped one, alternating, in the
 same process, and reports the ratio.
 
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=src python bench/tiny_clip_probe.py --tag base --steps 1500 \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH=src python research/tiny_clip_probe.py --tag base --steps 1500 \
         --eval-at 500,1000 [--batch 64 --lr 1e-3 --vision-width 128 --vision-layers 3 --captions where] \
         [--time-demo] [--timing-only]
 
-Each result is printed and appended as one JSON line to `--log` (default bench/results/tiny_clip_probe.jsonl).
+Each result is printed and appended as one JSON line to `--log` (default research/results/tiny_clip_probe.jsonl).
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ def unbiased_metrics(model: Any, dataset: Any, batch_size: int = 50) -> dict[str
 
 def unbiased_and_seen_only_metrics(model: Any, dataset: Any, batch_size: int = 50) -> tuple[dict, dict]:
     """`unbiased_metrics`, and from the same scores the metrics with each pixel sent to the best of the 12 seen
-    classes, the classes inductive training scores (a diagnostic of the held-out curve, bench/)."""
+    classes, the classes inductive training scores (a diagnostic of the held-out curve, research/)."""
     everything, seen_only = _unbiased_confusions(model, dataset, batch_size, seen_only_too=True)
     assert seen_only is not None
     return _world_metrics(everything), _world_metrics(seen_only)
