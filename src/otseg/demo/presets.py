@@ -55,10 +55,8 @@ __all__ = [
 
 METHODS: tuple[str, ...] = ("zegclip", "otseg", "otseg+")
 SETTINGS: tuple[Setting, ...] = ("inductive", "transductive", "fully")
-# "fast": the README's main job, within 15 minutes on 2 cores; its runs have not all levelled off. "long": twice the
-# iterations, meant to let every held-out seen curve level off (it did on world version 3's seed 0, not on its other
-# seeds nor on version 4's seed 0). "longer": four times (about 50 minutes on 2 cores). See `DemoRecipe.for_schedule`
-# and docs/demo.md.
+# "fast": the main job, within 15 minutes on 2 cores; its runs have not all levelled off. "long" and "longer": two and
+# four times the iterations, for held-out curves that level off (not guaranteed). See `DemoRecipe.for_schedule`.
 # How many times the fast schedule's iterations each schedule trains.
 _SCHEDULE_FACTORS: dict[str, int] = {"fast": 1, "long": 2, "longer": 4}
 SCHEDULES: tuple[str, ...] = tuple(_SCHEDULE_FACTORS)
@@ -156,12 +154,12 @@ def demo_data_config(model_cfg: ModelConfig) -> DataConfig:
 @dataclass(frozen=True)
 class DemoRecipe:
     """Training lengths of the demo: one recipe for every method except the number of iterations, which is what
-    each method's held-out seen curve needs to level off (the baseline learns more slowly, see `docs/demo.md`)."""
+    each method's held-out seen curve needs to level off (the baseline learns more slowly). How the lengths were
+    chosen, and what each schedule measured: research/demo-notes.md (calibration steps 7, 8 and 10)."""
 
     iters: int = 1600  # OTSeg (and OTSeg+, the same model): inductive and fully supervised; transductive runs half
-    # The ZegCLIP-style baseline, likewise (transductive half). Set from the baseline's own held-out curves (at 1600
-    # iterations its inductive and fully supervised runs still moved 1.1-5.3 points over the last 20 %); decided
-    # after OTSeg's 1600-iteration results had been seen, and only lengthens the baseline (docs/demo.md, step 7).
+    # The ZegCLIP-style baseline, likewise (transductive half): twice OTSeg's, set from the baseline's own held-out
+    # curves, which at OTSeg's length were still rising.
     baseline_iters: int = 3200
     batch_size: int = 8
     # The head's lr is 10x the reference's 2e-4, as the demo trains 1600 iterations where the reference trains
@@ -177,12 +175,8 @@ class DemoRecipe:
         """The recipe of a named schedule (`SCHEDULES`): the same except for the two training lengths.
 
         "long": twice each architecture's fast length (baseline 6400 iterations, OTSeg 3200; transductive half),
-        fixed before it was run and accepted on seed 0's held-out seen curves alone, on world version 3
-        (`bench/demo_schedule.py`, `docs/demo.md` step 8): over the last 20 % the baseline moved 0.77 (inductive)
-        and 1.11 (fully, falling) points, OTSeg 0.38 and 0.50. On seeds 1 and 2 the baseline's curves still rise
-        (`docs/demo.md`). About twice the fast schedule's time.
-        "longer": four times (baseline 12800, OTSeg 6400), added on world version 4 when "long" left every seed-0
-        curve rising; its seed-0 run is in `docs/demo.md`.
+        about twice the fast schedule's time. "longer": four times (baseline 12800, OTSeg 6400). Neither makes every
+        held-out curve level off; their measurements are in research/demo-notes.md.
         """
         factor = _SCHEDULE_FACTORS.get(schedule)
         if factor is None:

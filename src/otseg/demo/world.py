@@ -87,7 +87,7 @@ DOT_SPACING: tuple[float, float] = (6.5, 8.0)
 DOT_RADIUS: tuple[float, float] = (1.6, 2.1)
 # Checks of 2.1-2.7 px: an 8 px patch holds about three periods, as a 16 px patch of a photo holds several periods
 # of a fine texture. At 3.5-4.5 px (version 3) one period filled a patch and, inside it, checks were hard to tell
-# from stripes: 89 % of a linear probe's errors kept the colour and missed the pattern (docs/demo.md, step 9).
+# from stripes: 89 % of a linear probe's errors kept the colour and missed the pattern (research/demo-notes.md, step 9).
 CHECKER_CELL: tuple[float, float] = (2.1, 2.7)
 
 # Caption grammar. Templates of the demo presets are phrased the same way, as CLIP prompts are phrased like
