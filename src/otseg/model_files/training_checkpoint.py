@@ -1,9 +1,7 @@
 """Training checkpoints (`iter_N.pt`, written by `otseg train`): a `torch.save`d dict, read with
 `weights_only=True`, holding `"format": "otseg-train"`, the model config, weights, class embeddings, optimiser and
 RNG states, and the SHA-256 of the weights and class embeddings (checked on reading).
-
-The one home of the format: `training_checkpoint` builds the dict, `write_training_checkpoint` writes it,
-`read_training_checkpoint` reads it back (the trainer's resume and `model_from_training_checkpoint` alike).
+Its one home: built, written and read here, by the trainer and by `load_model` alike.
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ from otseg.utils import atomic_torch_save
 __all__ = [
     "TRAINING_FORMAT",
     "UnreadableCheckpointError",
-    "check_training_entries",
     "checkpoint_digest",
     "is_training_checkpoint",
     "model_from_training_checkpoint",
@@ -35,6 +32,7 @@ __all__ = [
 ]
 
 TRAINING_FORMAT = "otseg-train"
+_STATES = ("optimizer", "scaler", "rng", "train_config", "model_config")  # besides the weights, in the file's order
 
 
 class UnreadableCheckpointError(ValueError):
@@ -42,81 +40,46 @@ class UnreadableCheckpointError(ValueError):
 
 
 def training_checkpoint(
-    *,
-    step: int,
-    model_state: dict[str, Tensor],
-    class_embeddings: Tensor,
-    class_names: list[str],
-    model_config: dict[str, Any],
-    train_config: dict[str, Any],
-    optimizer: dict[str, Any],
-    scaler: dict[str, Any],
-    rng: dict[str, Any],
+    *, step: int, model_state: dict[str, Tensor], class_embeddings: Tensor, class_names: list[str], **states: Any
 ) -> dict[str, Any]:
-    """The contents of an `iter_N.pt`: what the trainer resumes from and what `load_model` opens.
-
-    `model_state` leaves out the frozen text tower; `class_embeddings` is (K, P, C); `rng` holds plain values only
-    (tensors, lists, ints), so that the file loads with `weights_only=True`.
-    """
-    return {
-        "format": TRAINING_FORMAT,
-        "step": step,
-        "model": model_state,
-        "class_embeddings": class_embeddings,
-        # Loading verifies it: a checkpoint with flipped bytes is refused instead of silently used.
-        "sha256": checkpoint_digest(model_state, class_embeddings),
-        "optimizer": optimizer,
-        "scaler": scaler,
-        "rng": rng,
-        "train_config": train_config,
-        "model_config": model_config,
-        "class_names": class_names,
-    }
+    """An `iter_N.pt`'s contents: `model_state` without the frozen text tower, `class_embeddings` (K, P, C), their
+    SHA-256 (checked on loading), and `states`: optimizer, scaler, rng (plain values: weights_only loading),
+    train_config, model_config."""
+    if set(states) != set(_STATES):
+        raise TypeError(f"training_checkpoint takes the states {_STATES}, got {sorted(states)}")
+    digest = checkpoint_digest(model_state, class_embeddings)
+    head = {"format": TRAINING_FORMAT, "step": step, "model": model_state, "class_embeddings": class_embeddings}
+    return {**head, "sha256": digest, **{k: states[k] for k in _STATES}, "class_names": class_names}
 
 
-def write_training_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write `checkpoint` (from `training_checkpoint`) to `path` atomically: a crash leaves the old file or none."""
+def write_training_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `checkpoint` (`training_checkpoint`) to `path` atomically: a crash leaves the old file or none."""
     atomic_torch_save(checkpoint, path)
-    return Path(path)
 
 
 def is_training_checkpoint(obj: Any) -> bool:
-    """Whether a loaded torch file is a training checkpoint (rather than, say, a reference release)."""
     return isinstance(obj, dict) and obj.get("format") == TRAINING_FORMAT
 
 
-def read_training_checkpoint(
-    path: str | os.PathLike, required: tuple[str, ...] = ("model_config", "model", "class_embeddings")
-) -> dict[str, Any]:
-    """Read an `iter_N.pt` (`weights_only=True`) and check that it is one and holds the `required` entries; the
-    tensors' SHA-256 is checked by `verify_training_digest`, after the caller has named what does not fit.
-
-    Raises:
-        FileNotFoundError: no such file.
-        UnreadableCheckpointError: the bytes cannot be read (truncated, corrupt, pickled objects).
-        ValueError: the file is not a training checkpoint, or lacks a required entry.
-    """
-    p = Path(path)
+def read_training_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read an `iter_N.pt`: one line naming the file when its bytes cannot be read (`UnreadableCheckpointError`),
+    when it is no training checkpoint or lacks a `required` entry (ValueError). `verify_training_digest` checks it."""
+    hint = "checkpoints written by otseg train never hold any, so this is not one of them; pass the iter_N.pt of a "
+    hint += "training run"
     try:
-        ckpt = safe_torch_load(
-            p,
-            "checkpoint",
-            pickle_hint="checkpoints written by otseg train never hold any, so this is not one of them; pass "
-            "the iter_N.pt of a training run",
-        )
+        ckpt = safe_torch_load(path, "checkpoint", pickle_hint=hint)
     except ValueError as e:
         raise UnreadableCheckpointError(str(e)) from e
     if not is_training_checkpoint(ckpt):
-        raise ValueError(f"{p} is not an otseg training checkpoint (an iter_N.pt written by otseg train)")
-    check_training_entries(ckpt, p, required)
+        raise ValueError(f"{path} is not an otseg training checkpoint (an iter_N.pt written by otseg train)")
+    _check_entries(ckpt, path, required)
     return ckpt
 
 
-def check_training_entries(ckpt: dict[str, Any], p: Path, required: tuple[str, ...]) -> None:
-    """Refuse a training checkpoint that lacks one of the `required` entries, in one line naming the file."""
+def _check_entries(ckpt: dict[str, Any], path: str | os.PathLike, required: tuple[str, ...]) -> None:
     absent = [k for k in required if k not in ckpt]
     if absent:
-        raise ValueError(f"training checkpoint {p} lacks {absent}: it is damaged; use another iter_N.pt of the run")
+        raise ValueError(f"training checkpoint {path} lacks {absent}: it is damaged; use another iter_N.pt of the run")
 
 
 def checkpoint_digest(model_state: dict[str, Tensor], class_embeddings: Tensor) -> str:
@@ -138,7 +101,7 @@ def verify_training_digest(ckpt: dict[str, Any], source: str) -> None:
 
 def model_from_training_checkpoint(ckpt: dict[str, Any], p: Path, overrides: dict[str, Any] | None) -> OTSeg:
     """Build the model of an `iter_N.pt` (its own config, `overrides` applied) and load weights + class embeddings."""
-    check_training_entries(ckpt, p, ("model_config", "model", "class_embeddings"))
+    _check_entries(ckpt, p, ("model_config", "model", "class_embeddings"))
     try:
         cfg = saved = ModelConfig.from_dict(ckpt["model_config"])
         if overrides:  # e.g. `otseg eval --set head.seen_bias=0`; were silently ignored for these checkpoints

@@ -305,11 +305,11 @@ class Trainer:
             model_state=self._trainable_state(),
             class_embeddings=self.model.class_embeddings.detach().cpu(),
             class_names=list(self.model.class_names),
-            model_config=self.model.config.to_dict(),
-            train_config=asdict(self.cfg),
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(),
             rng=_rng_to_plain(rng),
+            train_config=asdict(self.cfg),
+            model_config=self.model.config.to_dict(),
         )
 
     def save_checkpoint(self) -> Path | None:
