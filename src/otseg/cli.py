@@ -341,6 +341,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_classes(args: argparse.Namespace) -> int:
 
+    if args.preset:
+        get_preset(args.preset)  # a typo: refused with the list of presets (not "no model")
     model = args.model
     if model is None:
         model = args.preset or "demo"  # --preset alone: that preset's classes
