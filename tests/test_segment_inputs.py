@@ -105,7 +105,9 @@ def test_a_single_class_gets_a_note(model_dir: Path, tmp_path: Path, capsys: pyt
     assert summary["images"][0]["fractions"] == {"cat": 1.0} and "100 %" in summary["class_list_note"]
 
 
-def test_a_preset_typo_is_refused_everywhere(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_preset_typo_is_refused_everywhere(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(KeyError, match="unknown preset 'voc12-inductiv'; valid presets: voc12-inductive"):
         Predictor.from_pretrained(model_dir, preset="voc12-inductiv")
     for argv in (

@@ -51,7 +51,7 @@ def test_a_class_file_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "names.csv").write_text("cat,sofa\n")
     with pytest.raises(ValueError, match=r"read from \.txt files .* not \.csv files"):
         parse_class_option(str(tmp_path / "names.csv"))
-    with pytest.raises(ValueError, match="'dog.txt' looks like a file name"):
+    with pytest.raises(ValueError, match=r"'dog\.txt' looks like a file name"):
         parse_class_option("cat, dog.txt")
 
 
