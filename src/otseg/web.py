@@ -53,6 +53,7 @@ from otseg.data.classes import class_list_note, parse_class_text
 from otseg.image_io import describe_source, read_image
 from otseg.model_arguments import add_model_arguments, predictor_from_args
 from otseg.predictor import Predictor
+from otseg.warning_lines import without_object_reprs
 from otseg.web_budget import CacheBudget, UploadBudget
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -83,8 +84,6 @@ _REMEMBERED_UPLOADS = 4  # decoded uploads kept in memory after their file is de
 _CACHE_SWEEP = (300, 900)  # gradio deletes its cached files older than 15 minutes, every 5 minutes
 # An absolute path of two or more parts (/tmp/gradio/abc/photo.png), to be kept out of visitors' messages.
 _SERVER_PATH = re.compile(r"(?<![\w.])(?:/[^\s'\":,;]+){2,}")
-# Python object reprs some libraries put in messages (<_io.BytesIO object at 0x7f...>): nothing for a visitor.
-_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 _UNREADABLE = (
     "is not an image that can be read (corrupt, or an unsupported format); upload a PNG, JPEG, WebP, BMP, TIFF or "
     "GIF file"
@@ -139,7 +138,7 @@ def _scrub_paths(message: str, image_path: str | None, name: str = "") -> str:
     if image_path:
         upload = f"the uploaded image {name}".rstrip()
         message = message.replace(f"image {image_path}", upload).replace(str(image_path), upload)
-    message = _OBJECT_REPR.sub("", message)
+    message = without_object_reprs(message)  # <_io.BytesIO object at 0x...>: nothing for a visitor
     return _SERVER_PATH.sub("<server path>", message)
 
 
