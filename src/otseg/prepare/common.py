@@ -349,8 +349,20 @@ class Job:
     args: tuple[Any, ...] = ()
 
 
+# What a converter raises on a value of the wrong type or out of range that its checks did not foresee (a JSON
+# null where a number belongs, a number too large for C): turned into one line naming the job's file.
+UNFORESEEN_VALUE_ERRORS = (OverflowError, TypeError, IndexError, KeyError, AttributeError, RecursionError)
+
+
 def _run(job: Job) -> Any:
-    return job.fn(job.payload, job.dest, *job.args)
+    try:
+        return job.fn(job.payload, job.dest, *job.args)
+    except UNFORESEEN_VALUE_ERRORS as exc:
+        where = next((a for a in job.args if isinstance(a, str)), job.dest.name)
+        raise ValueError(
+            f"{where}: cannot convert it ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); the download "
+            "holds a value of the wrong type or out of range: download it again"
+        ) from None
 
 
 def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total: int | None = None) -> list[Any]:
