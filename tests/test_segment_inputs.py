@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -120,3 +121,19 @@ def test_a_preset_typo_is_refused_everywhere(
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "unknown preset 'voc12-inductiv'; valid presets:" in err, argv
         assert "context59-inductive" in err and "no model" not in err
+
+
+def test_running_out_of_memory_is_not_called_unreadable(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _png(tmp_path / "in" / "a.png")
+
+    def no_memory(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise MemoryError()
+
+    monkeypatch.setattr(Predictor, "predict", no_memory)
+    assert _segment(model_dir, str(tmp_path / "in"), "--classes", "cat, sofa", "--out", str(tmp_path / "out")) == 1
+    captured = capsys.readouterr()
+    assert "not enough memory to segment" in captured.out and "1 image(s) not segmented" in captured.err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["failed"][0]["error"].startswith("not enough memory to segment")

@@ -335,7 +335,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     done, failed = len(summary["images"]), len(summary["failed"])
     print(f"wrote label maps, overlays and class fractions of {done} image(s) to {args.out} (summary.json)")
     if failed:
-        print(f"otseg segment: {failed} image(s) could not be read (listed above and in summary.json)", file=sys.stderr)
+        print(f"otseg segment: {failed} image(s) not segmented (listed above and in summary.json)", file=sys.stderr)
         return 1
     return 0
 

@@ -7,7 +7,7 @@ For each image `<stem>`:
 * `<stem>_overlay.png`: the colour label map over the image, with a legend of the classes found;
 * `<stem>.json`: the class list, the image size and each class's share of the pixels.
 
-`summary.json` lists every image with its outputs, and the images that could not be read (with the reason).
+`summary.json` lists every image with its outputs, and the images that could not be segmented (with the reason).
 """
 
 from __future__ import annotations
@@ -124,8 +124,14 @@ def segment_images(
         try:
             result = predictor.predict(path, names)
         except (ValueError, OSError, MemoryError) as e:  # a bad or too large file: say which, go on with the rest
-            failed.append({"image": str(path), "error": str(e)})
-            bar.write(f"skipped {path}: {e}")
+            reason = str(e)
+            if isinstance(e, MemoryError):  # the image was read; segmenting it at this size needed more memory
+                reason = (
+                    f"not enough memory to segment {path} with {len(names)} classes; shrink the image, name fewer "
+                    "classes, or lower the pixel cap (OTSEG_MAX_PIXELS)"
+                )
+            failed.append({"image": str(path), "error": reason})
+            bar.write(f"skipped {path}: {reason}")
             continue
         names = result.class_names
         label_file, overlay_file, json_file = (out / f"{stem}{s}" for s in ("_labels.png", "_overlay.png", ".json"))
