@@ -136,3 +136,36 @@ def test_the_cache_is_kept_under_its_cap_oldest_first(tmp_path: Path) -> None:
     assert outside.exists()  # links are not followed
     with pytest.raises(ValueError):
         CacheBudget(tmp_path, 0)
+
+
+def test_bodies_on_their_way_have_room_reserved_in_the_cache(tmp_path: Path) -> None:
+    """Uploads are written into the cache folder while they arrive (gradio does): with room reserved for every
+    body on its way, the folder never holds more than its cap, not even while two arrive at once."""
+    cap = 350_000
+    for i in range(3):
+        _file(tmp_path / f"old{i}" / "f.bin", 100_000, age_s=100 + i)
+    seen: list[int] = []
+    count = iter(range(100))
+
+    async def writer(scope: Any, receive: Any, send: Any) -> None:  # stores the body in the cache as it arrives
+        path = tmp_path / f"new{next(count)}" / "upload.bin"
+        path.parent.mkdir()
+        with path.open("wb") as f:
+            while True:
+                message = await receive()
+                f.write(message.get("body", b""))
+                f.flush()
+                seen.append(CacheBudget(tmp_path, 1).used_bytes())
+                await asyncio.sleep(0.001)
+                if not message.get("more_body"):
+                    break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    app = UploadBudget(writer, max_body_bytes=150_000, max_concurrent=2, cache=CacheBudget(tmp_path, cap))
+
+    async def many() -> list[tuple[int, bytes]]:
+        return await asyncio.gather(*(_request(app, b"x" * 100_000, chunk=10_000) for _ in range(6)))
+
+    assert [s for s, _ in asyncio.run(many())] == [200] * 6
+    assert max(seen) <= cap and CacheBudget(tmp_path, 1).used_bytes() <= cap

@@ -419,10 +419,12 @@ def launch(
             f"--max-cache-mb {max_cache_mb:g} is smaller than --max-upload-mb {max_upload_mb:g}: the cache must "
             "hold at least one upload"
         )
+    max_body = max_upload + _BODY_OVERHEAD_BYTES
     budget = Middleware(
         UploadBudget,  # type: ignore[arg-type]  # an ASGI middleware class, as Starlette takes them
-        max_body_bytes=max_upload + _BODY_OVERHEAD_BYTES,
-        max_concurrent=MAX_CONCURRENT_UPLOADS,
+        max_body_bytes=max_body,
+        # The bodies on their way all fit in the cache at once: none is evicted while it arrives.
+        max_concurrent=max(1, min(MAX_CONCURRENT_UPLOADS, max_cache // max_body)),
         cache=CacheBudget(app.GRADIO_CACHE, max_cache),
     )
     return app.launch(

@@ -9,8 +9,10 @@ both bounded in bytes.
   `max_concurrent` at a time; the others wait up to `wait_s` and are then answered 503, so the bytes in flight
   stay below `max_concurrent x max_body_bytes` plus the small bodies;
 * a body must arrive within `body_timeout_s` (a visitor who sends a byte a second cannot hold a slot forever);
-* before a large body or any file upload (multipart) is received, and after it, `CacheBudget` deletes the
-  oldest files of the cache folder until the folder, with the incoming body, fits in its byte cap.
+* before a large body or any file upload (multipart) is received, `CacheBudget` deletes the oldest files of the
+  cache folder until the folder fits in its byte cap together with every body on its way (their declared sizes,
+  or the body cap when none is declared), and again when it is done; so the folder, uploads being written into
+  it included, stays under the cap as long as the cap holds `max_concurrent` bodies (`launch` makes sure).
 
 `CacheBudget` walks one folder (gradio's upload and result cache) and deletes its oldest files first.
 """
@@ -127,6 +129,7 @@ class UploadBudget:
         self.body_timeout_s = body_timeout_s
         self.cache = cache
         self._slots: asyncio.Semaphore | None = None  # made in the server's event loop, on first use
+        self._reserved = 0  # cache bytes promised to the bodies on their way
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
@@ -138,31 +141,34 @@ class UploadBudget:
                 send, 413, f"request body of {declared:,} bytes; this server takes at most {self.max_body_bytes:,}"
             )
             return
-        files = _is_multipart(scope)
-        if declared is not None and declared <= SMALL_BODY_BYTES:
-            if files and self.cache is not None:  # a small upload still lands in the cache
-                await asyncio.to_thread(self.cache.make_room, declared)
+        small = declared is not None and declared <= SMALL_BODY_BYTES
+        if small and not _is_multipart(scope):  # a JSON call of the page: nothing lands in the cache
+            await self._run(scope, receive, send, declared)
+            return
+        slot = None
+        if not small:
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(self.max_concurrent)
             try:
-                await self._run(scope, receive, send, declared)
-            finally:
-                if files and self.cache is not None:
-                    await asyncio.to_thread(self.cache.make_room, 0)
-            return
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_concurrent)
-        try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=self.wait_s)
-        except asyncio.TimeoutError:
-            await _reply(send, 503, "the server is receiving other uploads; try again in a moment")
-            return
+                await asyncio.wait_for(self._slots.acquire(), timeout=self.wait_s)
+            except asyncio.TimeoutError:
+                await _reply(send, 503, "the server is receiving other uploads; try again in a moment")
+                return
+            slot = self._slots
+        # Room in the cache for this body and for every other body on its way (gradio writes an upload into the
+        # cache folder while it arrives): reserved before a byte is received, given back when done.
+        reserve = declared if declared is not None else self.max_body_bytes
+        self._reserved += reserve
         try:
             if self.cache is not None:
-                await asyncio.to_thread(self.cache.make_room, declared or self.max_body_bytes)
+                await asyncio.to_thread(self.cache.make_room, self._reserved)
             await self._run(scope, receive, send, declared)
         finally:
-            self._slots.release()
+            self._reserved -= reserve
+            if slot is not None:
+                slot.release()
             if self.cache is not None:
-                await asyncio.to_thread(self.cache.make_room, 0)
+                await asyncio.to_thread(self.cache.make_room, self._reserved)
 
     async def _run(self, scope: Scope, receive: Receive, send: Send, declared: int | None) -> None:
         loop = asyncio.get_running_loop()
