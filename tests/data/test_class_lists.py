@@ -17,6 +17,7 @@ from otseg.data.classes import class_list_note, parse_class_option, parse_class_
         ("a; b; c", "separates names with ';'", "'a, b, c'"),
         ("cat | dog", "separates names with '|'", "'cat, dog'"),
         ("cat\tdog", "separates names with a tab", "'cat, dog'"),
+        ("cat\uff0cdog", "separates names with '\uff0c'", "'cat, dog'"),
         ("cat, dog; bird", "separates names with ';'", "'cat, dog, bird'"),
         ('["a","b"]', "looks like a list literal", "'a, b'"),
         ("['cat', 'sofa']", "looks like a list literal", "'cat, sofa'"),

@@ -24,7 +24,14 @@ __all__ = [
 # A single word ending like this is a file name, not a class name (only .txt files are read as class lists).
 CLASS_FILE_SUFFIXES = (".txt", ".csv", ".json", ".lst", ".list", ".names", ".yaml", ".yml")
 # Separators people type that are not ours: each would silently make the whole text one class.
-_WRONG_SEPARATORS = {";": "';'", "\uff1b": "'\uff1b'", "|": "'|'", "\t": "a tab"}
+_WRONG_SEPARATORS = {
+    ";": "';'",
+    "\uff1b": "'\uff1b'",  # full-width semicolon
+    "\uff0c": "'\uff0c'",  # full-width comma
+    "\u3001": "'\u3001'",  # ideographic comma
+    "|": "'|'",
+    "\t": "a tab",
+}
 _QUOTES = "'\"`\u2018\u2019\u201c\u201d"
 _BRACKETS = {"[": "]", "(": ")", "{": "}"}
 
@@ -73,7 +80,7 @@ def _suggestion(text: str) -> str:
     inner = text.strip()
     if inner[:1] in _BRACKETS and inner.endswith(_BRACKETS[inner[0]]):
         inner = inner[1:-1]
-    parts = re.split(r"[,\n;\uff1b|\t]", inner)
+    parts = re.split(r"[,\n;\uff1b\uff0c\u3001|\t]", inner)
     names = [p.strip().strip(_QUOTES + "[](){}").strip() for p in parts]
     return ", ".join(n for n in names if n)
 

@@ -104,7 +104,7 @@ def _say(line: str) -> None:
 
 def _short(text: object, limit: int = 120) -> str:
     """An exception's text on one line, cut (a garbage status line can be 64 KB)."""
-    one = " ".join(str(text).split())
+    one = " ".join("".join(c if c.isprintable() else "?" for c in str(text)).split())
     return one if len(one) <= limit else one[:limit] + "..."
 
 
