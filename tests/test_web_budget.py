@@ -44,9 +44,11 @@ class _Recorder:
 
 
 async def _request(
-    app: Any, body: bytes, *, declare: bool = True, chunk: int = 16384, delay_s: float = 0.0
+    app: Any, body: bytes, *, declare: bool = True, chunk: int = 16384, delay_s: float = 0.0, files: bool = False
 ) -> tuple[int, bytes]:
     headers = [(b"content-length", str(len(body)).encode())] if declare else []
+    if files:
+        headers.append((b"content-type", b"multipart/form-data; boundary=x"))
     scope = {"type": "http", "method": "POST", "path": "/gradio_api/upload", "headers": headers}
     pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)] or [b""]
     sent: list[dict] = []
@@ -138,13 +140,16 @@ def test_the_cache_is_kept_under_its_cap_oldest_first(tmp_path: Path) -> None:
         CacheBudget(tmp_path, 0)
 
 
-def test_bodies_on_their_way_have_room_reserved_in_the_cache(tmp_path: Path) -> None:
-    """Uploads are written into the cache folder while they arrive (gradio does): with room reserved for every
-    body on its way, the folder never holds more than its cap, not even while two arrive at once."""
+@pytest.mark.parametrize("size", [100_000, 45_000], ids=["large", "small-uploads"])
+def test_bodies_on_their_way_have_room_reserved_in_the_cache(tmp_path: Path, size: int) -> None:
+    """Uploads are written into the cache folder while they arrive (gradio does): with room reserved for what is
+    still to arrive of every body on its way, the folder never holds more than its cap, not even while two
+    arrive at once, and no upload is deleted while it arrives (small uploads take upload slots too)."""
     cap = 350_000
     for i in range(3):
         _file(tmp_path / f"old{i}" / "f.bin", 100_000, age_s=100 + i)
     seen: list[int] = []
+    lost: list[Path] = []
     count = iter(range(100))
 
     async def writer(scope: Any, receive: Any, send: Any) -> None:  # stores the body in the cache as it arrives
@@ -159,13 +164,15 @@ def test_bodies_on_their_way_have_room_reserved_in_the_cache(tmp_path: Path) -> 
                 await asyncio.sleep(0.001)
                 if not message.get("more_body"):
                     break
+        if not path.exists():
+            lost.append(path)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
     app = UploadBudget(writer, max_body_bytes=150_000, max_concurrent=2, cache=CacheBudget(tmp_path, cap))
 
     async def many() -> list[tuple[int, bytes]]:
-        return await asyncio.gather(*(_request(app, b"x" * 100_000, chunk=10_000) for _ in range(6)))
+        return await asyncio.gather(*(_request(app, b"x" * size, chunk=5_000, files=True) for _ in range(8)))
 
-    assert [s for s, _ in asyncio.run(many())] == [200] * 6
-    assert max(seen) <= cap and CacheBudget(tmp_path, 1).used_bytes() <= cap
+    assert [s for s, _ in asyncio.run(many())] == [200] * 8
+    assert max(seen) <= cap and CacheBudget(tmp_path, 1).used_bytes() <= cap and lost == []

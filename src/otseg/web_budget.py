@@ -5,14 +5,15 @@ both bounded in bytes.
 
 * every request body is capped (`max_body_bytes`): a larger declared Content-Length is answered 413 before a
   byte is read, and a body that grows past the cap while streaming (chunked uploads) is cut off and answered 413;
-* bodies that may be large (a declared length over `SMALL_BODY_BYTES`, or none) are received at most
-  `max_concurrent` at a time; the others wait up to `wait_s` and are then answered 503, so the bytes in flight
-  stay below `max_concurrent x max_body_bytes` plus the small bodies;
+* file uploads (multipart bodies) and bodies that may be large (a declared length over `SMALL_BODY_BYTES`, or
+  none) are received at most `max_concurrent` at a time; the others wait up to `wait_s` and are then answered
+  503, so the bytes in flight stay below `max_concurrent x max_body_bytes` plus the page's small JSON calls;
 * a body must arrive within `body_timeout_s` (a visitor who sends a byte a second cannot hold a slot forever);
-* before a large body or any file upload (multipart) is received, `CacheBudget` deletes the oldest files of the
-  cache folder until the folder fits in its byte cap together with every body on its way (their declared sizes,
-  or the body cap when none is declared), and again when it is done; so the folder, uploads being written into
-  it included, stays under the cap as long as the cap holds `max_concurrent` bodies (`launch` makes sure).
+* before such a body is received, `CacheBudget` deletes the oldest files of the cache folder until the folder
+  fits in its byte cap together with what is still to arrive of every body on its way (declared sizes, or the
+  body cap when none is declared), and again when it is done; so the folder, uploads being written into it
+  included, stays under the cap, and no upload on its way is deleted as long as the cap holds `max_concurrent`
+  bodies (`launch` makes sure).
 
 `CacheBudget` walks one folder (gradio's upload and result cache) and deletes its oldest files first.
 """
@@ -99,6 +100,13 @@ class _BodyTooLarge(Exception):
 
 
 @dataclass
+class _Ticket:
+    """The cache bytes reserved for one body that have not arrived yet."""
+
+    left: int
+
+
+@dataclass
 class _Exchange:
     """One request as the middleware saw it: whether the response began, and why the body was refused ("")."""
 
@@ -129,7 +137,7 @@ class UploadBudget:
         self.body_timeout_s = body_timeout_s
         self.cache = cache
         self._slots: asyncio.Semaphore | None = None  # made in the server's event loop, on first use
-        self._reserved = 0  # cache bytes promised to the bodies on their way
+        self._pending = 0  # cache bytes promised to what is still to arrive of the bodies on their way
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
@@ -141,36 +149,32 @@ class UploadBudget:
                 send, 413, f"request body of {declared:,} bytes; this server takes at most {self.max_body_bytes:,}"
             )
             return
-        small = declared is not None and declared <= SMALL_BODY_BYTES
-        if small and not _is_multipart(scope):  # a JSON call of the page: nothing lands in the cache
-            await self._run(scope, receive, send, declared)
+        if declared is not None and declared <= SMALL_BODY_BYTES and not _is_multipart(scope):
+            await self._run(scope, receive, send, None)  # a JSON call of the page: nothing lands in the cache
             return
-        slot = None
-        if not small:
-            if self._slots is None:
-                self._slots = asyncio.Semaphore(self.max_concurrent)
-            try:
-                await asyncio.wait_for(self._slots.acquire(), timeout=self.wait_s)
-            except asyncio.TimeoutError:
-                await _reply(send, 503, "the server is receiving other uploads; try again in a moment")
-                return
-            slot = self._slots
-        # Room in the cache for this body and for every other body on its way (gradio writes an upload into the
-        # cache folder while it arrives): reserved before a byte is received, given back when done.
-        reserve = declared if declared is not None else self.max_body_bytes
-        self._reserved += reserve
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout=self.wait_s)
+        except asyncio.TimeoutError:
+            await _reply(send, 503, "the server is receiving other uploads; try again in a moment")
+            return
+        # Room in the cache for what is still to arrive of this body and of every other body on its way (gradio
+        # writes an upload into the cache folder while it arrives, so what has arrived is in the folder already).
+        ticket = _Ticket(declared if declared is not None else self.max_body_bytes)
+        self._pending += ticket.left
         try:
             if self.cache is not None:
-                await asyncio.to_thread(self.cache.make_room, self._reserved)
-            await self._run(scope, receive, send, declared)
+                await asyncio.to_thread(self.cache.make_room, self._pending)
+            await self._run(scope, receive, send, ticket)
         finally:
-            self._reserved -= reserve
-            if slot is not None:
-                slot.release()
+            self._pending -= ticket.left
+            ticket.left = 0
+            self._slots.release()
             if self.cache is not None:
-                await asyncio.to_thread(self.cache.make_room, self._reserved)
+                await asyncio.to_thread(self.cache.make_room, self._pending)
 
-    async def _run(self, scope: Scope, receive: Receive, send: Send, declared: int | None) -> None:
+    async def _run(self, scope: Scope, receive: Receive, send: Send, ticket: _Ticket | None) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.body_timeout_s
         received = 0
@@ -186,7 +190,12 @@ class UploadBudget:
                 state.refused = f"the request body did not arrive within {self.body_timeout_s:.0f} s"
                 raise _BodyTooLarge() from None
             if message.get("type") == "http.request":
-                received += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                received += size
+                if ticket is not None:  # arrived: now counted in the folder, no longer in the reservation
+                    arrived = min(size, ticket.left)
+                    ticket.left -= arrived
+                    self._pending -= arrived
                 if received > self.max_body_bytes:
                     state.refused = f"request body over {self.max_body_bytes:,} bytes; this server takes no more"
                     raise _BodyTooLarge()
