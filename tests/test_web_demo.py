@@ -328,7 +328,7 @@ def test_segment_function_result_and_messages(gr: Any, tmp_path: Path) -> None:
         (str(png), "   ", "type at least one class name"),
         (str(png), "sky,,road", "position(s) [1] are empty"),
         (str(png), "sky, road, sky", "'sky' appears twice"),
-        (str(bad), "sky, road", "the uploaded image is not an image file"),
+        (str(bad), "sky, road", "the uploaded file notes.png is not an image that can be read"),
     ]
     for image, text, message in cases:
         with pytest.raises(gr.Error) as info:

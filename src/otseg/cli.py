@@ -38,6 +38,7 @@ from otseg.segment import parse_class_list, segment_images
 from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
 from otseg.train.trainer import Trainer, _seed_everything
 from otseg.validation import coerce_text as _coerce
+from otseg.warning_lines import one_line_warnings, without_object_reprs
 from otseg.web import add_serve_parser
 from otseg.weights.commands import add_weights_parser
 
@@ -334,13 +335,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     done, failed = len(summary["images"]), len(summary["failed"])
     print(f"wrote label maps, overlays and class fractions of {done} image(s) to {args.out} (summary.json)")
     if failed:
-        print(f"otseg segment: {failed} image(s) could not be read (listed above and in summary.json)", file=sys.stderr)
+        print(f"otseg segment: {failed} image(s) not segmented (listed above and in summary.json)", file=sys.stderr)
         return 1
     return 0
 
 
 def cmd_classes(args: argparse.Namespace) -> int:
 
+    if args.preset:
+        get_preset(args.preset)  # a typo: refused with the list of presets (not "no model")
     model = args.model
     if model is None:
         model = args.preset or "demo"  # --preset alone: that preset's classes
@@ -551,6 +554,7 @@ def _one_line(error: BaseException) -> str:
     worker's whole traceback, whose last line is the original error.
     """
     message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    message = without_object_reprs(message)  # "<_io.BytesIO object at 0x...>" in a library's message
     lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
     if "Original Traceback" in message and lines:
         return lines[-1]
@@ -561,7 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `otseg` command line; expected errors become `otseg COMMAND: error: MESSAGE` and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        code = int(args.func(args) or 0)
+        with one_line_warnings(f"otseg {args.command}"):  # PIL's and others' multi-line warnings: one line each
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at interpreter exit
         return code
     except BrokenPipeError:

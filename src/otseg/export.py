@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from otseg.data.classes import parse_class_text
+from otseg.data.classes import parse_class_option
 from otseg.data.transforms import TestResize
 from otseg.image_io import read_image
 from otseg.model.segmentor import OTSeg, slide_windows
@@ -466,7 +466,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.sinkhorn_iters is not None and args.sinkhorn_iters < 1:
         raise ValueError(f"--sinkhorn-iters must be >= 1, got {args.sinkhorn_iters}")
     image_size = _parse_image_size(args.image_size) if args.image_size else None
-    classes = parse_class_text(args.classes, "--classes") if args.classes else None
+    classes = parse_class_option(args.classes, "--classes") if args.classes else None
     _require("onnxscript", "otseg export --onnx")
     if args.check:
         _require("onnxruntime", "otseg export --check")
@@ -532,7 +532,10 @@ def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
     add_model_arguments(p, progress=False)
-    p.add_argument("--classes", help="comma-separated class names to export instead of the model's own (text tower)")
+    p.add_argument(
+        "--classes",
+        help="comma-separated class names (or a .txt file, one per line) to export instead of the model's own",
+    )
     p.add_argument(
         "--sinkhorn-iters",
         type=int,

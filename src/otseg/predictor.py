@@ -179,6 +179,10 @@ class Predictor:
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
         """
+        if preset is not None:
+            # A typo is refused here, with the list of presets, also where the file names its own config and
+            # the preset would not be read.
+            get_preset(preset)
         if str(name_or_path) in NAMED_MODELS:
             name_or_path = NAMED_MODELS[str(name_or_path)].path
         elif not Path(name_or_path).exists():

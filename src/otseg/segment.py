@@ -7,7 +7,7 @@ For each image `<stem>`:
 * `<stem>_overlay.png`: the colour label map over the image, with a legend of the classes found;
 * `<stem>.json`: the class list, the image size and each class's share of the pixels.
 
-`summary.json` lists every image with its outputs, and the images that could not be read (with the reason).
+`summary.json` lists every image with its outputs, and the images that could not be segmented (with the reason).
 """
 
 from __future__ import annotations
@@ -20,30 +20,37 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from otseg.data.classes import parse_class_text, read_class_file
+from otseg.data.classes import class_list_note, parse_class_option
 from otseg.image_io import find_images
 from otseg.predictor import Predictor
 from otseg.utils import atomic_write, atomic_write_text
 
-__all__ = ["output_stems", "parse_class_list", "segment_images"]
+__all__ = ["is_segment_output", "output_stems", "parse_class_list", "segment_images"]
+
+SUMMARY_STEM = "summary"
+_OUTPUT_SUFFIXES = ("_labels.png", "_overlay.png")
+_MAX_RECORD_BYTES = 1 << 20  # an image's record is a few hundred bytes (a few KB with hundreds of classes)
 
 
 def parse_class_list(text: str) -> list[str]:
     """--classes: 'cat, sofa,wall' -> ['cat', 'sofa', 'wall'], or the names in a .txt file (one per line).
 
-    Both go through the one class-list parser (`otseg.data.classes`): empty, over-long and repeated names are
-    errors naming the option or the file.
+    The one class-list parser (`otseg.data.classes.parse_class_option`): empty, over-long and repeated names,
+    other syntaxes ('a; b', '["a", "b"]') and a .txt file that does not exist are errors naming the option or
+    the file.
     """
-    p = Path(text)
-    if "," not in text and p.suffix == ".txt" and p.is_file():
-        return read_class_file(p)
-    return parse_class_text(text, "--classes")
+    return parse_class_option(text, "--classes")
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names for the images: their stems, made unique with the parent folder (or a counter) on clashes."""
+    """Output names for the images: their stems, made unique with the parent folder (or a counter) on clashes.
+
+    The stem "summary" is never given to an image ("summary.png" becomes "summary_2"): its `<stem>.json` would be
+    the run's `summary.json`.
+    """
     stems = [p.stem for p in paths]
-    out, used = [], set()
+    out: list[str] = []
+    used = {SUMMARY_STEM}
     for p, stem in zip(paths, stems, strict=True):
         name = stem if stems.count(stem) == 1 else f"{p.parent.name}_{stem}"
         base, n = name, 1
@@ -53,6 +60,24 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
         used.add(name)
         out.append(name)
     return out
+
+
+def is_segment_output(path: Path) -> bool:
+    """Whether `path` is a picture an earlier `otseg segment` wrote: `<stem>_labels.png` or `<stem>_overlay.png`
+    whose `<stem>.json` beside it records it. Such files are not segmented again (when --out is, or lies inside,
+    an input folder, a second run would otherwise segment its own outputs)."""
+    name = path.name
+    suffix = next((s for s in _OUTPUT_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        return False
+    record_file = path.with_name(f"{name[: -len(suffix)]}.json")
+    try:
+        if record_file.stat().st_size > _MAX_RECORD_BYTES:
+            return False
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False  # no readable record beside it: the user's own picture
+    return isinstance(record, dict) and name in (record.get("labels"), record.get("overlay"))
 
 
 def _save_png(image: Any, path: Path) -> None:
@@ -72,15 +97,26 @@ def segment_images(
     the pixel cap (`otseg.image_io.max_pixels`), is reported (its name and why) and skipped; the others and
     `summary.json` are still written.
     """
-    paths = find_images(list(images))
+    out = Path(out_dir)
+    found = find_images(list(images))
+    paths = [p for p in found if not is_segment_output(p)]
+    if len(paths) < len(found):
+        print(f"skipped {len(found) - len(paths)} label map(s) and overlay(s) written by an earlier otseg segment")
+    if not paths:
+        raise ValueError(
+            f"no images to segment: the only images in {', '.join(str(i) for i in images)} are the outputs of an "
+            "earlier otseg segment (<stem>_labels.png, <stem>_overlay.png); give the original images"
+        )
     # The class list is checked (and embedded) once, before the image loop: a bad list is one error, not one
     # per image.
     names = predictor.prepare_classes(class_names)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     note = predictor.vocabulary_note(names)
     if predictor.claim_vocabulary_note(names) is not None:  # said here once, not again by every predict
         print(f"note: {note}", flush=True)
+    list_note = class_list_note(names)
+    if list_note is not None:
+        print(f"note: {list_note}", flush=True)
     done: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     bar = tqdm(list(zip(paths, output_stems(paths), strict=True)), desc="segment", unit="image", disable=not progress)
@@ -88,8 +124,14 @@ def segment_images(
         try:
             result = predictor.predict(path, names)
         except (ValueError, OSError, MemoryError) as e:  # a bad or too large file: say which, go on with the rest
-            failed.append({"image": str(path), "error": str(e)})
-            bar.write(f"skipped {path}: {e}")
+            reason = str(e)
+            if isinstance(e, MemoryError):  # the image was read; segmenting it at this size needed more memory
+                reason = (
+                    f"not enough memory to segment {path} with {len(names)} classes; shrink the image, name fewer "
+                    "classes, or lower the pixel cap (OTSEG_MAX_PIXELS)"
+                )
+            failed.append({"image": str(path), "error": reason})
+            bar.write(f"skipped {path}: {reason}")
             continue
         names = result.class_names
         label_file, overlay_file, json_file = (out / f"{stem}{s}" for s in ("_labels.png", "_overlay.png", ".json"))
@@ -110,5 +152,7 @@ def segment_images(
     summary = {"class_names": names, "images": done, "failed": failed}
     if note is not None:
         summary["note"] = note
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if list_note is not None:
+        summary["class_list_note"] = list_note
+    atomic_write_text(out / f"{SUMMARY_STEM}.json", json.dumps(summary, indent=2) + "\n")
     return summary

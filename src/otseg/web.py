@@ -18,12 +18,17 @@ pixels given to each class. Bad input (no image, an empty or repeated class name
 shows a message in the page. Gradio is imported only when the page is built, so the rest of otseg never needs
 it; analytics are switched off (no calls to gradio's servers), and no public share link is made unless asked.
 
-Limits, so that no visitor can hurt the server: uploads larger than `--max-upload-mb` (default 20 MB) are
-refused by gradio, images over `--max-pixels` (default 16 million) are refused from their header before
-decoding, at most `--max-classes` names (default 64) are taken per request, and one request runs at a time. An
-uploaded file is deleted from the server as soon as it has been read (the decoded picture stays in memory for a
-few further requests with other class names), and gradio's cache (results included) is swept of files older
-than 15 minutes. Messages never show server paths.
+Limits, so that no visitor can hurt the server (docs/safety-inputs.md lists them): a request body larger than
+`--max-upload-mb` (default 20 MB) is refused (413) before it is read or as soon as it grows past the cap; at most
+two large bodies are received at once (the others wait, then get 503), and each must arrive within two minutes;
+gradio's cache folder (uploads and results) is kept under `--max-cache-mb` (default 200 MB) by deleting its
+oldest files; images over `--max-pixels` (default 16 million) are refused from their header, before decoding;
+at most `--max-classes` names (default 64) are taken per request, and one request runs at a time. An uploaded
+file is deleted from the server as soon as it has been read, and also when it is refused (not an image, too
+many pixels); the decoded picture stays in memory for a few further requests with other class names (so a
+visitor who fixes the class names need not upload again). Gradio's own sweep deletes cached files older than 15
+minutes. Messages never show server paths. `otseg serve` gives the server a private cache folder (removed when
+it stops) unless $GRADIO_TEMP_DIR names one.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -41,10 +49,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from otseg.data.classes import parse_class_text
+from otseg.data.classes import class_list_note, parse_class_text
 from otseg.image_io import describe_source, read_image
 from otseg.model_arguments import add_model_arguments, predictor_from_args
 from otseg.predictor import Predictor
+from otseg.warning_lines import without_object_reprs
+from otseg.web_budget import CacheBudget, UploadBudget
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import gradio
@@ -52,8 +62,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "ELEM_IDS",
     "INSTALL_HINT",
+    "TooManyPixelsError",
     "add_serve_parser",
     "build_app",
+    "check_upload_header",
     "cmd_serve",
     "import_gradio",
     "launch",
@@ -65,10 +77,17 @@ INSTALL_HINT = "pip install 'otseg[web]'"
 DEFAULT_MAX_CLASSES = 64
 DEFAULT_MAX_UPLOAD_MB = 20
 DEFAULT_MAX_PIXELS = 16_000_000
+DEFAULT_MAX_CACHE_MB = 200
+MAX_CONCURRENT_UPLOADS = 2  # large request bodies received at once: bytes in flight <= 2 x --max-upload-mb
+_BODY_OVERHEAD_BYTES = 64 * 1024  # multipart headers around an upload of --max-upload-mb
 _REMEMBERED_UPLOADS = 4  # decoded uploads kept in memory after their file is deleted (same image, new classes)
 _CACHE_SWEEP = (300, 900)  # gradio deletes its cached files older than 15 minutes, every 5 minutes
 # An absolute path of two or more parts (/tmp/gradio/abc/photo.png), to be kept out of visitors' messages.
 _SERVER_PATH = re.compile(r"(?<![\w.])(?:/[^\s'\":,;]+){2,}")
+_UNREADABLE = (
+    "is not an image that can be read (corrupt, or an unsupported format); upload a PNG, JPEG, WebP, BMP, TIFF or "
+    "GIF file"
+)
 
 # HTML ids of the page's parts, for styling and for driving the page from a browser (the tests do).
 ELEM_IDS = {
@@ -113,12 +132,63 @@ def split_class_names(text: str | None) -> list[str]:
         raise ValueError(str(e).removeprefix(f"{message_prefix}: ")) from None
 
 
-def _scrub_paths(message: str, image_path: str | None) -> str:
-    """A message for a visitor: the upload's server path becomes "the uploaded image", any other server path
-    "<server path>"."""
+def _scrub_paths(message: str, image_path: str | None, name: str = "") -> str:
+    """A message for a visitor: the upload's server path becomes "the uploaded image NAME", any other server path
+    "<server path>", object reprs go."""
     if image_path:
-        message = message.replace(str(image_path), "the uploaded image")
+        upload = f"the uploaded image {name}".rstrip()
+        message = message.replace(f"image {image_path}", upload).replace(str(image_path), upload)
+    message = without_object_reprs(message)  # <_io.BytesIO object at 0x...>: nothing for a visitor
     return _SERVER_PATH.sub("<server path>", message)
+
+
+def _visible_name(name: str | None, path: str | os.PathLike[str] | None = None) -> str:
+    """The upload's own file name, for messages: printable characters only, at most 80."""
+    text = name or (Path(path).name if path else "") or "the uploaded file"
+    text = "".join(c for c in text if c.isprintable())
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _in_folder(path: str | os.PathLike[str], folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        return Path(path).resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
+
+
+class TooManyPixelsError(ValueError):
+    """An upload with more pixels than the page takes (not a broken file)."""
+
+
+def check_upload_header(path: str | os.PathLike[str], name: str, max_pixels: int | None) -> None:
+    """Refuse an upload from its header alone (nothing is decoded): not an image PIL can identify, or more pixels
+    than `max_pixels` (PIL's own bomb limit included). The message is for the visitor: it names the upload by its
+    own file name, never by its server path.
+
+    Raises:
+        TooManyPixelsError: over the pixel cap (a ValueError).
+        ValueError: not an image that can be read.
+    """
+    cap = max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's bomb warning (several lines on stderr): our cap decides
+            with Image.open(path) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise TooManyPixelsError(
+            f"The uploaded image {name} has more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels, over the limit "
+            f"of {cap:,} pixels that this page takes: shrink it and upload it again"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError):  # PIL: not an image, truncated header
+        raise ValueError(f"The uploaded file {name} {_UNREADABLE}") from None
+    if width * height > cap:
+        raise TooManyPixelsError(
+            f"The uploaded image {name} is {width}x{height} = {width * height:,} pixels, over the limit of {cap:,} "
+            "pixels that this page takes: shrink it and upload it again"
+        )
 
 
 def make_segment_fn(
@@ -133,29 +203,41 @@ def make_segment_fn(
         predictor: what segments.
         max_classes: the most class names one request may give.
         max_pixels: the largest image accepted, in pixels (None: the library default, $OTSEG_MAX_PIXELS).
-        upload_dir: gradio's upload folder; a file inside it is deleted once read (files elsewhere, e.g. given
-            from Python, are left alone).
+        upload_dir: gradio's upload folder; a file inside it is deleted once read, or once refused (files
+            elsewhere, e.g. given from Python, are left alone).
 
-    Bad input raises `gradio.Error`, which the page shows as a message (never a traceback, never a server path).
+    The upload is read first and the class names checked after, so that a visitor who fixes the names does not
+    upload again (the decoded picture is remembered). Bad input raises `gradio.Error`, which the page shows as a
+    message (never a traceback, never a server path).
     """
     gr = import_gradio()
     uploads = Path(upload_dir).resolve() if upload_dir is not None else None
     remembered: OrderedDict[str, np.ndarray] = OrderedDict()
     lock = threading.Lock()
 
-    def read_upload(image_path: str) -> np.ndarray:
-        path = Path(image_path).resolve()
-        ours = uploads is not None and path.is_relative_to(uploads)
+    def read_upload(image_path: str, name: str) -> np.ndarray:
+        ours = _in_folder(image_path, uploads)
         with lock:
             rgb = remembered.get(image_path)
             if rgb is not None:
                 remembered.move_to_end(image_path)
-        if rgb is None:
+        if rgb is not None:
+            if ours:  # the same picture uploaded again (gradio names uploads by content): it goes again
+                Path(image_path).unlink(missing_ok=True)
+            return rgb
+        try:
+            check_upload_header(image_path, name, max_pixels)
             rgb = read_image(image_path, max_pixels=max_pixels)
+        except FileNotFoundError:
+            raise
+        except (ValueError, OSError, MemoryError):
+            if ours:  # refused: it leaves the server's disk too
+                Path(image_path).unlink(missing_ok=True)
+            raise
         if ours:
             # Used: the upload leaves the server's disk (gradio names uploads by content, so the same picture
             # uploaded again lands on the same path and is removed again).
-            path.unlink(missing_ok=True)
+            Path(image_path).unlink(missing_ok=True)
             with lock:
                 remembered[image_path] = rgb
                 while len(remembered) > _REMEMBERED_UPLOADS:
@@ -165,7 +247,9 @@ def make_segment_fn(
     def segment(image_path: str | None, class_text: str | None) -> tuple[Any, dict[str, float]]:
         if not image_path:
             raise gr.Error("Upload an image first.", title="No image", print_exception=False)
+        name = _visible_name(None, image_path)
         try:
+            rgb = read_upload(image_path, name)
             names = split_class_names(class_text)
             if len(names) > max_classes:
                 raise ValueError(
@@ -173,46 +257,68 @@ def make_segment_fn(
                     "(otseg serve --max-classes N raises the limit)"
                 )
             names = predictor.prepare_classes(names)
-            rgb = read_upload(image_path)
             try:
                 prediction = predictor.predict(rgb, names)
             except ValueError as e:  # messages name the in-memory array; the visitor knows it as the upload
-                raise ValueError(str(e).replace(describe_source(rgb), "the uploaded image")) from None
+                raise ValueError(str(e).replace(describe_source(rgb), f"the uploaded image {name}")) from None
+        except MemoryError:
+            raise gr.Error(
+                f"The server has not enough memory for {name} with these classes; try a smaller image or fewer "
+                "class names.",
+                title="Cannot segment",
+                print_exception=False,
+            ) from None
         except (ValueError, TypeError, OSError) as e:
-            message = _scrub_paths(str(e), image_path)
+            message = _scrub_paths(str(e), image_path, name)
             if isinstance(e, FileNotFoundError):
                 message = "The uploaded image is no longer on the server; upload it again."
             raise gr.Error(message[:1].upper() + message[1:], title="Cannot segment", print_exception=False) from None
         if prediction.note is not None:
             gr.Warning(prediction.note[:1].upper() + prediction.note[1:], title="Words the model does not know")
+        list_note = class_list_note(names)
+        if list_note is not None:
+            gr.Warning(list_note[:1].upper() + list_note[1:], title="One class")
         return prediction.overlay(), prediction.fractions()
 
     return segment
 
 
-def _explain_unreadable_uploads(image: Any, gr: Any) -> Any:
-    """Make an image input turn an upload it cannot open into a page message instead of a bare "Error".
+def _hand_over_uploads(image: Any, gr: Any, max_pixels: int | None) -> Any:
+    """Make an image input hand the uploaded file's path to the page's function after a header check, instead of
+    gradio's own preprocessing (which opens the file with PIL, printing PIL's multi-line bomb warning and calling
+    an image over PIL's limit unreadable, and leaves refused uploads on disk).
 
-    Gradio opens the uploaded file itself (to apply the image mode) before the page's function runs. The
-    instance's `preprocess` is wrapped rather than gr.Image subclassed: gradio writes a `.pyi` stub beside the
-    source file of every component subclass, which must not happen inside an installed package.
+    A refused upload (not an image, over the pixel cap) is deleted and explained; an upload sent inline as a
+    data: URL (API clients only) is refused: the page takes files. The instance's `preprocess` is replaced rather
+    than gr.Image subclassed: gradio writes a `.pyi` stub beside the source file of every component subclass,
+    which must not happen inside an installed package.
     """
-    preprocess = image.preprocess
+    cache = Path(image.GRADIO_CACHE).resolve()
 
     def checked_preprocess(payload: Any) -> Any:
+        if payload is None:
+            return None
+        url = getattr(payload, "url", None) or ""
         path = getattr(payload, "path", None)
-        if path and not Path(path).exists():
-            return path  # an upload already read and deleted: the segment function still holds its pixels
-        try:
-            return preprocess(payload)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):  # PIL: unreadable, broken, bomb
-            name = getattr(payload, "orig_name", None) or "the uploaded file"
+        if url.startswith("data:") or not path:
             raise gr.Error(
-                f"{name} is not an image that can be read (corrupt, or an unsupported format); "
-                "upload a PNG, JPEG, WebP, BMP, TIFF or GIF file",
+                "Send the image as a file upload (this page does not take images inline as data: URLs).",
                 title="Unreadable image",
                 print_exception=False,
+            )
+        if not Path(path).exists():
+            return path  # an upload already read and deleted: the segment function still holds its pixels
+        name = _visible_name(getattr(payload, "orig_name", None), path)
+        try:
+            check_upload_header(path, name, max_pixels)
+        except ValueError as e:
+            if _in_folder(path, cache):
+                Path(path).unlink(missing_ok=True)
+            over = isinstance(e, TooManyPixelsError)
+            raise gr.Error(
+                str(e), title="Image too large" if over else "Unreadable image", print_exception=False
             ) from None
+        return str(path)
 
     image.preprocess = checked_preprocess
     return image
@@ -256,7 +362,7 @@ def build_app(
                     sources=["upload", "clipboard"],
                     elem_id=ELEM_IDS["image"],
                 )
-                _explain_unreadable_uploads(image, gr)
+                _hand_over_uploads(image, gr, max_pixels)
                 segment = make_segment_fn(predictor, max_classes, max_pixels, upload_dir=image.GRADIO_CACHE)
                 classes = gr.Textbox(
                     value=defaults,
@@ -294,14 +400,33 @@ def launch(
     prevent_thread_lock: bool = False,
     quiet: bool = False,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_cache_mb: float = DEFAULT_MAX_CACHE_MB,
 ) -> tuple[Any, str, str | None]:
     """Serve the page: blocks until Ctrl+C, or returns at once with `prevent_thread_lock=True` (close with
     `app.close()`). Returns gradio's (FastAPI app, local URL, share URL or None).
 
     Analytics, server-side rendering (which would need Node.js), the MCP server and the PWA manifest are off;
     `share=True` asks gradio.live for a public link (downloads gradio's tunnel client; needs the internet).
-    Uploads over `max_upload_mb` megabytes are refused by gradio.
+    Request bodies over `max_upload_mb` megabytes are refused, at most `MAX_CONCURRENT_UPLOADS` large ones are
+    received at once, and the page's cache folder is kept under `max_cache_mb` megabytes (`UploadBudget`).
     """
+    from starlette.middleware import Middleware  # installed with gradio
+
+    max_upload = int(max_upload_mb * 1024 * 1024)
+    max_cache = int(max_cache_mb * 1024 * 1024)
+    if max_cache < max_upload:
+        raise ValueError(
+            f"--max-cache-mb {max_cache_mb:g} is smaller than --max-upload-mb {max_upload_mb:g}: the cache must "
+            "hold at least one upload"
+        )
+    max_body = max_upload + _BODY_OVERHEAD_BYTES
+    budget = Middleware(
+        UploadBudget,  # type: ignore[arg-type]  # an ASGI middleware class, as Starlette takes them
+        max_body_bytes=max_body,
+        # The bodies on their way all fit in the cache at once: none is evicted while it arrives.
+        max_concurrent=max(1, min(MAX_CONCURRENT_UPLOADS, max_cache // max_body)),
+        cache=CacheBudget(app.GRADIO_CACHE, max_cache),
+    )
     return app.launch(
         server_name=host,
         server_port=port,
@@ -312,7 +437,8 @@ def launch(
         ssr_mode=False,
         mcp_server=False,
         pwa=False,
-        max_file_size=int(max_upload_mb * 1024 * 1024),
+        max_file_size=max_upload,
+        app_kwargs={"middleware": [budget]},
     )
 
 
@@ -321,10 +447,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import_gradio()  # fail fast, before a model is loaded (loading one takes seconds to minutes)
     if not 0 < args.port < 65536:
         raise ValueError(f"--port must be between 1 and 65535, got {args.port}")
-    for name in ("max_classes", "max_upload_mb", "max_pixels"):
+    for name in ("max_classes", "max_upload_mb", "max_pixels", "max_cache_mb"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.max_cache_mb < args.max_upload_mb:
+        raise ValueError(
+            f"--max-cache-mb {args.max_cache_mb:g} is smaller than --max-upload-mb {args.max_upload_mb:g}: the "
+            "cache must hold at least one upload"
+        )
     predictor = predictor_from_args(args)
+    private_cache = None
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        # A cache folder of this server's own (mode 0700): the cap and the sweeps never touch other servers' files.
+        private_cache = tempfile.mkdtemp(prefix="otseg-serve-")
+        os.environ["GRADIO_TEMP_DIR"] = private_cache
+    try:
+        return _serve(args, predictor)
+    finally:
+        if private_cache is not None:
+            shutil.rmtree(private_cache, ignore_errors=True)
+            os.environ.pop("GRADIO_TEMP_DIR", None)
+
+
+def _serve(args: argparse.Namespace, predictor: Predictor) -> int:
     app = build_app(predictor, max_classes=args.max_classes, max_pixels=args.max_pixels)
     _, local_url, share_url = launch(
         app,
@@ -334,6 +479,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         prevent_thread_lock=True,
         quiet=True,
         max_upload_mb=args.max_upload_mb,
+        max_cache_mb=args.max_cache_mb,
     )
     print(f"serving {predictor!r} at {local_url}" + (f" and {share_url}" if share_url else ""))
     print("press Ctrl+C to stop", flush=True)
@@ -377,6 +523,13 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_MAX_UPLOAD_MB,
         help=f"largest upload accepted, in megabytes (default: {DEFAULT_MAX_UPLOAD_MB})",
+    )
+    p.add_argument(
+        "--max-cache-mb",
+        type=float,
+        default=DEFAULT_MAX_CACHE_MB,
+        help=f"most megabytes of uploads and results kept on the server's disk; the oldest go first (default: "
+        f"{DEFAULT_MAX_CACHE_MB})",
     )
     p.add_argument(
         "--max-pixels",

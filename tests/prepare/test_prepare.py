@@ -200,7 +200,7 @@ def test_missing_download_is_one_line_naming_it_and_where_it_is_published(tmp_pa
     assert _prepare("voc12", tmp_path / "empty", tmp_path / "data") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert "VOCtrainval_11-May-2012.tar" in err and "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/" in err
+    assert "VOCtrainval_11-May-2012.tar" in err and "https://host.robots.ox.ac.uk/pascal/VOC/voc2012/" in err
 
     make_voc2012(tmp_path / "only_voc", archive=True)
     assert _prepare("voc12", tmp_path / "only_voc", tmp_path / "data", "--skip-checksum") == 2

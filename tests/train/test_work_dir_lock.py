@@ -68,3 +68,44 @@ def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path: Path) -> None:
     with WorkDirLock(work) as again:  # and free again
         assert again.took_over is None
     assert time.perf_counter() - start < 5
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="flock")
+def test_a_lock_released_while_another_takes_it_never_has_two_owners(tmp_path: Path, monkeypatch) -> None:
+    """The race: B opens the lock file; A releases (unlinks, closes); C creates a new lock file and takes it; B's
+    flock then succeeds on A's unlinked file. B must notice the file is no longer the one at the path, and find
+    C there."""
+    import fcntl
+
+    from otseg.train import lock as lock_module
+
+    work = tmp_path / "work"
+    a = WorkDirLock(work).acquire()
+    real_flock = fcntl.flock
+    state: dict = {}
+
+    def racing_flock(fd: int, op: int) -> None:
+        if not state:  # B's first flock, on the file it opened before A let go
+            state["c"] = None
+            a.release()
+            state["c"] = WorkDirLock(work).acquire()  # C: a new lock file at the path
+        real_flock(fd, op)
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", racing_flock)
+    with pytest.raises(WorkDirBusyError, match="in use by another otseg train"):
+        WorkDirLock(work).acquire()  # B
+    c = state["c"]
+    assert c is not None and c._fd is not None and (work / LOCK_NAME).exists()
+    c.release()
+    assert not (work / LOCK_NAME).exists()
+
+
+def test_a_link_planted_at_the_lock_file_is_not_followed(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (work / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(WorkDirBusyError, match="cannot open the lock file"):
+        WorkDirLock(work).acquire()
+    assert victim.read_text() == "precious"

@@ -7,16 +7,33 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from otseg.config import MAX_CLASS_NAME_CHARS
 
 __all__ = [
+    "CLASS_FILE_SUFFIXES",
+    "class_list_note",
+    "parse_class_option",
     "parse_class_text",
     "read_class_file",
     "validate_class_names",
 ]
+
+# A single word ending like this is a file name, not a class name (only .txt files are read as class lists).
+CLASS_FILE_SUFFIXES = (".txt", ".csv", ".json", ".lst", ".list", ".names", ".yaml", ".yml")
+# Separators people type that are not ours: each would silently make the whole text one class.
+_WRONG_SEPARATORS = {
+    ";": "';'",
+    "\uff1b": "'\uff1b'",  # full-width semicolon
+    "\uff0c": "'\uff0c'",  # full-width comma
+    "\u3001": "'\u3001'",  # ideographic comma
+    "|": "'|'",
+    "\t": "a tab",
+}
+_QUOTES = "'\"`\u2018\u2019\u201c\u201d"
+_BRACKETS = {"[": "]", "(": ")", "{": "}"}
 
 # ---- class lists given by users: the one parser ------------------------------------------------------------
 
@@ -58,16 +75,63 @@ def validate_class_names(names: Iterable[str], where: str = "") -> list[str]:
     return cleaned
 
 
+def _suggestion(text: str) -> str:
+    """The names in `text` as they should be typed: split on any separator, quotes and brackets removed."""
+    inner = text.strip()
+    if inner[:1] in _BRACKETS and inner.endswith(_BRACKETS[inner[0]]):
+        inner = inner[1:-1]
+    parts = re.split(r"[,\n;\uff1b\uff0c\u3001|\t]", inner)
+    names = [p.strip().strip(_QUOTES + "[](){}").strip() for p in parts]
+    return ", ".join(n for n in names if n)
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """`text` quoted for a message, cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
+
+
+def _refuse_other_syntax(text: str, names: list[str], where: str) -> None:
+    """ValueError (one line, with the text to type instead) when a class list is written in another syntax:
+    a list literal, quoted names, separators other than commas, or a file name."""
+    stripped = text.strip()
+    fix = f"give the names comma-separated, without quotes or brackets: {_shown(_suggestion(text), 200)}"
+    if stripped[:1] in _BRACKETS and stripped.endswith(_BRACKETS[stripped[0]]):
+        raise ValueError(f"{where}: {_shown(stripped)} looks like a list literal, not a class list; {fix}")
+    for separator, said in _WRONG_SEPARATORS.items():
+        if separator in text:
+            raise ValueError(
+                f"{where}: {_shown(stripped)} separates names with {said}, which is not a separator here (only "
+                f"commas and new lines are); {fix} (a name that holds {said} goes in a .txt file, one name per line)"
+            )
+    for i, name in enumerate(names):
+        if not name:
+            continue  # empty names get their own message
+        if name[:1] in _QUOTES or name[-1:] in _QUOTES:
+            raise ValueError(f"{where}: class name {_shown(name)} (position {i}) is wrapped in quotes; {fix}")
+        if name[:1] in "[{" or name[-1:] in "]}":  # a round bracket may end a name: 'tv (monitor)'
+            raise ValueError(f"{where}: class name {_shown(name)} (position {i}) holds a bracket of a list; {fix}")
+        if name.lower().endswith(CLASS_FILE_SUFFIXES) and " " not in name:
+            raise ValueError(
+                f"{where}: {_shown(name)} looks like a file name, not a class name; type the class names "
+                "themselves, comma-separated (e.g. 'cat, sofa, wall')"
+            )
+
+
 def parse_class_text(text: str, where: str = "--classes") -> list[str]:
     """'cat, sofa,wall' (commas or new lines) -> ['cat', 'sofa', 'wall'], validated.
 
+    Text in another syntax is refused with the text to type instead: a list literal ('["a", "b"]'), quoted
+    names, names separated by ';', '|' or tabs (each would silently give one class), a file name.
+
     Raises:
-        ValueError: no names, an empty name between separators, an over-long or repeated name; naming `where`.
+        ValueError: no names, an empty name between separators, an over-long or repeated name, another syntax;
+            naming `where`.
     """
     text = (text or "").strip()
     if not text:
         raise ValueError(f"{where}: type at least one class name, e.g. 'cat, sofa, wall'")
     names = [n.strip() for n in re.split(r"[,\n]", text)]
+    _refuse_other_syntax(text, names, where)
     empty = [i for i, n in enumerate(names) if not n]
     if empty:
         raise ValueError(
@@ -75,6 +139,45 @@ def parse_class_text(text: str, where: str = "--classes") -> list[str]:
             "comma at an end); give comma-separated names like 'cat, sofa, wall'"
         )
     return validate_class_names(names, where)
+
+
+def parse_class_option(text: str, where: str = "--classes") -> list[str]:
+    """A class-list option of the command line: comma-separated names, or a .txt file of one name per line.
+
+    A single word ending in a file suffix (.txt, .csv, .json, ...) is taken as a file: a .txt file that exists is
+    read; one that does not exist, or another suffix, is an error (never a class called "names.txt").
+
+    Raises:
+        FileNotFoundError: a .txt file that does not exist.
+        ValueError: see `parse_class_text` and `read_class_file`; the message names `where` or the file.
+    """
+    stripped = (text or "").strip()
+    if stripped and not re.search(r"[,\n]", stripped) and stripped.lower().endswith(CLASS_FILE_SUFFIXES):
+        path = Path(stripped).expanduser()
+        if path.suffix.lower() != ".txt":
+            raise ValueError(
+                f"{where} {stripped}: class lists are read from .txt files (one name per line), not "
+                f"{path.suffix} files; save the names as a .txt file, or give them comma-separated"
+            )
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{where} {stripped}: no such file; give an existing .txt file (one name per line) or the names "
+                "themselves, comma-separated (e.g. 'cat, sofa, wall')"
+            )
+        return read_class_file(path)
+    return parse_class_text(stripped, where)
+
+
+def class_list_note(names: Sequence[str]) -> str | None:
+    """A one-line note on a class list whose result would mislead: one class takes every pixel (there is no
+    background class unless named). None when there is nothing to say."""
+    if len(names) == 1:
+        return (
+            f"only one class ({names[0]!r}): every pixel is given to it (100 %), because the model has no "
+            "background class to choose instead; name the other things in the picture too, or add a catch-all "
+            "such as 'background'"
+        )
+    return None
 
 
 def read_class_file(path: str | os.PathLike[str]) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from otseg.prepare.ade20k import prepare_ade20k
 from otseg.prepare.coco import prepare_coco
-from otseg.prepare.common import PrepareOptions
+from otseg.prepare.common import UNFORESEEN_VALUE_ERRORS, PrepareOptions
 from otseg.prepare.context59 import prepare_context59
 from otseg.prepare.voc12 import prepare_voc12
 
@@ -45,7 +45,18 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         verify_checksums=not args.skip_checksum,
     )
-    prepare_dataset(args.dataset, opts)
+    try:
+        prepare_dataset(args.dataset, opts)
+    except (*UNFORESEEN_VALUE_ERRORS, MemoryError) as exc:
+        # A converter met a value its checks did not foresee: one line naming what was being read, not a
+        # traceback (OTSEG_DEBUG=1 shows it).
+        if os.environ.get("OTSEG_DEBUG", "") not in ("", "0"):
+            raise
+        what = "ran out of memory" if isinstance(exc, MemoryError) else "met a value of the wrong type or out of range"
+        raise ValueError(
+            f"{args.dataset}: converting the downloads in {opts.src} {what} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:120]}); check them or download them again (OTSEG_DEBUG=1 shows where)"
+        ) from None
     return 0
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "verify_checksum",
     "write_bytes_atomic",
     "write_lines_atomic",
+    "write_list_atomic",
     "write_png_atomic",
 ]
 
@@ -276,6 +277,23 @@ def write_lines_atomic(dest: Path, lines: Iterable[str]) -> None:
     write_bytes_atomic(dest, "".join(f"{line}\n" for line in lines).encode())
 
 
+def write_list_atomic(dest: Path, stems: Iterable[str], source: str) -> None:
+    """A split list (one image stem per line) written atomically, each entry checked first: a plain file stem,
+    never a path ('../x', 'a/b'), which the datasets would join to the data root.
+
+    Raises:
+        ValueError: one line naming `source` (the list it came from), the entry's position and its value.
+    """
+    stems = list(stems)
+    for i, stem in enumerate(stems):
+        if not _STEM.fullmatch(stem) or ".." in stem:
+            raise ValueError(
+                f"{source}: entry {i + 1} {stem[:80]!r} is not a plain image stem (no folders, no '..'); the list is "
+                "damaged or not the published one: download it again"
+            )
+    write_lines_atomic(dest, stems)
+
+
 def write_png_atomic(dest: Path, label: np.ndarray) -> None:
     """A uint8 `(H, W)` label map as a mode-L PNG, written atomically (same bytes for the same array)."""
     buf = io.BytesIO()
@@ -331,8 +349,20 @@ class Job:
     args: tuple[Any, ...] = ()
 
 
+# What a converter raises on a value of the wrong type or out of range that its checks did not foresee (a JSON
+# null where a number belongs, a number too large for C): turned into one line naming the job's file.
+UNFORESEEN_VALUE_ERRORS = (OverflowError, TypeError, IndexError, KeyError, AttributeError, RecursionError)
+
+
 def _run(job: Job) -> Any:
-    return job.fn(job.payload, job.dest, *job.args)
+    try:
+        return job.fn(job.payload, job.dest, *job.args)
+    except UNFORESEEN_VALUE_ERRORS as exc:
+        where = next((a for a in job.args if isinstance(a, str)), job.dest.name)
+        raise ValueError(
+            f"{where}: cannot convert it ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); the download "
+            "holds a value of the wrong type or out of range: download it again"
+        ) from None
 
 
 def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total: int | None = None) -> list[Any]:
@@ -370,10 +400,42 @@ def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total
 
 
 def copy_job(member: Member, dest: Path) -> Job:
-    """A job writing `member` to `dest`: a hard link/copy for folder inputs, the bytes for archive members."""
+    """A job writing `member` to `dest`: a hard link/copy for folder inputs, the bytes for archive members.
+
+    A folder member that is a symbolic link is followed only to a file inside its download folder, and the output
+    is always that file (hard-linked or copied), never a link: `os.link` on a link would recreate the link, and a
+    link out of the download would bring any file of the machine into the data root.
+    """
     if member.path is not None:
-        return Job(dest, _link_payload, member.path)
+        return Job(dest, _link_payload, link_source(member))
     return Job(dest, _write_payload, member.read())
+
+
+def link_source(member: Member) -> Path:
+    """The file a folder member's output is linked to or copied from: itself, or for a symbolic link its target,
+    which must lie inside the download folder (`member.source`).
+
+    Raises:
+        ValueError: a link out of the download folder, or a broken link; one line naming the member and target.
+    """
+    assert member.path is not None
+    if not member.path.is_symlink():
+        return member.path
+    root = Path(member.source).resolve()
+    try:
+        target = member.path.resolve(strict=True)
+    except (OSError, RuntimeError):  # missing target, or a loop of links
+        raise ValueError(
+            f"{member.source}: {member.rel} is a symbolic link to {os.readlink(member.path)}, which does not exist; "
+            "replace it by the file"
+        ) from None
+    if not target.is_relative_to(root) or not target.is_file():
+        raise ValueError(
+            f"{member.source}: {member.rel} is a symbolic link to {target}, outside the download folder {root}; "
+            "prepare follows no link out of it: replace the link by the file (e.g. cp -L), or give --src the "
+            "folder that holds the files"
+        )
+    return target
 
 
 def _link_payload(src: Path, dest: Path) -> int:

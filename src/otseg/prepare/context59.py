@@ -40,7 +40,7 @@ from otseg.prepare.common import (
     run_jobs,
     safe_stem,
     verify_checksum,
-    write_lines_atomic,
+    write_list_atomic,
     write_png_atomic,
 )
 
@@ -218,7 +218,7 @@ def prepare_context59(opts: PrepareOptions) -> dict[str, int]:
         phase: sorted(img["stem"] for img in images.values() if img["phase"] == phase) for phase in ("train", "val")
     }
     for phase, stems in splits.items():
-        write_lines_atomic(lists_dir / f"{phase}.txt", stems)
+        write_list_atomic(lists_dir / f"{phase}.txt", stems, f"{json_path}: images of phase {phase}")
     counts = {
         "images": len(have & wanted),
         "masks": len(existing_names(ann_dir)),

@@ -34,7 +34,7 @@ from otseg.prepare.common import (
     run_jobs,
     safe_stem,
     verify_checksum,
-    write_lines_atomic,
+    write_list_atomic,
     write_png_atomic,
 )
 
@@ -123,7 +123,7 @@ def prepare_voc12(opts: PrepareOptions) -> dict[str, int]:
         if name not in voc_lists:
             raise FileNotFoundError(f"{WHAT}: {voc_in.describe()} has no ImageSets/Segmentation/{name}")
     for name, stems in voc_lists.items():
-        write_lines_atomic(lists_dir / name, stems)
+        write_list_atomic(lists_dir / name, stems, f"{voc_in.describe()}: ImageSets/Segmentation/{name}")
 
     # 2. SBD: .mat -> PNG in worker processes, and its lists.
     sbd_lists: dict[str, list[str]] = {}
@@ -161,8 +161,9 @@ def prepare_voc12(opts: PrepareOptions) -> dict[str, int]:
             f"{WHAT}: {len(no_mask)} SBD-listed image(s) have no cls/*.mat and {len(no_img)} no VOC2012 JPEG "
             f"(first: {s}); the SBD and VOC downloads do not belong together or are incomplete"
         )
-    write_lines_atomic(lists_dir / "trainaug.txt", aug)
-    write_lines_atomic(lists_dir / "aug.txt", aug)
+    sbd_source = f"{sbd_in.describe()}: train.txt and val.txt"
+    write_list_atomic(lists_dir / "trainaug.txt", aug, sbd_source)
+    write_list_atomic(lists_dir / "aug.txt", aug, sbd_source)
 
     counts = {
         "images": len(have_img),

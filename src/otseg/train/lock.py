@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = ["LOCK_NAME", "WorkDirBusyError", "WorkDirLock"]
 
 LOCK_NAME = "train.lock"
+_REOPEN_ATTEMPTS = 20  # a lock file replaced this many times in a row while we take it: someone else is busy there
 
 
 class WorkDirBusyError(ValueError):
@@ -73,13 +74,7 @@ class WorkDirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         previous_pid, _ = _read_owner(self.path)
         if fcntl is not None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                pid, host = _read_owner(self.path)
-                raise self._busy(pid or previous_pid, host) from None
+            fd = self._flock_current_file(previous_pid)
         else:  # pragma: no cover - Windows: O_EXCL creation, the PID decides staleness
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
@@ -97,6 +92,42 @@ class WorkDirLock:
         self._fd = fd
         return self
 
+    def _flock_current_file(self, previous_pid: int) -> int:
+        """A descriptor of the lock file, flock'ed, that is still the file at `self.path`.
+
+        A releasing owner unlinks the file while it holds the flock, then closes it. Whoever opened the old file
+        before the unlink gets that flock once the owner closes, on a file no longer in the directory, while a
+        third process may already hold a new file at the path: two owners. So after taking the flock, the file
+        must still be the one at the path (same device and inode); otherwise it is dropped and the path opened
+        again. The lock file is opened without following a link planted at its name.
+        """
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        for _ in range(_REOPEN_ATTEMPTS):
+            try:
+                fd = os.open(self.path, flags, 0o644)
+            except OSError as exc:
+                raise WorkDirBusyError(
+                    f"cannot open the lock file {self.path} ({exc.strerror}); if it is a link or a folder, remove it"
+                ) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                pid, host = _read_owner(self.path)
+                raise self._busy(pid or previous_pid, host) from None
+            held = os.fstat(fd)
+            try:
+                current = os.stat(self.path, follow_symlinks=False)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+                return fd
+            os.close(fd)  # the file was released and unlinked in between: lock the one at the path now
+        raise WorkDirBusyError(
+            f"work dir {self.path.parent}: the lock file {self.path} kept being replaced while taking it; another "
+            "otseg train is starting or stopping there: try again"
+        )
+
     def _busy(self, pid: int, host: str) -> WorkDirBusyError:
         who = f"PID {pid}" + (f" on {host}" if host and host != socket.gethostname() else "") if pid else "a process"
         return WorkDirBusyError(
@@ -105,7 +136,13 @@ class WorkDirLock:
         )
 
     def release(self) -> None:
-        """Give the lock up and remove the lock file."""
+        """Give the lock up and remove the lock file.
+
+        The file is unlinked while the flock is still held, then closed: a process that opened it before the
+        unlink and gets the flock after the close sees that the file is no longer at the path and opens the path
+        again (`_flock_current_file`), so it never shares the work dir with one that created a new lock file.
+        (Closing first and unlinking after would remove a file another process may already hold.)
+        """
         if self._fd is None:
             return
         fd, self._fd = self._fd, None

@@ -19,7 +19,7 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
         print(f"[{kind}]")
         for e in group:
             digest = ", ".join(f"{k} {v}" for k, v in e.digests.items()) or "no published checksum"
-            size = f", {e.size:,} bytes" if e.size else ""
+            size = f", {e.size:,} bytes" if e.size else f", at most {e.max_size:,} bytes" if e.max_size else ""
             print(f"  {e.name:<34} {e.filename or '(file name as downloaded)'}{size}")
             print(f"  {'':<34} {e.description}")
             print(f"  {'':<34} get: {e.where}" + ("  (otseg weights fetch " + e.name + " --to DIR)" if e.url else ""))

@@ -33,11 +33,19 @@ DIGEST_KINDS = ("sha256", "sha1", "md5")
 KINDS = ("clip", "embeddings", "checkpoint", "dataset")
 _HEX_LENGTHS = {"sha256": 64, "sha1": 40, "md5": 32}
 _CHUNK = 1 << 20
+# The largest size or max_size a registry may declare (the largest published file, COCO train2017.zip, is 18 GB).
+MAX_DOWNLOAD_BYTES = 1 << 40
+_MAX_REGISTRY_BYTES = 1 << 20  # the packaged registry is a few KB
+_FILENAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
 class RegistryEntry:
-    """One downloadable file. `url` is a direct download (None: only `page`, for a person to follow)."""
+    """One downloadable file. `url` is a direct download (None: only `page`, for a person to follow).
+
+    `size` is the exact size in bytes where it is published; `max_size` an upper bound where it is not (the
+    published size rounded up with a margin), so that a download never writes more than the file can be.
+    """
 
     name: str
     kind: str
@@ -46,19 +54,46 @@ class RegistryEntry:
     url: str | None = None
     page: str | None = None
     size: int | None = None
+    max_size: int | None = None
     sha256: str | None = None
     sha1: str | None = None
     md5: str | None = None
 
     def __post_init__(self) -> None:
+        for key in ("name", "kind", "description"):
+            if not isinstance(getattr(self, key), str):
+                raise ValueError(f"{key} {getattr(self, key)!r} must be a string")
+        for key in ("filename", "url", "page", *DIGEST_KINDS):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{key} {value!r} must be a string")
+        for key in ("size", "max_size"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{key} {value!r} must be a whole number of bytes")
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", self.name):
             raise ValueError(f"registry entry name {self.name!r}: use lower-case letters, digits, '-' and '.'")
         if self.kind not in KINDS:
             raise ValueError(f"registry entry {self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.url is None and self.page is None:
             raise ValueError(f"registry entry {self.name}: needs a url or a page")
-        if self.size is not None and self.size <= 0:
-            raise ValueError(f"registry entry {self.name}: size {self.size} must be positive")
+        for key in ("size", "max_size"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value <= MAX_DOWNLOAD_BYTES:
+                raise ValueError(
+                    f"registry entry {self.name}: {key} {value} must be between 1 and {MAX_DOWNLOAD_BYTES:,}"
+                )
+        for key in ("url", "page"):
+            value = getattr(self, key)
+            if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(?:[/?#]\S*)?", value):
+                raise ValueError(f"registry entry {self.name}: {key} {value!r} is not an http:// or https:// address")
+        if self.filename is not None and (
+            not _FILENAME.fullmatch(self.filename) or self.filename in (".", "..") or len(self.filename) > 255
+        ):
+            raise ValueError(
+                f"registry entry {self.name}: filename {self.filename!r} is not a plain file name (letters, digits, "
+                "'.', '_', '-'; no folders)"
+            )
         for kind in DIGEST_KINDS:
             value = getattr(self, kind)
             if value is not None and not re.fullmatch(f"[0-9a-f]{{{_HEX_LENGTHS[kind]}}}", value):
@@ -78,33 +113,65 @@ class RegistryEntry:
 
 
 def load_registry(path: str | Path | None = None) -> tuple[RegistryEntry, ...]:
-    """The entries of `path` (default: the packaged `registry.json`), validated."""
+    """The entries of `path` (default: the packaged `registry.json`), validated.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is too large, not JSON, or an entry is invalid; one line naming the file, the entry
+            (`files[i]`, its name) and the value.
+    """
     if path is None:
         text = resources.files("otseg.weights").joinpath("registry.json").read_text(encoding="utf-8")
         source = "otseg/weights/registry.json"
     else:
         source = str(path)
         try:
+            if Path(path).stat().st_size > _MAX_REGISTRY_BYTES:
+                raise ValueError(
+                    f"registry file {path} has {Path(path).stat().st_size:,} bytes, more than a registry can "
+                    f"({_MAX_REGISTRY_BYTES:,}); give the registry JSON file"
+                )
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise FileNotFoundError(f"registry file {path} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"registry file {path} is not UTF-8 text (byte offset {exc.start})") from None
+        except IsADirectoryError:
+            raise ValueError(f"registry file {path} is a folder; give the registry JSON file") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"registry file {source} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"registry file {source}: JSON nested too deeply to be a registry") from None
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
         raise ValueError(f'registry file {source}: expected {{"files": [...]}}')
     fields = set(RegistryEntry.__dataclass_fields__)
     entries = []
-    for item in data["files"]:
-        if not isinstance(item, dict) or set(item) - fields:
-            extra = sorted(set(item) - fields) if isinstance(item, dict) else item
-            raise ValueError(f"registry file {source}: entry {item.get('name', '?')!r} has unknown fields {extra}")
-        entries.append(RegistryEntry(**item))
+    for i, item in enumerate(data["files"]):
+        where = f"registry file {source}: files[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} is {_short(item)}, not an object with name, kind, url...")
+        where += f" ({_short(item.get('name', '?'))})"
+        if set(item) - fields:
+            raise ValueError(f"{where} has unknown fields {sorted(set(item) - fields)}; known: {sorted(fields)}")
+        missing = sorted(k for k in ("name", "kind", "description") if k not in item)
+        if missing:
+            raise ValueError(f"{where} has no {', '.join(missing)}")
+        try:
+            entries.append(RegistryEntry(**item))
+        except ValueError as exc:
+            message = str(exc).removeprefix(f"registry entry {item.get('name')}: ")
+            raise ValueError(f"{where}: {message}") from None
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
         raise ValueError(f"registry file {source}: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
     return tuple(entries)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def find_entry(name: str, entries: tuple[RegistryEntry, ...] | None = None) -> RegistryEntry:
