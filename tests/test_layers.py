@@ -19,7 +19,14 @@ PACKAGE = SRC / "otseg"
 # that names it or a folder above it. "otseg" is the package root alone (its lazy re-exports of the public API).
 LAYERS: list[tuple[str, ...]] = [
     ("otseg.validation", "otseg.clip.config", "otseg.config"),  # the configuration: imports nothing else of ours
-    ("otseg.version", "otseg.utils", "otseg.distributed", "otseg.image_io", "otseg.viz"),  # leaf helpers
+    (
+        "otseg.version",
+        "otseg.utils",
+        "otseg.distributed",
+        "otseg.image_io",
+        "otseg.viz",
+        "otseg.warning_lines",
+    ),  # leaf helpers
     ("otseg.data",),  # dataset facts, class names, transforms, datasets
     ("otseg.ops",),  # Sinkhorn, MPS, MPSA
     ("otseg.formats", "otseg.weights"),  # plain file readers (CLIP weights, embeddings, torch files), downloads
@@ -29,6 +36,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("otseg.named_models",),  # the models known by name: data
     ("otseg.predictor",),  # inference
     ("otseg.model_arguments",),  # --model / --checkpoint for the serving commands
+    ("otseg.web_budget",),  # the web server's request and cache budget (ASGI)
     ("otseg.segment", "otseg.web", "otseg.export"),  # otseg segment | serve | export
     ("otseg.train",),  # training
     ("otseg.benchmark", "otseg.prepare"),  # otseg benchmark; dataset preparation

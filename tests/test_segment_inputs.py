@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import make_tiny_model
 from otseg.cli import main
-from otseg.formats.otseg_folder import save_pretrained
+from otseg.model_files.otseg_folder import save_pretrained
 from otseg.predictor import Predictor
 
 
