@@ -8,17 +8,13 @@ bar, and ends by printing the counts it wrote.
 
 from __future__ import annotations
 
-import argparse
-import os
-from pathlib import Path
-
 from otseg.prepare.ade20k import prepare_ade20k
 from otseg.prepare.coco import prepare_coco
 from otseg.prepare.common import PrepareOptions
 from otseg.prepare.context59 import prepare_context59
 from otseg.prepare.voc12 import prepare_voc12
 
-__all__ = ["DATASETS", "PrepareOptions", "add_prepare_parser", "prepare_dataset"]
+__all__ = ["DATASETS", "PrepareOptions", "prepare_dataset"]
 
 DATASETS = ("voc12", "context59", "coco", "ade20k")
 
@@ -35,34 +31,3 @@ def prepare_dataset(name: str, opts: PrepareOptions) -> dict[str, int]:
     if name == "ade20k":
         return prepare_ade20k(opts)
     raise ValueError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
-
-
-def cmd_prepare(args: argparse.Namespace) -> int:
-    opts = PrepareOptions(
-        src=Path(args.src).expanduser(),
-        data_root=Path(args.data_root).expanduser(),
-        workers=args.workers if args.workers is not None else min(8, os.cpu_count() or 1),
-        progress=not args.no_progress,
-        verify_checksums=not args.skip_checksum,
-    )
-    prepare_dataset(args.dataset, opts)
-    return 0
-
-
-def add_prepare_parser(sub: argparse._SubParsersAction) -> None:
-    """Register `otseg prepare`."""
-    p = sub.add_parser(
-        "prepare",
-        help="convert the official dataset downloads (archives or extracted folders) into the layouts otseg reads",
-        description="Convert the official downloads in --src into --data-root. voc12: VOCtrainval_11-May-2012.tar "
-        "+ SBD benchmark.tgz; context59: VOCtrainval_03-May-2010.tar + trainval_merged.json; coco: train2017.zip + "
-        "val2017.zip + stuffthingmaps_trainval2017.zip; ade20k: ADEChallengeData2016.zip. Each may also be the "
-        "folder the archive extracts to. Re-running skips finished files (an interrupted run resumes).",
-    )
-    p.add_argument("dataset", choices=DATASETS, help=f"the dataset to prepare: {', '.join(DATASETS)}")
-    p.add_argument("--src", required=True, help="folder holding the downloads (archives or extracted folders)")
-    p.add_argument("--data-root", required=True, help="output root (the --data-root of train / eval / check-data)")
-    p.add_argument("--workers", type=int, help="conversion processes (default: min(8, CPUs); 0 = this process)")
-    p.add_argument("--skip-checksum", action="store_true", help="do not verify the archives' published checksums")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_prepare)
