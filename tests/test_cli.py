@@ -13,7 +13,7 @@ from PIL import Image
 import otseg
 from conftest import golden_file, load_golden, tiny_set_args
 from otseg.cli import build_parser, main
-from otseg.demo.command import cmd_demo
+from otseg.cli import demo as demo_command
 
 
 def test_presets_lists_and_describes(capsys):
@@ -48,7 +48,7 @@ def test_demo_is_the_miniature_benchmark(capsys):
     # The end-to-end run itself is tests/demo/test_demo_run.py; here: `otseg demo` is wired to it.
 
     args = build_parser().parse_args(["demo", "--out", "x", "--quick", "--seed", "3"])
-    assert args.func is cmd_demo and args.quick and args.seed == 3 and args.out == "x"
+    assert args.run is demo_command.run and args.quick and args.seed == 3 and args.out == "x"
 
 
 def test_convert_reference_checkpoint_to_our_format(tmp_path, capsys):

@@ -55,7 +55,7 @@ def test_classes_into_a_closed_pipe_exits_quietly() -> None:
     os.close(read_end)  # `otseg classes | head` after head has gone
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "otseg.cli", "classes", "--preset", "coco-inductive"],
+            [sys.executable, "-m", "otseg", "classes", "--preset", "coco-inductive"],
             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
             env={**os.environ, "PYTHONPATH": str(REPO / "src")},
         )  # fmt: skip

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 from conftest import golden_file, golden_segmentor_config, load_golden
-from otseg import OTSeg, Predictor, export
+from otseg import OTSeg, Predictor
+from otseg.cli import export as export_command
+from otseg.cli.model_options import predictor_from_args
 from otseg.config import ModelConfig
 from otseg.export import (
-    add_export_parser,
-    cmd_export,
     compare_with_onnxruntime,
     export_onnx,
     normalise_image,
@@ -206,7 +206,7 @@ def test_missing_onnxruntime_says_how_to_install(exported, monkeypatch: pytest.M
 # ------------------------------------------------------------------------------------------------ CLI
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="otseg")
-    add_export_parser(parser.add_subparsers(dest="command", required=True))
+    export_command.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["export", *argv])
 
 
@@ -218,8 +218,8 @@ def test_cli_export_with_new_classes_and_check(tmp_path: Path, capsys: pytest.Ca
     out = tmp_path / "out" / "model.onnx"
     args = parse(["--onnx", str(out), "--checkpoint", str(ckpt), "--classes", "bird, bottle ,wall", "--sinkhorn-iters",
                   "2", "--check"])  # fmt: skip
-    assert args.func is cmd_export
-    assert cmd_export(args) == 0
+    assert args.run is export_command.run
+    assert export_command.run(args) == 0
     printed = capsys.readouterr().out
     print(printed)
     assert "classes: bird, bottle, wall" in printed
@@ -241,21 +241,28 @@ def test_cli_export_with_new_classes_and_check(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_cli_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = export_command.run
     missing = tmp_path / "nope"
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
-        cmd_export(parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(missing)]))
+        run(parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(missing)]))
     ckpt = save_pretrained(golden_model(), tmp_path / "ckpt")  # no text tower
     with pytest.raises(ValueError, match=r"--classes needs the model's CLIP text tower.*--clip"):
-        cmd_export(parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--classes", "cat,dog"]))
+        export_command.run(
+            parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--classes", "cat,dog"])
+        )
     with pytest.raises(ValueError, match=r"--sinkhorn-iters must be >= 1"):
-        cmd_export(parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--sinkhorn-iters", "0"]))
+        export_command.run(
+            parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--sinkhorn-iters", "0"])
+        )
     with pytest.raises(ValueError, match=r"--image-size expects N or HxW"):
-        cmd_export(parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--image-size", "big"]))
+        export_command.run(
+            parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--image-size", "big"])
+        )
     with pytest.raises(ValueError, match=r"is a folder"):
-        cmd_export(parse(["--onnx", str(tmp_path), "--checkpoint", str(ckpt)]))
+        run(parse(["--onnx", str(tmp_path), "--checkpoint", str(ckpt)]))
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(RuntimeError, match=re.escape("pip install 'otseg[onnx]'")):
-        cmd_export(parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--check"]))
+        run(parse(["--onnx", str(tmp_path / "m.onnx"), "--checkpoint", str(ckpt), "--check"]))
     assert not (tmp_path / "m.onnx").exists()
     assert parse(["--onnx", str(tmp_path / "m.onnx")]).model == "demo"  # as segment and serve: the demo model
 
@@ -270,5 +277,5 @@ def test_cli_model_demo_uses_the_predictor(monkeypatch: pytest.MonkeyPatch) -> N
         return Predictor(model)
 
     monkeypatch.setattr(Predictor, "from_pretrained", staticmethod(fake_from_pretrained))
-    assert export.predictor_from_args(parse(["--onnx", "m.onnx", "--model", "demo"])).model is model
+    assert predictor_from_args(parse(["--onnx", "m.onnx", "--model", "demo"])).model is model
     assert seen == ["demo"]

@@ -34,9 +34,10 @@ from PIL import Image
 
 from conftest import make_tiny_model
 from otseg import cli, web
+from otseg.cli import serve as serve_command
 from otseg.model_files.otseg_folder import save_pretrained
 from otseg.predictor import Predictor
-from otseg.web import ELEM_IDS, INSTALL_HINT, add_serve_parser, build_app, cmd_serve, launch, make_segment_fn
+from otseg.web import ELEM_IDS, INSTALL_HINT, build_app, launch, make_segment_fn
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before anything imports gradio
 
@@ -54,7 +55,7 @@ _FONT_HOSTS = {"fonts.googleapis.com", "fonts.gstatic.com"}
 # ------------------------------------------------------------------------------------------------ helpers
 def _serve_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="otseg")
-    add_serve_parser(parser.add_subparsers(dest="command", required=True))
+    serve_command.add_parser(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["serve", *argv])
 
 
@@ -214,7 +215,7 @@ def test_serve_parser_defaults_and_flags() -> None:
     args = _serve_args()
     assert (args.model, args.checkpoint, args.clip, args.preset) == ("demo", None, None, None)
     assert (args.host, args.port, args.share, args.device) == ("127.0.0.1", 7860, False, None)
-    assert args.func is cmd_serve
+    assert args.run is serve_command.run
     args = _serve_args("--checkpoint", "m.pt", "--clip", "ViT-B-16.pt", "--preset", "voc12-inductive", "--host",
                        "0.0.0.0", "--port", "8080", "--share", "--device", "cuda")  # fmt: skip
     assert (args.checkpoint, args.clip, args.preset) == ("m.pt", "ViT-B-16.pt", "voc12-inductive")
@@ -230,15 +231,12 @@ def test_serve_without_gradio_says_how_to_install(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setitem(sys.modules, "gradio", None)  # `import gradio` now raises ImportError
     monkeypatch.setattr(Predictor, "from_pretrained", no_model)
     with pytest.raises(RuntimeError, match=re.escape(INSTALL_HINT)) as info:
-        cmd_serve(_serve_args())
+        serve_command.run(_serve_args())
     assert "\n" not in str(info.value)
 
 
 def test_cli_serve_without_gradio_is_one_line_error(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
 
-    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    if "serve" not in sub.choices:
-        pytest.skip("otseg.cli does not register `serve` yet (it should call otseg.web.add_serve_parser)")
     monkeypatch.setitem(sys.modules, "gradio", None)
     assert cli.main(["serve"]) == 2
     err = capsys.readouterr().err.strip()
@@ -250,11 +248,11 @@ def test_cli_serve_without_gradio_is_one_line_error(monkeypatch: pytest.MonkeyPa
 _SERVE_DRIVER = """
 import argparse, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from otseg.web import add_serve_parser
+from otseg.cli.serve import add_parser
 parser = argparse.ArgumentParser(prog="otseg")
-add_serve_parser(parser.add_subparsers(dest="command", required=True))
+add_parser(parser.add_subparsers(dest="command", required=True))
 args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
+sys.exit(args.run(args))
 """
 
 

@@ -182,9 +182,11 @@ def test_otseg_serve_uses_a_private_cache_folder_and_removes_it(
     import argparse
 
     from otseg import web
+    from otseg.cli import model_options
+    from otseg.cli import serve as serve_command
 
     monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
-    monkeypatch.setattr(web, "predictor_from_args", lambda args: predictor)
+    monkeypatch.setattr(model_options, "predictor_from_args", lambda args: predictor)
     seen: list[str] = []
 
     def fake_serve(args: argparse.Namespace, served: Predictor) -> int:
@@ -194,10 +196,10 @@ def test_otseg_serve_uses_a_private_cache_folder_and_removes_it(
         seen.append(folder)
         return 0
 
-    monkeypatch.setattr(web, "_serve", fake_serve)
+    monkeypatch.setattr(serve_command, "_serve", fake_serve)
     parser = argparse.ArgumentParser(prog="otseg")
-    web.add_serve_parser(parser.add_subparsers(dest="command", required=True))
-    assert web.cmd_serve(parser.parse_args(["serve"])) == 0
+    serve_command.add_parser(parser.add_subparsers(dest="command", required=True))
+    assert serve_command.run(parser.parse_args(["serve"])) == 0
     assert len(seen) == 1 and not Path(seen[0]).exists() and "GRADIO_TEMP_DIR" not in os.environ
     with pytest.raises(ValueError, match="--max-cache-mb 5 is smaller than --max-upload-mb 20"):
-        web.cmd_serve(parser.parse_args(["serve", "--max-cache-mb", "5"]))
+        serve_command.run(parser.parse_args(["serve", "--max-cache-mb", "5"]))

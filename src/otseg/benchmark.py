@@ -31,9 +31,7 @@ backbones are identical, and the heads' difference is the steadier measure of th
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -49,8 +47,6 @@ from otseg.ops import record_sinkhorn_calls, sinkhorn_overrides
 
 __all__ = [
     "MODEL_VARIANTS",
-    "add_bench_parser",
-    "cmd_bench",
     "efficiency_table",
     "format_table",
     "full_macs",
@@ -376,47 +372,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ command line
-def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `otseg bench` on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "bench",
-        help="the paper's efficiency table (params, GFLOPs, images/s) for baseline, OTSeg, OTSeg+",
-        description=(
-            "Parameters, GFLOPs (mmcv-style as in the paper, and a full count) and images per second of the "
-            "ZegCLIP-style baseline, OTSeg and OTSeg+ at 512x512 on this device, with random weights."
-        ),
-    )
-    p.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda (default: cuda if any)"
-    )
-    p.add_argument("--image-size", type=int, default=512, help="side of the square test image (default: 512)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 3 on CPU, 20 on GPU)")
-    p.add_argument("--warmup", type=int, default=None, help="discarded rounds (default 1 on CPU, 3 on GPU)")
-    p.add_argument("--preset", default="voc12-inductive", help="the preset timed (default: voc12-inductive)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--no-capped", action="store_true", help="skip the timing at 100 Sinkhorn iterations per call")
-    p.add_argument("--json", help="also write the rows to this JSON file")
-    p.set_defaults(func=cmd_bench)
-    return p
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """`otseg bench`: print the efficiency table."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    gpu = str(args.device).startswith("cuda")
-    repeats = args.repeats if args.repeats is not None else (20 if gpu else 3)
-    warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
-    rows = efficiency_table(
-        args.device,
-        image_size=args.image_size,
-        repeats=repeats,
-        warmup=warmup,
-        preset=args.preset,
-        capped=not args.no_capped,
-    )
-    print(format_table(rows))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=2)
-    return 0

@@ -33,13 +33,11 @@ full model config; and in a sidecar `OUT.onnx.json` with the same content.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import json
 import logging
 import os
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -49,11 +47,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from otseg.data.classes import parse_class_option
 from otseg.data.transforms import TestResize
 from otseg.image_io import read_image
 from otseg.model.segmentor import OTSeg, slide_windows
-from otseg.model_arguments import add_model_arguments, predictor_from_args
 from otseg.ops.sinkhorn import sinkhorn_overrides
 from otseg.predictor import Prediction
 from otseg.utils import atomic_write, atomic_write_text
@@ -62,14 +58,13 @@ from otseg.version import __version__
 __all__ = [
     "DEFAULT_OPSET",
     "ONNX_FORMAT",
-    "add_export_parser",
-    "cmd_export",
     "compare_with_onnxruntime",
     "export_onnx",
     "normalise_image",
     "onnx_metadata",
     "onnx_segment_image",
     "onnx_slide_inference",
+    "require_module",
 ]
 
 ONNX_FORMAT = "otseg-onnx"
@@ -81,7 +76,7 @@ _INSTALL_HINT = "pip install 'otseg[onnx]'  (onnx, onnxscript, onnxruntime)"
 
 
 # ------------------------------------------------------------------------------------------------ dependencies
-def _require(module: str, purpose: str) -> Any:
+def require_module(module: str, purpose: str) -> Any:
     """Import an optional dependency, or raise a RuntimeError that says how to install it."""
     try:
         return importlib.import_module(module)
@@ -227,8 +222,8 @@ def export_onnx(
     if not isinstance(opset, int) or opset < DEFAULT_OPSET:
         raise ValueError(f"opset must be an int >= {DEFAULT_OPSET} (torch's exporter writes opset 18+), got {opset!r}")
     height, width = _as_size(image_size, model)
-    _require("onnxscript", "ONNX export (torch.onnx's exporter)")
-    _require("onnx", "ONNX export")
+    require_module("onnxscript", "ONNX export (torch.onnx's exporter)")
+    require_module("onnx", "ONNX export")
 
     with _class_set(model, class_names):
         if not model.has_class_embeddings:
@@ -286,7 +281,7 @@ def onnx_metadata(source: Any) -> dict[str, Any]:
         p = Path(source)
         if not p.is_file():
             raise FileNotFoundError(f"ONNX file {p} does not exist")
-        onnx = _require("onnx", "reading ONNX metadata")
+        onnx = require_module("onnx", "reading ONNX metadata")
         raw = {prop.key: prop.value for prop in onnx.load(str(p), load_external_data=False).metadata_props}
         where = str(p)
     else:
@@ -415,7 +410,7 @@ def compare_with_onnxruntime(
          "argmax_agreement": fraction of pixels whose argmax class agrees with the fixed-iteration PyTorch run,
          "argmax_agreement_default": the same against the default run}.
     """
-    ort = _require("onnxruntime", "checking the export with onnxruntime")
+    ort = require_module("onnxruntime", "checking the export with onnxruntime")
     meta = onnx_metadata(path)
     if meta["class_names"] != list(model.class_names):
         raise ValueError(f"{path} was exported for classes {meta['class_names']}, the model has {model.class_names}")
@@ -442,114 +437,3 @@ def compare_with_onnxruntime(
         "argmax_agreement": float((labels == fixed.argmax(1)).mean()),
         "argmax_agreement_default": float((labels == default.argmax(1)).mean()),
     }
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-def _parse_image_size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("x", ",").split(",")
-    try:
-        size = [int(p) for p in parts]
-    except ValueError:
-        size = []
-    if len(size) == 1:
-        size *= 2
-    if len(size) != 2:
-        raise ValueError(f"--image-size expects N or HxW (e.g. 512 or 512x640), got {text!r}")
-    return size[0], size[1]
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """`otseg export --onnx OUT.onnx ...`: export a model to ONNX (and optionally check it with onnxruntime)."""
-    out = Path(args.onnx)
-    if out.is_dir():
-        raise ValueError(f"--onnx {out} is a folder; give the file to write, e.g. {out / 'otseg.onnx'}")
-    if args.sinkhorn_iters is not None and args.sinkhorn_iters < 1:
-        raise ValueError(f"--sinkhorn-iters must be >= 1, got {args.sinkhorn_iters}")
-    image_size = _parse_image_size(args.image_size) if args.image_size else None
-    classes = parse_class_option(args.classes, "--classes") if args.classes else None
-    _require("onnxscript", "otseg export --onnx")
-    if args.check:
-        _require("onnxruntime", "otseg export --check")
-
-    start = time.perf_counter()
-    print("loading the model ...", end=" ", flush=True)
-    model = predictor_from_args(args).model
-    if classes is not None:
-        if model.text_encoder is None:
-            raise ValueError(
-                "--classes needs the model's CLIP text tower to embed the names, and this model has none: "
-                "add --clip ViT-B-16.pt, or leave out --classes to export the model's own classes"
-            )
-        model.set_classes(classes)
-    if not model.has_class_embeddings:
-        raise ValueError(
-            "the model has no class text embeddings: pass --classes 'a,b,c' (with --clip if it has no text tower)"
-        )
-    print(f"{time.perf_counter() - start:.1f} s", flush=True)
-    iters = args.sinkhorn_iters if args.sinkhorn_iters is not None else model.config.head.sinkhorn_max_iter
-    start = time.perf_counter()
-    print(f"exporting to ONNX ({iters} Sinkhorn iterations per call; this takes a while) ...", end=" ", flush=True)
-    path = export_onnx(model, out, image_size=image_size, sinkhorn_iters=iters, opset=args.opset)
-    print(f"{time.perf_counter() - start:.1f} s", flush=True)
-    meta = onnx_metadata(path)
-    h, w = meta["input_size"]
-    size_mb = path.stat().st_size / 2**20
-    print(
-        f"wrote {path} ({size_mb:.1f} MiB) and {path.name}.json: image (B, 3, {h}, {w}) -> scores "
-        f"(B, {len(meta['class_names'])}, {h}, {w}); {iters} Sinkhorn iterations per call; opset {meta['opset']}"
-    )
-    print(f"classes: {', '.join(meta['class_names'])}")
-    if not args.check:
-        return 0
-    start = time.perf_counter()
-    print("checking with onnxruntime ...", end=" ", flush=True)
-    result = compare_with_onnxruntime(model, path)
-    print(f"{time.perf_counter() - start:.1f} s", flush=True)
-    print(
-        f"check (onnxruntime vs PyTorch, 2 random images): max |diff| {result['max_abs_diff']:.3g} with the same "
-        f"{iters}-iteration Sinkhorn, argmax agreement {100 * result['argmax_agreement']:.2f}%; "
-        f"vs PyTorch's default (reference stopping rule): max |diff| {result['max_abs_diff_default']:.3g}, "
-        f"argmax agreement {100 * result['argmax_agreement_default']:.2f}%"
-    )
-    if result["max_abs_diff"] > args.check_tol:
-        print(f"check FAILED: onnxruntime differs from PyTorch by more than --check-tol {args.check_tol:g}")
-        return 1
-    return 0
-
-
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `otseg export` on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "export",
-        help="export a model for a fixed class set to ONNX (run it with onnxruntime)",
-        description=(
-            "Export the whole-image test forward (encode_decode) for a fixed class set to ONNX: input 'image' "
-            "float32 (B, 3, H, W) normalised with the model's mean/std, output 'scores' (B, K, H, W). H, W are "
-            "fixed (default: the crop size); larger images go through otseg.export.onnx_slide_inference. "
-            "Sinkhorn runs a fixed number of iterations (no stopping check in a graph). Class names and "
-            "preprocessing are stored in the file's metadata and in OUT.onnx.json. Needs: " + _INSTALL_HINT
-        ),
-    )
-    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write")
-    add_model_arguments(p, progress=False)
-    p.add_argument(
-        "--classes",
-        help="comma-separated class names (or a .txt file, one per line) to export instead of the model's own",
-    )
-    p.add_argument(
-        "--sinkhorn-iters",
-        type=int,
-        metavar="N",
-        help="Sinkhorn iterations per call in the graph (default: the config's max_iter, the reference's cap)",
-    )
-    p.add_argument("--image-size", metavar="N|HxW", help="fixed input size (default: the model's crop size)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--check", action="store_true", help="compare onnxruntime with PyTorch on random images")
-    p.add_argument(
-        "--check-tol",
-        type=float,
-        default=1e-3,
-        help="--check fails (exit 1) above this max |diff| vs PyTorch with the same Sinkhorn (default 1e-3)",
-    )
-    p.set_defaults(func=cmd_export)
-    return p

@@ -51,7 +51,7 @@ def test_malicious_archive_through_the_cli_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "clip.pt"
     _crafted_archive(path, _global_call("os", "system", f"touch {marker}"))
     out = subprocess.run(
-        [sys.executable, "-m", "otseg.cli", "convert", "x.pth", "--preset", "voc12-inductive", "--out",
+        [sys.executable, "-m", "otseg", "convert", "x.pth", "--preset", "voc12-inductive", "--out",
          str(tmp_path / "out"), "--clip", str(path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

@@ -14,8 +14,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from otseg import Predictor
+from otseg.cli import demo as demo_command
 from otseg.clip.loading import infer_clip_configs
-from otseg.demo.command import add_demo_parser, cmd_demo
 from otseg.demo.presets import (
     SCHEDULES,
     DemoRecipe,
@@ -48,10 +48,10 @@ SETTINGS = {"inductive", "transductive", "fully"}
 
 def _demo(out, *extra: str) -> int:
     parser = argparse.ArgumentParser()
-    add_demo_parser(parser.add_subparsers(dest="command"))
+    demo_command.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["demo", "--out", str(out), "--quick", "--no-progress", "--seed", "1", *extra])
-    assert args.func is cmd_demo
-    return args.func(args)
+    assert args.run is demo_command.run
+    return args.run(args)
 
 
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
@@ -256,7 +256,7 @@ def test_the_long_schedules_change_only_the_training_lengths(capsys):
     with pytest.raises(KeyError, match="valid: fast, long, longer"):
         DemoRecipe.for_schedule("converged")
     parser = argparse.ArgumentParser()
-    add_demo_parser(parser.add_subparsers(dest="command"))
+    demo_command.add_parser(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["demo", "--schedule", "long"]).schedule == "long"
     assert parser.parse_args(["demo", "--schedule", "longer"]).schedule == "longer"
     assert parser.parse_args(["demo"]).schedule == "fast"
@@ -272,7 +272,7 @@ def test_the_long_schedules_change_only_the_training_lengths(capsys):
 )  # fmt: skip
 def test_bad_seeds_are_refused_in_one_line(argv: list[str], named: str, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="otseg")
-    add_demo_parser(parser.add_subparsers(dest="command"))
+    demo_command.add_parser(parser.add_subparsers(dest="command"))
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["demo", *argv])
     assert info.value.code == 2

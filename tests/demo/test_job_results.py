@@ -11,7 +11,7 @@ import pytest
 
 import otseg.demo.job_results as job_results
 import otseg.demo.scheduler as demo_scheduler
-from otseg.demo.command import add_demo_parser
+from otseg.cli import demo as demo_command
 from otseg.demo.job_results import JOB_RESULT, load_job_result, save_job_result
 from otseg.demo.jobs import DemoJob, JobContext, job_folder
 from otseg.demo.presets import DemoSettings
@@ -80,10 +80,10 @@ def test_results_kept_by_another_release_are_not_reused(tmp_path: Path, monkeypa
 
 def _demo(out: Path) -> int:
     parser = argparse.ArgumentParser()
-    add_demo_parser(parser.add_subparsers(dest="command"))
+    demo_command.add_parser(parser.add_subparsers(dest="command"))
     quick = ["--quick", "--no-progress", "--workers", "1", "--threads", "1"]
     args = parser.parse_args(["demo", "--out", str(out), *quick])
-    result: int = args.func(args)
+    result: int = args.run(args)
     return result
 
 

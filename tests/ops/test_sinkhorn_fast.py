@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import load_golden
-from otseg.benchmark import add_bench_parser, efficiency_table, format_table, full_macs, mmcv_style_macs
+from otseg.benchmark import efficiency_table, format_table, full_macs, mmcv_style_macs
+from otseg.cli import bench as bench_command
 from otseg.config import HeadConfig
 from otseg.model.head import OTSegHead
 from otseg.model_files.reference_pth import map_reference_key
@@ -483,9 +484,9 @@ def test_efficiency_counters_follow_mmcv_rules_and_count_attention():
     table = format_table([row])
     assert "| OTSeg+ | 6 | 10.67 M | 97.49 M | 69.20 / 61.90 | 111.8 | 4 x 4.2 |" in table
     parser = argparse.ArgumentParser()
-    add_bench_parser(parser.add_subparsers())
+    bench_command.add_parser(parser.add_subparsers())
     args = parser.parse_args(["bench", "--device", "cpu", "--repeats", "2", "--no-capped"])
-    assert args.repeats == 2 and args.no_capped and callable(args.func)
+    assert args.repeats == 2 and args.no_capped and callable(args.run)
 
 
 def test_efficiency_table_forces_the_default_loop_to_its_cap():

@@ -470,7 +470,7 @@ class Trainer:
             self.load_checkpoint(resume)
             resumed = True
         if not resumed:
-            _seed_everything(cfg.seed + self.dist.rank)
+            seed_everything(cfg.seed + self.dist.rank)
             if cfg.init_from:
                 self.load_checkpoint(cfg.init_from, weights_only_init=True)
         if self.dist.is_main:
@@ -631,7 +631,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -1,19 +1,15 @@
-"""`otseg demo`: its command-line arguments and the command, which runs one seed (`otseg.demo.run`) or several
-(`otseg.demo.seeds`)."""
+"""`otseg demo`: the miniature zero-shot benchmark, trained and scored on the CPU (the demo application)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from otseg.demo.presets import SCHEDULES
-
-__all__ = ["add_demo_parser", "cmd_demo"]
+# The demo's training lengths (otseg.demo.presets.SCHEDULES, which a test keeps equal to this).
+SCHEDULES = ("fast", "long", "longer")
 
 
-def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `otseg demo` on an argparse subparsers object."""
-    p = subparsers.add_parser(
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
         "demo",
         help="run the miniature zero-shot benchmark end to end on the CPU (no downloads)",
         description="Generate a miniature zero-shot segmentation world, load the tiny CLIP pretrained on its captions "
@@ -58,8 +54,7 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="torch CPU threads of each training process (default: CPU cores / workers); models this small gain "
         "little from a second thread, and lose much when the machine is busy with other work",
     )
-    p.set_defaults(func=cmd_demo)
-    return p
+    p.set_defaults(run=run)
 
 
 def _seed(text: str) -> int:
@@ -86,29 +81,16 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    # Imported by the command, not with its arguments: registering `otseg demo` loads nothing of the run.
+def run(args: argparse.Namespace) -> int:
     from otseg.demo.run import run_demo
     from otseg.demo.seeds import run_demo_seeds
 
-    if args.seeds is not None:
-        run_demo_seeds(
-            args.out,
-            args.seeds,
-            quick=args.quick,
-            progress=not args.no_progress,
-            workers=args.workers,
-            threads=args.threads,
-            schedule=args.schedule,
-        )
-        return 0
-    run_demo(
-        args.out,
-        seed=args.seed,
-        quick=args.quick,
-        progress=not args.no_progress,
-        workers=args.workers,
-        threads=args.threads,
+    options = dict(
+        quick=args.quick, progress=not args.no_progress, workers=args.workers, threads=args.threads,
         schedule=args.schedule,
-    )
+    )  # fmt: skip
+    if args.seeds is not None:
+        run_demo_seeds(args.out, args.seeds, **options)
+    else:
+        run_demo(args.out, seed=args.seed, **options)
     return 0

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otseg.named_models import NAMED_MODELS
-from otseg.predictor import Predictor
+
+if TYPE_CHECKING:
+    from otseg.predictor import Predictor
 
 __all__ = ["add_model_arguments", "predictor_from_args"]
 
@@ -60,6 +62,8 @@ def predictor_from_args(args: argparse.Namespace, overrides: dict[str, Any] | No
         ValueError: `--clip` with a named model (which has its own text tower).
         FileNotFoundError: a `--checkpoint` that does not exist.
     """
+    from otseg.predictor import Predictor  # the command's import: registering the options loads no torch
+
     device = args.device or "cpu"
     progress = not getattr(args, "no_progress", False)
     if args.checkpoint:
