@@ -96,8 +96,9 @@ def plan_batch(cfg: TrainConfig, world_size: int) -> BatchPlan:
     if cfg.grad_accum and cfg.grad_accum != accum:
         raise ValueError(
             f"train.grad_accum={cfg.grad_accum} disagrees with global batch {g} = "
-            f"{_plural(world_size, 'process', 'processes')} x batch {b} x {accum}: the accumulation steps follow "
-            "from train.global_batch and --batch-size; drop train.grad_accum, or set train.global_batch="
+            f"{_plural(world_size, 'process', 'processes')} x batch {b} x {_plural(accum, 'accumulation step')}: "
+            "the accumulation steps follow from train.global_batch and --batch-size; drop train.grad_accum, or set "
+            "train.global_batch="
             f"{unit * cfg.grad_accum} to accumulate {cfg.grad_accum}"
         )
     return BatchPlan(global_batch=g, batch_size=b, world_size=world_size, grad_accum=accum)
