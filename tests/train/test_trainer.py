@@ -140,6 +140,26 @@ def test_accumulated_micro_batches_give_the_update_of_one_batch(tmp_path, settin
     assert _logged_losses(tmp_path / "accumulated") == pytest.approx(_logged_losses(tmp_path / "whole"), rel=1e-5)
 
 
+def test_fp16_grad_scaler_with_accumulated_micro_batches(tmp_path):
+    # --amp fp16: the GradScaler scales each micro-batch's per-image sum; the step-wide normalisation is applied to
+    # the scaled gradients before the scaler unscales them. The logged losses are the normalised ones (the first
+    # records equal the one-micro-batch run's), and training goes on once the scale has settled.
+    theta0 = _trainable(tiny_model(dropout=False, prompts=6))
+    runs = {}
+    for batch_size in (2, 4):
+        cfg = train_cfg(global_batch=4, batch_size=batch_size, sinkhorn_stop_group=2, max_iters=12, amp="fp16")
+        runs[batch_size] = Trainer(
+            tiny_model(dropout=False, prompts=6), SquaresDataset(), cfg, tmp_path / str(batch_size)
+        )
+        runs[batch_size].train()
+    accumulated = runs[2]
+    assert accumulated.cfg.grad_accum == 2 and accumulated.scaler.is_enabled()
+    assert accumulated.scaler.get_scale() < 2.0**16  # it skipped overflowing steps and lowered the scale
+    trained = _trainable(accumulated.model)
+    assert bool(torch.isfinite(trained).all()) and float((trained - theta0).norm()) > 0
+    assert _logged_losses(tmp_path / "2")[:2] == pytest.approx(_logged_losses(tmp_path / "4")[:2], rel=1e-5)
+
+
 def test_sinkhorn_stop_group_splits_a_micro_batch_into_stopping_tests(tmp_path):
     # The control of the test above: the stop group is in force (one call per 2 images), and one stopping test over
     # all 4 images (stop group 0) stops elsewhere and trains other weights (here 8e-6 of the update apart: this tiny
@@ -237,7 +257,7 @@ def test_sampler_gives_each_group_of_a_step_the_same_images_whoever_computes_it(
     # g // world of rank g % world; the seeds (augmentation) travel with the positions.
     def groups(world: int, accum: int, start: int = 0) -> list[list[tuple[int, int]]]:
         ranks = [list(StepBatchSampler(10, 2, world, r, accum, start, 5, seed=1)) for r in range(world)]
-        out = []
+        out: list[list[tuple[int, int]]] = []
         for step in range(5 - start):
             for micro in range(accum):
                 out.extend(ranks[r][step * accum + micro] for r in range(world))

@@ -339,10 +339,10 @@ class Trainer:
     def _normalise_gradients(self) -> float:
         """End of an accumulated step: the reference's normaliser over all micro-batches of the step, applied once.
 
-        The gradients hold sum_g grad(sum_g) over this process's micro-batches g (averaged over processes by DDP);
-        the reference's update is (1/W') sum_g grad(sum_g) / max(count / W', 1), W' = world_size x grad_accum
-        micro-batches, count = present masks of the whole step. Returns the factor (it also normalises the logged
-        losses).
+        The gradients hold sum_g grad(sum_g / B) over this process's micro-batches g (averaged over processes by
+        DDP; B = batch_size); the reference's update is (1/W') sum_g grad(sum_g) / max(count / W', 1), W' =
+        world_size x grad_accum micro-batches, count = the present masks of the whole step. Returns the factor of
+        the sums, 1 / (grad_accum x max(count / W', 1)), which also normalises the logged losses.
         """
         accum = self.cfg.grad_accum
         count = all_reduce_sum(torch.stack(self._step_masks).sum())
@@ -351,7 +351,7 @@ class Trainer:
         factor = 1.0 / (accum * num_masks)
         for p in self.model.parameters():
             if p.grad is not None:
-                p.grad.mul_(factor)
+                p.grad.mul_(factor * self.cfg.batch_size)
         return factor
 
     def _sync_context(self, last_micro: bool) -> contextlib.AbstractContextManager[Any]:
@@ -457,6 +457,8 @@ class Trainer:
                         sinkhorn_options=self.sinkhorn_options,
                     )
                     loss = total_loss(losses)
+                    if deferred:  # a sum over masks: per image, it stays in the range of a normalised loss (fp16)
+                        loss = loss / cfg.batch_size
                 if not torch.isfinite(loss):
                     self._stop_on_non_finite(losses)
                 self.scaler.scale(loss).backward()
@@ -469,8 +471,8 @@ class Trainer:
             # Loss terms: normalised as the gradients (already in the forward without accumulation); other
             # values (accuracy): the mean over micro-batches.
             loss_factor = self._normalise_gradients() if deferred else 1.0
-            for k, v in step_values.items():
-                window[k] = window.get(k, 0.0) + v * (loss_factor if "loss" in k else 1.0 / cfg.grad_accum)
+            for k, summed in step_values.items():
+                window[k] = window.get(k, 0.0) + summed * (loss_factor if "loss" in k else 1.0 / cfg.grad_accum)
             step_values = {}
             self.scaler.step(self.optimizer)
             self.scaler.update()
