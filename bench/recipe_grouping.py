@@ -7,9 +7,10 @@ run them as one micro-batch with one stopping test over all 16 (`--batch-size 16
 this measures what that changes, on the demo's tiny world with the regular `Trainer`, every dropout off, for two
 models: the demo's untrained OTSeg (random head and prompts on the tiny CLIP) and the shipped trained demo model.
 
-Three layouts of the same global batch of 16 (the same images, the same augmentations):
+Four layouts of the same global batch of 16 (the same images, the same augmentations):
   reference  4 micro-batches of 4 (accumulated; masks counted over the 16; each micro-batch's Sinkhorn stops alone)
   grouped    1 micro-batch of 16, Sinkhorn stopping groups of 4 (the reference's groups, computed at once)
+  pairs      1 micro-batch of 16, stopping groups of 2 (what 8 processes x 2 images give)
   one stop   1 micro-batch of 16, one stopping test over all 16 (stop group 0)
 
 Printed per model: the relative difference of the first step's gradient against the reference layout's, over
@@ -45,7 +46,7 @@ from otseg.train.trainer import Trainer
 
 GLOBAL_BATCH = 16
 # name -> (images per micro-batch, images per Sinkhorn stopping test; 0 = the whole micro-batch)
-LAYOUTS = {"reference": (4, 4), "grouped": (16, 4), "one stop": (16, 0)}
+LAYOUTS = {"reference": (4, 4), "grouped": (16, 4), "pairs": (16, 2), "one stop": (16, 0)}
 
 
 def _no_dropout(model: OTSeg) -> OTSeg:
@@ -92,7 +93,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> float:
 
 
 def measure(name: str, make_model: Callable[[], OTSeg], train_set: Any, base: TrainConfig, args: Any) -> None:
-    grad_diffs: dict[str, list[float]] = {"grouped": [], "one stop": []}
+    grad_diffs: dict[str, list[float]] = {layout: [] for layout in LAYOUTS if layout != "reference"}
     iterations: dict[str, list[int]] = {layout: [] for layout in LAYOUTS}
     for seed in range(args.batches):  # another seed: another order, so another first global batch
         first = {layout: _train(make_model, train_set, base, layout, 1, seed) for layout in LAYOUTS}

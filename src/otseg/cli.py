@@ -35,7 +35,7 @@ from otseg.model_arguments import add_model_arguments, predictor_from_args
 from otseg.predictor import default_class_names
 from otseg.prepare import add_prepare_parser
 from otseg.segment import parse_class_list, segment_images
-from otseg.train.batching import resolve_batch
+from otseg.train.batching import fitting_batch_size, resolve_batch
 from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
 from otseg.train.trainer import Trainer, _seed_everything
 from otseg.validation import coerce_text as _coerce
@@ -248,6 +248,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = None
     try:
         # The global batch over this many processes: its accumulation steps, or one line if it cannot be split.
+        # Without --batch-size, the recipe's 4 images per process, or fewer where the processes need it (8 x 2).
+        if args.batch_size is None and "batch_size" not in train_over:
+            tcfg.batch_size = fitting_batch_size(tcfg.global_batch, dist_info.world_size, tcfg.batch_size)
         tcfg = resolve_batch(tcfg, dist_info.world_size)
         data_cfg = data_config_for(model.config)
         name = _dataset_name(args, model.config)
@@ -442,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size",
         dest="batch_size",
         type=int,
-        help="images per process and micro-batch (default 4, the reference's per GPU); the global batch stays "
-        "train.global_batch",
+        help="images per process and micro-batch (default 4, the reference's per GPU, or fewer where the processes "
+        "need it: 2 on 8 processes); the global batch stays train.global_batch",
     )
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="autocast dtype (Sinkhorn stays float32)")
     p.add_argument("--eval-interval", dest="eval_interval", type=int, help="evaluate every N iterations")

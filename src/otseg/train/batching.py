@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from otseg.config import TrainConfig
 
-__all__ = ["BatchPlan", "linear_lr_note", "plan_batch", "resolve_batch"]
+__all__ = ["BatchPlan", "fitting_batch_size", "linear_lr_note", "plan_batch", "resolve_batch"]
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
@@ -102,6 +102,14 @@ def plan_batch(cfg: TrainConfig, world_size: int) -> BatchPlan:
             f"{unit * cfg.grad_accum} to accumulate {cfg.grad_accum}"
         )
     return BatchPlan(global_batch=g, batch_size=b, world_size=world_size, grad_accum=accum)
+
+
+def fitting_batch_size(global_batch: int, world_size: int, preferred: int) -> int:
+    """The largest per-process batch up to `preferred` that `world_size` processes can split `global_batch` into
+    (`preferred` itself when none can: `plan_batch` then says why). What `otseg train` uses when --batch-size is not
+    given: the recipe's 16 on 8 processes is 2 images each, on 1, 2 or 4 processes the reference's 4."""
+    fitting = [b for b in range(1, preferred + 1) if global_batch % (world_size * b) == 0]
+    return max(fitting) if fitting else preferred
 
 
 def resolve_batch(cfg: TrainConfig, world_size: int) -> TrainConfig:
