@@ -50,7 +50,8 @@ def batch_note(tcfg: TrainConfig, world_size: int, recipe: TrainConfig | None = 
     elif group and plan.batch_size < group:
         lines.append(
             f"note: each Sinkhorn stopping test covers a micro-batch's {plan.batch_size} images, fewer than "
-            f"train.sinkhorn_stop_group={group} (the reference's images per GPU): --batch-size {group} keeps its groups"
+            f"train.sinkhorn_stop_group={group} (the reference's images per GPU); --batch-size {group} (on at most "
+            f"{max(plan.global_batch // group, 1)} processes) keeps the reference's groups"
         )
     return "\n".join(lines)
 
