@@ -182,10 +182,11 @@ def _free_port() -> int:
 def make_voc_all_seen_train(root: Path) -> Path:
     """The fake VOC with every labelled training pixel relabelled to a seen class (val unchanged).
 
-    The loss normaliser is the reference's: the present-mask count, averaged over processes and clamped at 1.
-    When a step's crops hold fewer present masks than there are processes (a crop of background or of an
-    unseen class only: frequent with 64-pixel crops of these tiny images), the clamp makes 2 x 1 images
-    differ from 1 x 2 images by up to a factor 2; with every crop holding a seen class it never binds.
+    The loss normaliser is the reference's: the step's present-mask count, averaged over its micro-batches (the
+    reference's GPUs) and clamped at 1. When a step's crops hold fewer present masks than it has micro-batches over
+    all processes (a crop of background or of an unseen class only: frequent with 64-pixel crops of these tiny
+    images), the clamp makes 2 processes x 2 micro-batches differ from 1 x 2 by up to a factor 2; with every crop
+    holding a seen class it never binds.
     """
     make_voc(root)
     voc = root / "VOCdevkit" / "VOC2012"
