@@ -38,7 +38,7 @@ def seconds_per_step(
     """Mean wall time of one training step of `arch` at `batch_size` (the regular Trainer, inductive setting)."""
     model = build_demo_model(settings, arch, "inductive", state)
     train_cfg = demo_train_config(arch, "inductive", settings.recipe)
-    train_cfg.batch_size = batch_size
+    train_cfg.global_batch = train_cfg.batch_size = batch_size  # one micro-batch per step, as the recipe's
     train_cfg.log_interval = steps + WARMUP_STEPS
     with tempfile.TemporaryDirectory() as work:
         train_cfg.max_iters = train_cfg.checkpoint_interval = WARMUP_STEPS

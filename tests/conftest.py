@@ -54,14 +54,22 @@ def tiny_train_overrides(
 
 
 def tiny_train_args(
-    preset: str, root: Path, work_dir: Path, max_iters: int, batch_size: int = 2, **overrides: Any
+    preset: str,
+    root: Path,
+    work_dir: Path,
+    max_iters: int,
+    batch_size: int = 2,
+    global_batch: int | None = None,
+    **overrides: Any,
 ) -> list[str]:
-    """The `otseg train` command line of a tiny run (without the leading "train"), with the golden tiny CLIP."""
+    """The `otseg train` command line of a tiny run (without the leading "train"), with the golden tiny CLIP.
+    `global_batch`: default `batch_size` (one micro-batch per step in one process); 0 keeps the preset's."""
+    batch = ["--set", f"train.global_batch={global_batch or batch_size}"] if global_batch != 0 else []
     return [
         "--preset", preset, "--data-root", str(root), "--work-dir", str(work_dir),
         "--clip", str(golden_file("openai_clip_jit.pt")),
         "--max-iters", str(max_iters), "--batch-size", str(batch_size), "--num-workers", "0", "--seed", "0",
-        *tiny_train_overrides(preset, **overrides),
+        *batch, *tiny_train_overrides(preset, **overrides),
     ]  # fmt: skip
 
 

@@ -62,7 +62,7 @@ def custom_run(tmp_path_factory) -> tuple[Path, Path]:
         def __getitem__(self, i: int) -> dict:
             return {"image": torch.zeros(3, 32, 32), "label": torch.full((32, 32), i, dtype=torch.long)}
 
-    tcfg = TrainConfig(max_iters=1, batch_size=2, num_workers=0, checkpoint_interval=1, warmup_iters=1)
+    tcfg = TrainConfig(max_iters=1, global_batch=2, batch_size=2, num_workers=0, checkpoint_interval=1, warmup_iters=1)
     Trainer(model, Ones(), tcfg, tmp / "run").train()
     return root, tmp / "run" / "iter_1.pt"
 

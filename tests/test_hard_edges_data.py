@@ -64,7 +64,7 @@ def data_root(tmp_path: Path) -> Path:
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(max_iters=4, batch_size=2, lr=1e-3, warmup_iters=1, num_workers=0, log_interval=2,
+    base = dict(max_iters=4, global_batch=2, batch_size=2, lr=1e-3, warmup_iters=1, num_workers=0, log_interval=2,
                 checkpoint_interval=2, seed=0)  # fmt: skip
     return TrainConfig(**{**base, **kw})
 

@@ -291,16 +291,22 @@ class TrainConfig(Validated):
 
     _section: ClassVar[str] = "train."
     _positive: ClassVar[tuple[str, ...]] = (
-        "max_iters", "batch_size", "grad_accum", "lr", "checkpoint_interval", "keep_checkpoints", "log_interval",
+        "max_iters", "global_batch", "batch_size", "lr", "checkpoint_interval", "keep_checkpoints", "log_interval",
     )  # fmt: skip
     _non_negative: ClassVar[tuple[str, ...]] = (
-        "backbone_lr_mult", "weight_decay", "min_lr", "power", "warmup_iters", "warmup_ratio", "eval_interval",
-        "keep_every", "num_workers", "seed",
+        "grad_accum", "world_size", "backbone_lr_mult", "weight_decay", "min_lr", "power", "warmup_iters",
+        "warmup_ratio", "eval_interval", "keep_every", "num_workers", "seed", "sinkhorn_stop_group",
     )  # fmt: skip
 
     max_iters: int = 20000
-    batch_size: int = 4  # per process; the reference used 4 per GPU on 4 GPUs (global batch 16)
-    grad_accum: int = 1  # micro-batches per optimizer step
+    # Images per optimizer step over all processes: part of the recipe (the reference: 4 GPUs x 4 images = 16).
+    # The trainer splits it into world_size processes x batch_size images x grad_accum micro-batches.
+    global_batch: int = 16
+    batch_size: int = 4  # images per process and micro-batch (the reference: 4 per GPU)
+    # Derived when training starts, and recorded so (config.json): 0 = derive, grad_accum = global_batch /
+    # (batch_size * world_size) and world_size = the processes started. A non-zero value must agree.
+    grad_accum: int = 0
+    world_size: int = 0
     lr: float = 2e-4  # effective lr of every trainable parameter in the reference
     # lr of the backbone's trainable parameters (VPT prompts) relative to `lr` (the reference: 1, one lr for all)
     backbone_lr_mult: float = 1.0
@@ -327,6 +333,12 @@ class TrainConfig(Validated):
     # With "skip", stop anyway once more than this share of the samples read for one micro-batch, or of the
     # distinct samples of the dataset, is bad: the data is broken, not a stray file.
     max_bad_fraction: float = 0.5
+    # How the Sinkhorn transport plans are differentiated: "implicit" (implicit function theorem on the returned
+    # plan; memory flat in the iteration count) or "unrolled" (autograd through every iteration, as the reference).
+    sinkhorn_backward: Literal["implicit", "unrolled"] = "implicit"
+    # Images per Sinkhorn stopping test: the reference stops all problems of one GPU's batch together (its 4
+    # images); a larger micro-batch is split into groups of this many images. 0 = the whole micro-batch.
+    sinkhorn_stop_group: int = 4
 
     def _check(self) -> None:
         if not 0.0 < self.max_bad_fraction <= 1.0:

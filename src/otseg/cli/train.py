@@ -12,8 +12,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train on VOC 2012 / PASCAL Context-59 / COCO-Stuff-164K / your own data (torchrun for several processes)",
         description="Train OTSeg in the preset's setting (inductive, transductive or fully supervised). "
-        "Several processes: torchrun --nproc_per_node=N -m otseg train ... (the batch size is per process; "
-        "the reference used 4 images x 4 GPUs = 16 at lr 2e-4: scale the lr linearly with the global batch).",
+        "Several processes: torchrun --nproc_per_node=N -m otseg train ... The global batch is the recipe's "
+        "(train.global_batch, 16 for the paper's presets: 4 GPUs x 4 images at lr 2e-4) on any number of "
+        "processes: each computes --batch-size images at a time and accumulates global_batch / (processes x "
+        "batch size) of them per step.",
     )
     p.add_argument("--preset", required=True, help="e.g. voc12-inductive (otseg presets lists them)")
     p.add_argument("--data-root", required=True, help="folder holding the dataset in mmsegmentation's layout")
@@ -24,7 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", help="'auto' (latest checkpoint in --work-dir) or a checkpoint path")
     p.add_argument("--init-from", dest="init_from", help="start from these weights (transductive: the inductive run)")
     p.add_argument("--max-iters", dest="max_iters", type=int, help="training iterations (default: the preset's)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, help="images per process (default 4)")
+    p.add_argument(
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        help="images per process and micro-batch (default 4, the reference's per GPU, or fewer where the processes "
+        "need it: 2 on 8 processes); the global batch stays train.global_batch",
+    )
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], help="autocast dtype (Sinkhorn stays float32)")
     p.add_argument("--eval-interval", dest="eval_interval", type=int, help="evaluate every N iterations")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N validation images only")
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from otseg.eval.metrics import format_markdown
     from otseg.eval.score import write_results
     from otseg.model.build import build_model, load_clip_into
+    from otseg.train.batching import fitting_batch_size, resolve_batch
     from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
     from otseg.train.trainer import Trainer, seed_everything
     from otseg.validation import coerce_text
@@ -95,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             "give the embeddings of exactly these classes, in their order, or --clip to embed the names"
         )
 
-    tcfg = default_train_config(model.config)
+    recipe = default_train_config(model.config)
+    tcfg = dataclasses.replace(recipe)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in train_over.items():
         if key not in fields:
@@ -116,21 +126,23 @@ def run(args: argparse.Namespace) -> int:
     dist_info = init_distributed(tcfg.device)
     trainer = None
     try:
+        # The global batch over this many processes: its accumulation steps, or one line if it cannot be split.
+        # Without --batch-size, the recipe's 4 images per process, or fewer where the processes need it (8 x 2).
+        if args.batch_size is None and "batch_size" not in train_over:
+            tcfg.batch_size = fitting_batch_size(tcfg.global_batch, dist_info.world_size, tcfg.batch_size)
+        tcfg = resolve_batch(tcfg, dist_info.world_size)
         data_cfg = data_config_for(model.config)
         name = dataset_name(args, model.config)
         require_usable(name, args.data_root, ("train", "val"), verbose=dist_info.is_main)
         if dist_info.is_main:
-            for note in (warmup_warning(tcfg), batch_note(tcfg, dist_info.world_size)):
+            for note in (warmup_warning(tcfg), batch_note(tcfg, dist_info.world_size, recipe)):
                 if note:
                     print(note)
         train_set = build_dataset(name, args.data_root, "train", TrainTransform(data_cfg))
         val_set = build_dataset(name, args.data_root, "val", TestTransform(data_cfg))
         if dist_info.is_main:
             print(f"train: {len(train_set)} images, val: {len(val_set)} images ({name} at {args.data_root})")
-            print(
-                f"{model.num_parameters(trainable_only=True):,} trainable parameters; {dist_info.world_size} "
-                f"process(es) x batch {tcfg.batch_size} x accumulation {tcfg.grad_accum}"
-            )
+            print(f"{model.num_parameters(trainable_only=True):,} trainable parameters")
 
         def run_eval(m):
             return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit, skip_bad=tcfg.bad_samples == "skip")

@@ -195,4 +195,8 @@ def default_train_config(model_config: ModelConfig) -> TrainConfig:
     iters = schedule[model_config.setting] if schedule else 20000
     # Checkpoints every 2000 iterations (the reference: every 10k, every 1k on 10k schedules): resuming
     # after a crash should not cost hours.
-    return TrainConfig(max_iters=iters, checkpoint_interval=1000 if iters <= 10000 else 2000)
+    # The reference's global batch: 4 GPUs x 4 images (the trainer derives the accumulation steps from the
+    # processes started and --batch-size).
+    return TrainConfig(
+        max_iters=iters, global_batch=16, batch_size=4, checkpoint_interval=1000 if iters <= 10000 else 2000
+    )

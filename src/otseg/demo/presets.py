@@ -208,7 +208,13 @@ def demo_train_config(
     half = max(iters // 2, 1)
     return TrainConfig(
         max_iters=iters,
+        # One process, one micro-batch per step, one Sinkhorn stopping test per micro-batch: the layout the demo was
+        # designed and measured with (written out, as the trainer records the derived fields in config.json).
+        global_batch=recipe.batch_size,
         batch_size=recipe.batch_size,
+        grad_accum=1,
+        world_size=1,
+        sinkhorn_stop_group=0,
         lr=recipe.lr,
         backbone_lr_mult=recipe.backbone_lr_mult,
         warmup_iters=min(recipe.warmup_iters, max(iters // 4, 1)),

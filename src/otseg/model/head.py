@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from otseg.config import HeadConfig
 from otseg.ops.mps import mps_scores
 from otseg.ops.mpsa import MultiPromptSinkhornAttention, SoftmaxCrossAttention
+from otseg.ops.sinkhorn_options import SinkhornOptions
 
 __all__ = ["DecoderLayer", "HeadOutput", "OTSegHead"]
 
@@ -64,8 +65,10 @@ class DecoderLayer(nn.Module):
         self.dropout_ffn_hidden = nn.Dropout(cfg.dropout)
         self.dropout_ffn = nn.Dropout(cfg.dropout)
 
-    def forward(self, queries: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        attended, score_map = self.attn(queries, memory)
+    def forward(
+        self, queries: Tensor, memory: Tensor, sinkhorn_options: SinkhornOptions | None = None
+    ) -> tuple[Tensor, Tensor]:
+        attended, score_map = self.attn(queries, memory, sinkhorn_options)
         x = self.norm_attn(queries + self.dropout_attn(attended))
         ffn = self.linear2(self.dropout_ffn_hidden(F.relu(self.linear1(x))))
         x = self.norm_ffn(x + self.dropout_ffn(ffn))
@@ -108,7 +111,14 @@ class OTSegHead(nn.Module):
         # The reference upsamples to the configured img_size whatever the input size.
         return F.interpolate(flat.reshape(b, k, *grid), size=(size, size), mode="bilinear", align_corners=False)
 
-    def forward(self, patch_emb: Tensor, global_emb: Tensor, text: Tensor, upsample: bool = True) -> HeadOutput:
+    def forward(
+        self,
+        patch_emb: Tensor,
+        global_emb: Tensor,
+        text: Tensor,
+        upsample: bool = True,
+        sinkhorn_options: SinkhornOptions | None = None,
+    ) -> HeadOutput:
         """Training-time forward.
 
         Args:
@@ -116,6 +126,8 @@ class OTSegHead(nn.Module):
             global_emb: (B, C) L2-normalised global embedding.
             text: (K, N, C) class text embeddings (any float dtype; computed in the embeddings' promoted dtype).
             upsample: False leaves both logit maps at the patch grid, (B, K, H, W).
+            sinkhorn_options: backward and stopping groups of every Sinkhorn of the head (MPS path and MPSA
+                layers); None: the `sinkhorn` defaults, one stopping test per call over the whole batch.
 
         Returns:
             HeadOutput with (B, K, S, S) logits, S = cfg.output_size.
@@ -127,13 +139,18 @@ class OTSegHead(nn.Module):
         mps_logits = None
         if self.cfg.use_mps:
             scores = mps_scores(
-                memory, queries, self.cfg.sinkhorn_eps, self.cfg.sinkhorn_max_iter, self.cfg.sinkhorn_thresh
+                memory,
+                queries,
+                self.cfg.sinkhorn_eps,
+                self.cfg.sinkhorn_max_iter,
+                self.cfg.sinkhorn_thresh,
+                options=sinkhorn_options,
             )
             mps_logits = self._upsample(scores, grid) if upsample else scores.reshape(*scores.shape[:2], *grid)
 
         x, layer_queries, layer_maps = queries, [], []
         for layer in self.layers:
-            x, score_map = layer(x, memory)
+            x, score_map = layer(x, memory, sinkhorn_options)
             layer_queries.append(x)
             layer_maps.append(score_map)
         combined = self.combine_layer_maps(layer_maps)

@@ -14,6 +14,7 @@ from otseg.clip.vpt import VPTVisionTransformer
 from otseg.config import ModelConfig, resolve_templates
 from otseg.model.head import HeadOutput, OTSegHead
 from otseg.model.text import compute_class_embeddings, validate_class_names
+from otseg.ops.sinkhorn_options import SinkhornOptions
 
 __all__ = ["OTSeg", "slide_windows"]
 
@@ -156,15 +157,20 @@ class OTSeg(nn.Module):
         return self.class_embeddings
 
     # ------------------------------------------------------------------ forward passes
-    def forward(self, images: Tensor, text: Tensor | None = None) -> HeadOutput:
+    def forward(
+        self, images: Tensor, text: Tensor | None = None, sinkhorn_options: SinkhornOptions | None = None
+    ) -> HeadOutput:
         """Training-time forward: logits of both paths at (S, S), S = config.head.output_size.
 
         Args:
             images: (B, 3, H, W) normalised images.
             text: (K, N, D) class embeddings; default `training_text()`.
+            sinkhorn_options: the Sinkhorn backward and stopping groups (`otseg.ops.SinkhornOptions`; the
+                trainer passes the training config's); None: the `sinkhorn` defaults.
         """
         patch_emb, global_emb = self.backbone(images)
-        return self.head(patch_emb, global_emb, self.training_text() if text is None else text)
+        text = self.training_text() if text is None else text
+        return self.head(patch_emb, global_emb, text, sinkhorn_options=sinkhorn_options)
 
     def _classes(self, classes: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         """(class embeddings (K, N, D), seen mask (K,)): the given pair, else the stored ones."""

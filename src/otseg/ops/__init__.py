@@ -18,10 +18,12 @@ from otseg.ops.sinkhorn import (
     sinkhorn_overrides,
     sinkhorn_potentials,
 )
+from otseg.ops.sinkhorn_options import SinkhornOptions
 
 __all__ = [
     "MultiPromptSinkhornAttention",
     "SinkhornInfo",
+    "SinkhornOptions",
     "SoftmaxCrossAttention",
     "mps_scores",
     "prompt_pixel_similarity",

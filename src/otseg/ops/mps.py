@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from otseg.ops.sinkhorn import sinkhorn
+from otseg.ops.sinkhorn_options import SinkhornOptions
 
 __all__ = ["mps_scores", "prompt_pixel_similarity", "transport_weighted_scores"]
 
@@ -33,26 +34,50 @@ def prompt_pixel_similarity(pixels: Tensor, prompts: Tensor) -> Tensor:
 
 
 def transport_weighted_scores(
-    sim: Tensor, eps: float = 0.05, max_iter: int = 100, thresh: float = 1e-6
+    sim: Tensor,
+    eps: float = 0.05,
+    max_iter: int = 100,
+    thresh: float = 1e-6,
+    options: SinkhornOptions | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Solve the per-(image, class) transport problems on cost 1 - sim and reweight the similarities.
 
     Args:
         sim: (B, K, M, N) cosine similarities.
         eps, max_iter, thresh: Sinkhorn settings (defaults = the reference's).
+        options: the backward, and how many images share one stopping test (`SinkhornOptions`); None: the
+            `sinkhorn` defaults, all B*K problems in one call (one stopping test).
 
     Returns:
         scores: (B, K, M) = sum_n M*N*T*sim, in about [-N, N].
         plan: (B, K, M, N) the transport plan T (sums to 1 per problem; columns sum to 1/N).
     """
     b, k, m, n = sim.shape
-    plan = sinkhorn(1.0 - sim.reshape(b * k, m, n), eps, max_iter=max_iter, thresh=thresh)
+    cost = 1.0 - sim.reshape(b * k, m, n)
+    if options is None:
+        plan = sinkhorn(cost, eps, max_iter=max_iter, thresh=thresh)
+    else:
+        group = min(options.stop_group or b, b)
+        # One call per group of `group` images (its group * K problems, consecutive in the flattened batch), so
+        # each group stops on its own statistic, as a call on those images alone would.
+        plans = [
+            sinkhorn(cost[i * k : (i + group) * k], eps, max_iter=max_iter, thresh=thresh, backward=options.backward)
+            for i in range(0, b, group)
+        ]
+        plan = plans[0] if len(plans) == 1 else torch.cat(plans)
     plan = plan.reshape(b, k, m, n)
     scores = (m * n * plan * sim).sum(dim=-1)
     return scores, plan
 
 
-def mps_scores(pixels: Tensor, prompts: Tensor, eps: float = 0.05, max_iter: int = 100, thresh: float = 1e-6) -> Tensor:
+def mps_scores(
+    pixels: Tensor,
+    prompts: Tensor,
+    eps: float = 0.05,
+    max_iter: int = 100,
+    thresh: float = 1e-6,
+    options: SinkhornOptions | None = None,
+) -> Tensor:
     """Multi-Prompt Sinkhorn score map.
 
     Args:
@@ -60,6 +85,7 @@ def mps_scores(pixels: Tensor, prompts: Tensor, eps: float = 0.05, max_iter: int
         prompts: (B, K, N, C) prompt embeddings per image and class (K classes, N prompts each);
             a (K, N, C) tensor is broadcast over the batch.
         eps, max_iter, thresh: Sinkhorn settings (defaults = the reference's).
+        options: backward and stopping groups (`transport_weighted_scores`).
 
     Returns:
         (B, K, M) class scores per pixel.
@@ -67,6 +93,6 @@ def mps_scores(pixels: Tensor, prompts: Tensor, eps: float = 0.05, max_iter: int
     if prompts.dim() == 3:
         prompts = prompts.unsqueeze(0).expand(pixels.shape[0], -1, -1, -1)
     scores, _ = transport_weighted_scores(
-        prompt_pixel_similarity(pixels, prompts), eps, max_iter=max_iter, thresh=thresh
+        prompt_pixel_similarity(pixels, prompts), eps, max_iter=max_iter, thresh=thresh, options=options
     )
     return scores

@@ -2,7 +2,7 @@
 
 Both modules have the same call signature, so a decoder can switch between them:
 
-    out, score_map = attn(queries, memory)
+    out, score_map = attn(queries, memory)   # or attn(queries, memory, SinkhornOptions(...))
     queries: (B, K, N, C)   N prompt queries for each of K classes
     memory:  (B, M, C)      M pixel tokens
     out:     (B, K, N, C)   updated queries
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from otseg.ops.mps import transport_weighted_scores
+from otseg.ops.sinkhorn_options import SinkhornOptions
 
 __all__ = ["MultiPromptSinkhornAttention", "SoftmaxCrossAttention"]
 
@@ -51,13 +52,18 @@ class MultiPromptSinkhornAttention(nn.Module):
         self.attn_drop = nn.Dropout(attn_dropout)
         self.eps, self.max_iter, self.thresh = eps, max_iter, thresh
 
-    def forward(self, queries: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """queries (B, K, N, C), memory (B, M, C) -> (out (B, K, N, C), score_map (B, K, M))."""
+    def forward(
+        self, queries: Tensor, memory: Tensor, sinkhorn_options: SinkhornOptions | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """queries (B, K, N, C), memory (B, M, C) -> (out (B, K, N, C), score_map (B, K, M)).
+
+        sinkhorn_options: the transport plan's backward and stopping groups (`transport_weighted_scores`).
+        """
         q = F.normalize(self.q(queries), dim=-1)
         k = F.normalize(self.k(memory), dim=-1)
         v = self.v(memory)
         sim = torch.einsum("bmc,bknc->bkmn", k, q)
-        score_map, plan = transport_weighted_scores(sim, self.eps, self.max_iter, self.thresh)
+        score_map, plan = transport_weighted_scores(sim, self.eps, self.max_iter, self.thresh, sinkhorn_options)
         out = torch.einsum("bkmn,bmc->bknc", self.attn_drop(plan).to(v.dtype), v)
         return self.proj(out), score_map
 
@@ -85,8 +91,13 @@ class SoftmaxCrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = nn.Dropout(attn_dropout)
 
-    def forward(self, queries: Tensor, memory: Tensor) -> tuple[Tensor, Tensor]:
-        """queries (B, K, N, C), memory (B, M, C) -> (out (B, K, N, C), score_map (B, K, M))."""
+    def forward(
+        self, queries: Tensor, memory: Tensor, sinkhorn_options: SinkhornOptions | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """queries (B, K, N, C), memory (B, M, C) -> (out (B, K, N, C), score_map (B, K, M)).
+
+        sinkhorn_options: accepted for the same call signature as MPSA; no Sinkhorn runs here.
+        """
         b, k, n, c = queries.shape
         h = self.num_heads
         q = self.q(queries).reshape(b, k * n, h, c // h).transpose(1, 2)  # (B, h, KN, d)

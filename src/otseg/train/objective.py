@@ -17,6 +17,7 @@ from torch import Tensor
 from otseg.config import ModelConfig
 from otseg.model.head import HeadOutput
 from otseg.model.segmentor import OTSeg
+from otseg.ops.sinkhorn_options import SinkhornOptions
 from otseg.train.losses import IGNORE_INDEX, count_present_masks, seg_loss_plus
 
 __all__ = [
@@ -117,6 +118,7 @@ def compute_losses(
     num_masks: Tensor | None = None,
     num_masks_reducer: Callable[[Tensor], Tensor] | None = None,
     config: ModelConfig | None = None,
+    sinkhorn_options: SinkhornOptions | None = None,
 ) -> dict[str, Tensor]:
     """One training step's loss dict for an `OTSeg` model in its configured setting.
 
@@ -127,6 +129,7 @@ def compute_losses(
         num_masks: explicit loss normaliser; default: present (image, class) pairs of this batch.
         num_masks_reducer: maps this batch's present-pair count to the normaliser (e.g. a cross-process mean).
         config: the model's `ModelConfig` (default `model.config`; pass it when `model` is a DDP wrapper).
+        sinkhorn_options: passed to the model's forward (the Sinkhorn backward and stopping groups).
     """
     if config is None:
         if not isinstance(model, OTSeg):  # a DDP wrapper does not expose the model's attributes
@@ -137,7 +140,7 @@ def compute_losses(
         labels = labels[:, 0]
     seen, unseen = list(cfg.seen_classes), list(cfg.unseen_classes)
     targets = remap_labels(labels, seen, unseen, cfg.setting)
-    out = model(images)
+    out = model(images) if sinkhorn_options is None else model(images, sinkhorn_options=sinkhorn_options)
     if cfg.setting == "transductive":
         targets = fill_pseudo_labels(targets, out, seen)
     if num_masks is None and num_masks_reducer is not None:

@@ -4,13 +4,15 @@
   warm-up peaks at lr 8e-7 and learns nothing);
 * a transductive (self-training) preset without `--init-from` (the reference starts it from the inductive
   checkpoint at half schedule; from CLIP alone its pseudo-labels are noise);
-* the global batch against the reference's 16 (4 GPUs x 4 images), with the two ways to match it.
+* the global batch's decomposition into processes x batch x accumulation steps, and the linear lr rule when the
+  global batch is not the recipe's (printed, never applied).
 """
 
 from __future__ import annotations
 
 from otseg.config import TrainConfig
 from otseg.data.facts import find_dataset_facts
+from otseg.train.batching import linear_lr_note, plan_batch
 
 __all__ = ["REFERENCE_GLOBAL_BATCH", "batch_note", "require_transductive_init", "warmup_warning"]
 
@@ -29,21 +31,29 @@ def warmup_warning(tcfg: TrainConfig) -> str | None:
     )
 
 
-def batch_note(tcfg: TrainConfig, world_size: int) -> str:
-    """The global batch, and how to match the reference's 16 when it differs."""
-    total = world_size * tcfg.batch_size * tcfg.grad_accum
-    line = (
-        f"global batch {total} = {world_size} process(es) x {tcfg.batch_size} images x {tcfg.grad_accum} "
-        f"accumulation step(s); the reference used {REFERENCE_GLOBAL_BATCH} (4 GPUs x 4) at lr 2e-4"
-    )
-    if total == REFERENCE_GLOBAL_BATCH:
-        return line + ": matched"
-    procs = max(1, REFERENCE_GLOBAL_BATCH // tcfg.batch_size)
-    accum = max(1, REFERENCE_GLOBAL_BATCH // (world_size * tcfg.batch_size))
-    return (
-        f"{line}. To match it: torchrun --nproc_per_node={procs} -m otseg train ... , or --set "
-        f"train.grad_accum={accum} (or scale train.lr linearly with the global batch)"
-    )
+def batch_note(tcfg: TrainConfig, world_size: int, recipe: TrainConfig | None = None) -> str:
+    """The decomposition of the global batch (`otseg.train.batching`), with the linear lr rule when the global batch
+    is not the recipe's (`recipe`, default: `TrainConfig()`, the reference's), and the Sinkhorn stopping groups
+    when a micro-batch cannot hold the reference's. Raises ValueError as `plan_batch` does."""
+    plan = plan_batch(tcfg, world_size)
+    reference = " (the reference's: 4 GPUs x batch 4)" if plan.global_batch == REFERENCE_GLOBAL_BATCH else ""
+    lines = [plan.describe() + reference]
+    lr_note = linear_lr_note(tcfg, recipe or TrainConfig())
+    if lr_note:
+        lines.append(lr_note)
+    group = tcfg.sinkhorn_stop_group
+    if group and plan.batch_size % group and plan.batch_size > group:
+        lines.append(
+            f"note: micro-batches of {plan.batch_size} images are split into Sinkhorn stopping groups of {group} "
+            f"(train.sinkhorn_stop_group) and one of {plan.batch_size % group}"
+        )
+    elif group and plan.batch_size < group:
+        lines.append(
+            f"note: each Sinkhorn stopping test covers a micro-batch's {plan.batch_size} images, fewer than "
+            f"train.sinkhorn_stop_group={group} (the reference's images per GPU); --batch-size {group} (on at most "
+            f"{max(plan.global_batch // group, 1)} processes) keeps the reference's groups"
+        )
+    return "\n".join(lines)
 
 
 def require_transductive_init(preset: str, setting: str, dataset: str, tcfg: TrainConfig, resuming: bool) -> None:

@@ -1,6 +1,15 @@
 """Iteration-based trainer: AdamW + poly schedule, autocast, gradient accumulation, DDP, atomic resumable
 checkpoints, JSONL metrics (TensorBoard optional), tqdm progress on rank 0.
 
+One optimizer step computes the reference's update on `global_batch` images whatever the decomposition into
+processes and micro-batches (`otseg.train.batching`): the same images per group (`otseg.train.sampling`), the
+Sinkhorn's stopping test per group of `sinkhorn_stop_group` images (the reference's images per GPU), and the
+reference's loss normalisation, the summed loss divided by the number of present masks averaged over the
+reference's GPUs (here: over the step's world_size x grad_accum micro-batches), clamped at 1. Without
+accumulation the count is all-reduced inside the forward, as the reference does; with it, the count of later
+micro-batches is unknown at an earlier one's backward (and, self-training, depends on pseudo-labels of the
+forward), so each micro-batch backpropagates its unnormalised sum and the gradients are scaled once per step.
+
 Resuming reproduces an uninterrupted run exactly: the sample order is a function of (seed, step), every
 sample's augmentation is seeded by its position in that order, and the RNG states (torch, numpy, python) are
 saved with the weights, optimizer, scaler and step.
@@ -15,27 +24,26 @@ logs a count and the files to metrics.jsonl; too many bad samples stop the run a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
-import random
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from otseg.config import TrainConfig
-from otseg.distributed import DistInfo, all_reduce_mean, barrier
+from otseg.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier
 from otseg.formats.state_dict import check_state_dict_fits
 from otseg.model.segmentor import OTSeg
 from otseg.model_files.training_checkpoint import (
@@ -45,13 +53,20 @@ from otseg.model_files.training_checkpoint import (
     verify_training_digest,
     write_training_checkpoint,
 )
+from otseg.ops.sinkhorn_options import SinkhornOptions
+from otseg.train.batching import resolve_batch
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
+from otseg.train.rng_state import capture_rng_state, restore_rng_state, seed_everything
+from otseg.train.sampling import (
+    MAX_REPLACEMENT_TRIES,
+    SeededDataset,
+    SizedDataset,
+    StepBatchSampler,
+    collate_samples,
+)
 from otseg.train.schedule import build_optimizer, poly_lr
 from otseg.utils import atomic_write_text, describe_write_failure, is_atomic_temp_file
-
-if TYPE_CHECKING:
-    from otseg.data.datasets import SegmentationDataset
 
 __all__ = [
     "BadSampleError",
@@ -61,22 +76,6 @@ __all__ = [
 ]
 
 CKPT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
-
-# What reading a bad sample raises (otseg.data.datasets turns every decoder failure into one of these, naming
-# the file): OSError (FileNotFoundError, unreadable / corrupt / truncated files) and ValueError (label values
-# out of range, size mismatch, colour-coded masks).
-SAMPLE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError)
-# With bad_samples="skip", how many samples (the bad one and the next ones in dataset order) are tried before
-# a micro-batch slot is given up on.
-_MAX_REPLACEMENT_TRIES = 8
-
-
-class _SizedDataset(Protocol):
-    """What the trainer reads: a map-style dataset with a length (e.g. `otseg.data.SegmentationDataset`)."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> Any: ...
 
 
 class BadSampleError(ValueError):
@@ -90,97 +89,6 @@ def find_latest_checkpoint(work_dir: str | os.PathLike) -> Path | None:
         return None
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := CKPT_PATTERN.match(p.name))]
     return max(found)[1] if found else None
-
-
-class StepBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Yields this rank's micro-batches for steps start..max_iters-1 as lists of (dataset index, sample seed).
-
-    The global order is a fresh permutation of the dataset per epoch, drawn from (seed, epoch); micro-batch j
-    of step s takes the next `batch * world` positions of that order, and rank r takes every world-th one.
-    Each sample's seed is derived from its global position, so augmentation does not depend on workers,
-    ranks or where a run was resumed.
-    """
-
-    def __init__(self, n: int, batch: int, world: int, rank: int, accum: int, start: int, stop: int, seed: int):
-        if n == 0:
-            raise ValueError("the training set is empty")
-        self.n, self.batch, self.world, self.rank, self.accum = n, batch, world, rank, accum
-        self.start, self.stop, self.seed = start, stop, seed
-        self._perm_epoch = -1
-        self._perm: list[int] = []  # drawn on first use (epoch -1 never matches)
-
-    def _position(self, pos: int) -> int:
-        epoch, offset = divmod(pos, self.n)
-        if epoch != self._perm_epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
-        return self._perm[offset]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        per_micro = self.batch * self.world
-        for step in range(self.start, self.stop):
-            for micro in range(self.accum):
-                base = (step * self.accum + micro) * per_micro
-                positions = range(base + self.rank, base + per_micro, self.world)
-                yield [(self._position(p), (self.seed * 1_000_003 + p) % 2**63) for p in positions]
-
-    def __len__(self) -> int:
-        return (self.stop - self.start) * self.accum
-
-
-class _SeededDataset(Dataset):
-    """Calls `dataset.get(index, rng)` with a generator seeded per sample (falls back to `dataset[index]`).
-
-    A sample that raises one of `SAMPLE_ERRORS` does not raise here (in a DataLoader worker the exception would
-    reach the main process as a multi-line traceback): the item records it under "bad" as (sample, message)
-    pairs. With `skip_bad` the next samples in dataset order are tried (same augmentation seed) until one
-    loads; without, or when none of `_MAX_REPLACEMENT_TRIES` loads, the item is marked "failed".
-    """
-
-    def __init__(self, dataset: _SizedDataset, skip_bad: bool = False) -> None:
-        self.dataset = dataset
-        self.skip_bad = skip_bad
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def _sample_name(self, index: int) -> str:
-        samples = getattr(self.dataset, "samples", None)
-        try:
-            return str(samples[index][0]) if samples is not None else f"sample {index}"
-        except (IndexError, KeyError, TypeError):
-            return f"sample {index}"
-
-    def _load(self, index: int, seed: int) -> dict[str, Any]:
-        rng = np.random.default_rng(seed)
-        if hasattr(self.dataset, "get"):
-            return self.dataset.get(index, rng)
-        transform = getattr(self.dataset, "transform", None)
-        if hasattr(self.dataset, "load") and transform is not None:  # otseg.data.SegmentationDataset
-            dataset = cast("SegmentationDataset", self.dataset)
-            image, label = dataset.load(index)  # reads and checks the files: the only step that may fail
-            try:
-                image_t, label_t = transform(image, label, rng=rng)
-            except SAMPLE_ERRORS as e:
-                # An error of the transform itself is a bug, not bad data: never skip it as a bad file.
-                raise RuntimeError(f"transform failed on {self._sample_name(index)}: {e}") from e
-            return {"image": image_t, "label": label_t, "path": str(dataset.samples[index][0])}
-        return self.dataset[index]
-
-    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
-        index, seed = key
-        n = len(self.dataset)
-        bad: list[tuple[str, str]] = []
-        for k in range(min(n, _MAX_REPLACEMENT_TRIES) if self.skip_bad else 1):
-            j = (index + k) % n  # deterministic replacement: resuming and worker layouts see the same one
-            try:
-                item = dict(self._load(j, seed))
-            except SAMPLE_ERRORS as e:
-                bad.append((self._sample_name(j), " ".join(str(e).split()) or type(e).__name__))
-                continue
-            item["bad"] = bad
-            return item
-        return {"bad": bad, "failed": True}
 
 
 class _LossOutputs(torch.nn.Module):
@@ -198,8 +106,8 @@ class _LossOutputs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor, text: Tensor | None = None) -> Any:
-        out = self.model(images, text)
+    def forward(self, images: Tensor, text: Tensor | None = None, **kwargs: Any) -> Any:
+        out = self.model(images, text, **kwargs)
         if not dataclasses.is_dataclass(out) or isinstance(out, type):  # an instance (HeadOutput), not a class
             return out
         detached = {
@@ -216,21 +124,6 @@ def _detach_all(value: Any) -> Any:
     return value
 
 
-def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a micro-batch; "bad" lists the (sample, message) pairs met, "failed" a slot left without a sample."""
-    bad = [b for s in samples for b in s.get("bad", ())]
-    requested = len(samples)
-    if any(s.get("failed") for s in samples):
-        return {"bad": bad, "failed": True, "requested": requested}
-    return {
-        "image": torch.stack([s["image"] for s in samples]),
-        "label": torch.stack([s["label"] for s in samples]),
-        "path": [s.get("path", "") for s in samples],
-        "bad": bad,
-        "requested": requested,
-    }
-
-
 class Trainer:
     """Trains an `otseg.OTSeg` in its configured setting (inductive, transductive or fully supervised).
 
@@ -238,7 +131,8 @@ class Trainer:
         model: the segmentor (with class embeddings set and CLIP weights loaded).
         train_set: dataset of dicts {"image": (3, H, W) float, "label": (H, W) int64}, all the same crop size;
             if it has `get(index, rng)`, augmentation draws from the per-sample generator.
-        cfg: optimisation settings.
+        cfg: optimisation settings; its derived fields (grad_accum, world_size) are filled from the process
+            count (`otseg.train.batching.resolve_batch`: a global batch they cannot divide is a ValueError).
         work_dir: receives `iter_N.pt` checkpoints, `last_checkpoint` (name of the newest), `metrics.jsonl`,
             `config.json`.
         evaluate: optional callback `evaluate(model) -> dict` run every `cfg.eval_interval` steps and at the end.
@@ -251,7 +145,7 @@ class Trainer:
     def __init__(
         self,
         model: OTSeg,
-        train_set: _SizedDataset,
+        train_set: SizedDataset,
         cfg: TrainConfig,
         work_dir: str | os.PathLike,
         evaluate: Callable[[OTSeg], dict[str, Any]] | None = None,
@@ -263,10 +157,13 @@ class Trainer:
             raise ValueError(f"train.bad_samples must be 'stop' or 'skip', got {cfg.bad_samples!r}")
         if not 0.0 < cfg.max_bad_fraction <= 1.0:
             raise ValueError(f"train.max_bad_fraction must be in (0, 1], got {cfg.max_bad_fraction}")
-        self.cfg = cfg
         self.dist = dist_info or DistInfo(
             device=torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         )
+        self.cfg = cfg = resolve_batch(cfg, self.dist.world_size)
+        self.sinkhorn_options = SinkhornOptions(cfg.sinkhorn_backward, cfg.sinkhorn_stop_group or None)
+        # This step's present-mask counts, one per micro-batch (the deferred normalisation of grad_accum > 1).
+        self._step_masks: list[Tensor] = []
         self.work_dir = Path(work_dir)
         self.model = model.to(self.dist.device)
         self.train_set = train_set
@@ -293,13 +190,6 @@ class Trainer:
         return {k: v for k, v in self.model.state_dict().items() if not k.startswith("text_encoder.")}
 
     def checkpoint_state(self) -> dict[str, Any]:
-        rng = {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
         return training_checkpoint(
             step=self.step,
             model_state=self._trainable_state(),
@@ -307,7 +197,7 @@ class Trainer:
             class_names=list(self.model.class_names),
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(),
-            rng=_rng_to_plain(rng),
+            rng=capture_rng_state(),
             train_config=asdict(self.cfg),
             model_config=self.model.config.to_dict(),
         )
@@ -366,7 +256,7 @@ class Trainer:
             ) from e
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step = int(ckpt["step"])
-        _restore_rng(ckpt["rng"])
+        restore_rng_state(ckpt["rng"])
 
     def _resume_auto(self) -> bool:
         """Resume from the newest readable `iter_N.pt` in work_dir; False when there is none (start fresh).
@@ -409,10 +299,10 @@ class Trainer:
             self.step, self.cfg.max_iters, self.cfg.seed,
         )  # fmt: skip
         return DataLoader(
-            _SeededDataset(self.train_set, skip_bad=self.cfg.bad_samples == "skip"),
+            SeededDataset(self.train_set, skip_bad=self.cfg.bad_samples == "skip"),
             batch_sampler=sampler,
             num_workers=self.cfg.num_workers,
-            collate_fn=_collate,
+            collate_fn=collate_samples,
             pin_memory=d.device.type == "cuda",
             persistent_workers=False,
             # Its own generator: drawing worker seeds from the global RNG would shift the dropout stream
@@ -429,6 +319,36 @@ class Trainer:
     def _num_masks_reducer(self, count: Tensor) -> Tensor:
         # The reference all-reduces the number of present masks and divides by the world size.
         return all_reduce_mean(count.float()).clamp(min=1)
+
+    def _defer_num_masks(self, count: Tensor) -> Tensor:
+        """With accumulation: keep the count for the step's end, and leave this micro-batch's loss unnormalised."""
+        self._step_masks.append(count.detach().float())
+        return torch.ones((), device=count.device)
+
+    def _normalise_gradients(self) -> float:
+        """End of an accumulated step: the reference's normaliser over all micro-batches of the step, applied once.
+
+        The gradients hold sum_g grad(sum_g / B) over this process's micro-batches g (averaged over processes by
+        DDP; B = batch_size); the reference's update is (1/W') sum_g grad(sum_g) / max(count / W', 1), W' =
+        world_size x grad_accum micro-batches, count = the present masks of the whole step. Returns the factor of
+        the sums, 1 / (grad_accum x max(count / W', 1)), which also normalises the logged losses.
+        """
+        accum = self.cfg.grad_accum
+        count = all_reduce_sum(torch.stack(self._step_masks).sum())
+        self._step_masks.clear()
+        num_masks = float((count / (self.dist.world_size * accum)).clamp(min=1))
+        factor = 1.0 / (accum * num_masks)
+        for p in self.model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(factor * self.cfg.batch_size)
+        return factor
+
+    def _sync_context(self, last_micro: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP's gradient all-reduce on the last micro-batch of a step only (the sums are what is averaged)."""
+        ddp = self.ddp_model
+        if not last_micro and isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+            return ddp.no_sync()
+        return contextlib.nullcontext()
 
     def _log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -505,6 +425,9 @@ class Trainer:
         # than log_interval after a resume off the log grid or at a max_iters off the grid).
         window: dict[str, float] = {}
         micro, window_steps, t0 = 0, 0, time.perf_counter()
+        deferred = cfg.grad_accum > 1
+        step_values: dict[str, float] = {}  # this step's loss terms (unnormalised sums when deferred)
+        self._step_masks.clear()
         for batch in self._loader():
             self._check_bad_samples(batch)
             images = batch["image"].to(self.dist.device, non_blocking=True)
@@ -512,27 +435,34 @@ class Trainer:
             lr = poly_lr(self.step, cfg.max_iters, cfg.lr, cfg.min_lr, cfg.power, cfg.warmup_iters, cfg.warmup_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
-            with self._autocast():
-                losses = compute_losses(
-                    self.ddp_model, images, labels, num_masks_reducer=self._num_masks_reducer, config=self.model.config
-                )
-                loss = total_loss(losses) / cfg.grad_accum
-            if not torch.isfinite(loss):
-                self.save_failure_note(losses)
-                parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                last = find_latest_checkpoint(self.work_dir)
-                kept = f"the last good checkpoint {last} is kept" if last else f"no checkpoint in {self.work_dir} yet"
-                raise FloatingPointError(
-                    f"non-finite loss at step {self.step} ({parts}); {kept}: lower the learning rate or train "
-                    "without --amp, then --resume auto"
-                )
-            self.scaler.scale(loss).backward()
+            with self._sync_context(micro + 1 == cfg.grad_accum):
+                with self._autocast():
+                    losses = compute_losses(
+                        self.ddp_model,
+                        images,
+                        labels,
+                        num_masks_reducer=self._defer_num_masks if deferred else self._num_masks_reducer,
+                        config=self.model.config,
+                        sinkhorn_options=self.sinkhorn_options,
+                    )
+                    loss = total_loss(losses)
+                    if deferred:  # a sum over masks: per image, it stays in the range of a normalised loss (fp16)
+                        loss = loss / cfg.batch_size
+                if not torch.isfinite(loss):
+                    self._stop_on_non_finite(losses)
+                self.scaler.scale(loss).backward()
             for k, v in losses.items():
-                window[k] = window.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
+                step_values[k] = step_values.get(k, 0.0) + float(v.detach())
             micro += 1
             if micro < cfg.grad_accum:
                 continue
             micro = 0
+            # Loss terms: normalised as the gradients (already in the forward without accumulation); other
+            # values (accuracy): the mean over micro-batches.
+            loss_factor = self._normalise_gradients() if deferred else 1.0
+            for k, summed in step_values.items():
+                window[k] = window.get(k, 0.0) + summed * (loss_factor if "loss" in k else 1.0 / cfg.grad_accum)
+            step_values = {}
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
@@ -573,7 +503,7 @@ class Trainer:
             reason = f"{bad[0][1]}; to skip such samples instead, pass --bad-samples skip (train.bad_samples=skip)"
         elif batch.get("failed"):
             reason = (
-                f"{bad[-1][1] if bad else 'a bad sample'}; no readable sample among the {_MAX_REPLACEMENT_TRIES} "
+                f"{bad[-1][1] if bad else 'a bad sample'}; no readable sample among the {MAX_REPLACEMENT_TRIES} "
                 "tried in its place"
             )
         elif bad:
@@ -617,6 +547,16 @@ class Trainer:
         self._warn(f"skipped {self.skipped_samples} time(s) {len(names)} bad sample(s): {shown}")
         self._log({"step": self.step, "skipped_samples": self.skipped_samples, "bad_samples": names})
 
+    def _stop_on_non_finite(self, losses: dict[str, Tensor]) -> None:
+        self.save_failure_note(losses)
+        parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        last = find_latest_checkpoint(self.work_dir)
+        kept = f"the last good checkpoint {last} is kept" if last else f"no checkpoint in {self.work_dir} yet"
+        raise FloatingPointError(
+            f"non-finite loss at step {self.step} ({parts}); {kept}: lower the learning rate or train without "
+            "--amp, then --resume auto"
+        )
+
     def save_failure_note(self, losses: dict[str, Tensor]) -> None:
         if self.dist.is_main:
             note = {"step": self.step, "losses": {k: float(v.detach()) for k, v in losses.items()}}
@@ -629,37 +569,3 @@ class _UnreadableCheckpoint(ValueError):
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_to_plain(rng: dict[str, Any]) -> dict[str, Any]:
-    """RNG states as tensors / lists / ints only, so checkpoints load with weights_only=True."""
-    py = rng["python"]
-    np_state = rng["numpy"]
-    out = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
-        "torch": rng["torch"],
-    }
-    if "cuda" in rng:
-        out["cuda"] = rng["cuda"]
-    return out
-
-
-def _plain(x: Any) -> Any:
-    return x.item() if isinstance(x, np.generic) else x
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    npst = state["numpy"]
-    np.random.set_state((npst[0], npst[1].numpy().astype(np.uint32), *npst[2:]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
