@@ -5,7 +5,6 @@ FLOP counters of `otseg bench` (otseg.benchmark)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 from collections.abc import Callable
 
@@ -19,8 +18,9 @@ from otseg.benchmark import add_bench_parser, efficiency_table, format_table, fu
 from otseg.config import HeadConfig
 from otseg.formats.reference_pth import map_reference_key
 from otseg.model.head import OTSegHead
-from otseg.ops import record_sinkhorn_calls, sinkhorn, sinkhorn_potentials
-from otseg.ops.sinkhorn import _implicit_backward, sinkhorn_overrides
+from otseg.ops import record_sinkhorn_calls, sinkhorn, sinkhorn_potentials, sinkhorn_rules
+from otseg.ops.sinkhorn import sinkhorn_overrides
+from otseg.ops.sinkhorn_backward import implicit_backward
 
 GOLDEN_CASES = load_golden("sinkhorn.pt")["cases"]
 CHECKS = [1, 3, 7, "adaptive"]
@@ -163,19 +163,16 @@ def test_overrides_apply_to_every_call_in_the_block():
 
 def test_scaling_update_falls_back_to_the_log_domain_on_non_finite_values(monkeypatch):
     # The first iteration is max-stabilised and its plan becomes the kernel, so real costs do not overflow the
-    # scalings (they are re-absorbed past e^15); force an overflow to check the safety net.
-    sinkhorn_module = importlib.import_module("otseg.ops.sinkhorn")  # otseg.ops.sinkhorn is also the function
-
+    # scalings (they are re-absorbed past e^15); force an overflow to check the safety net, in the fused
+    # per-iteration loop (check 1) and in the chunked driver (check 5).
     case = GOLDEN_CASES[0]
-    original = sinkhorn_module._ScalingRule.step
+    original = sinkhorn_rules.ScalingRule.update
 
-    def overflowing(self, state):
-        new_state, err = original(self, state)
-        if state:
-            new_state = (new_state[0], new_state[1] * float("inf"))
-        return new_state, err
+    def overflowing(self, b, a, log_a, k_a):
+        original(self, b, a, log_a, k_a)
+        k_a.mul_(float("inf"))  # the new b is k_a's transpose
 
-    monkeypatch.setattr(sinkhorn_module._ScalingRule, "step", overflowing)
+    monkeypatch.setattr(sinkhorn_rules.ScalingRule, "update", overflowing)
     for check in (1, 5):
         with record_sinkhorn_calls() as calls:
             plan = sinkhorn(case["C"], case["epsilon"], check_every=check)
@@ -184,18 +181,17 @@ def test_scaling_update_falls_back_to_the_log_domain_on_non_finite_values(monkey
 
 
 def test_absorbing_the_scalings_leaves_the_results_unchanged(monkeypatch):
-    # Real costs rarely push the scalings past e^15; a threshold of 0 re-absorbs them after every chunk, so the
+    # Real costs rarely push the scalings past e^15; a threshold of 0 re-absorbs them at every look, so the
     # kernel is rebuilt many times. Plans, potentials and iteration counts must not notice.
-    sinkhorn_module = importlib.import_module("otseg.ops.sinkhorn")
     absorbed = []
-    original = sinkhorn_module._ScalingRule.absorb
+    original = sinkhorn_rules.ScalingRule._absorb_frame
 
-    def counting(self, state):
+    def counting(self, log_a, b):
         absorbed.append(1)
-        return original(self, state)
+        return original(self, log_a, b)
 
-    monkeypatch.setattr(sinkhorn_module, "_ABSORB_LOG", 0.0)
-    monkeypatch.setattr(sinkhorn_module._ScalingRule, "absorb", counting)
+    monkeypatch.setattr(sinkhorn_rules, "ABSORB_LOG", 0.0)
+    monkeypatch.setattr(sinkhorn_rules.ScalingRule, "_absorb_frame", counting)
     for case in GOLDEN_CASES[:4]:
         for check in (1, 3):
             with record_sinkhorn_calls() as calls:
@@ -325,7 +321,7 @@ def test_implicit_gradient_against_autograd_through_the_reference_rule(case):
 def test_implicit_backward_reduces_to_row_softmax_for_one_column_block():
     # N = 1: the plan is fixed by the marginals, so the gradient vanishes.
     plan = torch.full((2, 5, 1), 0.2, dtype=torch.float64)
-    grad = _implicit_backward(plan, torch.randn(2, 5, 1, dtype=torch.float64), 0.1)
+    grad = implicit_backward(plan, torch.randn(2, 5, 1, dtype=torch.float64), 0.1)
     assert grad.abs().max() < 1e-12
 
 
