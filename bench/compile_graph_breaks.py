@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("compile_graph_breaks.py: --image-size must be a multiple of 16, >= 32; --threads >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    torch._logging.set_logs(dynamo=logging.ERROR)  # the breaks are listed below, not as warnings
     torch.manual_seed(0)
     model = build_model(args.preset)
     cfg = model.config

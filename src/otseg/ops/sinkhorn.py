@@ -269,7 +269,7 @@ def sinkhorn(
             reference (memory grows with the iteration count).
         check_every: iterations between host checks of the stopping rule: an int, "adaptive" (chunk lengths
             predicted from the convergence rate), or "auto" (1 on the CPU, "adaptive" elsewhere). Results do not
-            depend on it.
+            depend on it. Under torch.compile there is no host check: the rule is tested in the graph.
         fixed_iters: run exactly this many iterations and never check (ignores max_iter/thresh): no host sync in
             the loop (the scaling update checks once after it for inf/nan, not under compile), traceable by
             torch.compile (fullgraph). A faster mode that changes results: see the module docstring.
