@@ -54,6 +54,7 @@ class OTSeg(nn.Module):
         seen[list(config.seen_classes)] = True
         self.seen_mask: Tensor  # (K,) bool, a buffer
         self.register_buffer("seen_mask", seen, persistent=False)
+        self._seen_ids = seen.nonzero().flatten().tolist()  # seen_mask as Python ints (see training_text)
         self.class_names: list[str] = list(config.class_names)
         self.has_class_embeddings = False
         self.apply_freezing()
@@ -109,6 +110,7 @@ class OTSeg(nn.Module):
         self.class_embeddings = t.to(device=self.class_embeddings.device, dtype=torch.float32).contiguous()
         self.class_names = list(class_names)
         self.seen_mask = self._seen_mask_for(self.class_names, seen).to(self.class_embeddings.device)
+        self._seen_ids = self.seen_mask.nonzero().flatten().tolist()
         self.has_class_embeddings = True
 
     def _seen_mask_for(self, names: Sequence[str], seen: Sequence[int] | Tensor | None) -> Tensor:
@@ -153,7 +155,9 @@ class OTSeg(nn.Module):
         """(K_train, N, D) text used in training: the seen classes only when training inductively."""
         self._require_embeddings()
         if self.config.setting == "inductive":
-            return self.class_embeddings[self.seen_mask]
+            # Indexed by the seen ids as Python ints, not by the mask: a mask gives a shape that depends on data,
+            # which torch.compile cannot trace (a graph break); the ids are known when the graph is traced.
+            return self.class_embeddings[self._seen_ids]
         return self.class_embeddings
 
     # ------------------------------------------------------------------ forward passes
