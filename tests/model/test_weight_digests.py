@@ -12,7 +12,7 @@ from otseg.formats.state_dict import tensor_digest
 from otseg.model_files.open_model import load_model
 from otseg.model_files.otseg_folder import load_pretrained, save_pretrained
 from otseg.train.trainer import Trainer
-from test_hard_edges_checkpoints import Blocks, tiny_model, train_cfg, trained_checkpoint
+from tiny_training import Blocks, tiny_model, train_cfg, trained_checkpoint
 
 
 def _flip_byte_of(path: Path, tensor: torch.Tensor) -> None:

@@ -13,66 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from otseg import OTSeg
-from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
 from otseg.model_files.open_model import load_model
 from otseg.model_files.otseg_folder import load_pretrained, save_pretrained
 from otseg.train.trainer import Trainer, find_latest_checkpoint
-
-CLASSES = ("red", "green", "blue", "yellow")
-
-
-def tiny_model(width: int = 32, classes: tuple[str, ...] = CLASSES) -> OTSeg:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="tiny-ckpt",
-        vision=VisionConfig(image_size=32, patch_size=8, width=width, layers=2, heads=2, output_dim=16,
-                            num_prompt_tokens=2, deep_prompt_layers=1),
-        head=HeadConfig(embed_dim=16, num_layers=2, num_heads=2, ffn_dim=32, output_size=32),
-        class_names=classes,
-        unseen_classes=(len(classes) - 1,),
-        templates="templates_1",
-        crop_size=32,
-        stride=24,
-    )  # fmt: skip
-    model = OTSeg(cfg)
-    model.set_class_embeddings(F.normalize(torch.randn(len(classes), 1, 16), dim=-1))
-    return model
-
-
-class Blocks(torch.utils.data.Dataset):
-    """Random-coloured blocks; the label is the block's class (deterministic per index and generator)."""
-
-    def __len__(self) -> int:
-        return 8
-
-    def get(self, index: int, rng: np.random.Generator) -> dict:
-        g = np.random.default_rng(index)
-        label = np.full((32, 32), 255, np.int64)
-        c, y, x = int(g.integers(0, 4)), *g.integers(0, 20, 2)
-        label[y : y + 12, x : x + 12] = c
-        image = torch.from_numpy(np.stack([label == k for k in range(3)]).astype(np.float32))
-        if rng.random() < 0.5:
-            image, label = image.flip(-1), label[:, ::-1].copy()
-        return {"image": image, "label": torch.from_numpy(label)}
-
-    def __getitem__(self, index: int) -> dict:
-        return self.get(index, np.random.default_rng(0))
-
-
-def train_cfg(**kw) -> TrainConfig:
-    base = dict(max_iters=4, global_batch=2, batch_size=2, lr=1e-3, warmup_iters=1, num_workers=0, log_interval=2,
-                checkpoint_interval=2, seed=0)  # fmt: skip
-    return TrainConfig(**{**base, **kw})
-
-
-def trained_checkpoint(work_dir: Path, max_iters: int = 2) -> Path:
-    Trainer(tiny_model(), Blocks(), train_cfg(max_iters=max_iters), work_dir).train()
-    return work_dir / f"iter_{max_iters}.pt"
-
+from tiny_training import CLASSES, Blocks, tiny_model, train_cfg, trained_checkpoint
 
 # ------------------------------------------------------------------------------------------------ killed mid-write
 CHILD = r"""
@@ -80,7 +26,7 @@ import io, os, sys, time
 from pathlib import Path
 import torch
 sys.path.insert(0, {tests!r})
-from test_hard_edges_checkpoints import Blocks, tiny_model, train_cfg
+from tiny_training import Blocks, tiny_model, train_cfg
 from otseg.train.trainer import Trainer
 
 real_save = torch.save
@@ -105,7 +51,7 @@ Trainer(tiny_model(), Blocks(), train_cfg(), {work_dir!r}).train()
 
 def test_kill_during_checkpoint_write_keeps_the_previous_one_and_resume_works(tmp_path: Path) -> None:
     wd, marker = tmp_path / "run", tmp_path / "writing"
-    script = CHILD.format(tests=str(Path(__file__).parent), marker=str(marker), work_dir=str(wd))
+    script = CHILD.format(tests=str(Path(__file__).resolve().parents[1]), marker=str(marker), work_dir=str(wd))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE, text=True)
     assert child.stderr is not None  # stderr=PIPE

@@ -16,7 +16,7 @@ from conftest import make_tiny_model
 from otseg.cli import build_parser, main
 from otseg.model_files.otseg_folder import save_pretrained
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_subcommand_and_option_has_help() -> None:

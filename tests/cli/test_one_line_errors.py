@@ -22,7 +22,7 @@ from otseg.data.datasets import read_custom_classes
 from otseg.formats.state_dict import tensor_digest
 from otseg.model_files.otseg_folder import save_pretrained
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _one_line_error(capsys, argv: list[str], *needles: str) -> str:
