@@ -12,17 +12,20 @@ from otseg.clip.text import TextEncoder
 from otseg.config import MAX_CLASSES, MAX_MODEL_BYTES, HeadConfig, ModelConfig, TextConfig, VisionConfig
 from otseg.model.presets import get_preset
 from otseg.model.segmentor import OTSeg
+from otseg.validation import Validated
 
-SECTIONS = {VisionConfig: "vision.", TextConfig: "text.", HeadConfig: "head.", ModelConfig: ""}
+SECTIONS: dict[type[Validated], str] = {
+    VisionConfig: "vision.", TextConfig: "text.", HeadConfig: "head.", ModelConfig: ""
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("cls", "name", "limit"), [(cls, name, limit) for cls in SECTIONS for name, limit in cls._at_most.items()]
 )
-def test_every_bounded_size_is_refused_one_above_its_limit(cls: type, name: str, limit: int) -> None:
+def test_every_bounded_size_is_refused_one_above_its_limit(cls: type[Validated], name: str, limit: int) -> None:
     base = cls()
     with pytest.raises(ValueError) as info:
-        dataclasses.replace(base, **{name: limit + 1})
+        dataclasses.replace(base, **{name: limit + 1})  # type: ignore[type-var]
     msg = str(info.value)
     assert f"config key {SECTIONS[cls]}{name} = {limit + 1}" in msg and f"at most {limit:,}" in msg
     assert "\n" not in msg

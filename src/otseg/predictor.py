@@ -164,6 +164,7 @@ class Predictor:
         allow_pickle: bool = False,
         progress: bool = True,
         overrides: dict[str, Any] | None = None,
+        trust_unverified: bool = False,
     ) -> Predictor:
         """Load a predictor.
 
@@ -178,6 +179,8 @@ class Predictor:
             progress: progress bars when the demo model has to be built (only for a non-default recipe).
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
+            trust_unverified: accept an otseg folder or `iter_N.pt` that carries no SHA-256 of its tensors
+                (refused by default: otseg writes one into every file; see `otseg.formats.otseg_folder`).
         """
         if str(name_or_path) in NAMED_MODELS:
             name_or_path = NAMED_MODELS[str(name_or_path)].folder(progress=progress)
@@ -192,7 +195,13 @@ class Predictor:
             raise FileNotFoundError(
                 f"no model {where!r}: the built-in models are {', '.join(NAMED_MODELS)}; otherwise give {files}"
             )
-        model = load_model(name_or_path, preset=preset, overrides=overrides, allow_pickle=allow_pickle)
+        model = load_model(
+            name_or_path,
+            preset=preset,
+            overrides=overrides,
+            allow_pickle=allow_pickle,
+            trust_unverified=trust_unverified,
+        )
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
             attach_clip_text_tower(model, clip)
         return cls(model, device=device, vocabulary=None if clip is not None else _saved_vocabulary(name_or_path))

@@ -38,7 +38,12 @@ from otseg.config import TrainConfig
 from otseg.distributed import DistInfo, all_reduce_mean, barrier
 from otseg.formats.state_dict import check_state_dict_fits
 from otseg.formats.torch_pickle import safe_torch_load
-from otseg.formats.training_checkpoint import TRAINING_FORMAT, checkpoint_digest, verify_training_digest
+from otseg.formats.training_checkpoint import (
+    TRAINING_FORMAT,
+    UnverifiedCheckpointError,
+    seal_training_checkpoint,
+    verify_training_checkpoint,
+)
 from otseg.model.segmentor import OTSeg
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
@@ -241,7 +246,12 @@ class Trainer:
         progress: show a tqdm bar (on rank 0).
         on_step: optional callback `on_step(step)` after every optimizer step (on rank 0), e.g. to drive a
             progress display of several runs.
+
+    Set `trust_unverified = True` (`otseg train --trust-unverified`) to resume from, or start from, a checkpoint that
+    carries no digest of what it is used for (written by an older otseg); by default such a file is refused.
     """
+
+    trust_unverified: bool = False
 
     def __init__(
         self,
@@ -297,20 +307,20 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state_all()
         model_state = self._trainable_state()
         class_embeddings = self.model.class_embeddings.detach().cpu()
-        return {
+        # Sealed with the SHA-256 of everything in it (and of the weights alone), which loading verifies: a checkpoint
+        # with a flipped byte anywhere (weights, optimiser, scaler, RNG state) is refused instead of silently used.
+        return seal_training_checkpoint({
             "format": TRAINING_FORMAT,
             "step": self.step,
             "model": model_state,
             "class_embeddings": class_embeddings,
-            # Loading verifies it: a checkpoint with flipped bytes is refused instead of silently used.
-            "sha256": checkpoint_digest(model_state, class_embeddings),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_to_plain(rng),
             "train_config": asdict(self.cfg),
             "model_config": self.model.config.to_dict(),
             "class_names": list(self.model.class_names),
-        }
+        })  # fmt: skip
 
     def save_checkpoint(self) -> Path | None:
         """Write `iter_{step}.pt` atomically (rank 0), then prune old ones. Returns the path on rank 0."""
@@ -361,7 +371,10 @@ class Trainer:
             )
         check_state_dict_fits(self.model, state, f"checkpoint {p}", may_be_missing=("text_encoder.",), fix=fix)
         try:  # after the fit check, so that edited keys are named rather than only caught
-            verify_training_digest(ckpt, f"checkpoint {p}")
+            use = "weights" if weights_only_init else "resume"
+            verify_training_checkpoint(ckpt, f"checkpoint {p}", use, self.trust_unverified)  # type: ignore[arg-type]
+        except UnverifiedCheckpointError:
+            raise  # not damaged: an older or foreign file, which only the user can decide to trust
         except ValueError as e:
             raise _UnreadableCheckpoint(str(e)) from None
         self.model.load_state_dict(state, strict=False)  # strict=False: the frozen text tower is never saved
