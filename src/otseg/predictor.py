@@ -82,7 +82,7 @@ class Prediction:
         self.image = image
         self.seen_mask = seen_mask
         self.note = note  # set when a class name has words the model never learnt (`Predictor.vocabulary_note`)
-        self.labels = upsampled_argmax(self.low_res_scores, self.size).numpy().astype(np.int64)
+        self.labels = np.asarray(upsampled_argmax(self.low_res_scores, self.size).numpy(), dtype=np.int64)  # no copy
         self._scores: np.ndarray | None = None
 
     @property
@@ -310,10 +310,21 @@ class Predictor:
         where = describe_source(image)
         try:
             scores = self.model.predict_scores(self.preprocess(rgb), classes=classes)
+            seen = classes[1].cpu().numpy().astype(bool)
+            return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=seen, note=note)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-        seen = classes[1].cpu().numpy().astype(bool)
-        return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=seen, note=note)
+        except (MemoryError, RuntimeError) as e:
+            # The image was read; what ran out is segmenting it (torch reports a failed allocation as a
+            # RuntimeError): say so, rather than let it pass for an unreadable file.
+            if not isinstance(e, MemoryError) and not _is_out_of_memory(e):
+                raise
+            h, w = rgb.shape[:2]
+            raise MemoryError(
+                f"{where}: out of memory segmenting this {w}x{h} image for {len(names)} classes on {self.device} "
+                f"(the image itself was read): segment a smaller copy, fewer classes at a time, or lower the pixel "
+                "cap (OTSEG_MAX_PIXELS, max_pixels=)"
+            ) from None
 
     def __repr__(self) -> str:
         cfg = self.model.config
@@ -321,6 +332,12 @@ class Predictor:
             f"Predictor(model={cfg.name!r}, classes={len(self._default_names)}, device={self.device}, "
             f"text_tower={'yes' if self.model.text_encoder is not None else 'no'})"
         )
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether a RuntimeError is torch's report of a failed allocation (CPU or CUDA)."""
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def _words(name: str) -> list[str]:
