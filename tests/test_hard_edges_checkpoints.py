@@ -179,16 +179,12 @@ def test_pickle_bearing_files_get_a_clear_message(tmp_path: Path) -> None:
     ckpt = trained_checkpoint(tmp_path / "run")
     state = torch.load(ckpt, weights_only=True)
     pickled = tmp_path / "pickled.pt"
-    unsealed = {k: v for k, v in state.items() if k not in ("checkpoint_sha256", "sha256")}  # edited: no digests
-    torch.save({**unsealed, "extra": Opaque()}, pickled)
+    torch.save({**state, "extra": Opaque()}, pickled)
     with pytest.raises(ValueError, match="--allow-pickle") as info:
         load_model(pickled)
     msg = str(info.value)
     assert str(pickled) in msg and "Opaque" in msg and "weights_only=True" in msg and "\n" not in msg
-    with pytest.raises(ValueError, match="--trust-unverified"):  # pickle allowed, but no digest covers the file
-        load_model(pickled, allow_pickle=True)
-    # The user's explicit opt-ins (pickle, and a file without digests) still work.
-    assert load_model(pickled, allow_pickle=True, trust_unverified=True).num_classes == 4
+    assert load_model(pickled, allow_pickle=True).num_classes == 4  # the user's explicit opt-in still works
     trainer = Trainer(tiny_model(), Blocks(), train_cfg(), tmp_path / "other")
     with pytest.raises(ValueError, match="not one of them") as info:
         trainer.load_checkpoint(pickled)

@@ -13,6 +13,7 @@ from otseg.cli import main
 from otseg.formats.open_model import load_model
 from otseg.formats.training_checkpoint import (
     CHECKPOINT_DIGEST_KEY,
+    SEALED_KEYS,
     UnverifiedCheckpointError,
     whole_checkpoint_digest,
 )
@@ -45,17 +46,24 @@ def _copy(checkpoint: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_the_digest_covers_every_entry_but_itself(checkpoint: Path) -> None:
+def test_the_digest_covers_every_entry_written_with_it(checkpoint: Path) -> None:
     state = torch.load(checkpoint, weights_only=True)
     assert state[CHECKPOINT_DIGEST_KEY] == whole_checkpoint_digest(state)
-    for key in ("optimizer", "scaler", "rng", "step", "train_config", "model_config", "class_names"):
-        assert key in state
+    for key in ("model", "class_embeddings", "optimizer", "scaler", "rng", "step", "train_config", "model_config"):
+        assert key in state[SEALED_KEYS]
     edited = {**state, "step": state["step"] + 1}
     assert whole_checkpoint_digest(edited) != state[CHECKPOINT_DIGEST_KEY]
     nested = {**state, "rng": {**state["rng"], "python": [*state["rng"]["python"][:2], 0.5]}}
     assert whole_checkpoint_digest(nested) != state[CHECKPOINT_DIGEST_KEY]
-    assert whole_checkpoint_digest({"a": [1, 2]}) != whole_checkpoint_digest({"a": (1, 2)})
-    assert whole_checkpoint_digest({"a": 1}) != whole_checkpoint_digest({"a": 1.0})
+    dropped = {**state, SEALED_KEYS: [k for k in state[SEALED_KEYS] if k != "optimizer"]}  # a shorter list
+    assert whole_checkpoint_digest(dropped) != state[CHECKPOINT_DIGEST_KEY]
+    with pytest.raises(ValueError, match=r"lacks \['optimizer'\]"):
+        whole_checkpoint_digest({k: v for k, v in state.items() if k != "optimizer"})
+    # An entry added afterwards is outside the digest (otseg never reads it).
+    assert whole_checkpoint_digest({**state, "note": "mine"}) == state[CHECKPOINT_DIGEST_KEY]
+    plain = {SEALED_KEYS: ["a"]}
+    assert whole_checkpoint_digest({**plain, "a": [1, 2]}) != whole_checkpoint_digest({**plain, "a": (1, 2)})
+    assert whole_checkpoint_digest({**plain, "a": 1}) != whole_checkpoint_digest({**plain, "a": 1.0})
 
 
 @pytest.mark.parametrize("where", ["optimizer", "rng"])

@@ -2,8 +2,9 @@
 `weights_only=True`, holding `"format": "otseg-train"`, the model config, weights, class embeddings, optimiser,
 gradient-scaler and RNG states, the step (which fixes the learning-rate schedule), and two SHA-256 digests:
 
-- `checkpoint_sha256`: of everything else in the checkpoint (`whole_checkpoint_digest`), checked before a run
-  resumes from it and before its model is used;
+- `checkpoint_sha256`: of every entry written with it (`whole_checkpoint_digest`; the entries are listed in
+  `sealed_keys`, which the digest covers too), checked before a run resumes from it and before its model is used.
+  Entries added to the file afterwards are outside it, and otseg never reads them;
 - `sha256`: of the weights and class embeddings only (what checkpoints carried before the whole one existed).
 
 A checkpoint without `checkpoint_sha256` is refused for resuming unless the user trusts it (`--trust-unverified`):
@@ -30,6 +31,7 @@ from otseg.model.segmentor import OTSeg
 
 __all__ = [
     "CHECKPOINT_DIGEST_KEY",
+    "SEALED_KEYS",
     "TRAINING_FORMAT",
     "UnverifiedCheckpointError",
     "checkpoint_digest",
@@ -42,6 +44,7 @@ __all__ = [
 
 TRAINING_FORMAT = "otseg-train"
 CHECKPOINT_DIGEST_KEY = "checkpoint_sha256"
+SEALED_KEYS = "sealed_keys"
 _DIGEST_KEYS = frozenset({CHECKPOINT_DIGEST_KEY, "sha256"})
 
 
@@ -51,11 +54,23 @@ class UnverifiedCheckpointError(ValueError):
 
 
 def whole_checkpoint_digest(ckpt: Mapping[str, Any]) -> str:
-    """SHA-256 of every entry of a checkpoint but its digests: weights, class embeddings, optimiser, scaler and RNG
-    states, step, configs, class names. Containers, numbers, strings and tensors (dtype, shape and bytes) are
-    encoded with their type and length, in a fixed key order, so equal digests mean equal contents."""
+    """SHA-256 of the entries of a checkpoint listed in its `sealed_keys` (and of that list): weights, class
+    embeddings, optimiser, scaler and RNG states, step, configs, class names. Containers, numbers, strings and tensors
+    (dtype, shape and bytes) are encoded with their type and length, in a fixed key order, so equal digests mean
+    equal contents.
+
+    Raises:
+        ValueError: `sealed_keys` is not a list of the checkpoint's entries, or an entry holds an object no
+            checkpoint otseg writes holds.
+    """
+    keys = ckpt.get(SEALED_KEYS)
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ValueError(f"its {SEALED_KEYS} entry is not a list of names")
+    absent = [k for k in keys if k not in ckpt]
+    if absent:
+        raise ValueError(f"it lacks {absent}, written with it")
     h = hashlib.sha256()
-    stack: list[Any] = [{k: v for k, v in ckpt.items() if k not in _DIGEST_KEYS}]
+    stack: list[Any] = [{**{k: ckpt[k] for k in keys}, SEALED_KEYS: keys}]
     while stack:  # an explicit stack: deep nesting cannot exhaust Python's recursion limit
         value = stack.pop()
         if isinstance(value, Tensor):
@@ -92,6 +107,7 @@ def seal_training_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
     """`ckpt` with its digests added: `sha256` (weights and embeddings) and `checkpoint_sha256` (everything)."""
     if isinstance(ckpt.get("model"), Mapping) and isinstance(ckpt.get("class_embeddings"), Tensor):
         ckpt["sha256"] = checkpoint_digest(ckpt["model"], ckpt["class_embeddings"])
+    ckpt[SEALED_KEYS] = sorted(k for k in ckpt if k not in _DIGEST_KEYS and k != SEALED_KEYS)
     ckpt[CHECKPOINT_DIGEST_KEY] = whole_checkpoint_digest(ckpt)
     return ckpt
 
@@ -111,7 +127,7 @@ def verify_training_checkpoint(
         try:
             actual = whole_checkpoint_digest(ckpt)
         except ValueError as e:
-            raise ValueError(f"{source}: {e}; the file was edited after otseg train wrote it") from None
+            raise ValueError(f"{source}: {e}; the file was edited or damaged after otseg train wrote it") from None
         if not isinstance(expected, str) or actual != expected:
             raise ValueError(
                 f"{source}: its tensors do not match the SHA-256 written with them (over the weights, optimiser, "
