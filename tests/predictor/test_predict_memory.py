@@ -94,3 +94,10 @@ def test_running_out_of_memory_in_the_model_is_not_called_unreadable(tmp_path: P
     monkeypatch.setattr(predictor.model, "predict_scores", broken)
     with pytest.raises(RuntimeError, match="shape error"):  # other errors are not dressed up as memory
         predictor.predict(image)
+
+
+def test_the_label_map_stays_on_the_scores_device() -> None:
+    """Evaluation passes GPU scores: every buffer is made on their device (the meta device stands in for CUDA here:
+    mixing it with a CPU tensor fails as CUDA would)."""
+    labels = upsampled_argmax(torch.empty(3, 4, 5, device="meta"), (8, 10))
+    assert labels.device.type == "meta" and labels.dtype == torch.int64 and tuple(labels.shape) == (8, 10)

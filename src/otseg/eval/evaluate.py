@@ -48,7 +48,7 @@ def upsampled_argmax(scores: Tensor, size: tuple[int, int]) -> Tensor:
     step = max(1, min(k, _CHUNK_ELEMENTS // max(1, height * width)))
     compact = torch.int16 if k <= torch.iinfo(torch.int16).max else torch.int64
     best: Tensor | None = None
-    labels = torch.zeros(size, dtype=compact)
+    labels = torch.zeros(size, dtype=compact, device=scores.device)
     better: Tensor | None = None
     for c0 in range(0, k, step):
         chunk = F.interpolate(scores[None, c0 : c0 + step], size=size, mode="bilinear", align_corners=False)[0]
