@@ -53,6 +53,7 @@ def test_a_mat_declaring_a_huge_map_is_refused_from_its_header(tmp_path: Path, c
     assert _prepare("voc12", src, root, "--workers", "2") == 2
     _one_error_line(capsys, f"cls/{bad.name}", "GTcls.Segmentation is 6000x5000", "over 4,096")
     assert not [f for f in _files(root) if f.endswith(f"{bad.stem}.png")]
+    assert {p.name for p in tmp_path.iterdir()} == {"downloads", "data"}  # nothing written anywhere else
 
 
 def test_the_mat_header_walk_accepts_what_scipy_writes_and_bounds_the_rest() -> None:
@@ -205,6 +206,7 @@ def test_hostile_context_json_is_one_line_naming_the_json_path(tmp_path: Path, c
     assert _prepare("context59", src, root, "--workers", "0") == 2
     _one_error_line(capsys, "trainval_merged.json", *needles)
     assert not root.exists() or not [f for f in _files(root) if f.endswith(".png")]
+    assert {p.name for p in tmp_path.iterdir()} <= {"downloads", "data"}  # nothing written anywhere else
 
 
 def test_rle_strings_with_impossible_runs_are_one_line() -> None:
