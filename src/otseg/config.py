@@ -27,7 +27,10 @@ __all__ = [
     "CLIP_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_CLASSES",
     "MAX_CLASS_NAME_CHARS",
+    "MAX_MODEL_BYTES",
+    "MAX_TEMPLATES",
     "TEMPLATES_1",
     "TEMPLATES_6",
     "TEMPLATES_8",
@@ -106,6 +109,10 @@ class HeadConfig(Validated):
     )  # fmt: skip
     _non_negative: ClassVar[tuple[str, ...]] = ("sinkhorn_thresh",)
     _fractions: ClassVar[tuple[str, ...]] = ("dropout", "attn_dropout")
+    _at_most: ClassVar[dict[str, int]] = {
+        "embed_dim": 8192, "num_layers": 128, "num_heads": 256, "ffn_dim": 65536, "output_size": 4096,
+        "sinkhorn_max_iter": 100_000,
+    }  # fmt: skip
 
     embed_dim: int = 512  # in_channels = embed_dims = channels in the reference
     num_layers: int = 3
@@ -125,6 +132,13 @@ class HeadConfig(Validated):
     ensemble_weight: float = 0.5  # test-time weight of the decoder path; 1 - this goes to the MPS path
     seen_bias: float = 0.1  # subtracted from seen-class channels after the sigmoid (inductive only)
 
+    def parameter_count(self) -> int:
+        """The parameters of the head this config builds (`otseg.model.head.OTSegHead`): the query projection
+        (2d -> d) and, per layer, the attention projections, the FFN and two layer norms."""
+        d, f = self.embed_dim, self.ffn_dim
+        layer = 4 * (d * d + d) + 2 * d * f + f + d + 4 * d
+        return 2 * d * d + d + self.num_layers * layer
+
     def _check(self) -> None:
         if self.attention == "softmax" and self.embed_dim % self.num_heads:
             raise self._fail("num_heads", self.num_heads, f"a divisor of head.embed_dim ({self.embed_dim})")
@@ -133,6 +147,12 @@ class HeadConfig(Validated):
 
 
 MAX_CLASS_NAME_CHARS = 200  # longer names cannot be meant (CLIP's 77 tokens hold about 70 words)
+MAX_CLASSES = 4096  # the largest class list of a config (ADE20K-full has 847 classes, PASCAL Context 459)
+MAX_TEMPLATES = 256  # prompt templates per class (the reference uses 6 or 8)
+# The largest model a config may describe: parameters in float32 plus one attention map of the image tower at its
+# window size, estimated from the config alone (`ModelConfig.estimated_bytes`) and refused above this before
+# anything is built. OTSeg on ViT-B/16 needs about 0.6 GiB, on ViT-L/14 about 1.8 GiB.
+MAX_MODEL_BYTES = 6 * 2**30
 
 
 @dataclass
@@ -140,6 +160,7 @@ class ModelConfig(Validated):
     """Everything needed to build an OTSeg segmentor and run its reference inference."""
 
     _positive: ClassVar[tuple[str, ...]] = ("crop_size", "stride", "test_short_side")
+    _at_most: ClassVar[dict[str, int]] = {"crop_size": 4096, "stride": 4096, "test_short_side": 4096}
 
     name: str = "custom"
     setting: Setting = "inductive"
@@ -163,7 +184,31 @@ class ModelConfig(Validated):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def estimated_bytes(self) -> dict[str, int]:
+        """The memory this config implies, from the config alone (nothing is built): float32 parameters of the
+        image tower, the text tower and the head, and one attention map (heads x N x N floats) of the image tower
+        over one window of N tokens. A lower bound of what building and running the model needs."""
+        v = self.vision
+        return {
+            "vision": 4 * v.parameter_count(),
+            "text": 4 * self.text.parameter_count(),
+            "head": 4 * self.head.parameter_count(),
+            "attention": 4 * v.heads * v.num_tokens**2,
+        }
+
     def _check(self) -> None:
+        if len(self.class_names) > MAX_CLASSES:
+            raise self._fail("class_names", f"<{len(self.class_names):,} names>", f"at most {MAX_CLASSES:,} classes")
+        if not isinstance(self.templates, str) and len(self.templates) > MAX_TEMPLATES:
+            raise self._fail("templates", f"<{len(self.templates):,} templates>", f"at most {MAX_TEMPLATES} templates")
+        estimate = self.estimated_bytes()
+        if sum(estimate.values()) > MAX_MODEL_BYTES:
+            parts = ", ".join(f"{k} {b / 2**30:.1f}" for k, b in estimate.items())
+            raise ValueError(
+                f"config describes a model needing about {sum(estimate.values()) / 2**30:.1f} GiB ({parts} GiB), "
+                f"over otseg's limit of {MAX_MODEL_BYTES / 2**30:.0f} GiB: check vision.*, text.* and head.* sizes "
+                "(a released CLIP ViT-B/16 model needs about 0.6 GiB)"
+            )
         for i, name in enumerate(self.class_names):
             if not name.strip():
                 raise self._fail(f"class_names[{i}]", name, "a non-empty class name")

@@ -6,9 +6,9 @@ into the (H, W, 3) uint8 RGB array the models take, and fails with one line that
 
 Every image is bounded: a file whose header declares more than `max_pixels()` pixels (default 64 million, e.g.
 8000x8000; set the environment variable `OTSEG_MAX_PIXELS` or pass `max_pixels=` to change it) is refused before
-any pixel is decoded, so a small file that decompresses to gigabytes (a "decompression bomb") costs nothing.
-PIL's own bomb guard (about 179 million pixels) still applies above that. `open_image` is the one place where
-files are opened, for images and label maps alike.
+any pixel is decoded, so a small file that decompresses to gigabytes (a "decompression bomb") costs nothing; so is
+one with a side over `MAX_SIDE` (65,535) pixels. PIL's own bomb guard (about 179 million pixels) still applies above
+that. `open_image` is the one place where files are opened, for images and label maps alike.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "MAX_SIDE",
     "ImageInput",
     "check_pixel_count",
     "describe_source",
@@ -38,6 +39,7 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 64_000_000
 MAX_PIXELS_ENV = "OTSEG_MAX_PIXELS"
+MAX_SIDE = 65_535  # the longest side of any image or label map (JPEG's own limit); checked with the pixel cap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 
@@ -62,7 +64,11 @@ def max_pixels(override: int | None = None) -> int:
 
 
 def check_pixel_count(width: int, height: int, where: str, limit: int | None = None) -> None:
-    """Raise ValueError naming `where` when width x height exceeds the pixel cap."""
+    """Raise ValueError naming `where` when width x height exceeds the pixel cap, or a side exceeds `MAX_SIDE`."""
+    if max(width, height) > MAX_SIDE:
+        raise ValueError(
+            f"{where} is {width}x{height}: a side over the limit of {MAX_SIDE:,} pixels; crop or shrink it"
+        )
     cap = max_pixels(limit)
     if width * height > cap:
         raise ValueError(
@@ -140,6 +146,17 @@ def _scale_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
     raise ValueError(f"{where}: unsupported pixel type {values.dtype}; give uint8, uint16 or float pixels")
 
 
+def _rgb_pixels(image: Image.Image) -> np.ndarray:
+    """An RGB PIL image's pixels as a new (H, W, 3) uint8 array, copied a strip of rows at a time: `np.asarray`
+    of the whole image would first build a bytes copy of it (192 MB more for 64 megapixels)."""
+    out = np.empty((image.height, image.width, 3), dtype=np.uint8)
+    rows = max(1, (16 << 20) // max(1, 3 * image.width))
+    for top in range(0, image.height, rows):
+        bottom = min(image.height, top + rows)
+        out[top:bottom] = np.asarray(image.crop((0, top, image.width, bottom)), dtype=np.uint8)
+    return out
+
+
 def to_rgb_array(image: Image.Image | np.ndarray, where: str = "image") -> np.ndarray:
     """A PIL image or an array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> (H, W, 3) uint8 RGB.
 
@@ -157,7 +174,7 @@ def to_rgb_array(image: Image.Image | np.ndarray, where: str = "image") -> np.nd
             return to_rgb_array(arr, where)
         if image.mode != "RGB":
             image = image.convert("RGBA").convert("RGB") if image.mode == "P" else image.convert("RGB")
-        return np.asarray(image, dtype=np.uint8).copy()
+        return _rgb_pixels(image)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"expected a file path, a PIL image or a numpy array, got {type(image).__name__}")
     arr = image
@@ -192,8 +209,8 @@ def read_image(image: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         with open_image(image, "image", max_pixels) as im:
             im.load()  # decode now: a truncated file fails here, inside open_image, with its name
-            upright = ImageOps.exif_transpose(im)
-            return to_rgb_array(upright, str(image))
+            ImageOps.exif_transpose(im, in_place=True)  # our own image: no copy of it
+            return to_rgb_array(im, str(image))
     where = describe_source(image)
     if isinstance(image, Image.Image):
         check_pixel_count(image.width, image.height, where, max_pixels)

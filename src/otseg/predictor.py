@@ -82,7 +82,7 @@ class Prediction:
         self.image = image
         self.seen_mask = seen_mask
         self.note = note  # set when a class name has words the model never learnt (`Predictor.vocabulary_note`)
-        self.labels = upsampled_argmax(self.low_res_scores, self.size).numpy().astype(np.int64)
+        self.labels = np.asarray(upsampled_argmax(self.low_res_scores, self.size).numpy(), dtype=np.int64)  # no copy
         self._scores: np.ndarray | None = None
 
     @property
@@ -164,6 +164,7 @@ class Predictor:
         allow_pickle: bool = False,
         progress: bool = True,
         overrides: dict[str, Any] | None = None,
+        trust_unverified: bool = False,
     ) -> Predictor:
         """Load a predictor.
 
@@ -178,6 +179,8 @@ class Predictor:
             progress: unused, kept for callers that pass it: the named models ship ready, nothing is built.
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
+            trust_unverified: accept an otseg folder or `iter_N.pt` that carries no SHA-256 of its tensors
+                (refused by default: otseg writes one into every file; see `otseg.model_files.otseg_folder`).
         """
         if preset is not None:
             # A typo is refused here, with the list of presets, also where the file names its own config and
@@ -196,7 +199,13 @@ class Predictor:
             raise FileNotFoundError(
                 f"no model {where!r}: the built-in models are {', '.join(NAMED_MODELS)}; otherwise give {files}"
             )
-        model = load_model(name_or_path, preset=preset, overrides=overrides, allow_pickle=allow_pickle)
+        model = load_model(
+            name_or_path,
+            preset=preset,
+            overrides=overrides,
+            allow_pickle=allow_pickle,
+            trust_unverified=trust_unverified,
+        )
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
             attach_clip_text_tower(model, clip)
         return cls(model, device=device, vocabulary=None if clip is not None else _saved_vocabulary(name_or_path))
@@ -305,10 +314,21 @@ class Predictor:
         where = describe_source(image)
         try:
             scores = self.model.predict_scores(self.preprocess(rgb), classes=classes)
+            seen = classes[1].cpu().numpy().astype(bool)
+            return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=seen, note=note)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
-        seen = classes[1].cpu().numpy().astype(bool)
-        return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=seen, note=note)
+        except (MemoryError, RuntimeError) as e:
+            # The image was read; what ran out is segmenting it (torch reports a failed allocation as a
+            # RuntimeError): say so, rather than let it pass for an unreadable file.
+            if not isinstance(e, MemoryError) and not _is_out_of_memory(e):
+                raise
+            h, w = rgb.shape[:2]
+            raise MemoryError(
+                f"{where}: out of memory segmenting this {w}x{h} image for {len(names)} classes on {self.device} "
+                f"(the image itself was read): segment a smaller copy, fewer classes at a time, or lower the pixel "
+                "cap (OTSEG_MAX_PIXELS, max_pixels=)"
+            ) from None
 
     def __repr__(self) -> str:
         cfg = self.model.config
@@ -316,6 +336,12 @@ class Predictor:
             f"Predictor(model={cfg.name!r}, classes={len(self._default_names)}, device={self.device}, "
             f"text_tower={'yes' if self.model.text_encoder is not None else 'no'})"
         )
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether a RuntimeError is torch's report of a failed allocation (CPU or CUDA)."""
+    text = str(error)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 def _words(name: str) -> list[str]:

@@ -2,7 +2,8 @@
 
 A config is a `@dataclass` subclassing `Validated`. Building one (from code, a preset, `--set` overrides or a
 saved `config.json`) checks every field against its annotation (`Literal` choices, tuples, numbers that must be
-finite), the fields a subclass names as positive, non-negative or fractions, and its own rules across fields. A
+finite), the fields a subclass names as positive, non-negative or fractions, the upper bound of every size, and its own
+rules across fields. A
 bad value raises one `ValueError` naming the dotted key, the value and what is valid.
 
 This module imports nothing else from otseg: it is the bottom of the configuration layer.
@@ -73,6 +74,9 @@ class Validated:
     _positive: ClassVar[tuple[str, ...]] = ()  # fields that must be > 0
     _non_negative: ClassVar[tuple[str, ...]] = ()  # fields that must be >= 0
     _fractions: ClassVar[tuple[str, ...]] = ()  # fields that must lie in [0, 1)
+    # Upper bounds of sizes (field -> largest value): every dimension a file can declare is bounded, so that no
+    # config (a preset, `--set`, a config.json inside a downloaded folder) asks for unbounded memory or time.
+    _at_most: ClassVar[dict[str, int]] = {}
 
     def _fail(self, name: str, value: Any, expected: str) -> ValueError:
         return ValueError(f"config key {self._section}{name} = {value!r}: expected {expected}")
@@ -96,6 +100,9 @@ class Validated:
         for name in self._fractions:
             if not 0 <= getattr(self, name) < 1:
                 raise self._fail(name, getattr(self, name), "a fraction in [0, 1)")
+        for name, limit in self._at_most.items():
+            if getattr(self, name) > limit:
+                raise self._fail(name, getattr(self, name), f"at most {limit:,} (otseg's limit for this size)")
         self._check()
 
     def _check(self) -> None:

@@ -1,8 +1,8 @@
 """The one path from command-line arguments to a model, shared by `segment`, `eval`, `serve` and `export`.
 
 `add_model_arguments` registers the options that name a model (`--model`, `--checkpoint`, `--preset`, `--clip`,
-`--device`, `--allow-pickle`); `predictor_from_args` opens what they name, through `Predictor.from_pretrained`
-(which knows the named models and every file format).
+`--device`, `--allow-pickle`, `--trust-unverified`); `predictor_from_args` opens what they name, through
+`Predictor.from_pretrained` (which knows the named models and every file format).
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ def add_model_arguments(
     p.add_argument("--preset", help="the preset a reference .pth was trained with (e.g. voc12-inductive)")
     p.add_argument("--device", help=device_help)
     p.add_argument("--allow-pickle", action="store_true", help="load old pickled checkpoints (trusted files only)")
+    p.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="load an otseg model file that carries no SHA-256 of its tensors (trusted files only)",
+    )
     if progress:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -75,6 +80,7 @@ def predictor_from_args(args: argparse.Namespace, overrides: dict[str, Any] | No
             allow_pickle=args.allow_pickle,
             progress=progress,
             overrides=overrides,
+            trust_unverified=getattr(args, "trust_unverified", False),
         )
     if args.clip:
         raise ValueError("--clip goes with --checkpoint (the built-in models have their own text tower)")

@@ -25,6 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="dataset layout if not the preset's: voc12, context59, coco_stuff164k, custom")
     p.add_argument("--resume", help="'auto' (latest checkpoint in --work-dir) or a checkpoint path")
     p.add_argument("--init-from", dest="init_from", help="start from these weights (transductive: the inductive run)")
+    p.add_argument(
+        "--trust-unverified",
+        action="store_true",
+        help="resume (or --init-from) a checkpoint that carries no SHA-256 of its contents (older otseg); only for "
+        "files you trust",
+    )
     p.add_argument("--max-iters", dest="max_iters", type=int, help="training iterations (default: the preset's)")
     p.add_argument(
         "--batch-size",
@@ -148,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit, skip_bad=tcfg.bad_samples == "skip")
 
         trainer = Trainer(model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info)
+        trainer.trust_unverified = args.trust_unverified
         result = trainer.train(resume=args.resume)
         if dist_info.is_main and result["eval"]:
             write_results(result["eval"], Path(args.work_dir) / "eval.json", title=args.preset)

@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from otseg.clip.config import TextConfig, VisionConfig
@@ -253,7 +254,13 @@ def load_openai_clip(path: PathLike, *, vision_heads: int | None = None, text_he
     The head counts default to width // 64 (see `infer_clip_configs`).
     """
     sd = read_clip_state_dict(path)
-    vision, text = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
+    try:
+        vision, text = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
+    except ValueError as e:
+        raise ValueError(f"cannot load CLIP weights from {path}: {e}") from e
+    with torch.device("meta"):  # shapes only: the file must fit before the model is built (block counts are key names)
+        shapes_only = CLIP(vision, text)
+    check_state_dict_fits(shapes_only, sd, f"CLIP weights {path} (CLIP)", fix=f"expected {EXPECTED_CLIP_FORMATS}")
     model = CLIP(vision, text)
     _load_checked(model, sd, source=str(path), what="CLIP")
     return model.eval()

@@ -376,7 +376,11 @@ def _require_listed(names: Sequence[str], folder: Path, source: str, hint: str) 
 
 
 def _read_list(path: Path) -> list[str]:
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text list of image names ({' '.join(str(e).split())})") from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def _check_root(root: str | Path, what: str) -> Path:
@@ -509,6 +513,9 @@ def build_ade20k(
     return SegmentationDataset(samples, **_facts_of("ade20k"), transform=transform, **kwargs)
 
 
+_MAX_SPLIT_BYTES = 1 << 20  # split.json lists at most 255 class names
+
+
 def read_custom_classes(root: str | Path) -> DatasetClasses:
     """Class names (`classes.txt`) and unseen split (`split.json`, optional) of a custom dataset folder."""
     root = _check_root(root, "custom dataset")
@@ -519,12 +526,13 @@ def read_custom_classes(root: str | Path) -> DatasetClasses:
     unseen: list[int] = []
     split_file = root / "split.json"
     if split_file.is_file():
+        if split_file.stat().st_size > _MAX_SPLIT_BYTES:
+            raise ValueError(f'{split_file} has {split_file.stat().st_size:,} bytes; expected {{"unseen": [names]}}')
         try:
             spec = json.loads(split_file.read_bytes().decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(
-                f'{split_file} is not valid JSON ({" ".join(str(e).split())}); expected {{"unseen": [names or ids]}}'
-            ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            why = "nested too deep" if isinstance(e, RecursionError) else " ".join(str(e).split())
+            raise ValueError(f'{split_file} is not valid JSON ({why}); expected {{"unseen": [names or ids]}}') from None
         entries = spec.get("unseen", []) if isinstance(spec, dict) else None
         if not isinstance(spec, dict) or set(spec) - {"unseen"} or not isinstance(entries, list):
             raise ValueError(f'{split_file}: expected an object {{"unseen": [names or ids]}}, got {str(spec)[:80]}')

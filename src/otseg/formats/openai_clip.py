@@ -3,7 +3,9 @@
 The released files are TorchScript archives with fp16 weights; the reference reads them with
 `torch.jit.load(path).float().state_dict()`, which runs code stored in the file. We read the same tensors with a
 restricted unpickler that executes nothing (`otseg.formats.torchscript`). Plain `torch.save`d state dicts are
-accepted too (read with `weights_only=True`). Mapping the keys onto the towers is `otseg.clip.loading`'s job.
+accepted too (read with `weights_only=True`). Either way every tensor is checked against the bytes the file stores
+(`otseg.formats.stored_tensors`) before it is converted to float32. Mapping the keys onto the towers is
+`otseg.clip.loading`'s job.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from otseg.formats.stored_tensors import check_stored_tensors
+from otseg.formats.torch_pickle import check_torch_container
 from otseg.formats.torchscript import TorchScriptReadError, is_torchscript_archive, read_torchscript_state_dict
 
 __all__ = ["EXPECTED_CLIP_FORMATS", "read_clip_state_dict"]
@@ -47,6 +51,7 @@ def read_clip_state_dict(path: PathLike) -> StateDict:
         except TorchScriptReadError as err:
             raise ValueError(f"cannot read CLIP weights: {err}") from None
         return _clean_state_dict(raw, path)
+    check_torch_container(path, "CLIP weights")  # before torch reads it: no record may inflate beyond the file
     try:
         raw = _read_plain(path)
     except Exception as err:  # any failure means "not this format"; reported with the formats expected
@@ -54,6 +59,7 @@ def read_clip_state_dict(path: PathLike) -> StateDict:
             f"cannot read CLIP weights from {path}: expected {EXPECTED_CLIP_FORMATS}; "
             f"torch.load(weights_only=True) said {type(err).__name__}: {_first_line(err)}"
         ) from None
+    check_stored_tensors(raw, f"CLIP weights {path}")  # before .float() converts them
     return _clean_state_dict(raw, path)
 
 

@@ -1,7 +1,10 @@
 """PyTorch's own file format (a zip of pickled records, `torch.save`): the one safe reader.
 
 Every `.pt` / `.pth` otseg opens goes through `safe_torch_load`: `torch.load(weights_only=True)` unless the user
-allows pickle for a file they trust, with one-line errors naming the file.
+allows pickle for a file they trust, with one-line errors naming the file. Memory stays bounded by the file's size:
+compressed records (which `torch.save` never writes, and which could inflate without bound) and the pre-1.6 format
+(whose declared storage sizes torch allocates before reading them) are refused before loading, and the tensors
+read are checked against their storages (`otseg.formats.stored_tensors`) before anyone converts them.
 """
 
 from __future__ import annotations
@@ -9,14 +12,47 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["first_sentence", "safe_torch_load"]
+from otseg.formats.stored_tensors import check_stored_tensors
+
+__all__ = ["check_torch_container", "first_sentence", "safe_torch_load"]
 
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# How torch.save's pre-1.6 (non-zip) format starts: its magic number, pickled with protocol 2 (torch.serialization).
+_LEGACY_START = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
+
+
+def check_torch_container(p: Path, what: str, allow_pickle: bool = False) -> None:
+    """Refuse, before torch reads it, a `torch.save` file whose reading would cost more than its size: a zip whose
+    records inflate beyond the file (torch.save stores records uncompressed) or, unless pickle is allowed for a
+    trusted file, the pre-1.6 format (torch allocates the storage sizes it declares before reading them)."""
+    size = p.stat().st_size
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as archive:
+                declared = sum(info.file_size for info in archive.infolist())
+        except (zipfile.BadZipFile, OSError, ValueError) as e:
+            reason = first_sentence(str(e))
+            raise ValueError(f"cannot read {what} {p}: {reason}; the file is truncated or corrupt") from None
+        if declared > size:
+            raise ValueError(
+                f"{what} {p}: its records inflate to {declared:,} bytes from a file of {size:,} (compressed records, "
+                "which torch.save never writes); refused unread"
+            )
+        return
+    with p.open("rb") as f:
+        start = f.read(len(_LEGACY_START))
+    if start == _LEGACY_START and not allow_pickle:
+        raise ValueError(
+            f"{what} {p} is in PyTorch's pre-1.6 file format, whose declared sizes torch allocates before reading; "
+            "re-save it with a current torch (torch.save(torch.load(path), path) where you trust the file), or pass "
+            "--allow-pickle (allow_pickle=True) for a file you trust"
+        )
 
 
 def safe_torch_load(
@@ -32,13 +68,15 @@ def safe_torch_load(
     Raises:
         FileNotFoundError: `path` is not a file.
         ValueError: the file holds pickled objects that weights_only loading refuses, or it cannot be read
-            (truncated, corrupt, not a torch file).
+            (truncated, corrupt, not a torch file), or reading it would cost more memory than its size implies
+            (compressed records, the pre-1.6 format, tensors viewing more than they store).
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{what} {p} does not exist")
+    check_torch_container(p, what, allow_pickle)
     try:
-        return torch.load(p, map_location="cpu", weights_only=not allow_pickle)
+        obj = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as e:
         text = str(e)
         if "Unsupported operand" in text:
@@ -65,6 +103,8 @@ def safe_torch_load(
             f"cannot read {what} {p} ({type(e).__name__}: {first_sentence(str(e))}); the file is truncated, "
             "corrupt or not a PyTorch file (an interrupted copy or download?)"
         ) from e
+    check_stored_tensors(obj, f"{what} {p}")
+    return obj
 
 
 def first_sentence(text: str) -> str:

@@ -7,6 +7,10 @@ unpickles `data.pkl` with an unpickler that only knows how to rebuild tensors: m
 records of their attributes, storages are read from the zip, and any other global (`os.system`, `builtins.eval`,
 ...) is refused. The source under `code/` is only read as text, for the lists of parameter and buffer names
 (`__parameters__ = [...]`, `__buffers__ = [...]`) that decide which tensor attributes belong in the state dict.
+
+Memory is bounded by the archive's size: compressed tensor records are refused, the module tree and the sources
+have a size cap, and every tensor is checked against its storage (`otseg.formats.stored_tensors`) before it is
+returned, so a view that repeats 4 stored bytes into a 100000 x 100000 tensor is refused before any conversion.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from otseg.formats.stored_tensors import check_stored_tensors
+
 __all__ = ["TorchScriptReadError", "is_torchscript_archive", "read_torchscript_state_dict"]
 
 # The storage classes a pickled tensor may name, and the element type each stands for.
@@ -40,6 +46,7 @@ _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "BoolStorage": torch.bool,
 }
 _MAX_PICKLE_BYTES = 64 * 2**20  # the module tree of ViT-B/16 pickles to well under 1 MB
+_MAX_CODE_BYTES = 64 * 2**20  # all of `code/` together (ViT-B/16's: about 100 KB)
 _PARAMS_RE = re.compile(r"^class (\w+)\(Module\):\n  __parameters__ = \[(.*?)\]\n  __buffers__ = \[(.*?)\]", re.M)
 _NAME_RE = re.compile(r'"(\w+)"')
 
@@ -155,9 +162,11 @@ def _declared_names(archive: zipfile.ZipFile, root: str) -> dict[str, tuple[set[
     """{qualified type name: (parameter names, buffer names)} from the `code/` sources, read as text only."""
     out: dict[str, tuple[set[str], set[str]]] = {}
     prefix = f"{root}/code/"
-    for name in archive.namelist():
-        if not (name.startswith(prefix) and name.endswith(".py")):
-            continue
+    sources = [i for i in archive.infolist() if i.filename.startswith(prefix) and i.filename.endswith(".py")]
+    if sum(i.file_size for i in sources) > _MAX_CODE_BYTES:
+        raise TorchScriptReadError(f"its {prefix} sources declare more than {_MAX_CODE_BYTES:,} bytes")
+    for info in sources:
+        name = info.filename
         module = name[len(prefix) : -len(".py")].replace("/", ".")
         text = archive.read(name).decode("utf-8", errors="replace")
         for match in _PARAMS_RE.finditer(text):
@@ -201,19 +210,31 @@ def read_torchscript_state_dict(path: str | os.PathLike[str]) -> dict[str, Tenso
                 raise TorchScriptReadError(f"{source}: not a TorchScript archive (no <name>/data.pkl inside the zip)")
             root = pkls[0].split("/", 1)[0]
             order = f"{root}/byteorder"
+            if order in archive.namelist() and archive.getinfo(order).file_size > 16:
+                raise TorchScriptReadError(f"{source}: its byteorder record is not a byte order")
             if order in archive.namelist() and archive.read(order).strip() not in (b"little", b""):
                 raise TorchScriptReadError(f"{source}: big-endian TorchScript archives are not supported")
             unpickler = _RestrictedUnpickler(archive.read(pkls[0]), archive, root, source)
             top = unpickler.load()
             declared = _declared_names(archive, root)
-    except TorchScriptReadError:
-        raise
+    except TorchScriptReadError as err:
+        raise TorchScriptReadError(str(err) if str(err).startswith(str(source)) else f"{source}: {err}") from None
     # RuntimeError: torch.as_strided on a record whose sizes/strides reach past its storage.
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError, RuntimeError) as err:
+    except (
+        pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, TypeError, KeyError, RuntimeError,
+        RecursionError,
+    ) as err:  # fmt: skip
         raise TorchScriptReadError(f"{source}: cannot read it as a TorchScript archive: {err}") from None
     if not isinstance(top, _ScriptObject):
         raise TorchScriptReadError(f"{source}: data.pkl does not hold a module (got {type(top).__name__})")
     try:
-        return dict(_walk(top, "", declared, set()))
+        state = dict(_walk(top, "", declared, set()))
     except pickle.UnpicklingError as err:
         raise TorchScriptReadError(f"{source}: {err}") from None
+    except RecursionError:
+        raise TorchScriptReadError(f"{source}: its module tree is nested too deep for a model") from None
+    try:
+        check_stored_tensors(state, str(source))
+    except ValueError as err:
+        raise TorchScriptReadError(str(err)) from None
+    return state

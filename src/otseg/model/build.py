@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from otseg.clip.loading import _load_checked, infer_clip_configs, load_clip_weights, text_state_dict
@@ -13,6 +14,7 @@ from otseg.clip.text import TextEncoder
 from otseg.config import ModelConfig, apply_overrides
 from otseg.formats.class_embeddings import load_class_embeddings
 from otseg.formats.openai_clip import read_clip_state_dict
+from otseg.formats.state_dict import check_state_dict_fits
 from otseg.model.presets import get_preset
 from otseg.model.segmentor import OTSeg
 
@@ -114,6 +116,9 @@ def _text_tower(
             f"the CLIP text tower in {source} embeds to {text_cfg.output_dim} dimensions but the model's head expects "
             f"{model.config.head.embed_dim}: this CLIP is not the one the model was built for"
         )
+    with torch.device("meta"):  # shapes only: the file must fit before the tower is built (layers = key names)
+        shapes_only = TextEncoder(text_cfg)
+    check_state_dict_fits(shapes_only, text_state_dict(sd), f"CLIP weights {source} (the text encoder)")
     text_encoder = TextEncoder(text_cfg)
     _load_checked(text_encoder, text_state_dict(sd), source=source, what="the text encoder")
     return text_encoder

@@ -54,7 +54,7 @@ class OTSeg(nn.Module):
         seen[list(config.seen_classes)] = True
         self.seen_mask: Tensor  # (K,) bool, a buffer
         self.register_buffer("seen_mask", seen, persistent=False)
-        self._seen_ids = seen.nonzero().flatten().tolist()  # seen_mask as Python ints (see training_text)
+        self._seen_ids = list(config.seen_classes)  # seen_mask as Python ints (see training_text); no tensor read
         self.class_names: list[str] = list(config.class_names)
         self.has_class_embeddings = False
         self.apply_freezing()

@@ -22,19 +22,23 @@ def load_model(
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     allow_pickle: bool = False,
+    trust_unverified: bool = False,
 ) -> OTSeg:
     """Load a model from `path`:
 
     - a folder with `config.json` + `model.safetensors` (`otseg convert`, `save_pretrained`);
     - an `iter_N.pt` written by `otseg train` (config, weights and class embeddings inside);
     - a reference release `.pth` (mmseg format): needs `preset` (the config it was trained with).
+
+    otseg's own files carry a SHA-256 of their tensors, checked on reading; one that carries none is refused
+    unless `trust_unverified` (a reference `.pth` never carries one and is read as it is).
     """
     p = Path(path)
     if p.is_dir():
-        return load_pretrained(p, overrides=overrides)
+        return load_pretrained(p, overrides=overrides, trust_unverified=trust_unverified)
     ckpt = safe_torch_load(p, "checkpoint", allow_pickle=allow_pickle)
     if is_training_checkpoint(ckpt):
-        return model_from_training_checkpoint(ckpt, p, overrides)
+        return model_from_training_checkpoint(ckpt, p, overrides, trust_unverified)
     if preset is None:
         raise ValueError(f"{p} looks like a reference checkpoint: say which preset it was trained with (--preset NAME)")
 

@@ -3,10 +3,23 @@ SHA-256 of them all in its header) and `config.json` (the model config, class na
 
 Written by `save_pretrained` (and `otseg convert`, `otseg demo`), read by `load_pretrained`; safetensors holds
 tensors only, so reading it runs no code.
+
+What reading checks, in order, before anything is built or any tensor is read: config.json's size and nesting; the
+config's sizes (bounded, with the memory they imply: `otseg.config`); that model.safetensors carries otseg's
+SHA-256 (refused without one unless the caller trusts the file: `trust_unverified`); the names and shapes in
+model.safetensors' header against the model the config describes (built on the meta device: shapes only); that
+the config and class names are the ones the weights were saved with (`otseg_config_sha256`; folders saved before it
+existed carry none and are read without this check). Then the tensors are read and their SHA-256 compared.
+
+What the SHA-256 proves: that the bytes are the ones `save_pretrained` wrote (a flipped byte, a truncated copy, a
+config.json from another save are refused). It is not a signature: someone who edits the file on purpose can write
+a new SHA-256 beside the new tensors, and no reader can tell. To know a folder is the one its publisher released,
+compare the SHA-256 of its files with the one the publisher gives (`sha256sum model.safetensors`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from otseg.clip.text import TextEncoder
-from otseg.config import ModelConfig, apply_overrides
+from otseg.config import MAX_CLASSES, MAX_TEMPLATES, ModelConfig, apply_overrides
 from otseg.data.classes import validate_class_names
 from otseg.formats.state_dict import check_state_dict_fits, tensor_digest, verify_digest
 from otseg.formats.torch_pickle import first_sentence
@@ -30,6 +43,14 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _RESERVED_META = frozenset({"format", "format_version", "config", "class_names", "has_text_encoder"})
+MAX_CONFIG_BYTES = 16 * 2**20  # a config.json holds a config and class names: kilobytes
+
+
+def config_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of what config.json says about the model (its config, class names and text tower), canonically
+    encoded: written into model.safetensors' header, so that a config.json edited or swapped is noticed."""
+    bound = {k: meta.get(k) for k in ("config", "class_names", "has_text_encoder")}
+    return hashlib.sha256(json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def save_pretrained(model: OTSeg, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
@@ -50,19 +71,24 @@ def save_pretrained(model: OTSeg, directory: str | os.PathLike, extra: dict[str,
         "has_text_encoder": getattr(model, "text_encoder", None) is not None,
         **(extra or {}),
     }
-    # The SHA-256 of the tensors travels in the safetensors header; load_pretrained verifies it.
-    header = {"format": "pt", "otseg_sha256": tensor_digest(tensors)}
+    # The SHA-256 of the tensors and of the config travel in the safetensors header; load_pretrained verifies them.
+    header = {"format": "pt", "otseg_sha256": tensor_digest(tensors), "otseg_config_sha256": config_digest(meta)}
     atomic_write(d / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     atomic_write_text(d / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return d
 
 
 def load_pretrained(
-    directory: str | os.PathLike, device: str | torch.device = "cpu", overrides: dict[str, Any] | None = None
+    directory: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    overrides: dict[str, Any] | None = None,
+    trust_unverified: bool = False,
 ) -> OTSeg:
     """Load a model saved by `save_pretrained` (or written by `otseg convert`).
 
     `overrides` change inference settings of the saved config (e.g. {"stride": 256, "head.seen_bias": 0.0}).
+    `trust_unverified`: accept a model.safetensors that carries no SHA-256 (written by another tool, or with its
+    digest removed); otherwise such a file is refused. See the module docstring for what is checked.
     """
     d = Path(directory)
     cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
@@ -71,12 +97,7 @@ def load_pretrained(
             raise FileNotFoundError(
                 f"{p} does not exist; expected a folder written by `otseg convert` or save_pretrained"
             )
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != "otseg":
-        raise ValueError(f'{cfg_path} is not an otseg config (no "format": "otseg")')
+    meta = _read_config_json(cfg_path)
     version = meta.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(
@@ -91,16 +112,6 @@ def load_pretrained(
     except (TypeError, ValueError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise ValueError(f"{cfg_path}: {message}") from e
-    model = OTSeg(config)
-    try:
-        tensors = load_file(str(weights_path))
-        with safe_open(str(weights_path), framework="pt") as f:
-            header = f.metadata() or {}
-    except Exception as e:  # safetensors' own error type for a truncated or foreign file
-        raise ValueError(
-            f"cannot read {weights_path} ({type(e).__name__}: {first_sentence(str(e))}); the file is truncated "
-            "or corrupt: copy it again or re-run save_pretrained / otseg convert"
-        ) from e
     names = meta.get("class_names")
     if names is not None:
         if not isinstance(names, list):
@@ -109,19 +120,40 @@ def load_pretrained(
             names = validate_class_names(names, f"{cfg_path}: class_names")
         except TypeError as e:
             raise ValueError(str(e)) from None
-    if meta.get("has_text_encoder"):
+    header, shapes = _read_header(weights_path)
+    digest = header.get("otseg_sha256")
+    if digest is None and not trust_unverified:
+        raise ValueError(
+            f"{weights_path} carries no SHA-256 of its tensors (every file otseg writes does): it was written by "
+            "another tool or its digest was removed; re-save it with save_pretrained / otseg convert, or pass "
+            "--trust-unverified (trust_unverified=True) if you trust where it came from"
+        )
+    has_text = bool(meta.get("has_text_encoder"))
+    fix = "the two files come from different saves: copy both from the same save_pretrained / otseg convert run"
+    _check_declared_shapes(config, has_text, shapes, f"{weights_path} (with its {CONFIG_FILE})", fix)
+    bound = header.get("otseg_config_sha256")
+    if bound is not None and bound != config_digest(meta):
+        raise ValueError(
+            f"{cfg_path} is not the config {WEIGHTS_FILE} was saved with (its config, class names or text tower "
+            "entry were edited, or it comes from another save): copy both files from the same save_pretrained / "
+            "otseg convert run; change inference settings with overrides (--set) instead of editing it"
+        )
+    model = OTSeg(config)
+    if has_text:
         model.attach_text_encoder(TextEncoder(config.text))
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as e:  # safetensors' own error type for a truncated or foreign file
+        raise ValueError(
+            f"cannot read {weights_path} ({type(e).__name__}: {first_sentence(str(e))}); the file is truncated "
+            "or corrupt: copy it again or re-run save_pretrained / otseg convert"
+        ) from e
     emb = tensors.pop("class_embeddings", None)
     seen = tensors.pop("seen_mask", None)
-    check_state_dict_fits(
-        model,
-        tensors,
-        f"{weights_path} (with its {CONFIG_FILE})",
-        fix="the two files come from different saves: copy both from the same save_pretrained / otseg convert run",
-    )
+    check_state_dict_fits(model, tensors, f"{weights_path} (with its {CONFIG_FILE})", fix=fix)
     digest_of = {**tensors, **({"class_embeddings": emb} if emb is not None else {})}
     digest_of.update({"seen_mask": seen} if seen is not None else {})
-    verify_digest(digest_of, header.get("otseg_sha256"), str(weights_path))
+    verify_digest(digest_of, digest, str(weights_path))
     model.load_state_dict(tensors, strict=True)
     if emb is not None:
         if names is not None and len(names) != emb.shape[0]:
@@ -139,3 +171,55 @@ def load_pretrained(
         except ValueError as e:
             raise ValueError(f"{weights_path}: class_embeddings {tuple(emb.shape)} do not fit its config: {e}") from e
     return model.to(device)
+
+
+def _read_config_json(path: Path) -> dict[str, Any]:
+    """config.json as a dict, bounded in size and nesting; one ValueError naming the file otherwise."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path} has {size:,} bytes, more than any otseg config.json (at most {MAX_CONFIG_BYTES:,})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except RecursionError:
+        raise ValueError(f"{path} is not an otseg config: its JSON is nested too deep") from None
+    if not isinstance(meta, dict) or meta.get("format") != "otseg":
+        raise ValueError(f'{path} is not an otseg config (no "format": "otseg")')
+    return meta
+
+
+def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
+    """(metadata, {name: shape}) from a safetensors header, reading no tensor data."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {}), {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except Exception as e:  # safetensors' own error type for a truncated or foreign file
+        raise ValueError(
+            f"cannot read {path} ({type(e).__name__}: {first_sentence(str(e))}); the file is truncated or corrupt: "
+            "copy it again or re-run save_pretrained / otseg convert"
+        ) from e
+
+
+def _check_declared_shapes(
+    config: ModelConfig, has_text: bool, shapes: dict[str, tuple[int, ...]], source: str, fix: str
+) -> None:
+    """The names and shapes a safetensors header declares against the model `config` describes, built on the meta
+    device (shapes only, nothing allocated), before the real model is built or any tensor read."""
+    with torch.device("meta"):
+        expected = OTSeg(config)
+        if has_text:
+            expected.attach_text_encoder(TextEncoder(config.text))
+    extras = ("class_embeddings", "seen_mask")
+    declared = {k: torch.empty(v, device="meta") for k, v in shapes.items() if k not in extras}
+    check_state_dict_fits(expected, declared, source, fix=fix)
+    emb = shapes.get("class_embeddings")
+    width = config.head.embed_dim
+    if emb is not None and (len(emb) != 3 or emb[2] != width or emb[0] > MAX_CLASSES or emb[1] > MAX_TEMPLATES):
+        raise ValueError(
+            f"{source}: class_embeddings declare shape {emb}; the config expects (K, N, {width}) with K at most "
+            f"{MAX_CLASSES} and N at most {MAX_TEMPLATES}; {fix}"
+        )
+    seen = shapes.get("seen_mask")
+    if seen is not None and emb is not None and seen != emb[:1]:
+        raise ValueError(f"{source}: seen_mask has shape {seen} but there are {emb[0]} classes; {fix}")

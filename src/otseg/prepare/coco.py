@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from otseg.prepare.common import (
     Input,
     Job,
     PrepareOptions,
+    check_label_size,
     copy_job,
     existing_names,
     find_input,
@@ -37,7 +39,7 @@ from otseg.prepare.common import (
     write_png_atomic,
 )
 
-__all__ = ["UNUSED_STUFF_THING_VALUES", "prepare_coco", "stuff_thing_lut"]
+__all__ = ["UNUSED_STUFF_THING_VALUES", "map_cost", "prepare_coco", "stuff_thing_lut"]
 
 WHAT = "otseg prepare coco"
 SPLITS = ("train2017", "val2017")
@@ -56,7 +58,24 @@ def stuff_thing_lut() -> np.ndarray:
 assert _NUM_VALUES - len(UNUSED_STUFF_THING_VALUES) == dataset_facts("coco_stuff164k").classes.num_classes
 
 
+def map_cost(data: bytes, where: str) -> int:
+    """The bytes converting a COCO-Stuff map costs (the file, the decoded map, its mapped copy), from its header,
+    after its size was checked against the label-map bounds (`check_label_size`); nothing is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound decides, below
+            with Image.open(io.BytesIO(data)) as im:
+                height, width = im.height, im.width
+    except Image.DecompressionBombError as exc:  # PIL's own limit (about 179 million pixels), above ours
+        raise ValueError(f"{where}: over the limit of a label map ({' '.join(str(exc).split())})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ValueError(f"{where}: not a COCO-Stuff label map ({' '.join(str(exc).split())})") from None
+    check_label_size(height, width, where)
+    return len(data) + 2 * height * width
+
+
 def _convert_map(data: bytes, dest: Path, where: str) -> int:
+    map_cost(data, where)  # the declared size, before decoding
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
@@ -127,7 +146,8 @@ def prepare_coco(opts: PrepareOptions) -> dict[str, int]:
                 stem = safe_stem(name[:-4], f"{maps_in.describe()}: {m.rel}")
                 out_name = f"{stem}_labelTrainIds.png"
                 if out_name not in done:
-                    yield Job(ann_dir / out_name, _convert_map, m.read(), (f"{maps_in.describe()}: {m.rel}",))
+                    data, where = m.read(), f"{maps_in.describe()}: {m.rel}"
+                    yield Job(ann_dir / out_name, _convert_map, data, (where,), cost=map_cost(data, where))
 
         run_jobs(map_jobs(), opts.workers, f"COCO-Stuff {split} maps", opts.progress)
         images = {n[:-4] for n in existing_names(img_dir) if n.endswith(".jpg")}

@@ -10,13 +10,22 @@ Outputs. Every file is written to a temporary name in its folder and renamed whe
 run leaves either the finished file or nothing under the final name; a re-run skips files that exist and
 removes temporaries left behind. Member names are never used as paths: each converter builds the
 destination from a validated stem.
+
+Memory. A member is read whole, so members over `MAX_MEMBER_BYTES` are refused from their declared size; label maps
+the converters decode (SBD `.mat`, Context RLE, COCO-Stuff PNG) are checked from their headers against
+`MAX_LABEL_SIDE` and `MAX_LABEL_PIXELS` before decoding; and `run_jobs` keeps at most `MAX_BYTES_IN_FLIGHT` of jobs
+(each one's payload and the memory its decoding needs, `Job.cost`) submitted at a time, whatever the number of
+workers.
 """
 
 from __future__ import annotations
 
+import bz2
 import functools
+import gzip
 import io
 import json
+import lzma
 import os
 import re
 import shutil
@@ -36,10 +45,15 @@ from tqdm import tqdm
 from otseg.weights.registry import RegistryEntry, file_digests, find_entry_for_filename, load_registry
 
 __all__ = [
+    "MAX_BYTES_IN_FLIGHT",
+    "MAX_LABEL_PIXELS",
+    "MAX_LABEL_SIDE",
+    "MAX_MEMBER_BYTES",
     "Input",
     "Job",
     "Member",
     "PrepareOptions",
+    "check_label_size",
     "find_input",
     "remove_stale_temporaries",
     "run_jobs",
@@ -52,7 +66,13 @@ __all__ = [
 ]
 
 # A single archive member larger than this is not an image or mask of these datasets: refuse to hold it in memory.
-MAX_MEMBER_BYTES = 1 << 30
+MAX_MEMBER_BYTES = 256 << 20
+# Label maps the converters decode: PASCAL's are at most 500 px a side, COCO's 640; anything larger than these
+# bounds is not an annotation of these datasets, and is refused from its header before it is decoded.
+MAX_LABEL_SIDE = 4096
+MAX_LABEL_PIXELS = 4096 * 4096
+# Bytes of jobs (payloads and the memory their decoding needs) submitted to the worker pool at any time.
+MAX_BYTES_IN_FLIGHT = 512 << 20
 _STEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
@@ -71,6 +91,21 @@ class PrepareOptions:
             raise ValueError(f"--workers must be >= 0, got {self.workers}")
 
 
+def check_label_size(height: Any, width: Any, where: str) -> tuple[int, int]:
+    """(height, width) of a label map a file declares, as ints within the label-map bounds; else one ValueError
+    naming `where` and the values."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{where}: {name} = {value!r}: expected a whole number of pixels, at least 1")
+    if max(height, width) > MAX_LABEL_SIDE or height * width > MAX_LABEL_PIXELS:
+        raise ValueError(
+            f"{where}: a {width}x{height} label map is over the limit of {MAX_LABEL_SIDE:,} px a side and "
+            f"{MAX_LABEL_PIXELS:,} pixels (the datasets' annotations are at most 640 px a side); not an annotation "
+            "of this dataset"
+        )
+    return height, width
+
+
 def safe_stem(name: str, what: str) -> str:
     """`name` if it is a plain file stem (no folders, no '..'); else ValueError naming it."""
     if not _STEM.fullmatch(name) or ".." in name:
@@ -82,7 +117,7 @@ def safe_stem(name: str, what: str) -> str:
 
 
 # What reading a truncated or damaged archive raises.
-_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error)
+_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
 def _damaged(source: str, exc: BaseException) -> str:
@@ -165,8 +200,9 @@ class Input:
                     yield Member(rel, info.file_size, None, functools.partial(zf.read, info), self.describe())
 
     def _tar_members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
-        with tarfile.open(self.path, "r:*") as tf:
-            for info in tf:
+        with _capped_tar(self.path) as tf:
+            while (info := tf.next()) is not None:
+                tf.members = []  # type: ignore[attr-defined]  # tarfile keeps every header it read: memory would grow
                 if not info.isfile():
                     continue
                 rel = self._relative(info.name)
@@ -178,6 +214,56 @@ class Input:
                         return f.read()
 
                     yield Member(rel, info.size, None, read, self.describe())
+
+
+class _CappedReads(io.RawIOBase):
+    """A file whose single reads are capped: tarfile reads a member's (or a pax header's) declared size in one call,
+    so a small compressed archive could otherwise declare a header of gigabytes and have it decompressed."""
+
+    def __init__(self, inner: Any, cap: int, name: Path) -> None:
+        self._inner, self._cap, self.name = inner, cap, str(name)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return bool(self._inner.seekable())
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return int(self._inner.seek(offset, whence))
+
+    def tell(self) -> int:
+        return int(self._inner.tell())
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > self._cap:
+            raise ValueError(f"{self.name}: a record of {size:,} bytes, more than any file of these datasets")
+        return bytes(self._inner.read(size))
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+def _capped_tar(path: Path) -> tarfile.TarFile:
+    """`tarfile.open(path, "r:*")` whose reads are capped at `MAX_MEMBER_BYTES` each (`_CappedReads`)."""
+    with path.open("rb") as f:
+        magic = f.read(6)
+    opener: Callable[[Path], Any] = (
+        gzip.open if magic.startswith(b"\x1f\x8b") else bz2.open if magic.startswith(b"BZh")
+        else lzma.open if magic.startswith(b"\xfd7zXZ\x00") else functools.partial(open, mode="rb")
+    )  # fmt: skip
+    inner = opener(path)
+    try:
+        return tarfile.open(fileobj=_CappedReads(inner, MAX_MEMBER_BYTES, path), mode="r:")
+    except BaseException:
+        inner.close()
+        raise
 
 
 def find_input(
@@ -341,12 +427,14 @@ def existing_names(folder: Path) -> set[str]:
 
 @dataclass(frozen=True)
 class Job:
-    """One output file: `fn(payload, dest, *args)` writes `dest` (atomically) and returns a result."""
+    """One output file: `fn(payload, dest, *args)` writes `dest` (atomically) and returns a result. `cost`: the
+    bytes it holds from submission to completion (its payload and what decoding it allocates), for `run_jobs`."""
 
     dest: Path
     fn: Callable[..., Any]
     payload: Any
     args: tuple[Any, ...] = ()
+    cost: int = 0
 
 
 # What a converter raises on a value of the wrong type or out of range that its checks did not foresee (a JSON
@@ -366,8 +454,10 @@ def _run(job: Job) -> Any:
 
 
 def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total: int | None = None) -> list[Any]:
-    """Run `jobs` (in this process with workers=0, else in a pool of `workers` processes, at most 4 per worker
-    in flight so that memory stays bounded) with a tqdm bar; returns the results in completion order."""
+    """Run `jobs` (in this process with workers=0, else in a pool of `workers` processes, with at most
+    `MAX_BYTES_IN_FLIGHT` of job costs submitted at a time, one job whatever its cost, so that memory stays bounded
+    however many workers and however large the members) with a tqdm bar; returns the results in completion
+    order."""
     results: list[Any] = []
     bar = tqdm(total=total, desc=desc, unit="file", disable=not progress, leave=True)
     try:
@@ -378,14 +468,16 @@ def run_jobs(jobs: Iterable[Job], workers: int, desc: str, progress: bool, total
             return results
         pool = ProcessPoolExecutor(max_workers=workers)
         try:
-            pending: set[Future[Any]] = set()
+            pending: dict[Future[Any], int] = {}  # submitted job -> its cost
             for job in jobs:
-                pending.add(pool.submit(_run, job))
-                if len(pending) >= 4 * workers:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                cost = max(job.cost, 1)
+                while pending and sum(pending.values()) + cost > MAX_BYTES_IN_FLIGHT:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for fut in done:
+                        del pending[fut]
                         results.append(fut.result())
                         bar.update(1)
+                pending[pool.submit(_run, job)] = cost
             for fut in pending:
                 results.append(fut.result())
                 bar.update(1)
@@ -408,7 +500,8 @@ def copy_job(member: Member, dest: Path) -> Job:
     """
     if member.path is not None:
         return Job(dest, _link_payload, link_source(member))
-    return Job(dest, _write_payload, member.read())
+    data = member.read()
+    return Job(dest, _write_payload, data, cost=len(data))
 
 
 def link_source(member: Member) -> Path:

@@ -30,8 +30,10 @@ import numpy as np
 
 from otseg.data.facts import dataset_facts
 from otseg.prepare.common import (
+    MAX_LABEL_SIDE,
     Job,
     PrepareOptions,
+    check_label_size,
     copy_job,
     existing_names,
     find_input,
@@ -44,7 +46,16 @@ from otseg.prepare.common import (
     write_png_atomic,
 )
 
-__all__ = ["CONTEXT59_CATEGORY_IDS", "MAX_SIDE", "decode_rle", "label_lut", "prepare_context59", "render_mask"]
+__all__ = [
+    "CONTEXT59_CATEGORY_IDS",
+    "MAX_SIDE",
+    "decode_rle",
+    "json_int",
+    "label_lut",
+    "prepare_context59",
+    "read_images_and_annotations",
+    "render_mask",
+]
 
 WHAT = "otseg prepare context59"
 # The PASCAL Context category ids (459-class numbering) of the 59 classes, increasing; id i-th -> class i+1.
@@ -57,8 +68,11 @@ assert len(CONTEXT59_CATEGORY_IDS) == dataset_facts("context59").classes.num_cla
 
 
 # Bounds that keep memory finite for any input: PASCAL images are at most 500 px a side, the JSON about 0.5 GB.
-MAX_SIDE = 10_000
-MAX_JSON_BYTES = 4 << 30
+# Every height, width and RLE size is checked against the label-map bounds before any mask is allocated.
+MAX_SIDE = MAX_LABEL_SIDE
+MAX_JSON_BYTES = 1 << 30
+MAX_CATEGORY_ID = 1_000_000  # PASCAL Context numbers its 459 categories 1..459 (the largest id in the file: 460)
+_MAX_RLE_DIGITS = 13  # 6-bit characters of one run length: 13 hold any 64-bit number, 5 any real mask's
 
 
 def label_lut(max_id: int) -> np.ndarray:
@@ -68,9 +82,37 @@ def label_lut(max_id: int) -> np.ndarray:
     return lut
 
 
-def _rle_counts(counts: str | list[int], where: str) -> np.ndarray:
-    """Run lengths from COCO's compressed string (LEB128-like, 6 bits a char, deltas from the 3rd run on)."""
+_LABEL_OF = {c: i + 1 for i, c in enumerate(CONTEXT59_CATEGORY_IDS)}
+
+
+def json_int(value: Any, where: str, low: int, high: int) -> int:
+    """`value` from the JSON as an int in low..high; else one ValueError naming `where` (file and JSON path)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10**12 else f"{value:.3e}"
+        raise ValueError(f"{where} = {shown[:60]}: expected a whole number in {low:,}..{high:,}")
+    return value
+
+
+def _rle_size(segmentation: Any, where: str) -> tuple[int, int]:
+    if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
+        raise ValueError(f"{where}: segmentation is not a run-length encoding {{size, counts}} (polygons?)")
+    size = segmentation["size"]
+    if not isinstance(size, list) or len(size) != 2:
+        raise ValueError(f"{where}.size = {str(size)[:60]}: expected [height, width]")
+    h = json_int(size[0], f"{where}.size[0]", 1, MAX_SIDE)
+    w = json_int(size[1], f"{where}.size[1]", 1, MAX_SIDE)
+    check_label_size(h, w, f"{where}.size")
+    return h, w
+
+
+def _rle_counts(counts: Any, where: str, total: int) -> np.ndarray:
+    """Run lengths (each 0..`total`, at most `total` + 1 of them) from a list or COCO's compressed string
+    (LEB128-like, 6 bits a char, deltas from the 3rd run on); else one ValueError naming `where`."""
     if isinstance(counts, list):
+        if len(counts) > total + 1:
+            raise ValueError(f"{where}: {len(counts):,} runs for a mask of {total:,} pixels")
+        for i, c in enumerate(counts):
+            json_int(c, f"{where}[{i}]", 0, total)
         return np.asarray(counts, dtype=np.int64)
     if not isinstance(counts, str):
         raise ValueError(f"{where}: RLE counts are {type(counts).__name__}, expected a string or a list")
@@ -81,6 +123,8 @@ def _rle_counts(counts: str | list[int], where: str) -> np.ndarray:
         while more:
             if p >= n:
                 raise ValueError(f"{where}: RLE string ends inside a number")
+            if k >= _MAX_RLE_DIGITS:
+                raise ValueError(f"{where}: an RLE number of more than {_MAX_RLE_DIGITS} characters (at {p})")
             c = ord(counts[p]) - 48
             if not 0 <= c < 64:
                 raise ValueError(f"{where}: RLE string has the invalid character {counts[p]!r}")
@@ -92,39 +136,42 @@ def _rle_counts(counts: str | list[int], where: str) -> np.ndarray:
                 x |= -1 << (5 * k)
         if len(out) > 2:
             x += out[-2]
+        if not 0 <= x <= total or len(out) > total:
+            raise ValueError(f"{where}: run {len(out)} is {x:,}; a mask of {total:,} pixels holds runs of 0..{total:,}")
         out.append(x)
     return np.asarray(out, dtype=np.int64)
 
 
 def decode_rle(segmentation: dict[str, Any], where: str) -> np.ndarray:
-    """A COCO RLE `{"size": [h, w], "counts": ...}` as a bool `(h, w)` mask (runs alternate 0/1, column-major)."""
-    if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
-        raise ValueError(f"{where}: segmentation is not a run-length encoding {{size, counts}} (polygons?)")
-    h, w = (int(v) for v in segmentation["size"])
-    if not (0 < h <= MAX_SIDE and 0 < w <= MAX_SIDE):
-        raise ValueError(f"{where}: mask size {h}x{w} is outside 1..{MAX_SIDE} pixels a side")
-    runs = _rle_counts(segmentation["counts"], where)
-    if (runs < 0).any() or int(runs.sum()) != h * w:
+    """A COCO RLE `{"size": [h, w], "counts": ...}` as a bool `(h, w)` mask (runs alternate 0/1, column-major).
+
+    The size is checked against the label-map bounds and every run against the mask's size before anything is
+    allocated; `where` names the file and the JSON path in messages."""
+    h, w = _rle_size(segmentation, where)
+    runs = _rle_counts(segmentation["counts"], f"{where}.counts", h * w)
+    if int(runs.sum()) != h * w:
         raise ValueError(f"{where}: RLE runs add up to {int(runs.sum())} pixels, the mask has {h}x{w} = {h * w}")
     flat = np.repeat((np.arange(len(runs)) % 2).astype(bool), runs)
     return flat.reshape((w, h)).T
 
 
-def render_mask(height: int, width: int, annotations: list[tuple[int, dict[str, Any]]], where: str) -> np.ndarray:
-    """uint8 `(H, W)` Context-59 label map of one image: annotations painted in order, then mapped."""
-    ids = np.zeros((height, width), dtype=np.int64)
-    for category, segmentation in annotations:
-        m = decode_rle(segmentation, where)
-        if m.shape != ids.shape:
-            raise ValueError(f"{where}: an annotation is {m.shape[0]}x{m.shape[1]}, the image {height}x{width}")
-        ids[m] = category
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) > 1_000_000):
-        raise ValueError(f"{where}: category ids outside 0..1000000 ({int(ids.min())}..{int(ids.max())})")
-    lut = label_lut(int(ids.max()) if ids.size else 0)
-    return lut[ids].astype(np.uint8)
+def render_mask(height: int, width: int, annotations: list[tuple[Any, ...]], where: str) -> np.ndarray:
+    """uint8 `(H, W)` Context-59 label map of one image: each annotation `(category id, segmentation[, JSON path])`
+    painted in order with the Context-59 label of its category (0 outside the 59), as the Detail API paints
+    category ids and mmsegmentation then maps them."""
+    check_label_size(height, width, where)
+    labels = np.zeros((height, width), dtype=np.uint8)
+    for i, (category, segmentation, *path) in enumerate(annotations):
+        at = path[0] if path else f"{where}: annotation {i}"
+        json_int(category, f"{at}.category_id", 0, MAX_CATEGORY_ID)
+        m = decode_rle(segmentation, f"{at}.segmentation")
+        if m.shape != labels.shape:
+            raise ValueError(f"{at}: the annotation is {m.shape[0]}x{m.shape[1]}, its image {height}x{width}")
+        labels[m] = _LABEL_OF.get(category, 0)
+    return labels
 
 
-def _render_job(payload: tuple[int, int, list[tuple[int, dict[str, Any]]]], dest: Path, where: str) -> int:
+def _render_job(payload: tuple[int, int, list[tuple[Any, ...]]], dest: Path, where: str) -> int:
     h, w, anns = payload
     write_png_atomic(dest, render_mask(h, w, anns, where))
     return 1
@@ -135,10 +182,65 @@ def _load_json(path_or_bytes: Path | bytes, where: str) -> dict[str, Any]:
         data = json.loads(path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{where} is not valid JSON ({exc}); download trainval_merged.json again") from None
+    except RecursionError:
+        raise ValueError(f"{where}: its JSON is nested too deep for PASCAL in Detail; download it again") from None
     if not isinstance(data, dict) or not {"images", "annos_segmentation"} <= set(data):
         keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{where}: expected the PASCAL in Detail format (keys images, annos_segmentation), got {keys}")
+    for key in ("images", "annos_segmentation"):
+        if not isinstance(data[key], list):
+            raise ValueError(f"{where}: {key} is a {type(data[key]).__name__}, expected a list")
     return data
+
+
+def _entry(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is a {type(value).__name__}, expected an object")
+    return value
+
+
+def read_images_and_annotations(
+    data: dict[str, Any], json_path: Path
+) -> tuple[dict[int, dict[str, Any]], dict[int, list[tuple[int, dict[str, Any], str]]]]:
+    """The train/val images of the JSON ({image_id: entry with "stem", "height", "width"}) and each one's
+    annotations [(category id, segmentation, JSON path)], every value checked (ids, sizes against the label-map
+    bounds, each RLE's size against its image's) with one ValueError naming the file, the JSON path and the value."""
+    images: dict[int, dict[str, Any]] = {}
+    for i, raw in enumerate(data["images"]):
+        at = f"{json_path}: images[{i}]"
+        img = _entry(raw, at)
+        if img.get("phase") not in ("train", "val"):
+            continue
+        image_id = json_int(img.get("image_id"), f"{at}.image_id", 0, 2**63 - 1)
+        if not isinstance(img.get("file_name"), str):
+            raise ValueError(f"{at}.file_name = {str(img.get('file_name'))[:60]!r}: expected a file name")
+        stem = safe_stem(Path(img["file_name"]).stem, f"{at}.file_name")
+        height = json_int(img.get("height"), f"{at}.height", 1, MAX_SIDE)
+        width = json_int(img.get("width"), f"{at}.width", 1, MAX_SIDE)
+        check_label_size(height, width, at)
+        images[image_id] = {"stem": stem, "phase": img["phase"], "file_name": img["file_name"], "height": height,
+                            "width": width}  # fmt: skip
+    anns: dict[int, list[tuple[int, dict[str, Any], str]]] = {i: [] for i in images}
+    for j, raw in enumerate(data["annos_segmentation"]):
+        at = f"{json_path}: annos_segmentation[{j}]"
+        ann = _entry(raw, at)
+        image_id = json_int(ann.get("image_id"), f"{at}.image_id", 0, 2**63 - 1)
+        if image_id not in anns:
+            continue
+        category = json_int(ann.get("category_id"), f"{at}.category_id", 0, MAX_CATEGORY_ID)
+        segmentation = ann.get("segmentation")
+        size = _rle_size(segmentation, f"{at}.segmentation")
+        img = images[image_id]
+        if size != (img["height"], img["width"]):
+            raise ValueError(
+                f"{at}.segmentation.size = {list(size)}: its image {img['file_name']} is {img['height']}x{img['width']}"
+            )
+        assert isinstance(segmentation, dict)
+        counts = segmentation["counts"]
+        if not isinstance(counts, (str, list)):
+            raise ValueError(f"{at}.segmentation.counts is a {type(counts).__name__}, expected a string or a list")
+        anns[image_id].append((category, segmentation, at))
+    return images, anns
 
 
 def prepare_context59(opts: PrepareOptions) -> dict[str, int]:
@@ -157,25 +259,7 @@ def prepare_context59(opts: PrepareOptions) -> dict[str, int]:
             f"{json_path} has {json_path.stat().st_size:,} bytes: not PASCAL Context's trainval_merged.json"
         )
     data = _load_json(json_path, str(json_path))
-
-    try:
-        images: dict[int, dict[str, Any]] = {}
-        for img in data["images"]:
-            if img.get("phase") in ("train", "val"):
-                stem = safe_stem(Path(str(img["file_name"])).stem, f"{json_path}: image {img.get('image_id')}")
-                images[int(img["image_id"])] = {**img, "stem": stem}
-        anns: dict[int, list[tuple[int, dict[str, Any]]]] = {i: [] for i in images}
-        for ann in data["annos_segmentation"]:
-            image_id = int(ann["image_id"])
-            if image_id in anns:
-                anns[image_id].append((int(ann["category_id"]), ann["segmentation"]))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, ValueError) and str(json_path) in str(exc):
-            raise
-        raise ValueError(
-            f"{json_path}: unexpected PASCAL in Detail entry ({type(exc).__name__}: {exc}); download "
-            "trainval_merged.json again"
-        ) from None
+    images, anns = read_images_and_annotations(data, json_path)
     del data
 
     out = opts.data_root / "VOCdevkit" / "VOC2010"
@@ -210,8 +294,11 @@ def prepare_context59(opts: PrepareOptions) -> dict[str, int]:
         for image_id, img in images.items():
             name = f"{img['stem']}.png"
             if name not in done:
-                payload = (int(img["height"]), int(img["width"]), anns[image_id])
-                yield Job(ann_dir / name, _render_job, payload, (f"{json_path}: image {img['file_name']}",))
+                h, w = img["height"], img["width"]
+                where = f"{json_path}: image {img['file_name']}"
+                # What the job holds: its runs, the label map, one mask and its column-major copy.
+                cost = sum(len(seg["counts"]) * 8 for _, seg, _ in anns[image_id]) + 4 * h * w
+                yield Job(ann_dir / name, _render_job, (h, w, anns[image_id]), (where,), cost=cost)
 
     run_jobs(mask_jobs(), opts.workers, "Context masks (RLE -> PNG)", opts.progress, total=len(images))
     splits = {

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from otseg.prepare.common import (
+    MAX_LABEL_PIXELS,
+    MAX_LABEL_SIDE,
     Job,
     PrepareOptions,
     copy_job,
@@ -37,21 +39,38 @@ from otseg.prepare.common import (
     write_list_atomic,
     write_png_atomic,
 )
+from otseg.prepare.matlab import MatLimits, MatTooLarge, check_mat_sizes
 
-__all__ = ["prepare_voc12", "read_sbd_mat"]
+__all__ = ["prepare_voc12", "read_sbd_mat", "sbd_mat_cost"]
 
 WHAT = "otseg prepare voc12"
 _VOC_LISTS = ("train.txt", "val.txt", "trainval.txt")
+_MAT_LIMITS = MatLimits(max_side=MAX_LABEL_SIDE, max_elements=MAX_LABEL_PIXELS)
+
+
+def sbd_mat_cost(data: bytes, name: str) -> int:
+    """The bytes reading an SBD `.mat` costs (the file, its variables decompressed, the label map), after its
+    headers were checked against the label-map bounds; ValueError naming `name` and the array otherwise."""
+    try:
+        decompressed = check_mat_sizes(data, _MAT_LIMITS)
+    except MatTooLarge as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"{name}: not an SBD class annotation (MATLAB struct GTcls.Segmentation): {exc}") from None
+    return len(data) + 3 * decompressed
 
 
 def read_sbd_mat(data: bytes, name: str) -> np.ndarray:
-    """The uint8 `(H, W)` class map of an SBD `cls/*.mat` file (`GTcls.Segmentation`, ids 0..20)."""
+    """The uint8 `(H, W)` class map of an SBD `cls/*.mat` file (`GTcls.Segmentation`, ids 0..20). Its headers are
+    checked first (`sbd_mat_cost`): nothing it declares beyond the label-map bounds is decompressed or allocated."""
     loadmat = _loadmat()
+    sbd_mat_cost(data, name)
     try:
         mat = loadmat(io.BytesIO(data))
         seg = np.asarray(mat["GTcls"]["Segmentation"][0, 0])
     except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
-        raise ValueError(f"{name}: not an SBD class annotation (MATLAB struct GTcls.Segmentation): {exc}") from None
+        reason = " ".join(str(exc).split())
+        raise ValueError(f"{name}: not an SBD class annotation (MATLAB struct GTcls.Segmentation): {reason}") from None
     if seg.ndim != 2 or seg.size == 0:
         raise ValueError(f"{name}: GTcls.Segmentation has shape {seg.shape}, expected a 2-D map")
     bad = sorted({int(v) for v in np.unique(seg)} - set(range(21)) - {255})
@@ -142,7 +161,9 @@ def prepare_voc12(opts: PrepareOptions) -> dict[str, int]:
             mats.append(stem)
             if f"{stem}.png" in aug_done:
                 continue
-            yield Job(folders["SegmentationClassAug"] / f"{stem}.png", _convert_mat, m.read(), (m.rel,))
+            data, where = m.read(), f"{sbd_in.describe()}: {m.rel}"
+            yield Job(folders["SegmentationClassAug"] / f"{stem}.png", _convert_mat, data, (where,),
+                      cost=sbd_mat_cost(data, where))  # fmt: skip
 
     run_jobs(sbd_jobs(), opts.workers, "SBD masks (.mat -> PNG)", opts.progress)
     for name in ("train.txt", "val.txt"):

@@ -48,9 +48,10 @@ from otseg.formats.state_dict import check_state_dict_fits
 from otseg.model.segmentor import OTSeg
 from otseg.model_files.training_checkpoint import (
     UnreadableCheckpointError,
+    UnverifiedCheckpointError,
     read_training_checkpoint,
     training_checkpoint,
-    verify_training_digest,
+    verify_training_checkpoint,
     write_training_checkpoint,
 )
 from otseg.ops.sinkhorn_options import SinkhornOptions
@@ -140,7 +141,12 @@ class Trainer:
         progress: show a tqdm bar (on rank 0).
         on_step: optional callback `on_step(step)` after every optimizer step (on rank 0), e.g. to drive a
             progress display of several runs.
+
+    Set `trust_unverified = True` (`otseg train --trust-unverified`) to resume from, or start from, a checkpoint that
+    carries no digest of what it is used for (written by an older otseg); by default such a file is refused.
     """
+
+    trust_unverified: bool = False
 
     def __init__(
         self,
@@ -241,7 +247,10 @@ class Trainer:
             )
         check_state_dict_fits(self.model, state, f"checkpoint {p}", may_be_missing=("text_encoder.",), fix=fix)
         try:  # after the fit check, so that edited keys are named rather than only caught
-            verify_training_digest(ckpt, f"checkpoint {p}")
+            use = "weights" if weights_only_init else "resume"
+            verify_training_checkpoint(ckpt, f"checkpoint {p}", use, self.trust_unverified)  # type: ignore[arg-type]
+        except UnverifiedCheckpointError:
+            raise  # not damaged: an older or foreign file, which only the user can decide to trust
         except ValueError as e:
             raise _UnreadableCheckpoint(str(e)) from None
         self.model.load_state_dict(state, strict=False)  # strict=False: the frozen text tower is never saved
