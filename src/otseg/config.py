@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from otseg.clip.config import TextConfig, VisionConfig
+from otseg.errors import BadValueError, UnknownNameError
 from otseg.validation import Validated, coerce_text, field_hint, strict_build
 
 __all__ = [
@@ -82,20 +83,22 @@ def resolve_templates(templates: Sequence[str] | str | None) -> tuple[str, ...]:
         templates = "templates_6"
     if isinstance(templates, str):
         if templates not in TEMPLATE_SETS:
-            raise KeyError(f"unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)}")
+            raise UnknownNameError(f"unknown template set {templates!r}; known: {sorted(TEMPLATE_SETS)}")
         return TEMPLATE_SETS[templates]
     out = tuple(templates)
     if not out:
-        raise ValueError("no prompt templates given")
+        raise BadValueError("no prompt templates given")
     for t in out:
         if not isinstance(t, str):
             raise TypeError(f"prompt templates must be strings, got {type(t).__name__} {t!r}")
         if t.count("{}") != 1:
-            raise ValueError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
+            raise BadValueError(f"prompt template {t!r} must contain exactly one '{{}}' for the class name")
         try:  # other braces ("{0}", "{name}", a lone "{") would only fail later, inside str.format
             t.format("x")
         except (IndexError, KeyError, ValueError) as e:
-            raise ValueError(f"prompt template {t!r} is not a valid format string ({e}); use '{{{{' for a brace") from e
+            raise BadValueError(
+                f"prompt template {t!r} is not a valid format string ({e}); use '{{{{' for a brace"
+            ) from e
     return out
 
 
@@ -204,7 +207,7 @@ class ModelConfig(Validated):
         estimate = self.estimated_bytes()
         if sum(estimate.values()) > MAX_MODEL_BYTES:
             parts = ", ".join(f"{k} {b / 2**30:.1f}" for k, b in estimate.items())
-            raise ValueError(
+            raise BadValueError(
                 f"config describes a model needing about {sum(estimate.values()) / 2**30:.1f} GiB ({parts} GiB), "
                 f"over otseg's limit of {MAX_MODEL_BYTES / 2**30:.0f} GiB: check vision.*, text.* and head.* sizes "
                 "(a released CLIP ViT-B/16 model needs about 0.6 GiB)"
@@ -259,13 +262,13 @@ class ModelConfig(Validated):
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         """Inverse of `to_dict`; unknown keys and bad values are errors that name the key."""
         if not isinstance(d, dict):
-            raise ValueError(f"a model config must be a JSON object, got {type(d).__name__}")
+            raise BadValueError(f"a model config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
         sub = {"vision": VisionConfig, "text": TextConfig, "head": HeadConfig}
         for key, sub_cls in sub.items():
             if key in d:
                 if not isinstance(d[key], dict):
-                    raise ValueError(f"config key {key} = {d[key]!r}: expected an object of {key}.* settings")
+                    raise BadValueError(f"config key {key} = {d[key]!r}: expected an object of {key}.* settings")
                 d[key] = strict_build(sub_cls, d[key], key)
         return strict_build(cls, d, "model")
 
@@ -286,13 +289,13 @@ def apply_overrides(cfg: ModelConfig, overrides: dict[str, Any]) -> ModelConfig:
         elif len(parts) == 2 and parts[0] in sections:
             target, changes = getattr(cfg, parts[0]), sections[parts[0]]
         else:
-            raise ValueError(
+            raise BadValueError(
                 f"unknown config key {dotted!r} (= {value!r}); keys are model keys or vision.*, text.*, head.* ones"
             )
         leaf = parts[-1]
         fields = {f.name for f in dataclasses.fields(target)} - {"vision", "text", "head"}
         if leaf not in fields:
-            raise ValueError(f"unknown config key {dotted!r} (= {value!r}); valid keys here: {sorted(fields)}")
+            raise BadValueError(f"unknown config key {dotted!r} (= {value!r}); valid keys here: {sorted(fields)}")
         changes[leaf] = coerce_text(value, getattr(target, leaf), dotted, field_hint(type(target), leaf))
     built = {name: dataclasses.replace(getattr(cfg, name), **changes) for name, changes in sections.items()}
     return dataclasses.replace(cfg, **built, **top)

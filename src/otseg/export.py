@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from otseg.data.transforms import TestResize
+from otseg.errors import BadValueError, MissingFileError
 from otseg.image_io import read_image
 from otseg.model.segmentor import OTSeg, slide_windows
 from otseg.ops.sinkhorn import sinkhorn_overrides
@@ -107,11 +108,11 @@ def _as_size(image_size: int | Sequence[int] | None, model: OTSeg) -> tuple[int,
     else:
         pair = tuple(int(s) for s in image_size)
         if len(pair) != 2:
-            raise ValueError(f"image_size must be an int or (height, width), got {image_size!r}")
+            raise BadValueError(f"image_size must be an int or (height, width), got {image_size!r}")
         size = (pair[0], pair[1])
     patch = model.config.vision.patch_size
     if any(s <= 0 or s % patch for s in size):
-        raise ValueError(
+        raise BadValueError(
             f"image size {size[0]}x{size[1]} is not a positive multiple of the patch size {patch}; "
             f"pick e.g. {model.config.crop_size} (the model's crop size)"
         )
@@ -125,7 +126,7 @@ def _class_set(model: OTSeg, class_names: Sequence[str] | None) -> Iterator[None
         yield
         return
     if model.text_encoder is None:
-        raise ValueError(
+        raise BadValueError(
             "this model has no CLIP text tower, so it cannot embed new class names: load it with its CLIP weights "
             "(--clip ViT-B-16.pt) or export its own classes (leave out class_names/--classes)"
         )
@@ -215,19 +216,21 @@ def export_onnx(
         raise TypeError(f"export_onnx needs an otseg.OTSeg model, got {type(model).__name__}")
     out = Path(path)
     if out.is_dir():
-        raise ValueError(f"{out} is a folder; give the path of the .onnx file to write, e.g. {out / 'otseg.onnx'}")
+        raise BadValueError(f"{out} is a folder; give the path of the .onnx file to write, e.g. {out / 'otseg.onnx'}")
     iters = model.config.head.sinkhorn_max_iter if sinkhorn_iters is None else int(sinkhorn_iters)
     if iters < 1:
-        raise ValueError(f"sinkhorn_iters must be >= 1, got {sinkhorn_iters}")
+        raise BadValueError(f"sinkhorn_iters must be >= 1, got {sinkhorn_iters}")
     if not isinstance(opset, int) or opset < DEFAULT_OPSET:
-        raise ValueError(f"opset must be an int >= {DEFAULT_OPSET} (torch's exporter writes opset 18+), got {opset!r}")
+        raise BadValueError(
+            f"opset must be an int >= {DEFAULT_OPSET} (torch's exporter writes opset 18+), got {opset!r}"
+        )
     height, width = _as_size(image_size, model)
     require_module("onnxscript", "ONNX export (torch.onnx's exporter)")
     require_module("onnx", "ONNX export")
 
     with _class_set(model, class_names):
         if not model.has_class_embeddings:
-            raise ValueError(
+            raise BadValueError(
                 "the model has no class text embeddings to bake into the export: give class_names (--classes, "
                 "needs the CLIP text tower) or load a model saved with its embeddings"
             )
@@ -280,7 +283,7 @@ def onnx_metadata(source: Any) -> dict[str, Any]:
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if not p.is_file():
-            raise FileNotFoundError(f"ONNX file {p} does not exist")
+            raise MissingFileError(f"ONNX file {p} does not exist")
         onnx = require_module("onnx", "reading ONNX metadata")
         raw = {prop.key: prop.value for prop in onnx.load(str(p), load_external_data=False).metadata_props}
         where = str(p)
@@ -289,7 +292,7 @@ def onnx_metadata(source: Any) -> dict[str, Any]:
         where = "this ONNX session"
     meta = {k[len(_META_PREFIX) :]: json.loads(v) for k, v in raw.items() if k.startswith(_META_PREFIX)}
     if meta.get("format") != ONNX_FORMAT:
-        raise ValueError(f"{where} was not written by otseg's export_onnx (no otseg.format metadata)")
+        raise BadValueError(f"{where} was not written by otseg's export_onnx (no otseg.format metadata)")
     return meta
 
 
@@ -304,7 +307,7 @@ def normalise_image(rgb: np.ndarray, mean: Sequence[float] | Any, std: Sequence[
         mean, std = meta["mean"], meta["std"]
     arr = np.asarray(rgb)
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got {arr.shape}")
+        raise BadValueError(f"expected an RGB image of shape (H, W, 3), got {arr.shape}")
     m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
     return ((arr.astype(np.float32).transpose(2, 0, 1) - m) / s)[None]
@@ -336,21 +339,21 @@ def onnx_slide_inference(
     meta = onnx_metadata(session)
     in_h, in_w = meta["input_size"]
     if in_h != in_w:
-        raise ValueError(f"sliding windows need a square export; this one takes {in_h}x{in_w} images")
+        raise BadValueError(f"sliding windows need a square export; this one takes {in_h}x{in_w} images")
     crop = in_h if crop is None else int(crop)
     if crop != in_h:
-        raise ValueError(f"crop {crop} differs from the export's fixed input size {in_h}; re-export with that size")
+        raise BadValueError(f"crop {crop} differs from the export's fixed input size {in_h}; re-export with that size")
     stride = int(meta["stride"] if stride is None else stride)
     if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+        raise BadValueError(f"stride must be >= 1, got {stride}")
     x = np.asarray(images, dtype=np.float32)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"images must have shape (B, 3, H, W) or (3, H, W), got {np.shape(images)}")
+        raise BadValueError(f"images must have shape (B, 3, H, W) or (3, H, W), got {np.shape(images)}")
     b, _, h, w = x.shape
     if h < crop or w < crop:
-        raise ValueError(
+        raise BadValueError(
             f"image {h}x{w} is smaller than the crop {crop}: resize it so that both sides are >= {crop} "
             f"(the reference resizes the short side to {meta.get('test_short_side')})"
         )
@@ -413,7 +416,7 @@ def compare_with_onnxruntime(
     ort = require_module("onnxruntime", "checking the export with onnxruntime")
     meta = onnx_metadata(path)
     if meta["class_names"] != list(model.class_names):
-        raise ValueError(f"{path} was exported for classes {meta['class_names']}, the model has {model.class_names}")
+        raise BadValueError(f"{path} was exported for classes {meta['class_names']}, the model has {model.class_names}")
     h, w = meta["input_size"]
     if images is None:
         images = torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))

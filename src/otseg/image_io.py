@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from otseg.errors import BadValueError, MissingFileError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
@@ -57,21 +59,21 @@ def max_pixels(override: int | None = None) -> int:
     try:
         cap = int(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}={value!r} is not a whole number of pixels (e.g. 64000000)") from None
+        raise BadValueError(f"{where}={value!r} is not a whole number of pixels (e.g. 64000000)") from None
     if cap <= 0:
-        raise ValueError(f"{where}={cap} must be a positive number of pixels (e.g. 64000000)")
+        raise BadValueError(f"{where}={cap} must be a positive number of pixels (e.g. 64000000)")
     return cap
 
 
 def check_pixel_count(width: int, height: int, where: str, limit: int | None = None) -> None:
     """Raise ValueError naming `where` when width x height exceeds the pixel cap, or a side exceeds `MAX_SIDE`."""
     if max(width, height) > MAX_SIDE:
-        raise ValueError(
+        raise BadValueError(
             f"{where} is {width}x{height}: a side over the limit of {MAX_SIDE:,} pixels; crop or shrink it"
         )
     cap = max_pixels(limit)
     if width * height > cap:
-        raise ValueError(
+        raise BadValueError(
             f"{where} is {width}x{height} = {width * height / 1e6:.1f} million pixels, over the limit of "
             f"{cap / 1e6:.1f} million: shrink it, or raise the limit with {MAX_PIXELS_ENV}=N (max_pixels=N in Python)"
         )
@@ -90,24 +92,26 @@ def open_image(path: str | os.PathLike, what: str = "image", limit: int | None =
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{what} {p} does not exist")
+        raise MissingFileError(f"{what} {p} does not exist")
     try:
         with warnings.catch_warnings():
             # Our own cap (checked below) is the one that decides; PIL's warning would only repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(p)
     except Image.DecompressionBombError as e:
-        raise ValueError(f"{what} {p} is too large to decode safely: {' '.join(str(e).split())}") from None
+        raise BadValueError(f"{what} {p} is too large to decode safely: {' '.join(str(e).split())}") from None
     except UnidentifiedImageError:
-        raise ValueError(f"{what} {p} is not an image file PIL can read (corrupt, or an unsupported format)") from None
+        raise BadValueError(
+            f"{what} {p} is not an image file PIL can read (corrupt, or an unsupported format)"
+        ) from None
     except (OSError, SyntaxError) as e:
-        raise ValueError(f"{what} {p} is corrupt or truncated: {' '.join(str(e).split())}") from None
+        raise BadValueError(f"{what} {p} is corrupt or truncated: {' '.join(str(e).split())}") from None
     try:
         with im:
             check_pixel_count(im.width, im.height, f"{what} {p}", limit)
             yield im
     except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's decode errors
-        raise ValueError(f"{what} {p} is corrupt or truncated: {' '.join(str(e).split())}") from None
+        raise BadValueError(f"{what} {p} is corrupt or truncated: {' '.join(str(e).split())}") from None
 
 
 def describe_source(image: Any) -> str:
@@ -130,7 +134,7 @@ def _scale_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
         return values.astype(np.uint8) * 255
     if np.issubdtype(values.dtype, np.integer):
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise ValueError(
+            raise BadValueError(
                 f"{where}: integer pixel values span {values.min()}..{values.max()}; expected 0..255 (8-bit) or "
                 "0..65535 (16-bit)"
             )
@@ -140,10 +144,10 @@ def _scale_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
         return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
     if np.issubdtype(values.dtype, np.floating):
         if not np.isfinite(values).all():
-            raise ValueError(f"{where}: the image holds NaN or infinite values")
+            raise BadValueError(f"{where}: the image holds NaN or infinite values")
         scale = 255.0 if values.size == 0 or float(values.max()) <= 1.0 else 1.0
         return np.clip(np.rint(values.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-    raise ValueError(f"{where}: unsupported pixel type {values.dtype}; give uint8, uint16 or float pixels")
+    raise BadValueError(f"{where}: unsupported pixel type {values.dtype}; give uint8, uint16 or float pixels")
 
 
 def _rgb_pixels(image: Image.Image) -> np.ndarray:
@@ -185,12 +189,12 @@ def to_rgb_array(image: Image.Image | np.ndarray, where: str = "image") -> np.nd
     elif arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(
+        raise BadValueError(
             f"{where}: expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {tuple(image.shape)} "
             "(channels-first arrays need .transpose(1, 2, 0))"
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{where}: the image is empty ({tuple(image.shape)})")
+        raise BadValueError(f"{where}: the image is empty ({tuple(image.shape)})")
     return np.ascontiguousarray(_scale_to_uint8(arr, where))
 
 
@@ -230,8 +234,8 @@ def find_images(inputs: list[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             found.append(p)
         else:
-            raise FileNotFoundError(f"{p} does not exist (give image files or folders of images)")
+            raise MissingFileError(f"{p} does not exist (give image files or folders of images)")
     if not found:
         where = ", ".join(str(i) for i in inputs)
-        raise ValueError(f"no images found in {where} (suffixes: {', '.join(IMAGE_SUFFIXES)})")
+        raise BadValueError(f"no images found in {where} (suffixes: {', '.join(IMAGE_SUFFIXES)})")
     return found

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from otseg.errors import UnknownNameError
+
 __all__ = ["BUILTIN_MODELS", "NAMED_MODELS", "NamedModel", "named_model"]
 
 BUILTIN_MODELS = Path(__file__).with_name("builtin_models")
@@ -54,5 +56,5 @@ def named_model(name: str) -> NamedModel:
         KeyError: an unknown name; the message lists the known ones.
     """
     if name not in NAMED_MODELS:
-        raise KeyError(f"unknown model {name!r}; the built-in models are: {', '.join(NAMED_MODELS)}")
+        raise UnknownNameError(f"unknown model {name!r}; the built-in models are: {', '.join(NAMED_MODELS)}")
     return NAMED_MODELS[name]

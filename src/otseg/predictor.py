@@ -31,6 +31,7 @@ from torch import Tensor
 from otseg.config import resolve_templates
 from otseg.data.facts import data_config_for
 from otseg.data.transforms import TestTransform
+from otseg.errors import BadValueError, MissingFileError
 from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.build import attach_clip_text_tower
 from otseg.model.labels import upsampled_argmax
@@ -195,8 +196,8 @@ class Predictor:
                 "(with its preset)"
             )
             if os.sep in where or Path(where).suffix:  # meant as a file
-                raise FileNotFoundError(f"checkpoint {where} does not exist; give {files}")
-            raise FileNotFoundError(
+                raise MissingFileError(f"checkpoint {where} does not exist; give {files}")
+            raise MissingFileError(
                 f"no model {where!r}: the built-in models are {', '.join(NAMED_MODELS)}; otherwise give {files}"
             )
         model = load_model(
@@ -238,7 +239,7 @@ class Predictor:
         emb = self._embeddings.get(key)
         if emb is None:
             if self.model.text_encoder is None:
-                raise ValueError(
+                raise BadValueError(
                     f"this model has no CLIP text tower, so it can only segment its own classes "
                     f"({', '.join(self._default_names[:8])}{', ...' if len(self._default_names) > 8 else ''}); "
                     "load it with clip=PATH (--clip on the command line) to name other classes"
@@ -285,7 +286,7 @@ class Predictor:
         cfg = self.model.config
         h, w = image.shape[:2]
         if max(h, w) > MAX_ASPECT_RATIO * min(h, w):
-            raise ValueError(
+            raise BadValueError(
                 f"the image is {w}x{h}: its sides differ by more than {MAX_ASPECT_RATIO}x, and the model, which "
                 f"resizes the short side to {cfg.test_short_side} px, would slide over a strip "
                 f"{max(h, w) * cfg.test_short_side // min(h, w)} px long; crop it into parts first"
@@ -317,7 +318,7 @@ class Predictor:
             seen = classes[1].cpu().numpy().astype(bool)
             return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=seen, note=note)
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
+            raise BadValueError(f"{where}: {e}") from None
         except (MemoryError, RuntimeError) as e:
             # The image was read; what ran out is segmenting it (torch reports a failed allocation as a
             # RuntimeError): say so, rather than let it pass for an unreadable file.

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from otseg.data.classes import class_list_note, parse_class_option
+from otseg.errors import BadValueError
 from otseg.image_io import find_images
 from otseg.predictor import Predictor
 from otseg.utils import atomic_write, atomic_write_text
@@ -103,7 +104,7 @@ def segment_images(
     if len(paths) < len(found):
         print(f"skipped {len(found) - len(paths)} label map(s) and overlay(s) written by an earlier otseg segment")
     if not paths:
-        raise ValueError(
+        raise BadValueError(
             f"no images to segment: the only images in {', '.join(str(i) for i in images)} are the outputs of an "
             "earlier otseg segment (<stem>_labels.png, <stem>_overlay.png); give the original images"
         )

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from otseg.errors import BadFileError
+
 __all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text", "describe_write_failure", "is_atomic_temp_file"]
 
 
@@ -77,7 +79,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
         with _atomic_path(path) as tmp:
             write(tmp)
     except (OSError, RuntimeError) as e:
-        raise OSError(f"cannot write {path}: {describe_write_failure(e, Path(path).parent)}") from None
+        raise BadFileError(f"cannot write {path}: {describe_write_failure(e, Path(path).parent)}") from None
 
 
 def describe_write_failure(error: BaseException, folder: Path) -> str:

@@ -17,6 +17,8 @@ import types
 import typing
 from typing import Any, ClassVar, Literal
 
+from otseg.errors import BadValueError
+
 __all__ = ["Validated", "coerce_text", "field_hint", "strict_build"]
 
 
@@ -113,7 +115,7 @@ def strict_build(cls: type, values: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"unknown {where} config key(s) {unknown}; valid keys: {sorted(names)}")
+        raise BadValueError(f"unknown {where} config key(s) {unknown}; valid keys: {sorted(names)}")
     return cls(**values)
 
 
@@ -134,7 +136,7 @@ def coerce_text(value: Any, current: Any, key: str, hint: Any = None) -> Any:
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(value)
+            raise BadValueError(value)
         if isinstance(current, int):
             return int(value)
         if isinstance(current, float):
@@ -150,5 +152,5 @@ def coerce_text(value: Any, current: Any, key: str, hint: Any = None) -> Any:
             return None if value.lower() == "none" else value
     except ValueError:
         kind = "true or false" if isinstance(current, bool) else f"a {type(current).__name__}"
-        raise ValueError(f"config key {key} = {value!r}: expected {kind} (currently {current!r})") from None
+        raise BadValueError(f"config key {key} = {value!r}: expected {kind} (currently {current!r})") from None
     return value

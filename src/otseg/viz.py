@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from otseg.errors import BadValueError
+
 __all__ = [
     "COLOUR_WORDS",
     "class_colours",
@@ -183,10 +185,10 @@ def palette_label_image(labels: np.ndarray, num_classes: int, class_names: Seque
     """
     if num_classes > 255:
         if labels.size and (labels.min() < 0 or labels.max() > 65535):
-            raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a 16-bit image (0..65535)")
+            raise BadValueError(f"label values {labels.min()}..{labels.max()} do not fit a 16-bit image (0..65535)")
         return Image.fromarray(labels.astype(np.uint16))
     if labels.size and (labels.min() < 0 or labels.max() > 255):
-        raise ValueError(f"label values {labels.min()}..{labels.max()} do not fit a palette image (0..255)")
+        raise BadValueError(f"label values {labels.min()}..{labels.max()} do not fit a palette image (0..255)")
     img = Image.fromarray(labels.astype(np.uint8))  # "L"; putpalette below makes it "P"
     lut = np.zeros((256, 3), np.uint8)
     lut[:num_classes] = class_colours(class_names if class_names is not None else num_classes)

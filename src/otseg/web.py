@@ -46,6 +46,7 @@ import numpy as np
 from PIL import Image
 
 from otseg.data.classes import class_list_note, parse_class_text
+from otseg.errors import BadValueError
 from otseg.image_io import describe_source, read_image
 from otseg.predictor import Predictor
 from otseg.warning_lines import without_object_reprs
@@ -122,7 +123,7 @@ def split_class_names(text: str | None) -> list[str]:
     try:
         return parse_class_text(text or "", message_prefix)
     except ValueError as e:
-        raise ValueError(str(e).removeprefix(f"{message_prefix}: ")) from None
+        raise BadValueError(str(e).removeprefix(f"{message_prefix}: ")) from None
 
 
 def _scrub_paths(message: str, image_path: str | None, name: str = "") -> str:
@@ -151,7 +152,7 @@ def _in_folder(path: str | os.PathLike[str], folder: Path | None) -> bool:
         return False
 
 
-class TooManyPixelsError(ValueError):
+class TooManyPixelsError(BadValueError):
     """An upload with more pixels than the page takes (not a broken file)."""
 
 
@@ -176,7 +177,7 @@ def check_upload_header(path: str | os.PathLike[str], name: str, max_pixels: int
             f"of {cap:,} pixels that this page takes: shrink it and upload it again"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError):  # PIL: not an image, truncated header
-        raise ValueError(f"The uploaded file {name} {_UNREADABLE}") from None
+        raise BadValueError(f"The uploaded file {name} {_UNREADABLE}") from None
     if width * height > cap:
         raise TooManyPixelsError(
             f"The uploaded image {name} is {width}x{height} = {width * height:,} pixels, over the limit of {cap:,} "
@@ -245,7 +246,7 @@ def make_segment_fn(
             rgb = read_upload(image_path, name)
             names = split_class_names(class_text)
             if len(names) > max_classes:
-                raise ValueError(
+                raise BadValueError(
                     f"{len(names)} class names given; this page takes at most {max_classes} per request "
                     "(otseg serve --max-classes N raises the limit)"
                 )
@@ -253,7 +254,7 @@ def make_segment_fn(
             try:
                 prediction = predictor.predict(rgb, names)
             except ValueError as e:  # messages name the in-memory array; the visitor knows it as the upload
-                raise ValueError(str(e).replace(describe_source(rgb), f"the uploaded image {name}")) from None
+                raise BadValueError(str(e).replace(describe_source(rgb), f"the uploaded image {name}")) from None
         except MemoryError:
             raise gr.Error(
                 f"The server has not enough memory for {name} with these classes; try a smaller image or fewer "
@@ -408,7 +409,7 @@ def launch(
     max_upload = int(max_upload_mb * 1024 * 1024)
     max_cache = int(max_cache_mb * 1024 * 1024)
     if max_cache < max_upload:
-        raise ValueError(
+        raise BadValueError(
             f"--max-cache-mb {max_cache_mb:g} is smaller than --max-upload-mb {max_upload_mb:g}: the cache must "
             "hold at least one upload"
         )

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from otseg.errors import BadValueError
+
 __all__ = ["SMALL_BODY_BYTES", "CacheBudget", "UploadBudget"]
 
 Scope = MutableMapping[str, Any]
@@ -49,7 +51,7 @@ class CacheBudget:
 
     def __init__(self, folder: str | os.PathLike[str], max_bytes: int) -> None:
         if max_bytes <= 0:
-            raise ValueError(f"the cache cap must be positive, got {max_bytes}")
+            raise BadValueError(f"the cache cap must be positive, got {max_bytes}")
         self.folder = Path(folder)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
@@ -129,7 +131,7 @@ class UploadBudget:
         cache: CacheBudget | None = None,
     ) -> None:
         if max_body_bytes <= 0 or max_concurrent <= 0:
-            raise ValueError("max_body_bytes and max_concurrent must be positive")
+            raise BadValueError("max_body_bytes and max_concurrent must be positive")
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_concurrent = max_concurrent

@@ -72,7 +72,7 @@ def test_missing_checkpoint_and_debug_traceback(tmp_path: Path) -> None:
     line = assert_one_line_error(run_cli(*args), "eval")
     assert str(tmp_path / "nope.pt") in line and "does not exist" in line
     debug = run_cli(*args, debug=True)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "MissingFileError" in debug.stderr
 
 
 def test_corrupt_image_in_eval_names_the_file(custom_run: tuple[Path, Path], tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from otseg.errors import BadValueError
 from otseg.named_models import NAMED_MODELS
 
 if TYPE_CHECKING:
@@ -83,5 +84,5 @@ def predictor_from_args(args: argparse.Namespace, overrides: dict[str, Any] | No
             trust_unverified=getattr(args, "trust_unverified", False),
         )
     if args.clip:
-        raise ValueError("--clip goes with --checkpoint (the built-in models have their own text tower)")
+        raise BadValueError("--clip goes with --checkpoint (the built-in models have their own text tower)")
     return Predictor.from_pretrained(getattr(args, "model", None) or "demo", device=device, progress=progress)

@@ -20,6 +20,7 @@ from otseg.clip.config import TextConfig, VisionConfig
 from otseg.clip.model import CLIP, resize_positional_embedding
 from otseg.clip.text import TextEncoder
 from otseg.clip.vpt import VPTVisionTransformer
+from otseg.errors import BadValueError
 from otseg.formats.openai_clip import EXPECTED_CLIP_FORMATS, read_clip_state_dict
 from otseg.formats.state_dict import check_state_dict_fits
 
@@ -57,7 +58,7 @@ def _block_count(sd: Mapping[str, Tensor], prefix: str) -> int:
 def _require(sd: Mapping[str, Tensor], keys: tuple[str, ...], what: str) -> None:
     missing = [k for k in keys if k not in sd]
     if missing:
-        raise ValueError(f"not a ViT CLIP {what} state dict: missing {missing}")
+        raise BadValueError(f"not a ViT CLIP {what} state dict: missing {missing}")
 
 
 def _default_heads(width: int) -> int:
@@ -90,7 +91,7 @@ def infer_clip_configs(
     rows = sd["visual.positional_embedding"].shape[0]
     grid = math.isqrt(rows - 1)
     if grid * grid != rows - 1:
-        raise ValueError(f"visual.positional_embedding has {rows} rows; expected 1 + g*g")
+        raise BadValueError(f"visual.positional_embedding has {rows} rows; expected 1 + g*g")
     layers = _block_count(sd, "visual.transformer.resblocks.")
     vision = VisionConfig(
         image_size=patch * grid,
@@ -124,7 +125,7 @@ def vision_state_dict(sd: Mapping[str, Tensor], cfg: VisionConfig) -> StateDict:
     """The `visual.*` entries with the prefix stripped; the positional table resized to cfg.grid_size."""
     out = {k.removeprefix("visual."): v for k, v in sd.items() if k.startswith("visual.")}
     if not out:
-        raise ValueError("the state dict has no 'visual.*' keys: not a CLIP checkpoint with an image tower")
+        raise BadValueError("the state dict has no 'visual.*' keys: not a CLIP checkpoint with an image tower")
     if "positional_embedding" in out:
         out["positional_embedding"] = resize_positional_embedding(out["positional_embedding"], cfg.grid_size)
     return out
@@ -218,7 +219,7 @@ def load_clip_weights(
     stray = [k for k in sd if not (k.startswith("visual.") or _is_text_key(k) or k in _IGNORED_KEYS)]
     if stray:
         shown = repr(stray[:5])[:-1] + (", ...]" if len(stray) > 5 else "]")
-        raise ValueError(
+        raise BadValueError(
             f"CLIP weights {source} do not fit this model: {len(stray)} unexpected key(s) {shown}; "
             f"expected {EXPECTED_CLIP_FORMATS}"
         )
@@ -257,7 +258,7 @@ def load_openai_clip(path: PathLike, *, vision_heads: int | None = None, text_he
     try:
         vision, text = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
     except ValueError as e:
-        raise ValueError(f"cannot load CLIP weights from {path}: {e}") from e
+        raise BadValueError(f"cannot load CLIP weights from {path}: {e}") from e
     with torch.device("meta"):  # shapes only: the file must fit before the model is built (block counts are key names)
         shapes_only = CLIP(vision, text)
     check_state_dict_fits(shapes_only, sd, f"CLIP weights {path} (CLIP)", fix=f"expected {EXPECTED_CLIP_FORMATS}")

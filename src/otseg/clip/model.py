@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from otseg.clip.config import TextConfig, VisionConfig
+from otseg.errors import BadValueError
 
 __all__ = [
     "CLIP",
@@ -65,7 +66,7 @@ class SelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, causal: bool = False) -> None:
         super().__init__()
         if width % heads != 0:
-            raise ValueError(f"attention width {width} is not divisible by the number of heads {heads}")
+            raise BadValueError(f"attention width {width} is not divisible by the number of heads {heads}")
         self.heads = heads
         self.causal = causal
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
@@ -148,10 +149,10 @@ def resize_positional_embedding(pos: Tensor, new_grid: int | tuple[int, int]) ->
     reference only resizes when the shapes differ.
     """
     if pos.dim() != 2:
-        raise ValueError(f"positional embedding must be 2-D (1 + g*g, W), got shape {tuple(pos.shape)}")
+        raise BadValueError(f"positional embedding must be 2-D (1 + g*g, W), got shape {tuple(pos.shape)}")
     src = math.isqrt(pos.shape[0] - 1)
     if src * src != pos.shape[0] - 1:
-        raise ValueError(
+        raise BadValueError(
             f"positional embedding has {pos.shape[0]} rows; expected 1 + g*g (a CLS row and a square grid)"
         )
     h, w = (new_grid, new_grid) if isinstance(new_grid, int) else new_grid
@@ -248,7 +249,7 @@ class CLIP(_TextTower):
     def __init__(self, vision: VisionConfig, text: TextConfig) -> None:
         super().__init__()
         if vision.output_dim != text.output_dim:
-            raise ValueError(
+            raise BadValueError(
                 f"image and text embedding sizes differ: vision.output_dim={vision.output_dim}, "
                 f"text.output_dim={text.output_dim}"
             )

@@ -34,6 +34,8 @@ import ftfy
 import regex
 import torch
 
+from otseg.errors import BadValueError
+
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
@@ -83,7 +85,7 @@ _WORD_SPLITTER = regex.compile(
 )
 
 
-class TextTooLongError(ValueError):
+class TextTooLongError(BadValueError):
     """Raised by :func:`tokenize` when a text does not fit in the context length and truncation is off.
 
     Attributes:
@@ -152,7 +154,7 @@ def _read_merge_rules(source: VocabSource) -> list[str]:
     lines = content.split("\n")
     rules = lines[1 : _NUM_MERGES + 1]
     if len(rules) != _NUM_MERGES:
-        raise ValueError(f"vocabulary file {source} holds {len(rules)} merge rules, expected {_NUM_MERGES}")
+        raise BadValueError(f"vocabulary file {source} holds {len(rules)} merge rules, expected {_NUM_MERGES}")
     return rules
 
 
@@ -271,7 +273,7 @@ class SimpleTokenizer:
     ) -> torch.Tensor:
         """Tokenise one text or a batch into a zero padded ``int64`` tensor; see :func:`tokenize`."""
         if context_length < 1:
-            raise ValueError(f"context_length must be positive, got {context_length}")
+            raise BadValueError(f"context_length must be positive, got {context_length}")
         batch = [texts] if isinstance(texts, str) else list(texts)
         out = torch.zeros(len(batch), context_length, dtype=torch.int64)
         for row, text in enumerate(batch):

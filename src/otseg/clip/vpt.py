@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from otseg.clip.config import VisionConfig
 from otseg.clip.model import LayerNorm, VisionTransformer, resample_positional_grid
+from otseg.errors import BadValueError
 
 __all__ = ["BlockActivations", "VPTVisionTransformer"]
 
@@ -40,11 +41,11 @@ class VPTVisionTransformer(VisionTransformer):
         super().__init__(cfg)
         if not 1 <= cfg.deep_prompt_layers <= cfg.layers - 1:
             # The reference's shallow (0) and "reverse" (< 0) variants are unused by every released config.
-            raise ValueError(
+            raise BadValueError(
                 f"deep_prompt_layers must be in 1..layers-1 = 1..{cfg.layers - 1}, got {cfg.deep_prompt_layers}"
             )
         if cfg.num_prompt_tokens < 1:
-            raise ValueError(f"num_prompt_tokens must be >= 1, got {cfg.num_prompt_tokens}")
+            raise BadValueError(f"num_prompt_tokens must be >= 1, got {cfg.num_prompt_tokens}")
         width, tokens = cfg.width, cfg.num_prompt_tokens
         self.num_tokens = tokens
         self.prompt_embeddings = nn.Parameter(torch.zeros(1, tokens, width))

@@ -18,6 +18,7 @@ from typing import Literal
 from otseg.config import ModelConfig
 from otseg.data.datasets import PREPARE_HINTS, build_dataset
 from otseg.data.facts import DATASET_ALIASES, find_dataset_facts
+from otseg.errors import BadValueError
 
 __all__ = [
     "DataCheck",
@@ -230,5 +231,5 @@ def require_usable(
     if not check.usable:
         more = len(check.errors) - 1
         tail = f" (and {more} more problem(s): otseg check-data --data-root {root} lists them)" if more else ""
-        raise ValueError(f"{dataset} data at {root}: {check.errors[0]}{tail}")
+        raise BadValueError(f"{dataset} data at {root}: {check.errors[0]}{tail}")
     return check

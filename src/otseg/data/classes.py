@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from otseg.config import MAX_CLASS_NAME_CHARS
+from otseg.errors import BadValueError, MissingFileError
 
 __all__ = [
     "CLASS_FILE_SUFFIXES",
@@ -55,20 +56,20 @@ def validate_class_names(names: Iterable[str], where: str = "") -> list[str]:
         raise TypeError(f"{prefix}class names must be strings; position {i} holds the {type(n).__name__} {n!r}")
     cleaned = [n.strip() for n in names]
     if not cleaned:
-        raise ValueError(f"{prefix}the class list is empty: give at least one class name")
+        raise BadValueError(f"{prefix}the class list is empty: give at least one class name")
     empty = [i for i, n in enumerate(cleaned) if not n]
     if empty:
-        raise ValueError(f"{prefix}class name(s) at position(s) {empty} are empty")
+        raise BadValueError(f"{prefix}class name(s) at position(s) {empty} are empty")
     for i, n in enumerate(cleaned):
         if len(n) > MAX_CLASS_NAME_CHARS:
-            raise ValueError(
+            raise BadValueError(
                 f"{prefix}class name at position {i} is {len(n)} characters long (it starts {n[:30]!r}); "
                 f"names may have at most {MAX_CLASS_NAME_CHARS}"
             )
     seen: dict[str, int] = {}
     for i, n in enumerate(cleaned):
         if n in seen:
-            raise ValueError(
+            raise BadValueError(
                 f"{prefix}class name {n!r} appears twice (positions {seen[n]} and {i}); names must be unique"
             )
         seen[n] = i
@@ -96,10 +97,10 @@ def _refuse_other_syntax(text: str, names: list[str], where: str) -> None:
     stripped = text.strip()
     fix = f"give the names comma-separated, without quotes or brackets: {_shown(_suggestion(text), 200)}"
     if stripped[:1] in _BRACKETS and stripped.endswith(_BRACKETS[stripped[0]]):
-        raise ValueError(f"{where}: {_shown(stripped)} looks like a list literal, not a class list; {fix}")
+        raise BadValueError(f"{where}: {_shown(stripped)} looks like a list literal, not a class list; {fix}")
     for separator, said in _WRONG_SEPARATORS.items():
         if separator in text:
-            raise ValueError(
+            raise BadValueError(
                 f"{where}: {_shown(stripped)} separates names with {said}, which is not a separator here (only "
                 f"commas and new lines are); {fix} (a name that holds {said} goes in a .txt file, one name per line)"
             )
@@ -107,11 +108,11 @@ def _refuse_other_syntax(text: str, names: list[str], where: str) -> None:
         if not name:
             continue  # empty names get their own message
         if name[:1] in _QUOTES or name[-1:] in _QUOTES:
-            raise ValueError(f"{where}: class name {_shown(name)} (position {i}) is wrapped in quotes; {fix}")
+            raise BadValueError(f"{where}: class name {_shown(name)} (position {i}) is wrapped in quotes; {fix}")
         if name[:1] in "[{" or name[-1:] in "]}":  # a round bracket may end a name: 'tv (monitor)'
-            raise ValueError(f"{where}: class name {_shown(name)} (position {i}) holds a bracket of a list; {fix}")
+            raise BadValueError(f"{where}: class name {_shown(name)} (position {i}) holds a bracket of a list; {fix}")
         if name.lower().endswith(CLASS_FILE_SUFFIXES) and " " not in name:
-            raise ValueError(
+            raise BadValueError(
                 f"{where}: {_shown(name)} looks like a file name, not a class name; type the class names "
                 "themselves, comma-separated (e.g. 'cat, sofa, wall')"
             )
@@ -129,12 +130,12 @@ def parse_class_text(text: str, where: str = "--classes") -> list[str]:
     """
     text = (text or "").strip()
     if not text:
-        raise ValueError(f"{where}: type at least one class name, e.g. 'cat, sofa, wall'")
+        raise BadValueError(f"{where}: type at least one class name, e.g. 'cat, sofa, wall'")
     names = [n.strip() for n in re.split(r"[,\n]", text)]
     _refuse_other_syntax(text, names, where)
     empty = [i for i, n in enumerate(names) if not n]
     if empty:
-        raise ValueError(
+        raise BadValueError(
             f"{where}: class name(s) at position(s) {empty} are empty (an empty name: two commas in a row, or a "
             "comma at an end); give comma-separated names like 'cat, sofa, wall'"
         )
@@ -155,12 +156,12 @@ def parse_class_option(text: str, where: str = "--classes") -> list[str]:
     if stripped and not re.search(r"[,\n]", stripped) and stripped.lower().endswith(CLASS_FILE_SUFFIXES):
         path = Path(stripped).expanduser()
         if path.suffix.lower() != ".txt":
-            raise ValueError(
+            raise BadValueError(
                 f"{where} {stripped}: class lists are read from .txt files (one name per line), not "
                 f"{path.suffix} files; save the names as a .txt file, or give them comma-separated"
             )
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{where} {stripped}: no such file; give an existing .txt file (one name per line) or the names "
                 "themselves, comma-separated (e.g. 'cat, sofa, wall')"
             )
@@ -190,16 +191,16 @@ def read_class_file(path: str | os.PathLike[str]) -> list[str]:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"class list {p} does not exist")
+        raise MissingFileError(f"class list {p} does not exist")
     data = p.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # "-sig": a leading byte-order mark is not part of the first name
     except UnicodeDecodeError as e:
-        raise ValueError(
+        raise BadValueError(
             f"{p} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8 "
             "(e.g. iconv -f latin1 -t utf-8)"
         ) from None
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"{p} lists no class names (give one per line)")
+        raise BadValueError(f"{p} lists no class names (give one per line)")
     return validate_class_names(names, str(p))

@@ -65,6 +65,7 @@ from otseg import image_io
 from otseg.data.classes import read_class_file
 from otseg.data.facts import DATASET_ALIASES, DatasetClasses, dataset_facts
 from otseg.data.transforms import reduce_zero_label
+from otseg.errors import BadFileError, BadValueError, MissingFileError, UnknownNameError
 
 __all__ = [
     "DATASET_BUILDERS",
@@ -134,11 +135,11 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image file {path} does not exist")
+        raise MissingFileError(f"image file {path} does not exist")
     try:
         return image_io.read_image(path)
     except ValueError as exc:
-        raise OSError(f"cannot read image {path}: {_one_line(exc)}") from None
+        raise BadFileError(f"cannot read image {path}: {_one_line(exc)}") from None
 
 
 def read_label(path: str | Path) -> np.ndarray:
@@ -153,7 +154,7 @@ def read_label(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"label file {path} does not exist")
+        raise MissingFileError(f"label file {path} does not exist")
     try:
         with image_io.open_image(path, "label") as im:
             im.load()
@@ -165,8 +166,10 @@ def read_label(path: str | Path) -> np.ndarray:
             if mode.startswith("I"):  # 16/32-bit greyscale: values are checked against K by the dataset
                 return np.array(im).astype(np.int64)
     except ValueError as exc:
-        raise OSError(f"cannot read label {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)") from None
-    raise ValueError(
+        raise BadFileError(
+            f"cannot read label {path}: {_one_line(exc)} (corrupt, truncated or unreadable file)"
+        ) from None
+    raise BadValueError(
         f"label {path} is a mode-{mode} image; expected a single-channel index map (PNG mode L or P) holding "
         "class ids, not a colour-coded mask"
     )
@@ -180,7 +183,7 @@ def _check_label_values(label: np.ndarray, num_classes: int, ignore_index: int, 
     bad = [int(v) for v in present if not (0 <= v < num_classes or v == ignore_index)]
     if bad:
         raw = f" (raw value{'s' if len(bad) > 1 else ''} {[b + 1 for b in bad]} before reduce_zero_label)"
-        raise ValueError(
+        raise BadValueError(
             f"label {path} contains value{'s' if len(bad) > 1 else ''} {bad}{raw if reduced else ''}: "
             f"valid ids are 0..{num_classes - 1} and the ignore index {ignore_index}"
         )
@@ -225,7 +228,7 @@ class SegmentationDataset(Dataset):
         cache_bytes: int = 0,
     ) -> None:
         if cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+            raise BadValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
         self.samples: list[tuple[Path, Path | None]] = [
             (Path(img), None if lab is None else Path(lab)) for img, lab in samples
         ]
@@ -296,7 +299,7 @@ class SegmentationDataset(Dataset):
         label = self.load_label(index)
         if label is not None and label.shape != image.shape[:2]:
             img_path, lab_path = self.samples[index]
-            raise ValueError(
+            raise BadValueError(
                 f"size mismatch: image {img_path} is {image.shape[0]}x{image.shape[1]} (HxW) but label "
                 f"{lab_path} is {label.shape[0]}x{label.shape[1]}"
             )
@@ -350,13 +353,13 @@ def collate_samples(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _require_dir(path: Path, what: str, hint: str) -> Path:
     if not path.is_dir():
-        raise FileNotFoundError(f"{what}: missing folder {path}; to create it, {hint}")
+        raise MissingFileError(f"{what}: missing folder {path}; to create it, {hint}")
     return path
 
 
 def _require_file(path: Path, what: str, hint: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{what}: missing file {path}; to create it, {hint}")
+        raise MissingFileError(f"{what}: missing file {path}; to create it, {hint}")
     return path
 
 
@@ -372,21 +375,21 @@ def _require_listed(names: Sequence[str], folder: Path, source: str, hint: str) 
     if missing:
         shown = ", ".join(str(folder / n) for n in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise FileNotFoundError(f"{len(missing)} file(s) listed by {source} are missing: {shown}{more}; {hint}")
+        raise MissingFileError(f"{len(missing)} file(s) listed by {source} are missing: {shown}{more}; {hint}")
 
 
 def _read_list(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a text list of image names ({' '.join(str(e).split())})") from None
+        raise BadValueError(f"{path} is not a text list of image names ({' '.join(str(e).split())})") from None
     return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def _check_root(root: str | Path, what: str) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"{what}: dataset root {root} does not exist or is not a folder")
+        raise MissingFileError(f"{what}: dataset root {root} does not exist or is not a folder")
     return root
 
 
@@ -395,7 +398,7 @@ def _find_voc_dir(root: Path, year: str, what: str, hint: str) -> Path:
     for cand in (root / "VOCdevkit" / f"VOC{year}", root / f"VOC{year}", root):
         if (cand / "JPEGImages").is_dir():
             return cand
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{what}: missing folder {root / 'VOCdevkit' / f'VOC{year}' / 'JPEGImages'} "
         f"(also looked for VOC{year}/JPEGImages and JPEGImages directly under {root}); to create it, {hint}"
     )
@@ -411,7 +414,7 @@ def _list_pairs(
 
 def _check_split(split: str, valid: Sequence[str], what: str) -> None:
     if split not in valid:
-        raise ValueError(f"{what}: unknown split {split!r}; valid splits: {', '.join(valid)}")
+        raise BadValueError(f"{what}: unknown split {split!r}; valid splits: {', '.join(valid)}")
 
 
 # ---- builders --------------------------------------------------------------------------------------------
@@ -490,7 +493,7 @@ def build_coco_stuff164k(
     ann_dir = _require_dir(base / "annotations" / sub, what, _COCO_HINT)
     images = _scan_images(img_dir, (".jpg",))
     if not images:
-        raise FileNotFoundError(f"{what}: no .jpg images in {img_dir}; to fill it, {_COCO_HINT}")
+        raise MissingFileError(f"{what}: no .jpg images in {img_dir}; to fill it, {_COCO_HINT}")
     samples = _paired_by_stem(images, ann_dir, "_labelTrainIds.png", what, _COCO_HINT)
     return SegmentationDataset(samples, **_facts_of("coco_stuff164k"), transform=transform, **kwargs)
 
@@ -508,7 +511,7 @@ def build_ade20k(
     ann_dir = _require_dir(base / "annotations" / sub, what, _ADE_HINT)
     images = _scan_images(img_dir, (".jpg",))
     if not images:
-        raise FileNotFoundError(f"{what}: no .jpg images in {img_dir}; to fill it, {_ADE_HINT}")
+        raise MissingFileError(f"{what}: no .jpg images in {img_dir}; to fill it, {_ADE_HINT}")
     samples = _paired_by_stem(images, ann_dir, ".png", what, _ADE_HINT)
     return SegmentationDataset(samples, **_facts_of("ade20k"), transform=transform, **kwargs)
 
@@ -522,33 +525,35 @@ def read_custom_classes(root: str | Path) -> DatasetClasses:
     classes_file = _require_file(root / "classes.txt", "custom dataset", _CUSTOM_HINT)
     names = tuple(read_class_file(classes_file))  # UTF-8 (a BOM dropped); empty, long, repeated names refused
     if len(names) > 255:
-        raise ValueError(f"{classes_file}: {len(names)} classes, but ids must fit below the ignore index 255")
+        raise BadValueError(f"{classes_file}: {len(names)} classes, but ids must fit below the ignore index 255")
     unseen: list[int] = []
     split_file = root / "split.json"
     if split_file.is_file():
         if split_file.stat().st_size > _MAX_SPLIT_BYTES:
-            raise ValueError(f'{split_file} has {split_file.stat().st_size:,} bytes; expected {{"unseen": [names]}}')
+            raise BadValueError(f'{split_file} has {split_file.stat().st_size:,} bytes; expected {{"unseen": [names]}}')
         try:
             spec = json.loads(split_file.read_bytes().decode("utf-8-sig"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             why = "nested too deep" if isinstance(e, RecursionError) else " ".join(str(e).split())
-            raise ValueError(f'{split_file} is not valid JSON ({why}); expected {{"unseen": [names or ids]}}') from None
+            raise BadValueError(
+                f'{split_file} is not valid JSON ({why}); expected {{"unseen": [names or ids]}}'
+            ) from None
         entries = spec.get("unseen", []) if isinstance(spec, dict) else None
         if not isinstance(spec, dict) or set(spec) - {"unseen"} or not isinstance(entries, list):
-            raise ValueError(f'{split_file}: expected an object {{"unseen": [names or ids]}}, got {str(spec)[:80]}')
+            raise BadValueError(f'{split_file}: expected an object {{"unseen": [names or ids]}}, got {str(spec)[:80]}')
         for item in entries:
             if isinstance(item, int) and not isinstance(item, bool):
                 if not 0 <= item < len(names):
-                    raise ValueError(f"{split_file}: unseen id {item} is outside 0..{len(names) - 1}")
+                    raise BadValueError(f"{split_file}: unseen id {item} is outside 0..{len(names) - 1}")
                 unseen.append(item)
             elif isinstance(item, str) and item in names:
                 unseen.append(names.index(item))
             else:
-                raise ValueError(
+                raise BadValueError(
                     f"{split_file}: unseen entry {item!r} is neither a class id nor a name in {classes_file}"
                 )
         if len(set(unseen)) == len(names):
-            raise ValueError(
+            raise BadValueError(
                 f"{split_file} makes all {len(names)} classes unseen; at least one class must be seen (training "
                 "learns from the seen classes' masks)"
             )
@@ -575,11 +580,11 @@ def build_custom(
     img_dir = _require_dir(folder / "images", what, _CUSTOM_HINT)
     images = _scan_images(img_dir, IMAGE_EXTENSIONS)
     if not images:
-        raise FileNotFoundError(f"{what}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {img_dir}")
+        raise MissingFileError(f"{what}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {img_dir}")
     stems = [p.stem for p in images]
     if len(set(stems)) != len(stems):
         dup = sorted({s for s in stems if stems.count(s) > 1})
-        raise ValueError(f"{what}: several images in {img_dir} share the stem(s) {dup}; labels are matched by stem")
+        raise BadValueError(f"{what}: several images in {img_dir} share the stem(s) {dup}; labels are matched by stem")
     label_dir = folder / "labels"
     if not label_dir.is_dir() and not require_labels:
         samples: list[tuple[Path, Path | None]] = [(p, None) for p in images]
@@ -609,5 +614,5 @@ def build_dataset(
     key = DATASET_ALIASES.get(name, name)
     if key not in DATASET_BUILDERS:
         valid = sorted(DATASET_BUILDERS) + sorted(DATASET_ALIASES)
-        raise KeyError(f"unknown dataset {name!r}; valid names: {', '.join(valid)}")
+        raise UnknownNameError(f"unknown dataset {name!r}; valid names: {', '.join(valid)}")
     return DATASET_BUILDERS[key](root, split, transform, **kwargs)

@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 from otseg.config import DataConfig, ModelConfig, Setting, TrainConfig
+from otseg.errors import BadValueError, UnknownNameError
 
 __all__ = [
     "CUSTOM_PIPELINE",
@@ -56,9 +57,9 @@ class DatasetClasses:
         n = len(self.class_names)
         bad = [i for i in self.unseen if not 0 <= i < n]
         if bad:
-            raise ValueError(f"{self.name}: unseen ids {bad} out of range for {n} classes")
+            raise BadValueError(f"{self.name}: unseen ids {bad} out of range for {n} classes")
         if len(set(self.unseen)) != len(self.unseen):
-            raise ValueError(f"{self.name}: duplicate unseen ids {list(self.unseen)}")
+            raise BadValueError(f"{self.name}: duplicate unseen ids {list(self.unseen)}")
 
     @property
     def num_classes(self) -> int:
@@ -114,7 +115,7 @@ class DatasetFacts:
 def _record(key: str, entry: dict[str, Any]) -> DatasetFacts:
     iters = entry["reference_iters"]
     if iters is not None and set(iters) != set(_SETTINGS):
-        raise ValueError(f"{_RESOURCE}: {key}.reference_iters must name {_SETTINGS}, got {sorted(iters)}")
+        raise BadValueError(f"{_RESOURCE}: {key}.reference_iters must name {_SETTINGS}, got {sorted(iters)}")
     return DatasetFacts(
         key=key,
         title=str(entry["title"]),
@@ -155,7 +156,7 @@ def dataset_facts(name: str) -> DatasetFacts:
     """
     table = _table()
     if name not in table:
-        raise KeyError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(table))}")
+        raise UnknownNameError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(table))}")
     return table[name]
 
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from otseg.config import DataConfig
+from otseg.errors import BadValueError
 
 __all__ = [
     "Normalize",
@@ -416,9 +417,9 @@ def to_tensors(image: np.ndarray, label: Label) -> tuple[torch.Tensor, torch.Ten
 
 def _check_inputs(image: np.ndarray, label: Label) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
+        raise BadValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
     if label is not None and label.shape != image.shape[:2]:
-        raise ValueError(f"label shape {label.shape} does not match image shape {image.shape[:2]}")
+        raise BadValueError(f"label shape {label.shape} does not match image shape {image.shape[:2]}")
 
 
 # ---- composed pipelines ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from otseg.clip.loading import load_openai_clip
 from otseg.clip.model import CLIP
 from otseg.config import IMAGENET_MEAN, IMAGENET_STD, TEMPLATES_6
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids
+from otseg.errors import BadValueError
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
 from otseg.model.text import compute_class_embeddings
 
@@ -66,7 +67,7 @@ def prompt_geometry(embeddings: Tensor | np.ndarray) -> dict[str, float]:
     """
     e = torch.as_tensor(embeddings, dtype=torch.float64)
     if e.dim() != 3 or e.shape[0] < 2 or e.shape[1] < 2:
-        raise ValueError(f"prompt_geometry needs (K >= 2, N >= 2, D) embeddings, got shape {tuple(e.shape)}")
+        raise BadValueError(f"prompt_geometry needs (K >= 2, N >= 2, D) embeddings, got shape {tuple(e.shape)}")
     k, n, _ = e.shape
     e = F.normalize(e, dim=-1)
     gram = torch.einsum("knd,kmd->knm", e, e)

@@ -36,6 +36,7 @@ from otseg.config import (
 )
 from otseg.demo.tiny_clip import TinyClipConfig
 from otseg.demo.world import CLASS_NAMES, WorldConfig, unseen_ids
+from otseg.errors import BadValueError, UnknownNameError
 
 __all__ = [
     "DEMO_TEMPLATES",
@@ -70,7 +71,7 @@ ZEGCLIP_TEMPLATES: tuple[str, ...] = TEMPLATES_1
 def training_arch(method: str) -> str:
     """Which trained model a method evaluates: ``otseg`` and ``otseg+`` share one (they differ at test time)."""
     if method not in METHODS:
-        raise KeyError(f"unknown demo method {method!r}; valid: {', '.join(METHODS)}")
+        raise UnknownNameError(f"unknown demo method {method!r}; valid: {', '.join(METHODS)}")
     return "zegclip" if method == "zegclip" else "otseg"
 
 
@@ -83,7 +84,7 @@ def demo_model_config(
 ) -> ModelConfig:
     """The `ModelConfig` of one demo run (its backbone matches the tiny CLIP it loads)."""
     if setting not in SETTINGS:
-        raise KeyError(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
+        raise UnknownNameError(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
     world = world or WorldConfig()
     clip = clip or TinyClipConfig()
     vision = clip.vision_config(world.image_size)
@@ -124,7 +125,7 @@ def demo_model_config(
 def _rgb(values: Sequence[float], what: str) -> tuple[float, float, float]:
     """A model config's per-channel `mean` / `std` as the (R, G, B) triple a `DataConfig` holds."""
     if len(values) != 3:
-        raise ValueError(f"model {what} must have 3 values (R, G, B), got {tuple(values)}")
+        raise BadValueError(f"model {what} must have 3 values (R, G, B), got {tuple(values)}")
     return (values[0], values[1], values[2])
 
 
@@ -180,7 +181,7 @@ class DemoRecipe:
         """
         factor = _SCHEDULE_FACTORS.get(schedule)
         if factor is None:
-            raise KeyError(f"unknown demo schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+            raise UnknownNameError(f"unknown demo schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
         fast = cls()
         return replace(fast, iters=factor * fast.iters, baseline_iters=factor * fast.baseline_iters)
 
@@ -191,7 +192,7 @@ class DemoRecipe:
     def iters_for(self, arch: str) -> int:
         """Inductive / fully supervised iterations of a trained architecture ("zegclip" or "otseg")."""
         if arch not in ("zegclip", "otseg"):
-            raise KeyError(f"unknown demo architecture {arch!r}; valid: zegclip, otseg")
+            raise UnknownNameError(f"unknown demo architecture {arch!r}; valid: zegclip, otseg")
         return self.baseline_iters if arch == "zegclip" else self.iters
 
 

@@ -43,6 +43,7 @@ from otseg.demo.presets import DemoSettings
 from otseg.demo.tiny_clip import _pack_metadata, _shipped_state, compare_with_shipped, state_digest, tiny_clip_path
 from otseg.demo.training import demo_datasets, train_demo_model
 from otseg.demo.world import caption_vocabulary, demo_cache_root, world_dir
+from otseg.errors import BadValueError
 from otseg.formats.openai_clip import read_clip_state_dict
 from otseg.model.build import load_clip_into
 from otseg.model.segmentor import OTSeg
@@ -142,14 +143,16 @@ def unpack_demo_model(path: str | os.PathLike, clip_state: dict[str, Tensor]) ->
     path = Path(path)
     metadata = _pack_metadata(path)
     if metadata.get("format") != PACK_FORMAT:
-        raise ValueError(f"{path} is not a demo model pack (format {metadata.get('format')!r}, expected {PACK_FORMAT})")
+        raise BadValueError(
+            f"{path} is not a demo model pack (format {metadata.get('format')!r}, expected {PACK_FORMAT})"
+        )
     config = ModelConfig.from_dict(json.loads(metadata["config"]))
     with safe_open(str(path), framework="pt") as f:
         stored = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     state = {**_from_clip(config, clip_state), **stored}
     digest = state_digest(state)
     if digest != metadata["sha256"]:
-        raise ValueError(
+        raise BadValueError(
             f"{path}: the unpacked demo model has SHA-256 {digest[:16]}..., the pack recorded "
             f"{metadata['sha256'][:16]}...: the file is damaged; reinstall otseg, or rebuild it with "
             "`python -m otseg.demo.rebuild demo-model --out FILE`"
@@ -176,10 +179,10 @@ def write_demo_model_folder(out: str | os.PathLike) -> Path:
     cfg = DemoSettings.full(0)
     key = demo_model_key(cfg)
     if not SHIPPED_MODEL.is_file() or _pack_metadata(SHIPPED_MODEL).get("key") != key:
-        raise ValueError(f"{SHIPPED_MODEL} is missing or not the demo model of the default recipe (key {key})")
+        raise BadValueError(f"{SHIPPED_MODEL} is missing or not the demo model of the default recipe (key {key})")
     shipped_clip = _shipped_state(cfg.clip.key(cfg.world))
     if shipped_clip is None:
-        raise ValueError("the package ships no tiny CLIP for the default recipe (otseg/demo/tiny_clip.safetensors)")
+        raise BadValueError("the package ships no tiny CLIP for the default recipe (otseg/demo/tiny_clip.safetensors)")
     model, extra = unpack_demo_model(SHIPPED_MODEL, shipped_clip[0])
     return save_pretrained(model, out, extra=extra)
 

@@ -37,6 +37,7 @@ from otseg.demo.table import format_table, table_order
 from otseg.demo.tiny_clip import tiny_clip_path
 from otseg.demo.training import demo_datasets
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids, world_dir
+from otseg.errors import BadValueError
 from otseg.utils import atomic_write_text
 
 __all__ = ["run_demo"]
@@ -89,7 +90,7 @@ def run_demo(
     seed = cfg.world.seed
     workers = default_workers() if workers is None else workers
     if workers < 1 or (threads is not None and threads < 1):
-        raise ValueError(f"--workers and --threads must be at least 1, got {workers} and {threads}")
+        raise BadValueError(f"--workers and --threads must be at least 1, got {workers} and {threads}")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

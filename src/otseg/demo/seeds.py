@@ -14,6 +14,7 @@ from otseg.demo.curves import CONVERGED_BELOW_POINTS, last_fraction_change, tren
 from otseg.demo.presets import DemoSettings
 from otseg.demo.run import run_demo
 from otseg.demo.table import aggregate_rows, format_table
+from otseg.errors import BadValueError
 from otseg.utils import atomic_write_text
 
 __all__ = ["run_demo_seeds", "seed_convergence"]
@@ -48,7 +49,7 @@ def run_demo_seeds(
     again (an interrupted multi-seed run picks up where it stopped).
     """
     if not seeds:
-        raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+        raise BadValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
     out = Path(out_dir)
     t0 = time.perf_counter()
     per_seed = []

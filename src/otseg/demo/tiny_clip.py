@@ -60,6 +60,7 @@ from otseg.clip.model import CLIP
 from otseg.clip.tokenizer import get_tokenizer, tokenize
 from otseg.config import IMAGENET_MEAN, IMAGENET_STD
 from otseg.demo.world import CLASS_NAMES, WorldConfig, demo_cache_root, iter_split, pretraining_corpus, unseen_ids
+from otseg.errors import BadValueError
 from otseg.utils import atomic_torch_save, atomic_write, atomic_write_text
 
 __all__ = ["TinyClipConfig", "evaluate_zero_shot", "tiny_clip_path", "train_tiny_clip"]
@@ -205,7 +206,7 @@ def train_tiny_clip(
     images, captions = pretraining_corpus(cfg.corpus_world(world))
     tokens = _tokenize_all(captions)
     if tokens.shape[1] > cfg.context_length:
-        raise ValueError(f"a caption needs {tokens.shape[1]} tokens, more than context_length {cfg.context_length}")
+        raise BadValueError(f"a caption needs {tokens.shape[1]} tokens, more than context_length {cfg.context_length}")
     t_data = time.perf_counter() - t0
 
     torch.manual_seed(cfg.seed)
@@ -345,14 +346,16 @@ def unpack_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
         metadata = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     if metadata.get("format") != PACK_FORMAT:
-        raise ValueError(f"{path} is not a tiny CLIP pack (format {metadata.get('format')!r}, expected {PACK_FORMAT})")
+        raise BadValueError(
+            f"{path} is not a tiny CLIP pack (format {metadata.get('format')!r}, expected {PACK_FORMAT})"
+        )
     cfg = TinyClipConfig(**json.loads(metadata["config"]))
     table = initial_token_table(cfg)
     table[tensors.pop("token_embedding.rows")] = tensors.pop("token_embedding.values")
     state = {**tensors, "token_embedding.weight": table}
     digest = state_digest(state)
     if digest != metadata["sha256"]:
-        raise ValueError(
+        raise BadValueError(
             f"{path}: the unpacked tiny CLIP has SHA-256 {digest[:16]}..., the pack recorded "
             f"{metadata['sha256'][:16]}...: the file is damaged; reinstall otseg, or rebuild it with "
             "`python -m otseg.demo.rebuild tiny-clip --out FILE`"

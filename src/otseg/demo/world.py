@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from otseg.errors import BadValueError
 from otseg.model.text import cache_dir
 
 __all__ = [
@@ -193,7 +194,7 @@ def _shape_outline(shape: str, size: float, angle: float) -> np.ndarray | None:
             [[-w, -a], [w, -a], [w, -w], [a, -w], [a, w], [w, w], [w, a], [-w, a], [-w, w], [-a, w], [-a, -w], [-w, -w]]
         )
     else:
-        raise ValueError(f"unknown shape {shape!r}")
+        raise BadValueError(f"unknown shape {shape!r}")
     return _rotate(pts, angle)
 
 
@@ -263,7 +264,7 @@ def _background(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
     elif kind == "mottled":
         mix = _smooth_noise(rng, size, 8)
     else:
-        raise ValueError(f"unknown background {kind!r}")
+        raise BadValueError(f"unknown background {kind!r}")
     return c1 * (1 - mix[..., None]) + c2 * mix[..., None]
 
 
@@ -288,7 +289,7 @@ def _pattern(rng: np.random.Generator, texture: str, size: int) -> np.ndarray:
         cell = rng.uniform(*CHECKER_CELL)
         dark = ((np.floor(u / cell) + np.floor(v / cell)) % 2) == 0
     else:
-        raise ValueError(f"unknown texture {texture!r}")
+        raise BadValueError(f"unknown texture {texture!r}")
     factor = np.where(dark, 0.4, 1.0).astype(np.float32)
     return factor.reshape(size, ss, size, ss).mean(axis=(1, 3))
 

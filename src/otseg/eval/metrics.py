@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from otseg.errors import BadValueError
+
 __all__ = ["ConfusionMatrix", "compute_metrics", "format_markdown"]
 
 IGNORE_INDEX = 255
@@ -37,9 +39,9 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, device: torch.device | str | None = None):
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise BadValueError(f"num_classes must be >= 1, got {num_classes}")
         if 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index {ignore_index} collides with a class id (num_classes={num_classes})")
+            raise BadValueError(f"ignore_index {ignore_index} collides with a class id (num_classes={num_classes})")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self._counts = torch.zeros(self.num_classes**2 + 2, dtype=torch.int64, device=device)
@@ -60,7 +62,7 @@ class ConfusionMatrix:
         """
         where = f" in {source}" if source else ""
         if pred.shape != gt.shape:
-            raise ValueError(f"prediction shape {tuple(pred.shape)} != ground-truth shape {tuple(gt.shape)}{where}")
+            raise BadValueError(f"prediction shape {tuple(pred.shape)} != ground-truth shape {tuple(gt.shape)}{where}")
         for name, t in (("prediction", pred), ("ground truth", gt)):
             if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
                 raise TypeError(f"{name} must be an integer tensor of class ids, got {t.dtype}{where}")
@@ -89,7 +91,7 @@ class ConfusionMatrix:
             if pmin < 0 or pmax >= k:
                 problems.append(f"prediction value(s) {_listed(pred[pred_bad])}")
             if problems:
-                raise ValueError(
+                raise BadValueError(
                     f"{' and '.join(problems)} outside the class ids 0..{k - 1}"
                     f" (ground-truth ignore index {self.ignore_index}){where}"
                 )
@@ -102,7 +104,7 @@ class ConfusionMatrix:
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add `other`'s counts into this one (e.g. matrices of dataset shards); returns self."""
         if (other.num_classes, other.ignore_index) != (self.num_classes, self.ignore_index):
-            raise ValueError(
+            raise BadValueError(
                 f"cannot merge a {other.num_classes}-class matrix (ignore {other.ignore_index}) into a "
                 f"{self.num_classes}-class one (ignore {self.ignore_index})"
             )
@@ -147,7 +149,7 @@ class ConfusionMatrix:
         """Raise `ValueError` if any update with `check=False` saw out-of-range labels."""
         n = self.num_invalid
         if n:
-            raise ValueError(
+            raise BadValueError(
                 f"{n} pixel(s) had a prediction or ground-truth label outside 0..{self.num_classes - 1} "
                 f"(ignore index {self.ignore_index}); update with check=True to find the file"
             )
@@ -162,13 +164,13 @@ class ConfusionMatrix:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if int(state["num_classes"]) != self.num_classes or int(state["ignore_index"]) != self.ignore_index:
-            raise ValueError(
+            raise BadValueError(
                 f"state is for {state['num_classes']} classes (ignore {state['ignore_index']}), this matrix has "
                 f"{self.num_classes} (ignore {self.ignore_index})"
             )
         counts = torch.as_tensor(state["counts"])
         if counts.shape != self._counts.shape:
-            raise ValueError(f"counts of shape {tuple(counts.shape)}, expected {tuple(self._counts.shape)}")
+            raise BadValueError(f"counts of shape {tuple(counts.shape)}, expected {tuple(self._counts.shape)}")
         self._counts.copy_(counts.to(torch.int64))
 
     def __repr__(self) -> str:
@@ -230,16 +232,16 @@ def compute_metrics(
     m = np.asarray(matrix, dtype=np.float64)
     k = len(class_names)
     if m.shape != (k, k):
-        raise ValueError(f"confusion matrix of shape {m.shape} does not match {k} class names")
+        raise BadValueError(f"confusion matrix of shape {m.shape} does not match {k} class names")
     if len(set(class_names)) != k:
-        raise ValueError("class names must be unique (they key the per-class results)")
+        raise BadValueError("class names must be unique (they key the per-class results)")
     for label, ids in (("seen", seen), ("unseen", unseen)):
         bad = [i for i in ids if not 0 <= int(i) < k]
         if bad:
-            raise ValueError(f"{label} class ids {bad} out of range for {k} classes")
+            raise BadValueError(f"{label} class ids {bad} out of range for {k} classes")
     overlap = set(map(int, seen)) & set(map(int, unseen))
     if overlap:
-        raise ValueError(f"class ids {sorted(overlap)} are both seen and unseen")
+        raise BadValueError(f"class ids {sorted(overlap)} are both seen and unseen")
 
     tp = np.diag(m)
     gt_area = m.sum(axis=1)

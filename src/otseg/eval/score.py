@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from otseg.errors import BadValueError, MissingFileError
 from otseg.eval.metrics import IGNORE_INDEX, ConfusionMatrix, compute_metrics, format_markdown
 from otseg.image_io import open_image
 from otseg.utils import atomic_write_text
@@ -50,16 +51,16 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"label map {path} does not exist")
+        raise MissingFileError(f"label map {path} does not exist")
     try:
         with open_image(path, "label map") as img:  # the pixel cap is checked before decoding
             img.load()  # decode now so a truncated file fails here, inside the try
             mode = img.mode
             arr = np.asarray(img)
     except ValueError as e:
-        raise ValueError(f"cannot read label map {path}: {e}") from None
+        raise BadValueError(f"cannot read label map {path}: {e}") from None
     if arr.ndim != 2 or arr.dtype.kind not in "iu":
-        raise ValueError(
+        raise BadValueError(
             f"{path} is not a single-channel integer label map (PIL mode {mode}, array {arr.dtype}{list(arr.shape)});"
             " expected mode L, P or I with class ids as pixel values"
         )
@@ -106,17 +107,17 @@ def score_folders(
     gts = list_label_maps(gt_dir)
     preds = list_label_maps(pred_dir)
     if not gts:
-        raise FileNotFoundError(f"no .png label maps in the ground-truth folder {gt_dir}")
+        raise MissingFileError(f"no .png label maps in the ground-truth folder {gt_dir}")
     missing = sorted(set(gts) - set(preds))
     extra = sorted(set(preds) - set(gts))
     if missing:
         more = f"; the prediction folder also has {len(extra)} file(s) without ground truth" if extra else ""
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{len(missing)} of {len(gts)} ground-truth label maps have no prediction in {pred_dir}: "
             f"{_listing(missing)}{more}"
         )
     if extra:
-        raise ValueError(
+        raise BadValueError(
             f"{len(extra)} prediction(s) in {pred_dir} have no ground truth in {gt_dir}: {_listing(extra)}"
         )
 
@@ -128,7 +129,7 @@ def score_folders(
         gt = read_label_map(gt_path)
         pred = read_label_map(pred_path)
         if gt.shape != pred.shape:
-            raise ValueError(
+            raise BadValueError(
                 f"size mismatch: prediction {pred_path} is {pred.shape[1]}x{pred.shape[0]} (WxH) but ground truth "
                 f"{gt_path} is {gt.shape[1]}x{gt.shape[0]}"
             )
@@ -153,7 +154,7 @@ def write_results(metrics: dict[str, Any], out_json: str | os.PathLike, title: s
     """
     out_json = Path(out_json)
     if out_json.suffix.lower() == ".md":
-        raise ValueError(f"{out_json}: the JSON output must not end in .md (the Markdown report goes beside it)")
+        raise BadValueError(f"{out_json}: the JSON output must not end in .md (the Markdown report goes beside it)")
     out_md = out_json.with_suffix(".md")
     # allow_nan=False: compute_metrics reports NaN as None; anything else NaN is a bug, not "NaN" in a file.
     atomic_write_text(out_json, json.dumps(metrics, indent=2, allow_nan=False) + "\n")

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from otseg.config import MAX_CLASSES, MAX_TEMPLATES
+from otseg.errors import BadValueError, MissingFileError
 from otseg.formats.stored_tensors import check_stored_tensors
 from otseg.formats.torch_pickle import check_torch_container
 from otseg.utils import atomic_torch_save
@@ -32,10 +33,10 @@ MAX_EMBEDDING_SHAPE = (MAX_CLASSES, MAX_TEMPLATES, 8192)
 def _check_declared_shape(shape: tuple[int, ...], p: Path) -> None:
     """A (K, N, D) shape declared by a file's header, checked before its data is read."""
     if len(shape) != 3:
-        raise ValueError(f"class embeddings in {p} must have shape (K, N, D), got {shape}")
+        raise BadValueError(f"class embeddings in {p} must have shape (K, N, D), got {shape}")
     over = [f"{n} = {v:,} (at most {m:,})" for n, v, m in zip("KND", shape, MAX_EMBEDDING_SHAPE, strict=True) if v > m]
     if over:
-        raise ValueError(
+        raise BadValueError(
             f"class embeddings in {p} declare shape {shape}: {', '.join(over)}; not a class-embedding file"
         )
 
@@ -50,17 +51,17 @@ def _npy_header(p: Path) -> None:
             elif version == (2, 0):
                 shape, _, dtype = np.lib.format.read_array_header_2_0(f)
             else:
-                raise ValueError(f".npy format version {version} (otseg reads 1.0 and 2.0)")
+                raise BadValueError(f".npy format version {version} (otseg reads 1.0 and 2.0)")
             start = f.tell()
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"cannot read class embeddings from {p}: {' '.join(str(e).split())}") from None
+        raise BadValueError(f"cannot read class embeddings from {p}: {' '.join(str(e).split())}") from None
     _check_declared_shape(tuple(shape), p)
     if dtype.hasobject:
-        raise ValueError(f"class embeddings in {p} hold Python objects ({dtype}), not numbers")
+        raise BadValueError(f"class embeddings in {p} hold Python objects ({dtype}), not numbers")
     need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     have = p.stat().st_size - start
     if need != have:
-        raise ValueError(
+        raise BadValueError(
             f"class embeddings in {p} declare {shape} {dtype} ({need:,} bytes) but the file holds {have:,} bytes of "
             "data: it is truncated or not what its header says"
         )
@@ -74,10 +75,10 @@ def load_class_embeddings(path: str | os.PathLike) -> Tensor:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"class embedding file {p} does not exist")
+        raise MissingFileError(f"class embedding file {p} does not exist")
     suffix = p.suffix.lower()
     if suffix not in (".npy", ".pt", ".pth", ".safetensors"):
-        raise ValueError(
+        raise BadValueError(
             f"cannot read class embeddings from {p}: unknown extension {suffix!r}; use .npy, .pt or .safetensors"
         )
     t: Any  # what the file holds: checked to be a tensor below
@@ -106,16 +107,16 @@ def load_class_embeddings(path: str | os.PathLike) -> Tensor:
     except ValueError as e:
         if str(p) in str(e):  # our own checks, which name the file already
             raise
-        raise ValueError(f"cannot read class embeddings from {p}: {type(e).__name__}: {e}") from e
+        raise BadValueError(f"cannot read class embeddings from {p}: {type(e).__name__}: {e}") from e
     except Exception as e:
-        raise ValueError(f"cannot read class embeddings from {p}: {type(e).__name__}: {e}") from e
+        raise BadValueError(f"cannot read class embeddings from {p}: {type(e).__name__}: {e}") from e
     check_stored_tensors(t, f"class embeddings in {p}")
     if not isinstance(t, Tensor):
         what = "no 'class_embeddings' tensor" if t is None else f"a {type(t).__name__}, not a tensor"
-        raise ValueError(f"class embeddings in {p}: the file holds {what}")
+        raise BadValueError(f"class embeddings in {p}: the file holds {what}")
     _check_declared_shape(tuple(t.shape), p)
     if not t.is_floating_point():
-        raise ValueError(f"class embeddings in {p} must be floating point, got {t.dtype}")
+        raise BadValueError(f"class embeddings in {p} must be floating point, got {t.dtype}")
     return t
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from otseg.errors import BadValueError, MissingFileError
 from otseg.formats.stored_tensors import check_stored_tensors
 from otseg.formats.torch_pickle import check_torch_container
 from otseg.formats.torchscript import TorchScriptReadError, is_torchscript_archive, read_torchscript_state_dict
@@ -42,20 +43,20 @@ def read_clip_state_dict(path: PathLike) -> StateDict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"CLIP checkpoint not found: {path} (expected {EXPECTED_CLIP_FORMATS})")
+        raise MissingFileError(f"CLIP checkpoint not found: {path} (expected {EXPECTED_CLIP_FORMATS})")
     if is_torchscript_archive(path):
         # A TorchScript archive is read by the restricted reader only; its refusal is final (never retried
         # with a loader that could run the file's code).
         try:
             raw: Mapping[str, object] = read_torchscript_state_dict(path)
         except TorchScriptReadError as err:
-            raise ValueError(f"cannot read CLIP weights: {err}") from None
+            raise BadValueError(f"cannot read CLIP weights: {err}") from None
         return _clean_state_dict(raw, path)
     check_torch_container(path, "CLIP weights")  # before torch reads it: no record may inflate beyond the file
     try:
         raw = _read_plain(path)
     except Exception as err:  # any failure means "not this format"; reported with the formats expected
-        raise ValueError(
+        raise BadValueError(
             f"cannot read CLIP weights from {path}: expected {EXPECTED_CLIP_FORMATS}; "
             f"torch.load(weights_only=True) said {type(err).__name__}: {_first_line(err)}"
         ) from None
@@ -77,14 +78,14 @@ def _clean_state_dict(raw: Mapping[str, object], path: Path) -> StateDict:
     for key, value in raw.items():
         if not isinstance(value, Tensor):
             kind = type(value).__name__
-            raise ValueError(f"{path}: entry {key!r} is a {kind}, not a tensor; expected {EXPECTED_CLIP_FORMATS}")
+            raise BadValueError(f"{path}: entry {key!r} is a {kind}, not a tensor; expected {EXPECTED_CLIP_FORMATS}")
         key = key.removeprefix("module.")
         if key in _SCALAR_KEYS and value.dim() == 0 and not value.is_floating_point():
             continue
         value = value.detach()
         out[key] = value.float() if value.is_floating_point() else value
     if not out:
-        raise ValueError(f"{path}: the checkpoint holds no tensors; expected {EXPECTED_CLIP_FORMATS}")
+        raise BadValueError(f"{path}: the checkpoint holds no tensors; expected {EXPECTED_CLIP_FORMATS}")
     return out
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from otseg.errors import BadValueError
+
 __all__ = ["check_state_dict_fits", "tensor_digest", "verify_digest"]
 
 
@@ -74,7 +76,7 @@ def check_state_dict_fits(
     if not_tensors:
         problems.append(f"{len(not_tensors)} entries that are not tensors {_keys(not_tensors)}")
     if problems:
-        raise ValueError(f"{source} does not fit this model: {', '.join(problems)}" + (f"; {fix}" if fix else ""))
+        raise BadValueError(f"{source} does not fit this model: {', '.join(problems)}" + (f"; {fix}" if fix else ""))
     return [k for k in absent if allowed(k)]
 
 
@@ -99,7 +101,7 @@ def verify_digest(tensors: Mapping[str, Tensor], expected: Any, source: str) -> 
     if expected is None:
         return
     if not isinstance(expected, str) or tensor_digest(tensors) != expected:
-        raise ValueError(
+        raise BadValueError(
             f"{source}: its tensors do not match the SHA-256 written with them: the file is corrupt (changed on "
             "disk or in transfer); copy it again or use another checkpoint"
         )

@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import Tensor
 
+from otseg.errors import BadValueError
+
 __all__ = ["MAX_VIEW_RATIO", "check_stored_tensors", "iter_tensors"]
 
 MAX_VIEW_RATIO = 2  # the bytes of all views together, over the bytes of the distinct storages they view
@@ -48,7 +50,7 @@ def check_stored_tensors(obj: Any, source: str) -> None:
         storage = t.untyped_storage()
         need = t.numel() * t.element_size()
         if need > storage.nbytes():
-            raise ValueError(
+            raise BadValueError(
                 f"{source}: entry {path or 'the tensor'} declares shape {tuple(t.shape)} ({need:,} bytes) over "
                 f"{storage.nbytes():,} stored bytes (a view that repeats its data, as crafted files do); the file is "
                 "not a checkpoint otseg writes or reads"
@@ -57,7 +59,7 @@ def check_stored_tensors(obj: Any, source: str) -> None:
         viewed += need
     total = sum(stored.values())
     if viewed > MAX_VIEW_RATIO * total:
-        raise ValueError(
+        raise BadValueError(
             f"{source}: its tensors view {viewed:,} bytes of {total:,} stored bytes (views that repeat shared data, "
             "as crafted files do); the file is not a checkpoint otseg writes or reads"
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from otseg.errors import BadValueError, MissingFileError
 from otseg.formats.stored_tensors import check_stored_tensors
 
 __all__ = ["check_torch_container", "first_sentence", "safe_torch_load"]
@@ -38,9 +39,9 @@ def check_torch_container(p: Path, what: str, allow_pickle: bool = False) -> Non
                 declared = sum(info.file_size for info in archive.infolist())
         except (zipfile.BadZipFile, OSError, ValueError) as e:
             reason = first_sentence(str(e))
-            raise ValueError(f"cannot read {what} {p}: {reason}; the file is truncated or corrupt") from None
+            raise BadValueError(f"cannot read {what} {p}: {reason}; the file is truncated or corrupt") from None
         if declared > size:
-            raise ValueError(
+            raise BadValueError(
                 f"{what} {p}: its records inflate to {declared:,} bytes from a file of {size:,} (compressed records, "
                 "which torch.save never writes); refused unread"
             )
@@ -48,7 +49,7 @@ def check_torch_container(p: Path, what: str, allow_pickle: bool = False) -> Non
     with p.open("rb") as f:
         start = f.read(len(_LEGACY_START))
     if start == _LEGACY_START and not allow_pickle:
-        raise ValueError(
+        raise BadValueError(
             f"{what} {p} is in PyTorch's pre-1.6 file format, whose declared sizes torch allocates before reading; "
             "re-save it with a current torch (torch.save(torch.load(path), path) where you trust the file), or pass "
             "--allow-pickle (allow_pickle=True) for a file you trust"
@@ -73,7 +74,7 @@ def safe_torch_load(
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{what} {p} does not exist")
+        raise MissingFileError(f"{what} {p} does not exist")
     check_torch_container(p, what, allow_pickle)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
@@ -82,24 +83,24 @@ def safe_torch_load(
         if "Unsupported operand" in text:
             # Bytes that are no pickle opcode at all: another kind of file (an image, a text file), not a pickle
             # of objects, so --allow-pickle would not help.
-            raise ValueError(
+            raise BadValueError(
                 f"cannot read {what} {p}: it is not a PyTorch file (not a pickle at all); give the .pt / .pth file "
                 "itself"
             ) from e
         if allow_pickle or "Weights only load failed" not in text:
-            raise ValueError(f"cannot read {what} {p}: {first_sentence(text)}; the file may be corrupt") from e
+            raise BadValueError(f"cannot read {what} {p}: {first_sentence(text)}; the file may be corrupt") from e
         found = _UNSAFE_GLOBAL.search(text)
         objects = f" (e.g. {found.group(1)})" if found else ""
         hint = pickle_hint or (
             "if the file comes from a source you trust, retry with --allow-pickle (allow_pickle=True in Python); "
             "unpickling can run arbitrary code"
         )
-        raise ValueError(
+        raise BadValueError(
             f"{what} {p} holds pickled Python objects{objects} that safe loading (torch.load with "
             f"weights_only=True) refuses: {hint}"
         ) from e
     except Exception as e:  # torch raises RuntimeError / EOFError / OSError / ... for truncated or foreign files
-        raise ValueError(
+        raise BadValueError(
             f"cannot read {what} {p} ({type(e).__name__}: {first_sentence(str(e))}); the file is truncated, "
             "corrupt or not a PyTorch file (an interrupted copy or download?)"
         ) from e

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from otseg.errors import BadValueError
 from otseg.formats.stored_tensors import check_stored_tensors
 
 __all__ = ["TorchScriptReadError", "is_torchscript_archive", "read_torchscript_state_dict"]
@@ -51,7 +52,7 @@ _PARAMS_RE = re.compile(r"^class (\w+)\(Module\):\n  __parameters__ = \[(.*?)\]\
 _NAME_RE = re.compile(r'"(\w+)"')
 
 
-class TorchScriptReadError(ValueError):
+class TorchScriptReadError(BadValueError):
     """The archive is not a TorchScript archive this reader can take, or it asks for something it refuses."""
 
 

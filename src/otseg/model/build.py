@@ -12,6 +12,7 @@ from torch import Tensor
 from otseg.clip.loading import _load_checked, infer_clip_configs, load_clip_weights, text_state_dict
 from otseg.clip.text import TextEncoder
 from otseg.config import ModelConfig, apply_overrides
+from otseg.errors import BadValueError
 from otseg.formats.class_embeddings import load_class_embeddings
 from otseg.formats.openai_clip import read_clip_state_dict
 from otseg.formats.state_dict import check_state_dict_fits
@@ -81,7 +82,7 @@ def load_clip_into(
         # The state dict was read above, so these errors only know "<in-memory state dict>": name the file.
         if isinstance(clip, dict):
             raise
-        raise ValueError(f"cannot load CLIP weights from {clip}: {e}") from e
+        raise BadValueError(f"cannot load CLIP weights from {clip}: {e}") from e
     _attach(model, text_encoder)
 
 
@@ -110,9 +111,9 @@ def _text_tower(
     try:
         _, text_cfg = infer_clip_configs(sd, vision_heads=vision_heads, text_heads=text_heads)
     except ValueError as e:
-        raise ValueError(f"cannot load CLIP weights from {source}: {e}") from e
+        raise BadValueError(f"cannot load CLIP weights from {source}: {e}") from e
     if text_cfg.output_dim != model.config.head.embed_dim:
-        raise ValueError(
+        raise BadValueError(
             f"the CLIP text tower in {source} embeds to {text_cfg.output_dim} dimensions but the model's head expects "
             f"{model.config.head.embed_dim}: this CLIP is not the one the model was built for"
         )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from otseg.config import HeadConfig
+from otseg.errors import BadValueError
 from otseg.ops.mps import mps_scores
 from otseg.ops.mpsa import MultiPromptSinkhornAttention, SoftmaxCrossAttention
 from otseg.ops.sinkhorn_options import SinkhornOptions
@@ -56,7 +57,7 @@ class DecoderLayer(nn.Module):
         elif cfg.attention == "softmax":
             self.attn = SoftmaxCrossAttention(c, cfg.num_heads, cfg.attn_dropout)
         else:
-            raise ValueError(f"unknown attention {cfg.attention!r}; use 'mpsa' or 'softmax'")
+            raise BadValueError(f"unknown attention {cfg.attention!r}; use 'mpsa' or 'softmax'")
         self.norm_attn = nn.LayerNorm(c)
         self.linear1 = nn.Linear(c, cfg.ffn_dim)
         self.linear2 = nn.Linear(cfg.ffn_dim, c)

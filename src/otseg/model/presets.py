@@ -28,6 +28,7 @@ from otseg.config import (
     VisionConfig,
 )
 from otseg.data.facts import DatasetFacts, dataset_facts
+from otseg.errors import UnknownNameError
 
 __all__ = ["PRESETS", "describe_preset", "get_preset", "list_presets"]
 
@@ -211,7 +212,7 @@ def get_preset(name: str) -> ModelConfig:
     try:
         builder = PRESETS[name]
     except KeyError:
-        raise KeyError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
+        raise UnknownNameError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}") from None
     return builder()
 
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from otseg.clip.text import TextEncoder
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.config import ModelConfig, resolve_templates
+from otseg.errors import BadValueError
 from otseg.model.head import HeadOutput, OTSegHead
 from otseg.model.text import compute_class_embeddings, validate_class_names
 from otseg.ops.sinkhorn_options import SinkhornOptions
@@ -96,17 +97,17 @@ class OTSeg(nn.Module):
         """
         t = torch.as_tensor(np.asarray(emb) if not isinstance(emb, Tensor) else emb)
         if t.dim() != 3:
-            raise ValueError(f"class embeddings must have shape (K, N, D), got {tuple(t.shape)}")
+            raise BadValueError(f"class embeddings must have shape (K, N, D), got {tuple(t.shape)}")
         d = self.config.head.embed_dim
         if t.shape[2] != d:
-            raise ValueError(f"class embeddings have width {t.shape[2]} but the model expects {d}")
+            raise BadValueError(f"class embeddings have width {t.shape[2]} but the model expects {d}")
         if t.shape[0] == 0:
-            raise ValueError("class embeddings are empty (K = 0): give at least one class")
+            raise BadValueError("class embeddings are empty (K = 0): give at least one class")
         k = t.shape[0]
         if class_names is None:
             class_names = self.class_names if k == len(self.class_names) else [f"class_{i}" for i in range(k)]
         if len(class_names) != k:
-            raise ValueError(f"{len(class_names)} class names for {k} class embeddings")
+            raise BadValueError(f"{len(class_names)} class names for {k} class embeddings")
         self.class_embeddings = t.to(device=self.class_embeddings.device, dtype=torch.float32).contiguous()
         self.class_names = list(class_names)
         self.seen_mask = self._seen_mask_for(self.class_names, seen).to(self.class_embeddings.device)
@@ -237,7 +238,7 @@ class OTSeg(nn.Module):
         """
         classes = self._classes(classes)
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
+            raise BadValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
         was_training = self.training
         self.eval()  # dropout off whatever mode the caller left the model in
         try:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from otseg.config import apply_overrides
+from otseg.errors import BadValueError
 from otseg.formats.torch_pickle import safe_torch_load
 from otseg.model.presets import get_preset
 from otseg.model.segmentor import OTSeg
@@ -40,7 +41,9 @@ def load_model(
     if is_training_checkpoint(ckpt):
         return model_from_training_checkpoint(ckpt, p, overrides, trust_unverified)
     if preset is None:
-        raise ValueError(f"{p} looks like a reference checkpoint: say which preset it was trained with (--preset NAME)")
+        raise BadValueError(
+            f"{p} looks like a reference checkpoint: say which preset it was trained with (--preset NAME)"
+        )
 
     cfg = get_preset(preset)
     if overrides:

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from otseg.clip.text import TextEncoder
 from otseg.config import MAX_CLASSES, MAX_TEMPLATES, ModelConfig, apply_overrides
 from otseg.data.classes import validate_class_names
+from otseg.errors import BadValueError, MissingFileError
 from otseg.formats.state_dict import check_state_dict_fits, tensor_digest, verify_digest
 from otseg.formats.torch_pickle import first_sentence
 from otseg.model.segmentor import OTSeg
@@ -58,7 +59,7 @@ def save_pretrained(model: OTSeg, directory: str | os.PathLike, extra: dict[str,
     d = Path(directory)
     clash = sorted(set(extra or {}) & _RESERVED_META)
     if clash:
-        raise ValueError(f"extra config.json entries {clash} would overwrite what load_pretrained reads")
+        raise BadValueError(f"extra config.json entries {clash} would overwrite what load_pretrained reads")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if getattr(model, "has_class_embeddings", False):
         tensors["class_embeddings"] = model.class_embeddings.detach().cpu().contiguous()
@@ -94,36 +95,36 @@ def load_pretrained(
     cfg_path, weights_path = d / CONFIG_FILE, d / WEIGHTS_FILE
     for p in (cfg_path, weights_path):
         if not p.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{p} does not exist; expected a folder written by `otseg convert` or save_pretrained"
             )
     meta = _read_config_json(cfg_path)
     version = meta.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(
+        raise BadValueError(
             f"{cfg_path} has format_version {version!r}; this otseg reads up to {FORMAT_VERSION} (upgrade otseg)"
         )
     if not isinstance(meta.get("config"), dict):
-        raise ValueError(f'{cfg_path} has no "config" object')
+        raise BadValueError(f'{cfg_path} has no "config" object')
     try:
         config = ModelConfig.from_dict(meta["config"])
         if overrides:
             config = apply_overrides(config, overrides)
     except (TypeError, ValueError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise ValueError(f"{cfg_path}: {message}") from e
+        raise BadValueError(f"{cfg_path}: {message}") from e
     names = meta.get("class_names")
     if names is not None:
         if not isinstance(names, list):
-            raise ValueError(f"{cfg_path}: class_names = {str(names)[:60]}: expected a list of names")
+            raise BadValueError(f"{cfg_path}: class_names = {str(names)[:60]}: expected a list of names")
         try:
             names = validate_class_names(names, f"{cfg_path}: class_names")
         except TypeError as e:
-            raise ValueError(str(e)) from None
+            raise BadValueError(str(e)) from None
     header, shapes = _read_header(weights_path)
     digest = header.get("otseg_sha256")
     if digest is None and not trust_unverified:
-        raise ValueError(
+        raise BadValueError(
             f"{weights_path} carries no SHA-256 of its tensors (every file otseg writes does): it was written by "
             "another tool or its digest was removed; re-save it with save_pretrained / otseg convert, or pass "
             "--trust-unverified (trust_unverified=True) if you trust where it came from"
@@ -133,7 +134,7 @@ def load_pretrained(
     _check_declared_shapes(config, has_text, shapes, f"{weights_path} (with its {CONFIG_FILE})", fix)
     bound = header.get("otseg_config_sha256")
     if bound is not None and bound != config_digest(meta):
-        raise ValueError(
+        raise BadValueError(
             f"{cfg_path} is not the config {WEIGHTS_FILE} was saved with (its config, class names or text tower "
             "entry were edited, or it comes from another save): copy both files from the same save_pretrained / "
             "otseg convert run; change inference settings with overrides (--set) instead of editing it"
@@ -144,7 +145,7 @@ def load_pretrained(
     try:
         tensors = load_file(str(weights_path))
     except Exception as e:  # safetensors' own error type for a truncated or foreign file
-        raise ValueError(
+        raise BadValueError(
             f"cannot read {weights_path} ({type(e).__name__}: {first_sentence(str(e))}); the file is truncated "
             "or corrupt: copy it again or re-run save_pretrained / otseg convert"
         ) from e
@@ -157,11 +158,11 @@ def load_pretrained(
     model.load_state_dict(tensors, strict=True)
     if emb is not None:
         if names is not None and len(names) != emb.shape[0]:
-            raise ValueError(
+            raise BadValueError(
                 f"{cfg_path}: {len(names)} class_names for the {emb.shape[0]} class embeddings of {WEIGHTS_FILE}"
             )
         if seen is not None and tuple(seen.shape) != (emb.shape[0],):
-            raise ValueError(
+            raise BadValueError(
                 f"{weights_path}: seen_mask has shape {tuple(seen.shape)} but there are {emb.shape[0]} classes; the "
                 "file was edited or damaged: re-run save_pretrained / otseg convert"
             )
@@ -169,7 +170,9 @@ def load_pretrained(
         try:
             model.set_class_embeddings(emb, class_names=names, seen=seen_idx)
         except ValueError as e:
-            raise ValueError(f"{weights_path}: class_embeddings {tuple(emb.shape)} do not fit its config: {e}") from e
+            raise BadValueError(
+                f"{weights_path}: class_embeddings {tuple(emb.shape)} do not fit its config: {e}"
+            ) from e
     return model.to(device)
 
 
@@ -177,15 +180,17 @@ def _read_config_json(path: Path) -> dict[str, Any]:
     """config.json as a dict, bounded in size and nesting; one ValueError naming the file otherwise."""
     size = path.stat().st_size
     if size > MAX_CONFIG_BYTES:
-        raise ValueError(f"{path} has {size:,} bytes, more than any otseg config.json (at most {MAX_CONFIG_BYTES:,})")
+        raise BadValueError(
+            f"{path} has {size:,} bytes, more than any otseg config.json (at most {MAX_CONFIG_BYTES:,})"
+        )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+        raise BadValueError(f"{path} is not valid JSON: {e}") from e
     except RecursionError:
-        raise ValueError(f"{path} is not an otseg config: its JSON is nested too deep") from None
+        raise BadValueError(f"{path} is not an otseg config: its JSON is nested too deep") from None
     if not isinstance(meta, dict) or meta.get("format") != "otseg":
-        raise ValueError(f'{path} is not an otseg config (no "format": "otseg")')
+        raise BadValueError(f'{path} is not an otseg config (no "format": "otseg")')
     return meta
 
 
@@ -195,7 +200,7 @@ def _read_header(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {}), {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors' own error type for a truncated or foreign file
-        raise ValueError(
+        raise BadValueError(
             f"cannot read {path} ({type(e).__name__}: {first_sentence(str(e))}); the file is truncated or corrupt: "
             "copy it again or re-run save_pretrained / otseg convert"
         ) from e
@@ -216,10 +221,10 @@ def _check_declared_shapes(
     emb = shapes.get("class_embeddings")
     width = config.head.embed_dim
     if emb is not None and (len(emb) != 3 or emb[2] != width or emb[0] > MAX_CLASSES or emb[1] > MAX_TEMPLATES):
-        raise ValueError(
+        raise BadValueError(
             f"{source}: class_embeddings declare shape {emb}; the config expects (K, N, {width}) with K at most "
             f"{MAX_CLASSES} and N at most {MAX_TEMPLATES}; {fix}"
         )
     seen = shapes.get("seen_mask")
     if seen is not None and emb is not None and seen != emb[:1]:
-        raise ValueError(f"{source}: seen_mask has shape {seen} but there are {emb[0]} classes; {fix}")
+        raise BadValueError(f"{source}: seen_mask has shape {seen} but there are {emb[0]} classes; {fix}")

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import Tensor
 
 from otseg.clip.model import resize_positional_embedding
+from otseg.errors import BadValueError, UnknownNameError
 from otseg.formats.state_dict import check_state_dict_fits
 from otseg.formats.torch_pickle import safe_torch_load
 from otseg.model.segmentor import OTSeg
@@ -103,7 +104,7 @@ def map_reference_key(key: str, keep_text_encoder: bool = False) -> tuple[str | 
     ours = _rename(key, _HEAD_RULES)
     if ours is not None:
         return ours, ""
-    raise KeyError(f"no mapping rule for reference key {key!r}")
+    raise UnknownNameError(f"no mapping rule for reference key {key!r}")
 
 
 def _reference_key(our_key: str) -> str:
@@ -153,12 +154,12 @@ def read_reference_state_dict(path: str | os.PathLike, allow_pickle: bool = Fals
     elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
         state_dict, meta = ckpt, {}
     else:
-        raise ValueError(f"{p} is not an mmseg checkpoint: expected a dict with a 'state_dict' entry")
+        raise BadValueError(f"{p} is not an mmseg checkpoint: expected a dict with a 'state_dict' entry")
     if not isinstance(state_dict, dict):
-        raise ValueError(f"{p}: 'state_dict' is a {type(state_dict).__name__}, not a dict of tensors")
+        raise BadValueError(f"{p}: 'state_dict' is a {type(state_dict).__name__}, not a dict of tensors")
     bad = [k for k, v in state_dict.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise ValueError(f"{p}: 'state_dict' entries that are not tensors: {bad[:8]}")
+        raise BadValueError(f"{p}: 'state_dict' entries that are not tensors: {bad[:8]}")
     return state_dict, meta
 
 
@@ -196,7 +197,9 @@ def convert_reference_state_dict(
             try:
                 value = resize_positional_embedding(value.float(), grid)
             except ValueError as e:
-                raise ValueError(f"{source}: cannot resize {key} {tuple(value.shape)} to {tuple(expected)}: {e}") from e
+                raise BadValueError(
+                    f"{source}: cannot resize {key} {tuple(value.shape)} to {tuple(expected)}: {e}"
+                ) from e
         out[new_key] = value
         report.mapped[key] = new_key
 

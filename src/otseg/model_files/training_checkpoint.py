@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from otseg.config import ModelConfig, apply_overrides
+from otseg.errors import BadValueError
 from otseg.formats.state_dict import check_state_dict_fits, tensor_digest, verify_digest
 from otseg.formats.torch_pickle import safe_torch_load
 from otseg.model.segmentor import OTSeg
@@ -59,11 +60,11 @@ _DIGEST_KEYS = frozenset({CHECKPOINT_DIGEST_KEY, "sha256"})
 _STATES = ("optimizer", "scaler", "rng", "train_config", "model_config")  # besides the weights, in the file's order
 
 
-class UnreadableCheckpointError(ValueError):
+class UnreadableCheckpointError(BadValueError):
     """The checkpoint file itself cannot be read (truncated, corrupt, holds pickled objects)."""
 
 
-class UnverifiedCheckpointError(ValueError):
+class UnverifiedCheckpointError(BadValueError):
     """A checkpoint that carries no digest of what it would be used for, refused because the user did not say to
     trust it (not a damaged file: an older or foreign one)."""
 
@@ -99,7 +100,7 @@ def read_training_checkpoint(path: str | os.PathLike, required: tuple[str, ...] 
     except ValueError as e:
         raise UnreadableCheckpointError(str(e)) from e
     if not is_training_checkpoint(ckpt):
-        raise ValueError(f"{path} is not an otseg training checkpoint (an iter_N.pt written by otseg train)")
+        raise BadValueError(f"{path} is not an otseg training checkpoint (an iter_N.pt written by otseg train)")
     _check_entries(ckpt, path, required)
     return ckpt
 
@@ -107,7 +108,9 @@ def read_training_checkpoint(path: str | os.PathLike, required: tuple[str, ...] 
 def _check_entries(ckpt: dict[str, Any], path: str | os.PathLike, required: tuple[str, ...]) -> None:
     absent = [k for k in required if k not in ckpt]
     if absent:
-        raise ValueError(f"training checkpoint {path} lacks {absent}: it is damaged; use another iter_N.pt of the run")
+        raise BadValueError(
+            f"training checkpoint {path} lacks {absent}: it is damaged; use another iter_N.pt of the run"
+        )
 
 
 def whole_checkpoint_digest(ckpt: Mapping[str, Any]) -> str:
@@ -122,10 +125,10 @@ def whole_checkpoint_digest(ckpt: Mapping[str, Any]) -> str:
     """
     keys = ckpt.get(SEALED_KEYS)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-        raise ValueError(f"its {SEALED_KEYS} entry is not a list of names")
+        raise BadValueError(f"its {SEALED_KEYS} entry is not a list of names")
     absent = [k for k in keys if k not in ckpt]
     if absent:
-        raise ValueError(f"it lacks {absent}, written with it")
+        raise BadValueError(f"it lacks {absent}, written with it")
     h = hashlib.sha256()
     stack: list[Any] = [{**{k: ckpt[k] for k in keys}, SEALED_KEYS: keys}]
     while stack:  # an explicit stack: deep nesting cannot exhaust Python's recursion limit
@@ -156,7 +159,7 @@ def whole_checkpoint_digest(ckpt: Mapping[str, Any]) -> str:
         elif isinstance(value, float):
             h.update(b"f" + struct.pack("<d", value))
         else:
-            raise ValueError(f"holds a {type(value).__name__}, which no checkpoint otseg writes holds")
+            raise BadValueError(f"holds a {type(value).__name__}, which no checkpoint otseg writes holds")
     return h.hexdigest()
 
 
@@ -184,9 +187,9 @@ def verify_training_checkpoint(
         try:
             actual = whole_checkpoint_digest(ckpt)
         except ValueError as e:
-            raise ValueError(f"{source}: {e}; the file was edited or damaged after otseg train wrote it") from None
+            raise BadValueError(f"{source}: {e}; the file was edited or damaged after otseg train wrote it") from None
         if not isinstance(expected, str) or actual != expected:
-            raise ValueError(
+            raise BadValueError(
                 f"{source}: its tensors do not match the SHA-256 written with them (over the weights, optimiser, "
                 "scaler and RNG state): the file is corrupt (changed on disk or in transfer); use another checkpoint "
                 "of the run"
@@ -221,7 +224,7 @@ def verify_training_digest(ckpt: dict[str, Any], source: str) -> None:
         return
     model_state, emb = ckpt.get("model"), ckpt.get("class_embeddings")
     if not isinstance(model_state, dict) or not isinstance(emb, Tensor):
-        raise ValueError(f"{source}: its weights or class embeddings are missing; the file is damaged")
+        raise BadValueError(f"{source}: its weights or class embeddings are missing; the file is damaged")
     tensors = {f"model.{k}": v for k, v in model_state.items() if isinstance(v, Tensor)}
     verify_digest({**tensors, "class_embeddings": emb}, expected, source)
 
@@ -237,7 +240,7 @@ def model_from_training_checkpoint(
         if overrides:  # e.g. `otseg eval --set head.seen_bias=0`; were silently ignored for these checkpoints
             cfg = apply_overrides(cfg, overrides)
     except (TypeError, KeyError, ValueError) as e:
-        raise ValueError(f"{p}: its model_config cannot be used: {e}") from e
+        raise BadValueError(f"{p}: its model_config cannot be used: {e}") from e
     with torch.device("meta"):  # shapes only: the weights are checked against the config before anything is built
         shapes_only = OTSeg(cfg)
     check_state_dict_fits(
@@ -254,7 +257,7 @@ def model_from_training_checkpoint(
     shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else None
     expected = (cfg.num_prompts, cfg.head.embed_dim)
     if shape is None or len(shape) != 3 or shape[1:] != expected or (names is not None and len(names) != shape[0]):
-        raise ValueError(
+        raise BadValueError(
             f"training checkpoint {p}: class_embeddings {shape} do not fit its model (expected (K, {expected[0]}, "
             f"{expected[1]}) with K = {len(names) if names is not None else 'the number of classes'}); the file is "
             "damaged or was edited: use another checkpoint of the run"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from otseg.errors import BadValueError
 from otseg.ops.mps import transport_weighted_scores
 from otseg.ops.sinkhorn_options import SinkhornOptions
 
@@ -82,7 +83,7 @@ class SoftmaxCrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 8, attn_dropout: float = 0.1) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise BadValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.q = nn.Linear(dim, dim)

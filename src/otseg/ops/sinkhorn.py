@@ -66,6 +66,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from otseg.errors import BadValueError
 from otseg.ops.sinkhorn_backward import ImplicitSinkhorn
 from otseg.ops.sinkhorn_loop import CheckEvery, is_compiling, resolve_check_every
 from otseg.ops.sinkhorn_loop import solve as solve_loop
@@ -225,7 +226,7 @@ def sinkhorn_potentials(
     if update is None:  # `sinkhorn`'s rule: gradients through the iterations need the literal loop
         update = _default_update(unrolled=needs_grad)
     if update == "scaling" and needs_grad:
-        raise ValueError("update='scaling' is not differentiable through its iterations; use 'reference' or 'log'")
+        raise BadValueError("update='scaling' is not differentiable through its iterations; use 'reference' or 'log'")
     check = resolve_check_every(check_every, cost.device)
     with torch.autocast(device_type=cost.device.type, enabled=False):
         rule, run, _ = solve_loop(prob, update, max_iter, thresh, check, fixed_iters, differentiable=needs_grad)
@@ -291,7 +292,7 @@ def sinkhorn(
     max_iter, thresh, fixed_iters = settings["max_iter"], settings["thresh"], settings["fixed_iters"]
     backward = settings["backward"]
     if backward not in ("implicit", "unrolled"):
-        raise ValueError(f"unknown sinkhorn backward {backward!r}; use 'implicit' or 'unrolled'")
+        raise BadValueError(f"unknown sinkhorn backward {backward!r}; use 'implicit' or 'unrolled'")
     prob = prepare(cost, eps, mu, nu)
     check = resolve_check_every(settings["check_every"], cost.device)
     grad_cost = torch.is_grad_enabled() and cost.requires_grad
@@ -300,7 +301,7 @@ def sinkhorn(
         backward = "unrolled"
     update = settings["update"] or _default_update(unrolled=backward == "unrolled")
     if backward == "unrolled" and update == "scaling" and (grad_cost or grad_marginals):
-        raise ValueError("backward='unrolled' needs update='reference' or 'log' (the scaling update is in place)")
+        raise BadValueError("backward='unrolled' needs update='reference' or 'log' (the scaling update is in place)")
 
     result: dict[str, Any] = {}
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from otseg.errors import BadValueError
 from otseg.ops.sinkhorn_rules import RULES, LogRule, NonFinite, Problem, ReferenceRule, Run, ScalingRule
 
 __all__ = ["CheckEvery", "is_compiling", "resolve_check_every", "solve"]
@@ -35,7 +36,7 @@ def resolve_check_every(check_every: CheckEvery, device: torch.device) -> CheckE
     if check_every == "adaptive":
         return check_every
     if isinstance(check_every, bool) or not isinstance(check_every, int) or check_every < 1:
-        raise ValueError(f"check_every must be a positive int, 'auto' or 'adaptive', got {check_every!r}")
+        raise BadValueError(f"check_every must be a positive int, 'auto' or 'adaptive', got {check_every!r}")
     return check_every
 
 
@@ -143,7 +144,7 @@ def solve(
     `_iterate_masked` when `differentiable`) and the scaling update is replaced by the log-domain one, whose
     iterations need no host-side safety checks."""
     if update not in RULES:
-        raise ValueError(f"unknown sinkhorn update {update!r}; use 'scaling', 'log' or 'reference'")
+        raise BadValueError(f"unknown sinkhorn update {update!r}; use 'scaling', 'log' or 'reference'")
     if fixed_iters is None and is_compiling():
         graph_rule = ReferenceRule(prob) if update == "reference" else LogRule(prob)
         if differentiable:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from otseg.errors import BadValueError
+
 __all__ = ["SinkhornBackward", "SinkhornOptions"]
 
 SinkhornBackward = Literal["implicit", "unrolled"]
@@ -35,7 +37,7 @@ class SinkhornOptions:
 
     def __post_init__(self) -> None:
         if self.backward not in ("implicit", "unrolled"):
-            raise ValueError(f"sinkhorn backward {self.backward!r}: expected 'implicit' or 'unrolled'")
+            raise BadValueError(f"sinkhorn backward {self.backward!r}: expected 'implicit' or 'unrolled'")
         group = self.stop_group
         if group is not None and (isinstance(group, bool) or not isinstance(group, int) or group < 1):
-            raise ValueError(f"sinkhorn stop_group {group!r}: expected a positive number of images or None")
+            raise BadValueError(f"sinkhorn stop_group {group!r}: expected a positive number of images or None")

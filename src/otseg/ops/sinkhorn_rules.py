@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from otseg.errors import BadValueError
+
 __all__ = ["RULES", "LogRule", "NonFinite", "Problem", "ReferenceRule", "Run", "ScalingRule", "prepare"]
 
 LOG_OFFSET = 1e-8  # the reference adds this to the marginals inside log(); it shifts potentials slightly
@@ -65,9 +67,9 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def prepare(cost: Tensor, eps: float, mu: Tensor | None, nu: Tensor | None) -> Problem:
     """Validate the inputs and build the problem: cost (P, M, N), marginals (P, M), (P, N) or None (uniform)."""
     if cost.dim() != 3:
-        raise ValueError(f"sinkhorn expects a cost of shape (P, M, N), got {tuple(cost.shape)}")
+        raise BadValueError(f"sinkhorn expects a cost of shape (P, M, N), got {tuple(cost.shape)}")
     if not eps > 0:
-        raise ValueError(f"sinkhorn needs eps > 0, got {eps}")
+        raise BadValueError(f"sinkhorn needs eps > 0, got {eps}")
     p, m, n = cost.shape
     dtype = compute_dtype(cost.dtype)
     cost = cost.to(dtype)
@@ -76,14 +78,14 @@ def prepare(cost: Tensor, eps: float, mu: Tensor | None, nu: Tensor | None) -> P
         log_mu = torch.log(torch.full((p, m), 1.0 / m, dtype=dtype, device=cost.device) + LOG_OFFSET)
     else:
         if mu.shape != (p, m):
-            raise ValueError(f"mu must have shape {(p, m)}, got {tuple(mu.shape)}")
+            raise BadValueError(f"mu must have shape {(p, m)}, got {tuple(mu.shape)}")
         mu = mu.to(dtype)
         log_mu = torch.log(mu + LOG_OFFSET)
     if nu is None:
         log_nu = torch.log(torch.full((p, n), 1.0 / n, dtype=dtype, device=cost.device) + LOG_OFFSET)
     else:
         if nu.shape != (p, n):
-            raise ValueError(f"nu must have shape {(p, n)}, got {tuple(nu.shape)}")
+            raise BadValueError(f"nu must have shape {(p, n)}, got {tuple(nu.shape)}")
         nu = nu.to(dtype)
         log_nu = torch.log(nu + LOG_OFFSET)
     return Problem(cost, float(eps), log_mu, log_nu, mu, nu)

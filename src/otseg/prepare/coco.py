@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from otseg.data.facts import dataset_facts
+from otseg.errors import BadValueError
 from otseg.prepare.common import (
     Input,
     Job,
@@ -67,9 +68,9 @@ def map_cost(data: bytes, where: str) -> int:
             with Image.open(io.BytesIO(data)) as im:
                 height, width = im.height, im.width
     except Image.DecompressionBombError as exc:  # PIL's own limit (about 179 million pixels), above ours
-        raise ValueError(f"{where}: over the limit of a label map ({' '.join(str(exc).split())})") from None
+        raise BadValueError(f"{where}: over the limit of a label map ({' '.join(str(exc).split())})") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ValueError(f"{where}: not a COCO-Stuff label map ({' '.join(str(exc).split())})") from None
+        raise BadValueError(f"{where}: not a COCO-Stuff label map ({' '.join(str(exc).split())})") from None
     check_label_size(height, width, where)
     return len(data) + 2 * height * width
 
@@ -80,10 +81,10 @@ def _convert_map(data: bytes, dest: Path, where: str) -> int:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             if im.mode not in ("L", "P"):
-                raise ValueError(f"mode {im.mode}, expected a single-channel map")
+                raise BadValueError(f"mode {im.mode}, expected a single-channel map")
             values = np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{where}: not a COCO-Stuff label map ({exc})") from None
+        raise BadValueError(f"{where}: not a COCO-Stuff label map ({exc})") from None
     write_png_atomic(dest, stuff_thing_lut()[values])
     return 1
 

@@ -42,6 +42,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from otseg.errors import BadValueError, MissingFileError
 from otseg.weights.registry import RegistryEntry, file_digests, find_entry_for_filename, load_registry
 
 __all__ = [
@@ -88,7 +89,7 @@ class PrepareOptions:
 
     def __post_init__(self) -> None:
         if self.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {self.workers}")
+            raise BadValueError(f"--workers must be >= 0, got {self.workers}")
 
 
 def check_label_size(height: Any, width: Any, where: str) -> tuple[int, int]:
@@ -96,9 +97,9 @@ def check_label_size(height: Any, width: Any, where: str) -> tuple[int, int]:
     naming `where` and the values."""
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{where}: {name} = {value!r}: expected a whole number of pixels, at least 1")
+            raise BadValueError(f"{where}: {name} = {value!r}: expected a whole number of pixels, at least 1")
     if max(height, width) > MAX_LABEL_SIDE or height * width > MAX_LABEL_PIXELS:
-        raise ValueError(
+        raise BadValueError(
             f"{where}: a {width}x{height} label map is over the limit of {MAX_LABEL_SIDE:,} px a side and "
             f"{MAX_LABEL_PIXELS:,} pixels (the datasets' annotations are at most 640 px a side); not an annotation "
             "of this dataset"
@@ -109,7 +110,7 @@ def check_label_size(height: Any, width: Any, where: str) -> tuple[int, int]:
 def safe_stem(name: str, what: str) -> str:
     """`name` if it is a plain file stem (no folders, no '..'); else ValueError naming it."""
     if not _STEM.fullmatch(name) or ".." in name:
-        raise ValueError(f"{what}: unexpected file name {name!r} (not a plain image stem)")
+        raise BadValueError(f"{what}: unexpected file name {name!r} (not a plain image stem)")
     return name
 
 
@@ -140,11 +141,13 @@ class Member:
     def read(self) -> bytes:
         """The member's bytes (for tar inputs: call before asking the iterator for the next member)."""
         if self.size > MAX_MEMBER_BYTES:
-            raise ValueError(f"{self.source}: {self.rel} has {self.size:,} bytes, more than any file of these datasets")
+            raise BadValueError(
+                f"{self.source}: {self.rel} has {self.size:,} bytes, more than any file of these datasets"
+            )
         try:
             return self._read()
         except _ARCHIVE_ERRORS as exc:
-            raise ValueError(_damaged(self.source, exc)) from None
+            raise BadValueError(_damaged(self.source, exc)) from None
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class Input:
             else:
                 yield from self._tar_members(prefixes)
         except _ARCHIVE_ERRORS as exc:
-            raise ValueError(_damaged(self.describe(), exc)) from None
+            raise BadValueError(_damaged(self.describe(), exc)) from None
 
     def _relative(self, name: str) -> str | None:
         name = name.replace("\\", "/")
@@ -237,7 +240,7 @@ class _CappedReads(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         if size is None or size < 0 or size > self._cap:
-            raise ValueError(f"{self.name}: a record of {size:,} bytes, more than any file of these datasets")
+            raise BadValueError(f"{self.name}: a record of {size:,} bytes, more than any file of these datasets")
         return bytes(self._inner.read(size))
 
     def readinto(self, buffer: Any) -> int:
@@ -284,7 +287,7 @@ def find_input(
     registry name of the download).
     """
     if not src.is_dir():
-        raise FileNotFoundError(f"--src {src} does not exist or is not a folder")
+        raise MissingFileError(f"--src {src} does not exist or is not a folder")
     for name in archive_names:
         for candidate in (src / name, *sorted(src.glob(f"*/{name}"))):
             if candidate.is_file():
@@ -303,7 +306,7 @@ def find_input(
         e = next(x for x in load_registry() if x.name == entry)
         published = f"; it is published at {e.where}" + (f" (otseg weights fetch {e.name} --to {src})" if e.url else "")
     names = " or ".join(archive_names)
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{what}: missing {names} (or the folder it extracts to, with {anchor}{marker}) in {src}{published}"
     )
 
@@ -328,7 +331,7 @@ def verify_checksum(archive: Input, data_root: Path, progress: bool) -> str:
     got = file_digests(archive.path, tuple(entry.digests), progress=progress)
     for kind, want in entry.digests.items():
         if got[kind] != want:
-            raise ValueError(
+            raise BadValueError(
                 f"{archive.path} has {kind} {got[kind]} but the published {entry.filename} has {want}: the download "
                 f"is incomplete or another file; download it again from {entry.where} (or pass --skip-checksum)"
             )
@@ -373,7 +376,7 @@ def write_list_atomic(dest: Path, stems: Iterable[str], source: str) -> None:
     stems = list(stems)
     for i, stem in enumerate(stems):
         if not _STEM.fullmatch(stem) or ".." in stem:
-            raise ValueError(
+            raise BadValueError(
                 f"{source}: entry {i + 1} {stem[:80]!r} is not a plain image stem (no folders, no '..'); the list is "
                 "damaged or not the published one: download it again"
             )
@@ -447,7 +450,7 @@ def _run(job: Job) -> Any:
         return job.fn(job.payload, job.dest, *job.args)
     except UNFORESEEN_VALUE_ERRORS as exc:
         where = next((a for a in job.args if isinstance(a, str)), job.dest.name)
-        raise ValueError(
+        raise BadValueError(
             f"{where}: cannot convert it ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); the download "
             "holds a value of the wrong type or out of range: download it again"
         ) from None
@@ -518,12 +521,12 @@ def link_source(member: Member) -> Path:
     try:
         target = member.path.resolve(strict=True)
     except (OSError, RuntimeError):  # missing target, or a loop of links
-        raise ValueError(
+        raise BadValueError(
             f"{member.source}: {member.rel} is a symbolic link to {os.readlink(member.path)}, which does not exist; "
             "replace it by the file"
         ) from None
     if not target.is_relative_to(root) or not target.is_file():
-        raise ValueError(
+        raise BadValueError(
             f"{member.source}: {member.rel} is a symbolic link to {target}, outside the download folder {root}; "
             "prepare follows no link out of it: replace the link by the file (e.g. cp -L), or give --src the "
             "folder that holds the files"

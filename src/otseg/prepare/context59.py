@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from otseg.data.facts import dataset_facts
+from otseg.errors import BadValueError, MissingFileError
 from otseg.prepare.common import (
     MAX_LABEL_SIDE,
     Job,
@@ -89,16 +90,16 @@ def json_int(value: Any, where: str, low: int, high: int) -> int:
     """`value` from the JSON as an int in low..high; else one ValueError naming `where` (file and JSON path)."""
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         shown = repr(value) if not isinstance(value, int) or abs(value) < 10**12 else f"{value:.3e}"
-        raise ValueError(f"{where} = {shown[:60]}: expected a whole number in {low:,}..{high:,}")
+        raise BadValueError(f"{where} = {shown[:60]}: expected a whole number in {low:,}..{high:,}")
     return value
 
 
 def _rle_size(segmentation: Any, where: str) -> tuple[int, int]:
     if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
-        raise ValueError(f"{where}: segmentation is not a run-length encoding {{size, counts}} (polygons?)")
+        raise BadValueError(f"{where}: segmentation is not a run-length encoding {{size, counts}} (polygons?)")
     size = segmentation["size"]
     if not isinstance(size, list) or len(size) != 2:
-        raise ValueError(f"{where}.size = {str(size)[:60]}: expected [height, width]")
+        raise BadValueError(f"{where}.size = {str(size)[:60]}: expected [height, width]")
     h = json_int(size[0], f"{where}.size[0]", 1, MAX_SIDE)
     w = json_int(size[1], f"{where}.size[1]", 1, MAX_SIDE)
     check_label_size(h, w, f"{where}.size")
@@ -110,24 +111,24 @@ def _rle_counts(counts: Any, where: str, total: int) -> np.ndarray:
     (LEB128-like, 6 bits a char, deltas from the 3rd run on); else one ValueError naming `where`."""
     if isinstance(counts, list):
         if len(counts) > total + 1:
-            raise ValueError(f"{where}: {len(counts):,} runs for a mask of {total:,} pixels")
+            raise BadValueError(f"{where}: {len(counts):,} runs for a mask of {total:,} pixels")
         for i, c in enumerate(counts):
             json_int(c, f"{where}[{i}]", 0, total)
         return np.asarray(counts, dtype=np.int64)
     if not isinstance(counts, str):
-        raise ValueError(f"{where}: RLE counts are {type(counts).__name__}, expected a string or a list")
+        raise BadValueError(f"{where}: RLE counts are {type(counts).__name__}, expected a string or a list")
     out: list[int] = []
     p, n = 0, len(counts)
     while p < n:
         x, k, more = 0, 0, True
         while more:
             if p >= n:
-                raise ValueError(f"{where}: RLE string ends inside a number")
+                raise BadValueError(f"{where}: RLE string ends inside a number")
             if k >= _MAX_RLE_DIGITS:
-                raise ValueError(f"{where}: an RLE number of more than {_MAX_RLE_DIGITS} characters (at {p})")
+                raise BadValueError(f"{where}: an RLE number of more than {_MAX_RLE_DIGITS} characters (at {p})")
             c = ord(counts[p]) - 48
             if not 0 <= c < 64:
-                raise ValueError(f"{where}: RLE string has the invalid character {counts[p]!r}")
+                raise BadValueError(f"{where}: RLE string has the invalid character {counts[p]!r}")
             x |= (c & 0x1F) << (5 * k)
             more = bool(c & 0x20)
             p += 1
@@ -137,7 +138,9 @@ def _rle_counts(counts: Any, where: str, total: int) -> np.ndarray:
         if len(out) > 2:
             x += out[-2]
         if not 0 <= x <= total or len(out) > total:
-            raise ValueError(f"{where}: run {len(out)} is {x:,}; a mask of {total:,} pixels holds runs of 0..{total:,}")
+            raise BadValueError(
+                f"{where}: run {len(out)} is {x:,}; a mask of {total:,} pixels holds runs of 0..{total:,}"
+            )
         out.append(x)
     return np.asarray(out, dtype=np.int64)
 
@@ -150,7 +153,7 @@ def decode_rle(segmentation: dict[str, Any], where: str) -> np.ndarray:
     h, w = _rle_size(segmentation, where)
     runs = _rle_counts(segmentation["counts"], f"{where}.counts", h * w)
     if int(runs.sum()) != h * w:
-        raise ValueError(f"{where}: RLE runs add up to {int(runs.sum())} pixels, the mask has {h}x{w} = {h * w}")
+        raise BadValueError(f"{where}: RLE runs add up to {int(runs.sum())} pixels, the mask has {h}x{w} = {h * w}")
     flat = np.repeat((np.arange(len(runs)) % 2).astype(bool), runs)
     return flat.reshape((w, h)).T
 
@@ -166,7 +169,7 @@ def render_mask(height: int, width: int, annotations: list[tuple[Any, ...]], whe
         json_int(category, f"{at}.category_id", 0, MAX_CATEGORY_ID)
         m = decode_rle(segmentation, f"{at}.segmentation")
         if m.shape != labels.shape:
-            raise ValueError(f"{at}: the annotation is {m.shape[0]}x{m.shape[1]}, its image {height}x{width}")
+            raise BadValueError(f"{at}: the annotation is {m.shape[0]}x{m.shape[1]}, its image {height}x{width}")
         labels[m] = _LABEL_OF.get(category, 0)
     return labels
 
@@ -181,21 +184,23 @@ def _load_json(path_or_bytes: Path | bytes, where: str) -> dict[str, Any]:
     try:
         data = json.loads(path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{where} is not valid JSON ({exc}); download trainval_merged.json again") from None
+        raise BadValueError(f"{where} is not valid JSON ({exc}); download trainval_merged.json again") from None
     except RecursionError:
-        raise ValueError(f"{where}: its JSON is nested too deep for PASCAL in Detail; download it again") from None
+        raise BadValueError(f"{where}: its JSON is nested too deep for PASCAL in Detail; download it again") from None
     if not isinstance(data, dict) or not {"images", "annos_segmentation"} <= set(data):
         keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{where}: expected the PASCAL in Detail format (keys images, annos_segmentation), got {keys}")
+        raise BadValueError(
+            f"{where}: expected the PASCAL in Detail format (keys images, annos_segmentation), got {keys}"
+        )
     for key in ("images", "annos_segmentation"):
         if not isinstance(data[key], list):
-            raise ValueError(f"{where}: {key} is a {type(data[key]).__name__}, expected a list")
+            raise BadValueError(f"{where}: {key} is a {type(data[key]).__name__}, expected a list")
     return data
 
 
 def _entry(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ValueError(f"{where} is a {type(value).__name__}, expected an object")
+        raise BadValueError(f"{where} is a {type(value).__name__}, expected an object")
     return value
 
 
@@ -213,7 +218,7 @@ def read_images_and_annotations(
             continue
         image_id = json_int(img.get("image_id"), f"{at}.image_id", 0, 2**63 - 1)
         if not isinstance(img.get("file_name"), str):
-            raise ValueError(f"{at}.file_name = {str(img.get('file_name'))[:60]!r}: expected a file name")
+            raise BadValueError(f"{at}.file_name = {str(img.get('file_name'))[:60]!r}: expected a file name")
         stem = safe_stem(Path(img["file_name"]).stem, f"{at}.file_name")
         height = json_int(img.get("height"), f"{at}.height", 1, MAX_SIDE)
         width = json_int(img.get("width"), f"{at}.width", 1, MAX_SIDE)
@@ -232,13 +237,13 @@ def read_images_and_annotations(
         size = _rle_size(segmentation, f"{at}.segmentation")
         img = images[image_id]
         if size != (img["height"], img["width"]):
-            raise ValueError(
+            raise BadValueError(
                 f"{at}.segmentation.size = {list(size)}: its image {img['file_name']} is {img['height']}x{img['width']}"
             )
         assert isinstance(segmentation, dict)
         counts = segmentation["counts"]
         if not isinstance(counts, (str, list)):
-            raise ValueError(f"{at}.segmentation.counts is a {type(counts).__name__}, expected a string or a list")
+            raise BadValueError(f"{at}.segmentation.counts is a {type(counts).__name__}, expected a string or a list")
         anns[image_id].append((category, segmentation, at))
     return images, anns
 
@@ -255,7 +260,7 @@ def prepare_context59(opts: PrepareOptions) -> dict[str, int]:
             print(note)
     json_path = json_in.path / "trainval_merged.json"
     if json_path.stat().st_size > MAX_JSON_BYTES:
-        raise ValueError(
+        raise BadValueError(
             f"{json_path} has {json_path.stat().st_size:,} bytes: not PASCAL Context's trainval_merged.json"
         )
     data = _load_json(json_path, str(json_path))
@@ -282,7 +287,7 @@ def prepare_context59(opts: PrepareOptions) -> dict[str, int]:
     have = existing_names(img_dir)
     missing = sorted(wanted - have)
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{WHAT}: {len(missing)} image(s) listed in {json_path} are not in {voc_in.describe()} (first: "
             f"{missing[0]}); use VOCtrainval_03-May-2010.tar (PASCAL VOC 2010)"
         )

@@ -19,6 +19,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from otseg.errors import BadValueError
+
 __all__ = ["MatLimits", "MatTooLarge", "check_mat_sizes"]
 
 _MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED = 1, 5, 6, 14, 15
@@ -43,7 +45,7 @@ class MatLimits:
         return 8 * self.max_elements + (1 << 20)
 
 
-class MatTooLarge(ValueError):
+class MatTooLarge(BadValueError):
     """The file declares more than the limits allow (a well-formed header, an impossible annotation)."""
 
 
@@ -84,7 +86,7 @@ class _Stream:
             self._fill(n)
             out, self._buffer = self._buffer[:n], self._buffer[n:]
         if len(out) < n:
-            raise ValueError("the file ends inside a data element (truncated)")
+            raise BadValueError("the file ends inside a data element (truncated)")
         self.pos += n
         return out
 
@@ -108,7 +110,7 @@ class _Stream:
         if small is not None:
             return kind, small
         if count > max_bytes:
-            raise ValueError(f"a header element of {count:,} bytes")
+            raise BadValueError(f"a header element of {count:,} bytes")
         data = self.read(count)
         self.skip(-count % 8)
         return kind, data
@@ -116,7 +118,7 @@ class _Stream:
 
 def _ints(kind: int, data: bytes, endian: str) -> list[int]:
     if kind not in (_MI_INT32, _MI_UINT32) or len(data) % 4:
-        raise ValueError("dimensions are not 32-bit integers")
+        raise BadValueError("dimensions are not 32-bit integers")
     return list(struct.unpack(f"{endian}{len(data) // 4}{'i' if kind == _MI_INT32 else 'I'}", data))
 
 
@@ -127,7 +129,7 @@ def _matrix(stream: _Stream, nbytes: int, path: str, limits: MatLimits, depth: i
     end = stream.pos + nbytes
     kind, flags = stream.element(64)
     if kind != _MI_UINT32 or len(flags) < 8:
-        raise ValueError(f"{path}: malformed array flags")
+        raise BadValueError(f"{path}: malformed array flags")
     mx_class = struct.unpack(stream.endian + "I", flags[:4])[0] & 0xFF
     dims = _ints(*stream.element(4 * 64), stream.endian)
     _, name_bytes = stream.element(1024)
@@ -135,7 +137,7 @@ def _matrix(stream: _Stream, nbytes: int, path: str, limits: MatLimits, depth: i
     where = path if depth else name
     shape = "x".join(str(d) for d in dims)
     if any(d < 0 for d in dims) or not dims:
-        raise ValueError(f"{where}: dimensions {dims}")
+        raise BadValueError(f"{where}: dimensions {dims}")
     count = math.prod(dims)
     if max(dims) > limits.max_side:
         raise _TooLarge(f"{where} is {shape}: a side over {limits.max_side:,}")
@@ -158,10 +160,10 @@ def _matrix(stream: _Stream, nbytes: int, path: str, limits: MatLimits, depth: i
             kind, raw = stream.element(8)
             length = _ints(kind, raw, stream.endian)[0] if raw else 0
             if not 0 < length <= 64:  # MATLAB's field names are at most 63 characters
-                raise ValueError(f"{where}: struct field names of {length} bytes")
+                raise BadValueError(f"{where}: struct field names of {length} bytes")
             kind, names = stream.element(length * limits.max_fields)
             if len(names) % length:
-                raise ValueError(f"{where}: malformed struct field names")
+                raise BadValueError(f"{where}: malformed struct field names")
             if len(names) // length > limits.max_fields:
                 raise _TooLarge(f"{where}: a struct of {len(names) // length:,} fields, over {limits.max_fields}")
             fields = [names[i : i + length].split(b"\0")[0].decode("latin-1") for i in range(0, len(names), length)]
@@ -169,13 +171,13 @@ def _matrix(stream: _Stream, nbytes: int, path: str, limits: MatLimits, depth: i
             for field in fields:
                 kind, size, _ = stream.tag()
                 if kind != _MI_MATRIX:
-                    raise ValueError(f"{where}: an element of type {kind} inside a cell or struct")
+                    raise BadValueError(f"{where}: an element of type {kind} inside a cell or struct")
                 label = f"{where}.{field}" if field else f"{where}{{{index}}}"
                 _matrix(stream, size, label, limits, depth + 1)
     else:
-        raise ValueError(f"{where}: MATLAB class {mx_class} (function handles and opaque objects are not data)")
+        raise BadValueError(f"{where}: MATLAB class {mx_class} (function handles and opaque objects are not data)")
     if stream.pos > end:
-        raise ValueError(f"{where}: its parts are longer than the element")
+        raise BadValueError(f"{where}: its parts are longer than the element")
     stream.skip(end - stream.pos)  # the array's data: decompressed (counted) and dropped
 
 
@@ -189,10 +191,10 @@ def check_mat_sizes(data: bytes, limits: MatLimits) -> int:
         ValueError: the file is not a well-formed MATLAB 5 file.
     """
     if len(data) < 128:
-        raise ValueError("not a MATLAB file (shorter than its 128-byte header)")
+        raise BadValueError("not a MATLAB file (shorter than its 128-byte header)")
     order = data[126:128]
     if order not in (b"IM", b"MI"):
-        raise ValueError("not a MATLAB 5 file (no endian indicator; MATLAB 7.3 / HDF5 files are not read)")
+        raise BadValueError("not a MATLAB 5 file (no endian indicator; MATLAB 7.3 / HDF5 files are not read)")
     endian = "<" if order == b"IM" else ">"
     view = memoryview(data)
     budget = [limits.max_decompressed]
@@ -202,17 +204,17 @@ def check_mat_sizes(data: bytes, limits: MatLimits) -> int:
             kind, nbytes = struct.unpack(endian + "II", data[pos : pos + 8])
             body = view[pos + 8 : pos + 8 + nbytes]
             if len(body) < nbytes:
-                raise ValueError("the file ends inside a variable (truncated)")
+                raise BadValueError("the file ends inside a variable (truncated)")
             if kind == _MI_COMPRESSED:
                 stream = _Stream(body, True, budget, endian)
                 inner, size, _ = stream.tag()
                 if inner != _MI_MATRIX:
-                    raise ValueError(f"a compressed element of type {inner}")
+                    raise BadValueError(f"a compressed element of type {inner}")
                 _matrix(stream, size, "", limits, 0)
             elif kind == _MI_MATRIX:
                 _matrix(_Stream(body, False, budget, endian), nbytes, "", limits, 0)
             else:
-                raise ValueError(f"a top-level data element of type {kind}")
+                raise BadValueError(f"a top-level data element of type {kind}")
             pos += 8 + nbytes + (-nbytes % 8 if kind != _MI_COMPRESSED else 0)
     except MatTooLarge as e:
         what = str(e)
@@ -220,5 +222,5 @@ def check_mat_sizes(data: bytes, limits: MatLimits) -> int:
             what = f"its data decompresses to more than {limits.max_decompressed:,} bytes"
         raise MatTooLarge(f"{what}; not a dataset annotation") from None
     except (struct.error, zlib.error, UnicodeDecodeError, IndexError) as e:
-        raise ValueError(f"a malformed MATLAB header ({e})") from None
+        raise BadValueError(f"a malformed MATLAB header ({e})") from None
     return limits.max_decompressed - budget[0] + len(data)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from otseg.errors import BadValueError, MissingFileError
 from otseg.prepare.common import (
     MAX_LABEL_PIXELS,
     MAX_LABEL_SIDE,
@@ -54,9 +55,9 @@ def sbd_mat_cost(data: bytes, name: str) -> int:
     try:
         decompressed = check_mat_sizes(data, _MAT_LIMITS)
     except MatTooLarge as exc:
-        raise ValueError(f"{name}: {exc}") from None
+        raise BadValueError(f"{name}: {exc}") from None
     except ValueError as exc:
-        raise ValueError(f"{name}: not an SBD class annotation (MATLAB struct GTcls.Segmentation): {exc}") from None
+        raise BadValueError(f"{name}: not an SBD class annotation (MATLAB struct GTcls.Segmentation): {exc}") from None
     return len(data) + 3 * decompressed
 
 
@@ -70,12 +71,14 @@ def read_sbd_mat(data: bytes, name: str) -> np.ndarray:
         seg = np.asarray(mat["GTcls"]["Segmentation"][0, 0])
     except (ValueError, KeyError, IndexError, TypeError, OSError) as exc:
         reason = " ".join(str(exc).split())
-        raise ValueError(f"{name}: not an SBD class annotation (MATLAB struct GTcls.Segmentation): {reason}") from None
+        raise BadValueError(
+            f"{name}: not an SBD class annotation (MATLAB struct GTcls.Segmentation): {reason}"
+        ) from None
     if seg.ndim != 2 or seg.size == 0:
-        raise ValueError(f"{name}: GTcls.Segmentation has shape {seg.shape}, expected a 2-D map")
+        raise BadValueError(f"{name}: GTcls.Segmentation has shape {seg.shape}, expected a 2-D map")
     bad = sorted({int(v) for v in np.unique(seg)} - set(range(21)) - {255})
     if bad:
-        raise ValueError(f"{name}: GTcls.Segmentation holds values {bad[:5]} outside the VOC ids 0..20")
+        raise BadValueError(f"{name}: GTcls.Segmentation holds values {bad[:5]} outside the VOC ids 0..20")
     return seg.astype(np.uint8)
 
 
@@ -140,7 +143,7 @@ def prepare_voc12(opts: PrepareOptions) -> dict[str, int]:
     run_jobs(voc_jobs(), 0, "VOC2012 images and masks", opts.progress)
     for name in ("train.txt", "val.txt"):
         if name not in voc_lists:
-            raise FileNotFoundError(f"{WHAT}: {voc_in.describe()} has no ImageSets/Segmentation/{name}")
+            raise MissingFileError(f"{WHAT}: {voc_in.describe()} has no ImageSets/Segmentation/{name}")
     for name, stems in voc_lists.items():
         write_list_atomic(lists_dir / name, stems, f"{voc_in.describe()}: ImageSets/Segmentation/{name}")
 
@@ -168,7 +171,7 @@ def prepare_voc12(opts: PrepareOptions) -> dict[str, int]:
     run_jobs(sbd_jobs(), opts.workers, "SBD masks (.mat -> PNG)", opts.progress)
     for name in ("train.txt", "val.txt"):
         if name not in sbd_lists:
-            raise FileNotFoundError(f"{WHAT}: {sbd_in.describe()} has no dataset/{name} (SBD's split list)")
+            raise MissingFileError(f"{WHAT}: {sbd_in.describe()} has no dataset/{name} (SBD's split list)")
 
     # 3. The aug list: SBD train + val, minus VOC train and val.
     voc_train, voc_val = voc_lists["train.txt"], voc_lists["val.txt"]
@@ -178,7 +181,7 @@ def prepare_voc12(opts: PrepareOptions) -> dict[str, int]:
     no_img = [s for s in aug if f"{s}.jpg" not in have_img]
     if no_mask or no_img:
         s = (no_mask or no_img)[0]
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{WHAT}: {len(no_mask)} SBD-listed image(s) have no cls/*.mat and {len(no_img)} no VOC2012 JPEG "
             f"(first: {s}); the SBD and VOC downloads do not belong together or are incomplete"
         )

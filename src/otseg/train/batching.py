@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from otseg.config import TrainConfig
+from otseg.errors import BadValueError
 
 __all__ = ["BatchPlan", "fitting_batch_size", "linear_lr_note", "plan_batch", "resolve_batch"]
 
@@ -79,22 +80,22 @@ def plan_batch(cfg: TrainConfig, world_size: int) -> BatchPlan:
             batch, or when `cfg.grad_accum` / `cfg.world_size` are set (non-zero) and disagree with the derived ones.
     """
     if world_size < 1:
-        raise ValueError(f"world size {world_size}: expected at least 1 process")
+        raise BadValueError(f"world size {world_size}: expected at least 1 process")
     g, b = cfg.global_batch, cfg.batch_size
     if cfg.world_size and cfg.world_size != world_size:
-        raise ValueError(
+        raise BadValueError(
             f"train.world_size={cfg.world_size} but {_plural(world_size, 'process', 'processes')} started: "
             "train.world_size is recorded, not chosen; drop it (0 = the processes started) or start that many"
         )
     unit = world_size * b
     if g % unit:
-        raise ValueError(
+        raise BadValueError(
             f"train.global_batch={g} cannot be split into {_plural(world_size, 'process', 'processes')} x batch {b}: "
             f"{g} is not a multiple of {unit}; use {_split_fixes(g, b, world_size)}"
         )
     accum = g // unit
     if cfg.grad_accum and cfg.grad_accum != accum:
-        raise ValueError(
+        raise BadValueError(
             f"train.grad_accum={cfg.grad_accum} disagrees with global batch {g} = "
             f"{_plural(world_size, 'process', 'processes')} x batch {b} x {_plural(accum, 'accumulation step')}: "
             "the accumulation steps follow from train.global_batch and --batch-size; drop train.grad_accum, or set "

@@ -14,6 +14,8 @@ import socket
 from pathlib import Path
 from types import TracebackType
 
+from otseg.errors import BadValueError
+
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -25,7 +27,7 @@ LOCK_NAME = "train.lock"
 _REOPEN_ATTEMPTS = 20  # a lock file replaced this many times in a row while we take it: someone else is busy there
 
 
-class WorkDirBusyError(ValueError):
+class WorkDirBusyError(BadValueError):
     """Another live process holds the work dir's lock."""
 
 

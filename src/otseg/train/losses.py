@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from otseg.errors import BadValueError
+
 IGNORE_INDEX = 255
 
 __all__ = ["IGNORE_INDEX", "dice_loss", "pixel_accuracy", "seg_loss_plus", "sigmoid_focal_loss"]
@@ -93,7 +95,7 @@ def seg_loss_plus(
     bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         values = sorted(set(labels[bad].unique().tolist()))
-        raise ValueError(
+        raise BadValueError(
             f"labels contain values {values[:10]} outside 0..{num_classes - 1} (and not the ignore value 255) "
             f"for a {num_classes}-class output; check the label remapping or the class list"
         )

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from otseg.config import ModelConfig
+from otseg.errors import BadValueError
 from otseg.model.head import HeadOutput
 from otseg.model.segmentor import OTSeg
 from otseg.ops.sinkhorn_options import SinkhornOptions
@@ -44,13 +45,13 @@ def remap_labels(
             unseen -> UNSEEN_MARK, to be pseudo-labelled), or "fully" (unchanged).
     """
     if setting not in ("inductive", "transductive", "fully"):
-        raise ValueError(f"unknown setting {setting!r}; use inductive, transductive or fully")
+        raise BadValueError(f"unknown setting {setting!r}; use inductive, transductive or fully")
     if setting == "fully":
         return labels.clone()
     lut_size = max([*seen, *unseen, IGNORE_INDEX]) + 1
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= lut_size):
         lo, hi = int(labels.min()), int(labels.max())
-        raise ValueError(f"label values span {lo}..{hi}, outside the class ids 0..{lut_size - 2} and 255")
+        raise BadValueError(f"label values span {lo}..{hi}, outside the class ids 0..{lut_size - 2} and 255")
     lut = torch.full((lut_size,), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
     unseen_value = IGNORE_INDEX if setting == "inductive" else UNSEEN_MARK
     for i, c in enumerate(seen):
@@ -76,7 +77,7 @@ def fill_pseudo_labels(labels: Tensor, out: HeadOutput, seen: list[int] | tuple[
         probs[:, list(seen)] = -1.0
         pseudo = probs.max(dim=1).indices  # = argmax(dim=1) (first maximum), much faster on CPU
         if pseudo.shape[-2:] != labels.shape[-2:]:
-            raise ValueError(f"output size {tuple(pseudo.shape[-2:])} != label size {tuple(labels.shape[-2:])}")
+            raise BadValueError(f"output size {tuple(pseudo.shape[-2:])} != label size {tuple(labels.shape[-2:])}")
     return torch.where(labels == UNSEEN_MARK, pseudo, labels)
 
 
@@ -107,7 +108,7 @@ def total_loss(losses: dict[str, Tensor]) -> Tensor:
     """Sum of the entries whose key contains 'loss' (mmseg's rule)."""
     total = sum(v for k, v in losses.items() if "loss" in k)
     if not isinstance(total, Tensor):  # sum() of nothing is the int 0
-        raise ValueError(f"no loss terms (keys containing 'loss') among {sorted(losses)}")
+        raise BadValueError(f"no loss terms (keys containing 'loss') among {sorted(losses)}")
     return total
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from otseg.config import TrainConfig
 from otseg.data.facts import find_dataset_facts
+from otseg.errors import BadValueError
 from otseg.train.batching import linear_lr_note, plan_batch
 
 __all__ = ["REFERENCE_GLOBAL_BATCH", "batch_note", "require_transductive_init", "warmup_warning"]
@@ -68,7 +69,7 @@ def require_transductive_init(preset: str, setting: str, dataset: str, tcfg: Tra
     iters = schedule["inductive"] if schedule else None
     half = f"iter_{iters // 2}.pt" if iters else "iter_N.pt"
     inductive = preset.replace("transductive", "inductive")
-    raise ValueError(
+    raise BadValueError(
         f"{preset} self-trains on pseudo-labels, and the reference starts it from the inductive model at half "
         f"schedule ({half} of an {inductive} run), not from CLIP alone: pass --init-from "
         f"work_dirs/{inductive}/{half}"

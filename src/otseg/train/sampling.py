@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from otseg.errors import BadValueError
+
 if TYPE_CHECKING:
     from otseg.data.datasets import SegmentationDataset
 
@@ -64,9 +66,9 @@ class StepBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def __init__(self, n: int, batch: int, world: int, rank: int, accum: int, start: int, stop: int, seed: int):
         if n == 0:
-            raise ValueError("the training set is empty")
+            raise BadValueError("the training set is empty")
         if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} outside 0..{world - 1}")
+            raise BadValueError(f"rank {rank} outside 0..{world - 1}")
         self.n, self.batch, self.world, self.rank, self.accum = n, batch, world, rank, accum
         self.start, self.stop, self.seed = start, stop, seed
         self._perm_epoch = -1

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import torch
 
+from otseg.errors import BadValueError
+
 __all__ = ["build_optimizer", "poly_lr"]
 
 
@@ -52,12 +54,12 @@ def build_optimizer(
     named = [item if isinstance(item, tuple) else ("", item) for item in items]
     trainable = [(n, p) for n, p in named if p.requires_grad]
     if not trainable:
-        raise ValueError("the model has no trainable parameters")
+        raise BadValueError("the model has no trainable parameters")
     if backbone_lr_mult == 1.0:
         groups = [{"params": [p for _, p in trainable], "lr_mult": 1.0}]
     else:
         if any(not n for n, _ in trainable):
-            raise ValueError("backbone_lr_mult needs named parameters: pass model.named_parameters()")
+            raise BadValueError("backbone_lr_mult needs named parameters: pass model.named_parameters()")
         backbone = [p for n, p in trainable if n.startswith("backbone.")]
         rest = [p for n, p in trainable if not n.startswith("backbone.")]
         groups = [{"params": rest, "lr_mult": 1.0}, {"params": backbone, "lr_mult": backbone_lr_mult}]

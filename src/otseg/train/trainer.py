@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from otseg.config import TrainConfig
 from otseg.distributed import DistInfo, all_reduce_mean, all_reduce_sum, barrier
+from otseg.errors import BadFileError, BadValueError, MissingFileError, NonFiniteLossError
 from otseg.formats.state_dict import check_state_dict_fits
 from otseg.model.segmentor import OTSeg
 from otseg.model_files.training_checkpoint import (
@@ -79,7 +80,7 @@ __all__ = [
 CKPT_PATTERN = re.compile(r"^iter_(\d+)\.pt$")
 
 
-class BadSampleError(ValueError):
+class BadSampleError(BadValueError):
     """A training sample could not be read or failed its checks, and training stopped."""
 
 
@@ -160,9 +161,9 @@ class Trainer:
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         if cfg.bad_samples not in ("stop", "skip"):
-            raise ValueError(f"train.bad_samples must be 'stop' or 'skip', got {cfg.bad_samples!r}")
+            raise BadValueError(f"train.bad_samples must be 'stop' or 'skip', got {cfg.bad_samples!r}")
         if not 0.0 < cfg.max_bad_fraction <= 1.0:
-            raise ValueError(f"train.max_bad_fraction must be in (0, 1], got {cfg.max_bad_fraction}")
+            raise BadValueError(f"train.max_bad_fraction must be in (0, 1], got {cfg.max_bad_fraction}")
         self.dist = dist_info or DistInfo(
             device=torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         )
@@ -232,7 +233,7 @@ class Trainer:
         """
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"checkpoint {p} does not exist")
+            raise MissingFileError(f"checkpoint {p} does not exist")
         try:
             ckpt = read_training_checkpoint(p, required=("model", "optimizer", "scaler", "step", "rng"))
         except UnreadableCheckpointError as e:
@@ -259,7 +260,7 @@ class Trainer:
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError) as e:
-            raise ValueError(
+            raise BadValueError(
                 f"checkpoint {p}: its optimizer state does not fit this model's trainable parameters ({e}); "
                 "to start a new run from its weights use --init-from instead of --resume"
             ) from e
@@ -367,7 +368,7 @@ class Trainer:
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as e:  # a full disk: name the file, not only "[Errno 28]"
-            raise OSError(f"cannot write {path}: {describe_write_failure(e, self.work_dir)}") from None
+            raise BadFileError(f"cannot write {path}: {describe_write_failure(e, self.work_dir)}") from None
         if self._tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -561,7 +562,7 @@ class Trainer:
         parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
         last = find_latest_checkpoint(self.work_dir)
         kept = f"the last good checkpoint {last} is kept" if last else f"no checkpoint in {self.work_dir} yet"
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"non-finite loss at step {self.step} ({parts}); {kept}: lower the learning rate or train without "
             "--amp, then --resume auto"
         )
@@ -572,7 +573,7 @@ class Trainer:
             atomic_write_text(self.work_dir / "nonfinite_loss.json", json.dumps(note, indent=2) + "\n")
 
 
-class _UnreadableCheckpoint(ValueError):
+class _UnreadableCheckpoint(BadValueError):
     """The checkpoint file itself cannot be read (truncated, corrupt, holds pickled objects)."""
 
 

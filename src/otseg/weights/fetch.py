@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from otseg.errors import BadFileError, BadValueError
 from otseg.weights.registry import RegistryEntry, file_digests
 
 __all__ = [
@@ -91,7 +92,7 @@ def _final_name(entry: RegistryEntry) -> str:
     assert entry.url is not None
     name = urlsplit(entry.url).path.rstrip("/").rsplit("/", 1)[-1]
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}", name):
-        raise ValueError(
+        raise BadValueError(
             f"registry entry {entry.name}: its URL ends in {name[:60]!r}, not a plain file name; give the entry a "
             "filename"
         )
@@ -152,11 +153,11 @@ def fetch(
     """
     dest = Path(dest_dir).expanduser()
     if entry.url is None:
-        raise ValueError(manual_steps(entry, dest).replace("\n", " "))
+        raise BadValueError(manual_steps(entry, dest).replace("\n", " "))
     url = entry.url
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"registry entry {entry.name}: {url} is not an http:// or https:// address")
+        raise BadValueError(f"registry entry {entry.name}: {url} is not an http:// or https:// address")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         say(f"note: {url} is plain http (the publisher serves no https): only the registry's digest protects it")
     dest.mkdir(parents=True, exist_ok=True)
@@ -172,20 +173,20 @@ def fetch(
 
     got_size = _part_size(part)
     if entry.size is not None and got_size < entry.size:
-        raise OSError(
+        raise BadFileError(
             f"{url}: download incomplete ({got_size:,} of {entry.size:,} bytes, kept in {part}); run the "
             "command again to resume"
         )
     if entry.size is not None and got_size > entry.size:
         part.unlink()
-        raise ValueError(f"{url} gave {got_size:,} bytes, {entry.name} has {entry.size:,}: removed; run again")
+        raise BadValueError(f"{url} gave {got_size:,} bytes, {entry.name} has {entry.size:,}: removed; run again")
     if entry.digests:
         got_digests = _digests_nofollow(part, tuple(entry.digests))
         bad = {k: got_digests[k] for k, v in entry.digests.items() if got_digests[k] != v}
         if bad:
             part.unlink()
             k = next(iter(bad))
-            raise ValueError(
+            raise BadValueError(
                 f"{url}: downloaded file has {k} {bad[k]}, {entry.name} has {entry.digests[k]}: the "
                 "partial file was removed; run the command again (or get it from "
                 f"{entry.page or url})"
@@ -215,12 +216,14 @@ def _part_size(part: Path) -> int:
     except FileNotFoundError:
         return 0
     if stat.S_ISLNK(st.st_mode):
-        raise ValueError(
+        raise BadValueError(
             f"{part} is a symbolic link (to {os.readlink(part)}), not a partial download: nothing was written "
             f"through it; remove it (rm {part}) and run the command again"
         )
     if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{part} is not a regular file, not a partial download: remove it and run the command again")
+        raise BadValueError(
+            f"{part} is not a regular file, not a partial download: remove it and run the command again"
+        )
     return st.st_size
 
 
@@ -235,13 +238,15 @@ def _open_part(part: Path, append: bool) -> int:
             part.unlink(missing_ok=True)
             fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
     except OSError as exc:
-        raise ValueError(
+        raise BadValueError(
             f"{part}: cannot open it to write without following links ({exc.strerror}); remove it and run the "
             "command again"
         ) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ValueError(f"{part} is not a regular file, not a partial download: remove it and run the command again")
+        raise BadValueError(
+            f"{part} is not a regular file, not a partial download: remove it and run the command again"
+        )
     return fd
 
 
@@ -348,7 +353,7 @@ class _NoDowngradeRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-class _Refused(OSError):
+class _Refused(BadFileError):
     """A redirect refused (raised from inside urllib's handler chain, re-raised as is)."""
 
 
@@ -412,24 +417,24 @@ class _Download:
                     self._discard(f"{self.url} answered 416 (range not satisfiable) to a resume at byte {have:,}")
                     return "restart"
                 return "done"  # the size check and the digests decide
-            raise OSError(f"{self.url}: HTTP {exc.code} {_short(exc.reason, 80)}") from None
+            raise BadFileError(f"{self.url}: HTTP {exc.code} {_short(exc.reason, 80)}") from None
         except _Refused as exc:
-            raise OSError(str(exc)) from None
+            raise BadFileError(str(exc)) from None
         except urllib.error.URLError as exc:
             if deadline.passed():
                 raise self._too_late(deadline, have) from None
-            raise OSError(f"cannot download {self.url}: {_short(exc.reason)}") from None
+            raise BadFileError(f"cannot download {self.url}: {_short(exc.reason)}") from None
         except http.client.HTTPException as exc:
             if deadline.passed():
                 raise self._too_late(deadline, have) from None
-            raise OSError(
+            raise BadFileError(
                 f"{self.url}: the server's answer is not valid HTTP ({type(exc).__name__}: {_short(exc, 80)}); try "
                 "again later, or get the file from the publisher's page"
             ) from None
         except (OSError, ValueError) as exc:  # socket and TLS errors, timeouts; urllib's ValueError for bad URLs
             if deadline.passed():
                 raise self._too_late(deadline, have) from None
-            raise OSError(f"cannot download {self.url}: {type(exc).__name__}: {_short(exc)}") from None
+            raise BadFileError(f"cannot download {self.url}: {type(exc).__name__}: {_short(exc)}") from None
         with response:
             return self._receive(response, have, deadline, restart)
 
@@ -440,7 +445,7 @@ class _Download:
             match = _CONTENT_RANGE.fullmatch(content_range.strip())
             if match is None or int(match.group(1)) != have:
                 if restart:
-                    raise OSError(f"{self.url}: the server answered 206 without the asked range; try again later")
+                    raise BadFileError(f"{self.url}: the server answered 206 without the asked range; try again later")
                 self._discard(
                     f"{self.url} answered a resume at byte {have:,} with Content-Range {_short(content_range, 60)!r}"
                 )
@@ -455,7 +460,7 @@ class _Download:
             if have:
                 self._discard(f"{self.url} announces {total:,} bytes from byte {have:,}, more than the file can have")
                 return "restart"
-            raise ValueError(
+            raise BadValueError(
                 f"{self.url} announces {total:,} bytes, more than the expected {self.limit:,}; not downloading"
             )
         bar = None
@@ -478,7 +483,7 @@ class _Download:
                         if written > self.limit:
                             f.close()
                             self.part.unlink(missing_ok=True)  # more than the file can have: not the file
-                            raise ValueError(
+                            raise BadValueError(
                                 f"{self.url} sent more than the {self.limit:,} bytes the file can have; stopped and "
                                 "removed the partial file"
                             )
@@ -489,7 +494,7 @@ class _Download:
                         if now - window_start >= self.rate_window_s:
                             rate = (written - window_bytes) / (now - window_start)
                             if rate < self.min_rate:
-                                raise OSError(
+                                raise BadFileError(
                                     f"{self.url}: the server sends {rate:,.0f} bytes/s, less than {self.min_rate:,.0f} "
                                     f"({written:,} bytes so far, kept in {self.part}); run the command again to resume"
                                 )
@@ -500,14 +505,14 @@ class _Download:
                     f.flush()
                     if deadline.passed():
                         raise self._too_late(deadline, f.tell()) from None
-                    raise OSError(
+                    raise BadFileError(
                         f"{self.url}: connection lost after {f.tell():,} bytes ({type(exc).__name__}); run the "
                         "command again to resume"
                     ) from None
                 if deadline.passed():
                     raise self._too_late(deadline, written)
             if total is not None and written < total:
-                raise OSError(
+                raise BadFileError(
                     f"{self.url}: connection closed after {written:,} of {total:,} bytes; run the command again "
                     "to resume"
                 )

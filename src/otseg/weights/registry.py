@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from otseg.errors import BadValueError, MissingFileError, UnknownNameError
+
 __all__ = [
     "DIGEST_KINDS",
     "Identification",
@@ -62,42 +64,46 @@ class RegistryEntry:
     def __post_init__(self) -> None:
         for key in ("name", "kind", "description"):
             if not isinstance(getattr(self, key), str):
-                raise ValueError(f"{key} {getattr(self, key)!r} must be a string")
+                raise BadValueError(f"{key} {getattr(self, key)!r} must be a string")
         for key in ("filename", "url", "page", *DIGEST_KINDS):
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
-                raise ValueError(f"{key} {value!r} must be a string")
+                raise BadValueError(f"{key} {value!r} must be a string")
         for key in ("size", "max_size"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{key} {value!r} must be a whole number of bytes")
+                raise BadValueError(f"{key} {value!r} must be a whole number of bytes")
         if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", self.name):
-            raise ValueError(f"registry entry name {self.name!r}: use lower-case letters, digits, '-' and '.'")
+            raise BadValueError(f"registry entry name {self.name!r}: use lower-case letters, digits, '-' and '.'")
         if self.kind not in KINDS:
-            raise ValueError(f"registry entry {self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+            raise BadValueError(f"registry entry {self.name}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.url is None and self.page is None:
-            raise ValueError(f"registry entry {self.name}: needs a url or a page")
+            raise BadValueError(f"registry entry {self.name}: needs a url or a page")
         for key in ("size", "max_size"):
             value = getattr(self, key)
             if value is not None and not 0 < value <= MAX_DOWNLOAD_BYTES:
-                raise ValueError(
+                raise BadValueError(
                     f"registry entry {self.name}: {key} {value} must be between 1 and {MAX_DOWNLOAD_BYTES:,}"
                 )
         for key in ("url", "page"):
             value = getattr(self, key)
             if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(?:[/?#]\S*)?", value):
-                raise ValueError(f"registry entry {self.name}: {key} {value!r} is not an http:// or https:// address")
+                raise BadValueError(
+                    f"registry entry {self.name}: {key} {value!r} is not an http:// or https:// address"
+                )
         if self.filename is not None and (
             not _FILENAME.fullmatch(self.filename) or self.filename in (".", "..") or len(self.filename) > 255
         ):
-            raise ValueError(
+            raise BadValueError(
                 f"registry entry {self.name}: filename {self.filename!r} is not a plain file name (letters, digits, "
                 "'.', '_', '-'; no folders)"
             )
         for kind in DIGEST_KINDS:
             value = getattr(self, kind)
             if value is not None and not re.fullmatch(f"[0-9a-f]{{{_HEX_LENGTHS[kind]}}}", value):
-                raise ValueError(f"registry entry {self.name}: {kind} {value!r} is not {_HEX_LENGTHS[kind]} hex digits")
+                raise BadValueError(
+                    f"registry entry {self.name}: {kind} {value!r} is not {_HEX_LENGTHS[kind]} hex digits"
+                )
 
     @property
     def digests(self) -> dict[str, str]:
@@ -127,45 +133,47 @@ def load_registry(path: str | Path | None = None) -> tuple[RegistryEntry, ...]:
         source = str(path)
         try:
             if Path(path).stat().st_size > _MAX_REGISTRY_BYTES:
-                raise ValueError(
+                raise BadValueError(
                     f"registry file {path} has {Path(path).stat().st_size:,} bytes, more than a registry can "
                     f"({_MAX_REGISTRY_BYTES:,}); give the registry JSON file"
                 )
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise FileNotFoundError(f"registry file {path} does not exist") from None
+            raise MissingFileError(f"registry file {path} does not exist") from None
         except UnicodeDecodeError as exc:
-            raise ValueError(f"registry file {path} is not UTF-8 text (byte offset {exc.start})") from None
+            raise BadValueError(f"registry file {path} is not UTF-8 text (byte offset {exc.start})") from None
         except IsADirectoryError:
-            raise ValueError(f"registry file {path} is a folder; give the registry JSON file") from None
+            raise BadValueError(f"registry file {path} is a folder; give the registry JSON file") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"registry file {source} is not valid JSON: {exc}") from None
+        raise BadValueError(f"registry file {source} is not valid JSON: {exc}") from None
     except RecursionError:
-        raise ValueError(f"registry file {source}: JSON nested too deeply to be a registry") from None
+        raise BadValueError(f"registry file {source}: JSON nested too deeply to be a registry") from None
     if not isinstance(data, dict) or not isinstance(data.get("files"), list):
-        raise ValueError(f'registry file {source}: expected {{"files": [...]}}')
+        raise BadValueError(f'registry file {source}: expected {{"files": [...]}}')
     fields = set(RegistryEntry.__dataclass_fields__)
     entries = []
     for i, item in enumerate(data["files"]):
         where = f"registry file {source}: files[{i}]"
         if not isinstance(item, dict):
-            raise ValueError(f"{where} is {_short(item)}, not an object with name, kind, url...")
+            raise BadValueError(f"{where} is {_short(item)}, not an object with name, kind, url...")
         where += f" ({_short(item.get('name', '?'))})"
         if set(item) - fields:
-            raise ValueError(f"{where} has unknown fields {sorted(set(item) - fields)}; known: {sorted(fields)}")
+            raise BadValueError(f"{where} has unknown fields {sorted(set(item) - fields)}; known: {sorted(fields)}")
         missing = sorted(k for k in ("name", "kind", "description") if k not in item)
         if missing:
-            raise ValueError(f"{where} has no {', '.join(missing)}")
+            raise BadValueError(f"{where} has no {', '.join(missing)}")
         try:
             entries.append(RegistryEntry(**item))
         except ValueError as exc:
             message = str(exc).removeprefix(f"registry entry {item.get('name')}: ")
-            raise ValueError(f"{where}: {message}") from None
+            raise BadValueError(f"{where}: {message}") from None
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
-        raise ValueError(f"registry file {source}: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
+        raise BadValueError(
+            f"registry file {source}: duplicate names {sorted({n for n in names if names.count(n) > 1})}"
+        )
     return tuple(entries)
 
 
@@ -180,7 +188,7 @@ def find_entry(name: str, entries: tuple[RegistryEntry, ...] | None = None) -> R
     for entry in entries:
         if name in (entry.name, entry.filename):
             return entry
-    raise KeyError(
+    raise UnknownNameError(
         f"no registry entry {name!r}; otseg weights list shows the names ({', '.join(e.name for e in entries)})"
     )
 
@@ -262,7 +270,7 @@ def identify(
     """Which registry entry `path` is: by size and digest; otherwise the reason it is none of them."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist or is not a file")
+        raise MissingFileError(f"{path} does not exist or is not a file")
     entries = load_registry() if entries is None else entries
     size = path.stat().st_size
     checkable = [e for e in entries if e.digests]
