@@ -44,7 +44,7 @@ def test_an_8_megapixel_image_predicts_within_240_mb_of_growth(tmp_path: Path) -
     rgb = np.stack(np.broadcast_arrays(y * 200 + x * 20, x * 80 + 0 * y, (y ^ (x & 1)) * 150), -1)
     image = tmp_path / "large.png"
     Image.fromarray(rgb.astype(np.uint8)).save(image, compress_level=1)
-    formats = str(Path(__file__).parents[1] / "formats")
+    formats = str(Path(__file__).resolve().parent)  # tests/, where crafted.py lives
     code = CHILD.format(formats=formats, extra=240 * 2**20, image=str(image))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]

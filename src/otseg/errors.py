@@ -10,7 +10,9 @@ from __future__ import annotations
 
 __all__ = [
     "BadFileError",
+    "BadModelError",
     "BadValueError",
+    "MissingExtraError",
     "MissingFileError",
     "NonFiniteLossError",
     "UnknownNameError",
@@ -32,6 +34,14 @@ class BadFileError(UserError, OSError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder that does not exist."""
+
+
+class MissingExtraError(UserError, RuntimeError):
+    """An optional package a command needs (gradio, onnx, scipy) is not installed; the message says what to install."""
+
+
+class BadModelError(UserError, RuntimeError):
+    """A model that cannot do what was asked of it (no text tower to embed names, no class embeddings yet)."""
 
 
 class UnknownNameError(UserError, KeyError):

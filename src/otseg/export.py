@@ -48,7 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from otseg.data.transforms import TestResize
-from otseg.errors import BadValueError, MissingFileError
+from otseg.errors import BadValueError, MissingExtraError, MissingFileError
 from otseg.image_io import read_image
 from otseg.model.segmentor import OTSeg, slide_windows
 from otseg.ops.sinkhorn import sinkhorn_overrides
@@ -82,7 +82,7 @@ def require_module(module: str, purpose: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingExtraError(
             f"{purpose} needs the Python package {module!r}, which is not installed: {_INSTALL_HINT}"
         ) from e
 

@@ -81,7 +81,7 @@ class Validated:
     _at_most: ClassVar[dict[str, int]] = {}
 
     def _fail(self, name: str, value: Any, expected: str) -> ValueError:
-        return ValueError(f"config key {self._section}{name} = {value!r}: expected {expected}")
+        return BadValueError(f"config key {self._section}{name} = {value!r}: expected {expected}")
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from otseg.data.classes import class_list_note, parse_class_text
-from otseg.errors import BadValueError
+from otseg.errors import BadValueError, MissingExtraError
 from otseg.image_io import describe_source, read_image
 from otseg.predictor import Predictor
 from otseg.warning_lines import without_object_reprs
@@ -104,7 +104,7 @@ def import_gradio() -> Any:
     try:
         import gradio
     except ImportError as e:
-        raise RuntimeError(
+        raise MissingExtraError(
             f"the web demo needs gradio, which is not installed ({e}); install with {INSTALL_HINT}"
         ) from None
     return gradio

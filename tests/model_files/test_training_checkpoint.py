@@ -36,9 +36,9 @@ def test_written_and_read_back(tmp_path):
     write_training_checkpoint(_checkpoint(), path)
     ckpt = read_training_checkpoint(path, required=("model", "optimizer", "step"))
     assert is_training_checkpoint(ckpt) and ckpt["format"] == TRAINING_FORMAT and ckpt["step"] == 3
-    # The entries in the order the trainer has always written them.
-    assert list(ckpt) == ["format", "step", "model", "class_embeddings", "sha256", "optimizer", "scaler", "rng",
-                          "train_config", "model_config", "class_names"]  # fmt: skip
+    # The entries in the order the trainer writes them, the digests last (the whole one over `sealed_keys`).
+    assert list(ckpt) == ["format", "step", "model", "class_embeddings", "optimizer", "scaler", "rng", "train_config",
+                          "model_config", "class_names", "sha256", "sealed_keys", "checkpoint_sha256"]  # fmt: skip
     assert torch.equal(ckpt["model"]["head.weight"], torch.arange(6.0).reshape(2, 3))
     verify_training_digest(ckpt, str(path))  # the digest written is the digest read
     ckpt["model"]["head.weight"][0, 0] += 1

@@ -4,7 +4,6 @@ nothing is written for it (`otseg.prepare.common`, `otseg.prepare.matlab`, `voc1
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import zipfile
@@ -17,6 +16,7 @@ import pytest
 from hostile_downloads import mat_with_segmentation, png_header_only, tgz_with_pax_header, tgz_with_zero_member
 from official_downloads import make_coco, make_context, make_sbd, make_voc2012
 
+from crafted import run_bounded
 from otseg.cli import main
 from otseg.prepare import common
 from otseg.prepare.common import MAX_BYTES_IN_FLIGHT, Job, run_jobs
@@ -239,7 +239,7 @@ def test_a_coco_map_declaring_a_huge_size_is_refused_from_its_header(
 
 # ------------------------------------------------------------------------------------------------ memory
 def test_hostile_downloads_are_refused_within_200_mb(tmp_path: Path) -> None:
-    """In a child whose address space may grow by 200 MB only (tests/formats/crafted.py): a 130 KB .mat declaring
+    """In a child whose address space may grow by 200 MB only (tests/crafted.py): a 130 KB .mat declaring
     12000 x 12000 (scipy would decompress and allocate 144 MB twice), a 300-byte JSON declaring a 15000 x 15000
     image (1.8 GB of ids before), and a 1.4 MB .tgz with a 300 MB pax header are each refused with one line."""
     cases = {}
@@ -260,11 +260,7 @@ def test_hostile_downloads_are_refused_within_200_mb(tmp_path: Path) -> None:
         f" '--no-progress', '--skip-checksum', '--workers', '0']), flush=True)\n"
         for d, s in cases.items()
     )
-    spec = importlib.util.spec_from_file_location("crafted", Path(__file__).parents[1] / "formats" / "crafted.py")
-    assert spec is not None and spec.loader is not None
-    crafted = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(crafted)  # its child runner: tests/formats/crafted.py
-    out = crafted.run_bounded("import scipy.io, otseg.prepare.voc12\n" + code, extra_bytes=200 * 2**20, timeout=300)
+    out = run_bounded("import scipy.io, otseg.prepare.voc12\n" + code, extra_bytes=200 * 2**20, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["EXIT", "2"] * 3, (out.stdout, out.stderr)
     lines = out.stderr.strip().splitlines()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from otseg.clip.text import TextEncoder
 from otseg.clip.vpt import VPTVisionTransformer
 from otseg.config import ModelConfig, resolve_templates
-from otseg.errors import BadValueError
+from otseg.errors import BadModelError, BadValueError
 from otseg.model.head import HeadOutput, OTSegHead
 from otseg.model.text import compute_class_embeddings, validate_class_names
 from otseg.ops.sinkhorn_options import SinkhornOptions
@@ -136,7 +136,7 @@ class OTSeg(nn.Module):
                 the preset's set. The number of templates is the number of prompts N.
         """
         if self.text_encoder is None:
-            raise RuntimeError(
+            raise BadModelError(
                 "this model has no CLIP text tower, so it cannot embed class names; build it with CLIP weights "
                 "(build_model(..., clip='ViT-B-16.pt')) or call set_class_embeddings() with precomputed ones"
             )
@@ -147,7 +147,7 @@ class OTSeg(nn.Module):
 
     def _require_embeddings(self) -> None:
         if not self.has_class_embeddings:
-            raise RuntimeError(
+            raise BadModelError(
                 "no class text embeddings set: call model.set_class_embeddings(emb), model.set_classes(names), "
                 "or load the reference .npy with otseg.load_class_embeddings(path)"
             )

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from otseg.errors import BadValueError, MissingFileError
+from otseg.errors import BadValueError, MissingExtraError, MissingFileError
 from otseg.prepare.common import (
     MAX_LABEL_PIXELS,
     MAX_LABEL_SIDE,
@@ -87,7 +87,7 @@ def _loadmat() -> Callable[..., dict[str, Any]]:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise RuntimeError(
+        raise MissingExtraError(
             "reading SBD's .mat files needs scipy: pip install scipy (or pip install -e '.[prepare]')"
         ) from None
     return loadmat
