@@ -45,6 +45,7 @@ __all__ = [
 Setting = Literal["inductive", "transductive", "fully"]
 AttentionKind = Literal["mpsa", "softmax"]
 MapCombination = Literal["gated", "last"]
+LayerInit = Literal["copies", "independent"]
 
 # Normalisation statistics on the 0..255 scale. The reference trains and evaluates with ImageNet's.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -124,6 +125,10 @@ class HeadConfig(Validated):
     map_combination: MapCombination = "gated"
     ensemble_weight: float = 0.5  # test-time weight of the decoder path; 1 - this goes to the MPS path
     seen_bias: float = 0.1  # subtracted from seen-class channels after the sigmoid (inductive only)
+    # How the decoder layers start: "copies" = every layer a copy of one freshly initialised layer (the reference:
+    # nn.TransformerDecoder deep-copies its layer, and init_weights never runs), "independent" = each layer drawn
+    # on its own (what otseg did before; the demo pins it so that its measured table stays what it measured).
+    layer_init: LayerInit = "copies"
 
     def _check(self) -> None:
         if self.attention == "softmax" and self.embed_dim % self.num_heads:
