@@ -25,6 +25,7 @@ from otseg.demo.run import add_demo_parser
 from otseg.distributed import init_distributed, shutdown
 from otseg.eval.evaluate import evaluate
 from otseg.eval.metrics import format_markdown
+from otseg.eval.published import format_published_comparison, method_of, published_rows
 from otseg.eval.score import score_folders, write_results
 from otseg.export import add_export_parser
 from otseg.formats.otseg_folder import save_pretrained
@@ -36,6 +37,7 @@ from otseg.predictor import default_class_names
 from otseg.prepare import add_prepare_parser
 from otseg.segment import parse_class_list, segment_images
 from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
+from otseg.train.run_record import RunInputs
 from otseg.train.trainer import Trainer, _seed_everything
 from otseg.validation import coerce_text as _coerce
 from otseg.web import add_serve_parser
@@ -264,7 +266,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         def run_eval(m):
             return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit, skip_bad=tcfg.bad_samples == "skip")
 
-        trainer = Trainer(model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info)
+        inputs = RunInputs(
+            clip=args.clip, embeddings=args.embeddings, data_root=args.data_root, dataset=name, command=tuple(sys.argv)
+        )
+        trainer = Trainer(
+            model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info, run_inputs=inputs
+        )
         result = trainer.train(resume=args.resume)
         if dist_info.is_main and result["eval"]:
             write_results(result["eval"], Path(args.work_dir) / "eval.json", title=args.preset)
@@ -303,6 +310,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 metrics, out, title=f"{args.preset or model.config.name}: {args.checkpoint}"
             )
             print(format_markdown(metrics, title=model.config.name))
+            rows = published_rows(model.config)
+            if rows:  # the paper's numbers for this benchmark protocol (otseg.eval.published says where from)
+                method = method_of(model.head.cfg.ensemble_weight)
+                print(format_published_comparison(metrics, rows, method, model.config.name))
             print(f"wrote {json_path} and {md_path}")
     finally:
         shutdown()

@@ -4,6 +4,7 @@ default Linear / LayerNorm init in the head, the VPT prompt init; and the demo's
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ import otseg
 from conftest import golden_file
 from otseg.config import HeadConfig, ModelConfig
 from otseg.demo.presets import METHODS, SETTINGS, demo_model_config
-from otseg.model.head import OTSegHead
+from otseg.model.head import DecoderLayer, OTSegHead
 from otseg.model.segmentor import OTSeg
 
 
@@ -21,6 +22,10 @@ from otseg.model.segmentor import OTSeg
 def voc_model() -> OTSeg:
     torch.manual_seed(0)
     return otseg.build_model("voc12-inductive")  # the full ViT-B/16 preset: built once for the module
+
+
+def _layers(head: OTSegHead) -> list[DecoderLayer]:
+    return [cast(DecoderLayer, layer) for layer in head.layers]
 
 
 def _layer_tensors(head: OTSegHead) -> list[dict[str, torch.Tensor]]:
@@ -35,7 +40,7 @@ def test_voc_preset_decoder_layers_start_equal(voc_model: OTSeg) -> None:
         for name, value in layers[0].items():
             assert torch.equal(value, other[name]), name
     # Copies, not one shared layer: each has its own storage, so training moves them apart.
-    ptrs = {layer.linear1.weight.data_ptr() for layer in voc_model.head.layers}
+    ptrs = {layer.linear1.weight.data_ptr() for layer in _layers(voc_model.head)}
     assert len(ptrs) == 3
 
 
@@ -43,9 +48,10 @@ def test_copies_are_independent_parameters_after_a_step() -> None:
     torch.manual_seed(0)
     head = OTSegHead(HeadConfig(embed_dim=16, num_layers=3, num_heads=2, ffn_dim=32, output_size=8))
     assert len({id(p) for p in head.parameters()}) == sum(1 for _ in head.parameters())
+    first, second, _ = _layers(head)
     with torch.no_grad():
-        head.layers[0].linear1.weight.add_(1.0)
-    assert not torch.equal(head.layers[0].linear1.weight, head.layers[1].linear1.weight)
+        first.linear1.weight.add_(1.0)
+    assert not torch.equal(first.linear1.weight, second.linear1.weight)
 
 
 def test_independent_layers_differ() -> None:
@@ -53,7 +59,7 @@ def test_independent_layers_differ() -> None:
     head = OTSegHead(
         HeadConfig(embed_dim=16, num_layers=3, num_heads=2, ffn_dim=32, output_size=8, layer_init="independent")
     )
-    w = [layer.linear1.weight for layer in head.layers]
+    w = [layer.linear1.weight for layer in _layers(head)]
     assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
 
 

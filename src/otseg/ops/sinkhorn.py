@@ -75,6 +75,7 @@ from torch import Tensor
 
 __all__ = [
     "SinkhornInfo",
+    "active_sinkhorn_overrides",
     "record_sinkhorn_calls",
     "sinkhorn",
     "sinkhorn_overrides",
@@ -174,6 +175,14 @@ def sinkhorn_overrides(**settings: Any) -> Iterator[None]:
         yield
     finally:
         _OVERRIDES.reset(token)
+
+
+def active_sinkhorn_overrides() -> dict[str, Any]:
+    """The `sinkhorn_overrides` in force in this context, merged (innermost wins); {} outside any block."""
+    merged: dict[str, Any] = {}
+    for override in _OVERRIDES.get():
+        merged.update(override)
+    return merged
 
 
 # ------------------------------------------------------------------------------------------------ problem set-up
