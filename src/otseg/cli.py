@@ -16,10 +16,11 @@ from pathlib import Path
 import otseg
 from otseg.benchmark import add_bench_parser
 from otseg.clip.text import TextEncoder
-from otseg.config import TrainConfig
+from otseg.config import DataConfig, TrainConfig
 from otseg.data.check import check_dataset, check_preset, require_usable
 from otseg.data.datasets import build_dataset, read_custom_classes
 from otseg.data.facts import DATASET_ALIASES, data_config_for, default_train_config, list_datasets
+from otseg.data.overrides import apply_data_overrides, split_data_overrides
 from otseg.data.transforms import TestTransform, TrainTransform
 from otseg.demo.run import add_demo_parser
 from otseg.distributed import init_distributed, shutdown
@@ -158,14 +159,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------------ train / eval
 def _split_overrides(items: Sequence[str] | None) -> tuple[dict[str, str], dict[str, str]]:
-    """--set entries: "train.KEY=VALUE" go to the TrainConfig, the rest to the model config."""
+    """--set entries: "train.KEY=VALUE" go to the TrainConfig, "data.KEY=VALUE" to the data pipeline
+    (`_data_overrides`), the rest to the model config."""
     model_over, train_over = {}, {}
     for key, value in _parse_overrides(items).items():
         if key.startswith("train."):
             train_over[key[len("train.") :]] = value
-        else:
+        elif not key.startswith("data."):
             model_over[key] = value
     return model_over, train_over
+
+
+def _data_config(model_cfg, items: Sequence[str] | None) -> DataConfig:
+    """The data pipeline feeding `model_cfg`, with the "data.KEY=VALUE" entries of --set applied."""
+    data_over, _ = split_data_overrides(_parse_overrides(items))
+    return apply_data_overrides(data_config_for(model_cfg), data_over)
 
 
 def _class_embeddings_for(model, args: argparse.Namespace) -> None:
@@ -244,10 +252,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     resuming = args.resume not in (None, "auto") or (Path(args.work_dir) / "last_checkpoint").is_file()
     require_transductive_init(args.preset, model.config.setting, model.config.dataset, tcfg, resuming)
 
+    data_cfg = _data_config(model.config, args.set)
     dist_info = init_distributed(tcfg.device)
     trainer = None
     try:
-        data_cfg = data_config_for(model.config)
         name = _dataset_name(args, model.config)
         require_usable(name, args.data_root, ("train", "val"), verbose=dist_info.is_main)
         if dist_info.is_main:
@@ -262,13 +270,19 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{model.num_parameters(trainable_only=True):,} trainable parameters; {dist_info.world_size} "
                 f"process(es) x batch {tcfg.batch_size} x accumulation {tcfg.grad_accum}"
             )
+            print(
+                f"data pipeline: img_scale {data_cfg.img_scale[0]}x{data_cfg.img_scale[1]}, ratio "
+                f"{data_cfg.ratio_range[0]:g}-{data_cfg.ratio_range[1]:g}, crop {data_cfg.crop_size}, test short side "
+                f"{data_cfg.test_short_side} (--set data.KEY=VALUE changes them)"
+            )
 
         def run_eval(m):
             return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit, skip_bad=tcfg.bad_samples == "skip")
 
         inputs = RunInputs(
-            clip=args.clip, embeddings=args.embeddings, data_root=args.data_root, dataset=name, command=tuple(sys.argv)
-        )
+            clip=args.clip, embeddings=args.embeddings, data_root=args.data_root, dataset=name,
+            data=dataclasses.asdict(data_cfg), command=tuple(sys.argv),
+        )  # fmt: skip
         trainer = Trainer(
             model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info, run_inputs=inputs
         )
@@ -291,7 +305,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dist_info = init_distributed(args.device)
     try:
         model.to(dist_info.device)
-        data_cfg = data_config_for(model.config)
+        data_cfg = _data_config(model.config, args.set)
         name = _dataset_name(args, model.config)
         require_usable(name, args.data_root, ("val",), verbose=dist_info.is_main)
         val_set = build_dataset(name, args.data_root, "val", TestTransform(data_cfg))
@@ -370,8 +384,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         raise ValueError("otseg check-data needs --preset NAME (e.g. voc12-inductive) or --dataset NAME")
     else:
         dataset = DATASET_ALIASES.get(args.dataset, args.dataset)
-        if dataset not in list_datasets():
-            raise ValueError(f"--dataset {args.dataset!r}: valid: {', '.join(list_datasets())}")
+        if dataset not in (*list_datasets(), "custom"):
+            raise ValueError(f"--dataset {args.dataset!r}: valid: {', '.join(list_datasets())}, custom")
         check = check_dataset(dataset, args.data_root, sample=args.sample)
     print(check.report())
     return 0 if check.usable else 1
@@ -386,7 +400,9 @@ def _add_check_data_parser(sub: argparse._SubParsersAction) -> None:
         "the official ones are warnings); otherwise each problem is printed on one line with its fix, exit 1.",
     )
     p.add_argument("--preset", help="e.g. voc12-inductive (otseg presets lists them)")
-    p.add_argument("--dataset", help="instead of --preset: voc12, context59, coco_stuff164k or ade20k")
+    p.add_argument(
+        "--dataset", help="instead of --preset: voc12, context59, coco_stuff164k, ade20k, or custom (your own folder)"
+    )
     p.add_argument("--data-root", required=True, help="the --data-root given to otseg prepare / train / eval")
     p.add_argument("--sample", type=int, default=6, help="label maps read per split (default 6)")
     p.set_defaults(func=cmd_check_data)
@@ -472,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="config override: model keys (head.use_mps=false) or train.KEY (train.lr=1e-4)",
+        help="config override: model keys (head.use_mps=false), train.KEY (train.lr=1e-4) or data.KEY "
+        "(data.img_scale=64,64: the training pipeline's sizes and augmentation, otseg.data.overrides)",
     )
     p.set_defaults(func=cmd_train)
 

@@ -47,6 +47,7 @@ class RunInputs:
         clip: the CLIP weights file (`--clip`), or None (`--random-init`, or weights already in the model).
         embeddings: the class-embeddings file (`--embeddings`), or None (embedded live from the class names).
         data_root, dataset: where the training data came from.
+        data: the training pipeline's settings (`dataclasses.asdict` of its `DataConfig`).
         command: the command line, e.g. `sys.argv`.
     """
 
@@ -54,6 +55,7 @@ class RunInputs:
     embeddings: str | None = None
     data_root: str | None = None
     dataset: str | None = None
+    data: dict[str, Any] | None = None
     command: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -160,6 +162,7 @@ def build_run_record(
             "data_root": os.path.abspath(inputs.data_root) if inputs.data_root else None,
             "dataset": inputs.dataset,
         },
+        "data_pipeline": inputs.data,
         "command": list(inputs.command),
         "executable": sys.executable,
     }
