@@ -26,9 +26,13 @@ Printed:
 Each variant runs in its own subprocess (`--child`), so one cannot inherit the other's memory.
 
 Usage:
-    python bench/sinkhorn_backward.py                 # full model, batch 1 (about 15 minutes on 1 thread, 6 GB)
-    python bench/sinkhorn_backward.py --part head     # the decode head alone at the same shape (about 2 minutes)
-Options: --batch N, --threads N (default 1), --repeats N (default 2), --clock cpu|wall, --clip FILE, --seed N.
+    python bench/sinkhorn_backward.py --part head            # the decode head alone (peak 3.6 GB measured)
+    python bench/sinkhorn_backward.py --part head --at-cap   # ... every call at 100 iterations (peak 7.6 GB)
+    python bench/sinkhorn_backward.py                        # the full model (more: the backbone's activations)
+Options: --batch N, --threads N (default 1), --repeats N (default 2), --clock cpu|wall, --clip FILE, --seed N,
+--at-cap (no early stop: `sinkhorn_overrides(thresh=0.0)` in both variants, the worst case of trained weights, whose
+calls may run to the cap; random weights stop after about 4 iterations). On the shared 2-core machine each head run
+took about 27 minutes of wall time (docs/sinkhorn-backward.md).
 """
 
 from __future__ import annotations
@@ -137,7 +141,13 @@ def _loss(state: dict[str, Any], part: str):
     return total_loss(training_losses(out, state["labels"]))
 
 
-def _step(state: dict[str, Any], part: str, backward: str, saved: dict[int, int] | None = None) -> float:
+def _overrides(spec: dict[str, Any], backward: str) -> dict[str, Any]:
+    """The Sinkhorn settings of a variant: its backward, and with --at-cap no early stop (every call runs all 100
+    iterations, as calls of trained models that never reach the threshold do)."""
+    return {"backward": backward, **({"thresh": 0.0} if spec["at_cap"] else {})}
+
+
+def _step(state: dict[str, Any], part: str, settings: dict[str, Any], saved: dict[int, int] | None = None) -> float:
     """One training step (forward, backward, AdamW) with the given Sinkhorn backward; returns the loss. With `saved`,
     the storages autograd packs for backward (parameters excluded) are recorded there, pointer -> bytes."""
 
@@ -150,7 +160,7 @@ def _step(state: dict[str, Any], part: str, backward: str, saved: dict[int, int]
                 saved[ptr] = t.untyped_storage().nbytes()
         return t
 
-    with sinkhorn_overrides(backward=backward), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with sinkhorn_overrides(**settings), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = _loss(state, part)
         loss.backward()
     state["optimizer"].step()
@@ -166,7 +176,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         grads, losses, iterations = {}, {}, {}
         for backward in VARIANTS:
             state["model"].zero_grad(set_to_none=True)
-            with sinkhorn_overrides(backward=backward), record_sinkhorn_calls() as calls:
+            with sinkhorn_overrides(**_overrides(spec, backward)), record_sinkhorn_calls() as calls:
                 loss = _loss(state, part)
                 loss.backward()
             losses[backward] = float(loss.detach())
@@ -196,18 +206,18 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             "median_param": statistics.median(per.values()),
             "num_params": len(names),
         }
-    backward = spec["backward"]
-    _step(state, part, backward)  # warm-up: kernels, AdamW state
+    settings = _overrides(spec, spec["backward"])
+    _step(state, part, settings)  # warm-up: kernels, AdamW state
     if spec["measure"] == "memory":
         saved: dict[int, int] = {}
         base = _reset_peak()
-        _step(state, part, backward, saved)
+        _step(state, part, settings, saved)
         return {"peak_mb": _rss_mb("VmHWM") - base, "saved_mb": sum(saved.values()) / 2**20}
     clock = time.process_time if spec["clock"] == "cpu" else time.perf_counter
     times = []
     for _ in range(spec["repeats"]):
         t0 = clock()
-        _step(state, part, backward)
+        _step(state, part, settings)
         times.append(clock() - t0)
     return {"time": statistics.median(times), "times": times}
 
@@ -237,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
     parser.add_argument("--clip", help="OpenAI CLIP weights instead of random ones (ViT-B-16.pt)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--at-cap", action="store_true", help="no early stop: every Sinkhorn call runs its 100 iterations (thresh 0)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -247,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     base = {"part": args.part, "batch": args.batch, "threads": args.threads, "repeats": args.repeats,
-            "clock": args.clock, "clip": args.clip, "seed": args.seed}  # fmt: skip
+            "clock": args.clock, "clip": args.clip, "seed": args.seed, "at_cap": args.at_cap}  # fmt: skip
     what = "full model (ViT-B/16 + VPT + head)" if args.part == "full" else "decode head alone"
     weights = f"CLIP weights {args.clip}" if args.clip else "random weights"
+    if args.at_cap:
+        weights += ", every Sinkhorn call at its 100-iteration cap"
     print(f"# Sinkhorn backward, implicit vs unrolled: {PRESET} shape, {what}, batch {args.batch}, {weights}, "
           f"dropout off, {args.threads} thread(s), clock {args.clock}\n")  # fmt: skip
 
