@@ -221,6 +221,10 @@ class ModelConfig(Validated):
         if not isinstance(d, dict):
             raise ValueError(f"a model config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
+        if isinstance(d.get("head"), dict) and "layer_init" not in d["head"]:
+            # Saved before head.layer_init existed: that model's decoder layers were drawn independently (what a
+            # fresh model built from this config must reproduce, e.g. the demo pack's "equal to init" tensors).
+            d["head"] = {**d["head"], "layer_init": "independent"}
         sub = {"vision": VisionConfig, "text": TextConfig, "head": HeadConfig}
         for key, sub_cls in sub.items():
             if key in d:

@@ -4,6 +4,7 @@ default Linear / LayerNorm init in the head, the VPT prompt init; and the demo's
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import cast
 
 import pytest
@@ -13,7 +14,10 @@ from torch import nn
 import otseg
 from conftest import golden_file
 from otseg.config import HeadConfig, ModelConfig
-from otseg.demo.presets import METHODS, SETTINGS, demo_model_config
+from otseg.demo.presets import METHODS, SETTINGS, DemoSettings, demo_model_config
+from otseg.demo.pretrained import SHIPPED_MODEL, unpack_demo_model
+from otseg.demo.tiny_clip import tiny_clip_path
+from otseg.formats.openai_clip import read_clip_state_dict
 from otseg.model.head import DecoderLayer, OTSegHead
 from otseg.model.segmentor import OTSeg
 
@@ -68,10 +72,20 @@ def test_unknown_layer_init_is_one_clear_error() -> None:
         HeadConfig(layer_init="shared")  # type: ignore[arg-type]
 
 
-def test_saved_configs_without_the_key_load_with_the_reference_default() -> None:
+def test_saved_configs_keep_the_init_they_were_built_with() -> None:
     d = ModelConfig().to_dict()
-    del d["head"]["layer_init"]
     assert ModelConfig.from_dict(d).head.layer_init == "copies"
+    del d["head"]["layer_init"]  # a config saved before the setting existed: its layers were drawn independently
+    assert ModelConfig.from_dict(d).head.layer_init == "independent"
+
+
+def test_shipped_demo_model_unpacks_with_its_digest(tmp_path: Path) -> None:
+    """The demo pack leaves out the tensors equal to a fresh model's (the last layer's never-trained ones): a fresh
+    model from its saved config must start exactly as the packed one did, or the digest check refuses it."""
+    settings = DemoSettings.full()
+    clip = read_clip_state_dict(tiny_clip_path(settings.world, settings.clip, cache=tmp_path, progress=False))
+    model, _ = unpack_demo_model(SHIPPED_MODEL, clip)  # raises on a digest mismatch
+    assert model.config.head.layer_init == "independent"
 
 
 @pytest.mark.parametrize("method", METHODS)
