@@ -49,6 +49,7 @@ __all__ = [
 Setting = Literal["inductive", "transductive", "fully"]
 AttentionKind = Literal["mpsa", "softmax"]
 MapCombination = Literal["gated", "last"]
+LayerInit = Literal["copies", "independent"]
 
 # Normalisation statistics on the 0..255 scale. The reference trains and evaluates with ImageNet's.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -134,6 +135,10 @@ class HeadConfig(Validated):
     map_combination: MapCombination = "gated"
     ensemble_weight: float = 0.5  # test-time weight of the decoder path; 1 - this goes to the MPS path
     seen_bias: float = 0.1  # subtracted from seen-class channels after the sigmoid (inductive only)
+    # How the decoder layers start: "copies" = every layer a copy of one freshly initialised layer (the reference:
+    # nn.TransformerDecoder deep-copies its layer, and init_weights never runs), "independent" = each layer drawn
+    # on its own (what otseg did before; the demo pins it so that its measured table stays what it measured).
+    layer_init: LayerInit = "copies"
 
     def parameter_count(self) -> int:
         """The parameters of the head this config builds (`otseg.model.head.OTSegHead`): the query projection
@@ -264,6 +269,10 @@ class ModelConfig(Validated):
         if not isinstance(d, dict):
             raise BadValueError(f"a model config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
+        if isinstance(d.get("head"), dict) and "layer_init" not in d["head"]:
+            # Saved before head.layer_init existed: that model's decoder layers were drawn independently (what a
+            # fresh model built from this config must reproduce, e.g. the demo pack's "equal to init" tensors).
+            d["head"] = {**d["head"], "layer_init": "independent"}
         sub = {"vision": VisionConfig, "text": TextConfig, "head": HeadConfig}
         for key, sub_cls in sub.items():
             if key in d:

@@ -13,7 +13,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "the official ones are warnings); otherwise each problem is printed on one line with its fix, exit 1.",
     )
     p.add_argument("--preset", help="e.g. voc12-inductive (otseg presets lists them)")
-    p.add_argument("--dataset", help="instead of --preset: voc12, context59, coco_stuff164k or ade20k")
+    p.add_argument(
+        "--dataset", help="instead of --preset: voc12, context59, coco_stuff164k, ade20k, or custom (your own folder)"
+    )
     p.add_argument("--data-root", required=True, help="the --data-root given to otseg prepare / train / eval")
     p.add_argument("--sample", type=int, default=6, help="label maps read per split (default 6)")
     p.set_defaults(run=run)
@@ -31,8 +33,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadValueError("otseg check-data needs --preset NAME (e.g. voc12-inductive) or --dataset NAME")
     else:
         dataset = DATASET_ALIASES.get(args.dataset, args.dataset)
-        if dataset not in list_datasets():
-            raise BadValueError(f"--dataset {args.dataset!r}: valid: {', '.join(list_datasets())}")
+        if dataset not in (*list_datasets(), "custom"):
+            raise BadValueError(f"--dataset {args.dataset!r}: valid: {', '.join(list_datasets())}, custom")
         check = check_dataset(dataset, args.data_root, sample=args.sample)
     print(check.report())
     return 0 if check.usable else 1

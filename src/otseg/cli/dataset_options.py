@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from otseg.config import ModelConfig
+from otseg.cli.overrides import parse_overrides
+from otseg.config import DataConfig, ModelConfig
 from otseg.data.datasets import read_custom_classes
+from otseg.data.facts import data_config_for
+from otseg.data.overrides import apply_data_overrides, split_data_overrides
 from otseg.errors import BadValueError
 from otseg.formats.class_embeddings import load_class_embeddings
 from otseg.model.segmentor import OTSeg
 
-__all__ = ["attach_class_embeddings", "custom_dataset_overrides", "dataset_name"]
+__all__ = ["attach_class_embeddings", "custom_dataset_overrides", "data_config", "dataset_name"]
 
 
 def attach_class_embeddings(model: OTSeg, args: argparse.Namespace) -> None:
@@ -47,3 +50,9 @@ def custom_dataset_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def dataset_name(args: argparse.Namespace, model_cfg: ModelConfig) -> str:
     """--dataset, or the preset's dataset."""
     return args.dataset or model_cfg.dataset
+
+
+def data_config(model_cfg: ModelConfig, items: list[str] | None) -> DataConfig:
+    """The data pipeline feeding `model_cfg`, with the "data.KEY=VALUE" entries of --set applied."""
+    data_over, _ = split_data_overrides(parse_overrides(items))
+    return apply_data_overrides(data_config_for(model_cfg), data_over)

@@ -28,17 +28,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from otseg.cli.dataset_options import attach_class_embeddings, custom_dataset_overrides, dataset_name
+    from otseg.cli.dataset_options import attach_class_embeddings, custom_dataset_overrides, data_config, dataset_name
     from otseg.cli.model_options import predictor_from_args
     from otseg.cli.overrides import split_overrides
     from otseg.data.check import require_usable
     from otseg.data.datasets import build_dataset
-    from otseg.data.facts import data_config_for
     from otseg.data.transforms import TestTransform
     from otseg.distributed import init_distributed, shutdown
     from otseg.errors import BadValueError
     from otseg.eval.evaluate import evaluate
     from otseg.eval.metrics import format_markdown
+    from otseg.eval.published import format_published_comparison, method_of, published_rows
     from otseg.eval.score import write_results
 
     model_over, _ = split_overrides(args.set)
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     dist_info = init_distributed(args.device)
     try:
         model.to(dist_info.device)
-        data_cfg = data_config_for(model.config)
+        data_cfg = data_config(model.config, args.set)
         name = dataset_name(args, model.config)
         require_usable(name, args.data_root, ("val",), verbose=dist_info.is_main)
         val_set = build_dataset(name, args.data_root, "val", TestTransform(data_cfg))
@@ -68,6 +68,10 @@ def run(args: argparse.Namespace) -> int:
                 metrics, out, title=f"{args.preset or model.config.name}: {args.checkpoint}"
             )
             print(format_markdown(metrics, title=model.config.name))
+            rows = published_rows(model.config)
+            if rows:  # the paper's numbers for this benchmark protocol (otseg.eval.published says where from)
+                method = method_of(model.head.cfg.ensemble_weight)
+                print(format_published_comparison(metrics, rows, method, model.config.name))
             print(f"wrote {json_path} and {md_path}")
     finally:
         shutdown()

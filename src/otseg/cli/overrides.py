@@ -21,11 +21,12 @@ def parse_overrides(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def split_overrides(items: Sequence[str] | None) -> tuple[dict[str, str], dict[str, str]]:
-    """--set entries: "train.KEY=VALUE" go to the training config (without the prefix), the rest to the model's."""
+    """--set entries: "train.KEY=VALUE" go to the training config (without the prefix), "data.KEY=VALUE" to the data
+    pipeline (`data_config`), the rest to the model's."""
     model_over, train_over = {}, {}
     for key, value in parse_overrides(items).items():
         if key.startswith("train."):
             train_over[key[len("train.") :]] = value
-        else:
+        elif not key.startswith("data."):
             model_over[key] = value
     return model_over, train_over

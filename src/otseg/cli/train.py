@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 
 
@@ -64,18 +65,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="config override: model keys (head.use_mps=false) or train.KEY (train.lr=1e-4)",
+        help="config override: model keys (head.use_mps=false), train.KEY (train.lr=1e-4) or data.KEY "
+        "(data.img_scale=64,64: the training pipeline's sizes and augmentation, otseg.data.overrides)",
     )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from otseg.cli.dataset_options import attach_class_embeddings, custom_dataset_overrides, dataset_name
+    from otseg.cli.dataset_options import attach_class_embeddings, custom_dataset_overrides, data_config, dataset_name
     from otseg.cli.overrides import split_overrides
     from otseg.config import TrainConfig
     from otseg.data.check import require_usable
     from otseg.data.datasets import build_dataset
-    from otseg.data.facts import data_config_for, default_train_config
+    from otseg.data.facts import default_train_config
     from otseg.data.transforms import TestTransform, TrainTransform
     from otseg.distributed import init_distributed, shutdown
     from otseg.errors import BadValueError
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from otseg.model.build import build_model, load_clip_into
     from otseg.train.batching import fitting_batch_size, resolve_batch
     from otseg.train.preflight import batch_note, require_transductive_init, warmup_warning
+    from otseg.train.run_record import RunInputs
     from otseg.train.trainer import Trainer, seed_everything
     from otseg.validation import coerce_text
 
@@ -129,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
     resuming = args.resume not in (None, "auto") or (Path(args.work_dir) / "last_checkpoint").is_file()
     require_transductive_init(args.preset, model.config.setting, model.config.dataset, tcfg, resuming)
 
+    data_cfg = data_config(model.config, args.set)
     dist_info = init_distributed(tcfg.device)
     trainer = None
     try:
@@ -137,7 +141,6 @@ def run(args: argparse.Namespace) -> int:
         if args.batch_size is None and "batch_size" not in train_over:
             tcfg.batch_size = fitting_batch_size(tcfg.global_batch, dist_info.world_size, tcfg.batch_size)
         tcfg = resolve_batch(tcfg, dist_info.world_size)
-        data_cfg = data_config_for(model.config)
         name = dataset_name(args, model.config)
         require_usable(name, args.data_root, ("train", "val"), verbose=dist_info.is_main)
         if dist_info.is_main:
@@ -149,11 +152,22 @@ def run(args: argparse.Namespace) -> int:
         if dist_info.is_main:
             print(f"train: {len(train_set)} images, val: {len(val_set)} images ({name} at {args.data_root})")
             print(f"{model.num_parameters(trainable_only=True):,} trainable parameters")
+            print(
+                f"data pipeline: img_scale {data_cfg.img_scale[0]}x{data_cfg.img_scale[1]}, ratio "
+                f"{data_cfg.ratio_range[0]:g}-{data_cfg.ratio_range[1]:g}, crop {data_cfg.crop_size}, test short side "
+                f"{data_cfg.test_short_side} (--set data.KEY=VALUE changes them)"
+            )
 
         def run_eval(m):
             return evaluate(m, val_set, dist_info=dist_info, limit=args.eval_limit, skip_bad=tcfg.bad_samples == "skip")
 
-        trainer = Trainer(model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info)
+        inputs = RunInputs(
+            clip=args.clip, embeddings=args.embeddings, data_root=args.data_root, dataset=name,
+            data=dataclasses.asdict(data_cfg), command=tuple(sys.argv),
+        )  # fmt: skip
+        trainer = Trainer(
+            model, train_set, tcfg, args.work_dir, evaluate=run_eval, dist_info=dist_info, run_inputs=inputs
+        )
         trainer.trust_unverified = args.trust_unverified
         result = trainer.train(resume=args.resume)
         if dist_info.is_main and result["eval"]:

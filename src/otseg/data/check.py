@@ -1,5 +1,9 @@
 """`otseg check-data`: is the dataset a preset reads there, complete and in the right id convention?
 
+For a custom folder (`--dataset custom`) it also lists the classes and the unseen split, and reports the sampled
+images' short side: far from the 512 px the default pipeline rescales to, it warns and names the `--set data.*`
+settings that size the pipeline for the images.
+
 Checks, per split the preset reads: the folders and list files, that every listed (or found) image has its
 label and every label its image, a sample of label maps against the class range (after `reduce_zero_label`
 where the dataset uses it), and the counts against the official ones. Structural problems are errors (the
@@ -11,13 +15,16 @@ start-up (`require_usable`); it lists folders and reads a few labels, so it cost
 from __future__ import annotations
 
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from PIL import Image
+
 from otseg.config import ModelConfig
-from otseg.data.datasets import PREPARE_HINTS, build_dataset
-from otseg.data.facts import DATASET_ALIASES, find_dataset_facts
+from otseg.data.datasets import PREPARE_HINTS, build_dataset, read_custom_classes
+from otseg.data.facts import CUSTOM_PIPELINE, DATASET_ALIASES, find_dataset_facts
 from otseg.errors import BadValueError
 
 __all__ = [
@@ -46,6 +53,7 @@ class DataCheck:
     splits: tuple[str, ...]
     counts: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts worth showing that are no problem
 
     @property
     def usable(self) -> bool:
@@ -74,6 +82,7 @@ class DataCheck:
             got_s = "not counted (see the errors below)" if got is None else f"{got:,} images"
             exp_s = f" (official: {expected:,})" if expected is not None else ""
             lines.append(f"  {split}: {got_s}{exp_s}")
+        lines += [f"  {note}" for note in self.notes]
         lines += [f"  {p.severity}: {p.message}" for p in self.problems]
         lines.append("  usable" if self.usable else f"  NOT usable: {len(self.errors)} error(s)")
         return "\n".join(lines)
@@ -169,12 +178,45 @@ def _unpaired_labels(img_dir: Path, ann_dir: Path, suffix: str, check: DataCheck
         check.warn(f"{len(orphans):,} label(s) in {ann_dir} have no image in {img_dir} (first: {orphans[0]}); {fix}")
 
 
+# A custom folder's images whose short side is further than this factor from the default pipeline's short side
+# (CUSTOM_PIPELINE.img_scale) get a warning: the rescale before the crop would zoom or shrink them that much.
+_SCALE_WARN_FACTOR = 2.0
+
+
+def _custom_notes(root: Path, sizes: list[tuple[int, int]], check: DataCheck) -> None:
+    """Classes, split and image sizes of a custom folder; a warning when the default pipeline does not fit them."""
+    try:
+        classes = read_custom_classes(root)
+    except (OSError, ValueError):
+        return  # the dataset builder has reported it as an error
+    unseen = ", ".join(classes.unseen_names) or "none (every class is seen: fully supervised)"
+    check.notes.append(f"classes: {classes.num_classes}; unseen: {unseen}")
+    if not sizes:
+        return
+    short = statistics.median(min(w, h) for w, h in sizes)
+    lo, hi = min(min(w, h) for w, h in sizes), max(min(w, h) for w, h in sizes)
+    span = f"{lo}" if lo == hi else f"{lo}-{hi} (median {short:g})"
+    check.notes.append(f"image short side: {span} px in {len(sizes)} sampled image(s)")
+    target = min(CUSTOM_PIPELINE.img_scale)
+    if short * _SCALE_WARN_FACTOR < target or short > _SCALE_WARN_FACTOR * target:
+        s = int(short)
+        check.warn(
+            f"the default training pipeline rescales images to a short side of about {target} px (img_scale "
+            f"{CUSTOM_PIPELINE.img_scale[0]}x{CUSTOM_PIPELINE.img_scale[1]}, x{target / short:.2g} here) before "
+            f"cropping the model's input size; for images of about {s} px train with --set data.img_scale={s},{s} "
+            f"and a model input of at most that size (--set vision.image_size=N, crop_size, test_short_side; "
+            f"docs/custom-data.md)"
+        )
+
+
 def check_dataset(
     dataset: str, root: str | Path, splits: tuple[str, ...] = ("train", "val"), sample: int = 6
 ) -> DataCheck:
-    """Check dataset `dataset` (voc12, context59, coco_stuff164k, ade20k) at `root` for `splits`.
+    """Check dataset `dataset` (voc12, context59, coco_stuff164k, ade20k, or custom: a user folder) at `root` for
+    `splits`.
 
-    `sample` label maps per split, spread over the split, are read and checked against the class range.
+    `sample` label maps per split, spread over the split, are read and checked against the class range (for a
+    custom folder the images' sizes are read too, from their headers).
     """
     root = Path(root).expanduser()
     check = DataCheck(dataset, root, tuple(splits))
@@ -184,6 +226,7 @@ def check_dataset(
     _structure(dataset, root, check.splits, check)
     if not check.usable:
         return check
+    sizes: list[tuple[int, int]] = []  # (width, height) of sampled custom images
     for split in check.splits:
         try:
             ds = build_dataset(dataset, root, split)
@@ -200,6 +243,12 @@ def check_dataset(
             continue
         step = max(1, len(ds) // max(1, sample))
         for i in list(range(0, len(ds), step))[:sample]:
+            if dataset == "custom":
+                try:
+                    with Image.open(ds.samples[i][0]) as im:
+                        sizes.append(im.size)
+                except OSError:
+                    pass  # an unreadable image: training reports it, naming the file
             try:
                 ds.load_label(i)
             except ValueError as exc:
@@ -207,6 +256,8 @@ def check_dataset(
                             f"{_prepare_fix(dataset, root)}")  # fmt: skip
             except OSError as exc:  # the readers name the file: missing, corrupt, over the cap
                 check.error(f"{' '.join(str(exc).split())}; {_prepare_fix(dataset, root)}")
+    if dataset == "custom":
+        _custom_notes(root, sizes, check)
     return check
 
 

@@ -103,17 +103,18 @@ _VOC_AUG_HINT = _VOC_HINT + "; it writes VOC2012/SegmentationClassAug/ and Image
 _CONTEXT_HINT = _prepare_hint("context59", "VOCtrainval_03-May-2010.tar and PASCAL Context's trainval_merged.json")
 _COCO_HINT = _prepare_hint("coco", "train2017.zip, val2017.zip and stuffthingmaps_trainval2017.zip")
 _ADE_HINT = _prepare_hint("ade20k", "ADEChallengeData2016.zip")
+_CUSTOM_HINT = (
+    "a custom dataset needs ROOT/classes.txt (one class name per line) and ROOT/images/ + ROOT/labels/ "
+    "(or ROOT/<split>/images/ + ROOT/<split>/labels/); see otseg.data.datasets' docstring"
+)
 # How to create each layout, by dataset name (also used by otseg.data.check).
 PREPARE_HINTS = {
     "voc12": _VOC_HINT,
     "context59": _CONTEXT_HINT,
     "coco_stuff164k": _COCO_HINT,
     "ade20k": _ADE_HINT,
+    "custom": _CUSTOM_HINT,
 }
-_CUSTOM_HINT = (
-    "a custom dataset needs ROOT/classes.txt (one class name per line) and ROOT/images/ + ROOT/labels/ "
-    "(or ROOT/<split>/images/ + ROOT/<split>/labels/); see otseg.data.datasets' docstring"
-)
 
 
 # ---- file reading ----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ never calls; this head has no such parameters (the checkpoint converter drops th
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -79,6 +80,10 @@ class DecoderLayer(nn.Module):
 class OTSegHead(nn.Module):
     """Decode head producing per-class logits from CLIP patch/global embeddings and class text embeddings.
 
+    Parameters keep PyTorch's defaults, as in the reference (whose `init_weights` never runs): Linear
+    kaiming-uniform(a=sqrt(5)) weights and U(+-1/sqrt(fan_in)) biases, LayerNorm 1 / 0. The decoder layers start
+    as copies of one layer unless `cfg.layer_init` is "independent".
+
     Args:
         cfg: head configuration (width, layers, attention kind, MPS on/off, Sinkhorn settings, ...).
     """
@@ -89,7 +94,15 @@ class OTSegHead(nn.Module):
         c = cfg.embed_dim
         # Relationship descriptor: queries = Linear([global (x) text, text]).
         self.q_proj = nn.Linear(2 * c, c)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        if cfg.layer_init == "copies":
+            # The reference's nn.TransformerDecoder deep-copies one layer num_layers times and its init_weights is
+            # never called, so its layers start identical (spec section 4.2).
+            first = DecoderLayer(cfg)
+            self.layers = nn.ModuleList([first, *(copy.deepcopy(first) for _ in range(cfg.num_layers - 1))])
+        elif cfg.layer_init == "independent":
+            self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        else:
+            raise BadValueError(f"unknown head.layer_init {cfg.layer_init!r}; use 'copies' or 'independent'")
 
     def relationship_queries(self, global_emb: Tensor, text: Tensor) -> Tensor:
         """global_emb (B, C), text (K, N, C) -> queries (B, K, N, C) = q_proj([global (x) text, text])."""

@@ -74,6 +74,7 @@ from otseg.ops.sinkhorn_rules import Problem, Run, prepare
 
 __all__ = [
     "SinkhornInfo",
+    "active_sinkhorn_overrides",
     "record_sinkhorn_calls",
     "sinkhorn",
     "sinkhorn_overrides",
@@ -163,6 +164,14 @@ def sinkhorn_overrides(**settings: Any) -> Iterator[None]:
         yield
     finally:
         _OVERRIDES.reset(token)
+
+
+def active_sinkhorn_overrides() -> dict[str, Any]:
+    """The `sinkhorn_overrides` in force in this context, merged (innermost wins); {} outside any block."""
+    merged: dict[str, Any] = {}
+    for override in _OVERRIDES.get():
+        merged.update(override)
+    return merged
 
 
 # ------------------------------------------------------------------------------------------------ settings

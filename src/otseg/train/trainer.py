@@ -60,6 +60,7 @@ from otseg.train.batching import resolve_batch
 from otseg.train.lock import WorkDirLock
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.rng_state import capture_rng_state, restore_rng_state, seed_everything
+from otseg.train.run_record import RunInputs, build_run_record, write_run_record
 from otseg.train.sampling import (
     MAX_REPLACEMENT_TRIES,
     SeededDataset,
@@ -142,6 +143,7 @@ class Trainer:
         progress: show a tqdm bar (on rank 0).
         on_step: optional callback `on_step(step)` after every optimizer step (on rank 0), e.g. to drive a
             progress display of several runs.
+        run_inputs: the files the run started from (CLIP weights, class embeddings, data), for `run.json`.
 
     Set `trust_unverified = True` (`otseg train --trust-unverified`) to resume from, or start from, a checkpoint that
     carries no digest of what it is used for (written by an older otseg); by default such a file is refused.
@@ -159,6 +161,7 @@ class Trainer:
         dist_info: DistInfo | None = None,
         progress: bool = True,
         on_step: Callable[[int], None] | None = None,
+        run_inputs: RunInputs | None = None,
     ) -> None:
         if cfg.bad_samples not in ("stop", "skip"):
             raise BadValueError(f"train.bad_samples must be 'stop' or 'skip', got {cfg.bad_samples!r}")
@@ -177,6 +180,7 @@ class Trainer:
         self.evaluate_fn = evaluate
         self.show_progress = progress
         self.on_step = on_step
+        self.run_inputs = run_inputs
         self.optimizer = build_optimizer(self.model.named_parameters(), cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16")
         self.step = 0
@@ -408,6 +412,9 @@ class Trainer:
                 self.work_dir / "config.json",
                 json.dumps({"train": asdict(cfg), "model": self.model.config.to_dict()}, indent=2) + "\n",
             )
+        if self.dist.is_main:  # run.json: versions, device, batch decomposition, digests (otseg.train.run_record)
+            record = build_run_record(cfg, self.model, self.dist, self.work_dir, self.run_inputs, self.step)
+            write_run_record(self.work_dir, record)
         self._tb = None
         if cfg.tensorboard and self.dist.is_main:
             from torch.utils.tensorboard import SummaryWriter
