@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from otseg.data.facts import DATASET_ALIASES, data_config_for, default_train_con
 from otseg.data.transforms import TestTransform, TrainTransform
 from otseg.demo.run import add_demo_parser
 from otseg.distributed import init_distributed, shutdown
-from otseg.eval.evaluate import evaluate
+from otseg.eval.evaluate import evaluate, throughput_line
 from otseg.eval.metrics import format_markdown
 from otseg.eval.score import score_folders, write_results
 from otseg.export import add_export_parser
@@ -294,9 +295,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"{val_set.num_classes}: give --embeddings with one row per dataset class, or --clip to embed the "
                 "dataset's class names"
             )
+        start = time.perf_counter()
         metrics = evaluate(
-            model, val_set, dist_info=dist_info, limit=args.limit, save_predictions=args.save_predictions
-        )
+            model, val_set, dist_info=dist_info, limit=args.limit, save_predictions=args.save_predictions,
+            precision=args.precision,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
         if dist_info.is_main:
             out = Path(args.out)
             json_path, md_path = write_results(
@@ -304,6 +308,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             )
             print(format_markdown(metrics, title=model.config.name))
             print(f"wrote {json_path} and {md_path}")
+            print(throughput_line(metrics["num_images"], seconds, args.precision, dist_info))
     finally:
         shutdown()
     return 0
@@ -403,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="comma-separated names, e.g. 'cat,sofa,wall', or a .txt file with one per line "
                    "(default: the model's own classes: otseg classes)")  # fmt: skip
     p.add_argument("--out", default="runs/segment", help="output folder (default: runs/segment)")
-    add_model_arguments(p)
+    add_model_arguments(p, precision=True)
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser(
@@ -471,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a checkpoint on a dataset's validation split with the reference protocol (test-size "
         "resize, sliding windows, one dataset-wide confusion matrix) and write the metrics as JSON and Markdown.",
     )
-    add_model_arguments(p, named=False, checkpoint_required=True, progress=False,
+    add_model_arguments(p, named=False, checkpoint_required=True, progress=False, precision=True,
                         device_help="cpu or cuda (default: cuda if available)")  # fmt: skip
     p.add_argument("--data-root", required=True, help="folder holding the dataset in mmsegmentation's layout")
     p.add_argument("--embeddings", help="class embeddings file (e.g. voc12_otseg.npy)")

@@ -35,6 +35,7 @@ from otseg.eval.evaluate import upsampled_argmax
 from otseg.formats.open_model import load_model
 from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.build import attach_clip_text_tower
+from otseg.model.precision import Precision, check_precision, precision_note
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings, validate_class_names
@@ -126,6 +127,9 @@ class Predictor:
         max_pixels: the largest image accepted, in pixels (default: $OTSEG_MAX_PIXELS or 64 million); larger
             files are refused from their header, before decoding. Images whose sides differ by more than
             `MAX_ASPECT_RATIO` times are refused too (they would need thousands of sliding windows).
+        precision: "float32" (default) or "bf16": the image tower under bfloat16 autocast, about 2-3x faster on
+            CPUs and GPUs with bfloat16 units; the decode head, its Sinkhorn and the scores stay float32
+            (`otseg.model.precision`; docs/speed.md gives the agreement with float32).
 
     `predict` never changes the model: the class set of a call is passed to the model, not stored in it.
     """
@@ -137,12 +141,17 @@ class Predictor:
         templates: Sequence[str] | None = None,
         vocabulary: Iterable[str] | None = None,
         max_pixels: int | None = None,
+        precision: Precision = "float32",
     ):
         if not isinstance(model, OTSeg):
             raise TypeError(f"Predictor needs an otseg.OTSeg model, got {type(model).__name__}")
+        self._precision = check_precision(precision)
         self.model = model.eval()
         if device is not None:
             self.model.to(device)
+        note = precision_note(self._precision, self.device)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
         self.templates = tuple(templates) if templates is not None else None
         self.vocabulary = frozenset(w.lower() for w in vocabulary) if vocabulary is not None else None
         self._noted: set[tuple[str, ...]] = set()
@@ -164,6 +173,7 @@ class Predictor:
         allow_pickle: bool = False,
         progress: bool = True,
         overrides: dict[str, Any] | None = None,
+        precision: Precision = "float32",
     ) -> Predictor:
         """Load a predictor.
 
@@ -178,7 +188,9 @@ class Predictor:
             progress: progress bars when the demo model has to be built (only for a non-default recipe).
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
+            precision: "float32" (default) or "bf16" (see the class docstring).
         """
+        precision = check_precision(precision)  # before the model is read: a typo costs no load
         if str(name_or_path) in NAMED_MODELS:
             name_or_path = NAMED_MODELS[str(name_or_path)].folder(progress=progress)
         elif not Path(name_or_path).exists():
@@ -195,13 +207,19 @@ class Predictor:
         model = load_model(name_or_path, preset=preset, overrides=overrides, allow_pickle=allow_pickle)
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
             attach_clip_text_tower(model, clip)
-        return cls(model, device=device, vocabulary=None if clip is not None else _saved_vocabulary(name_or_path))
+        vocabulary = None if clip is not None else _saved_vocabulary(name_or_path)
+        return cls(model, device=device, vocabulary=vocabulary, precision=precision)
 
     # ------------------------------------------------------------------ classes
     @property
     def default_class_names(self) -> list[str]:
         """The class names the model was trained or configured with (used when `predict` gets none)."""
         return list(self._default_names)
+
+    @property
+    def precision(self) -> Precision:
+        """ "float32" or "bf16": the precision `predict` runs the image tower in (set at construction)."""
+        return self._precision
 
     @property
     def device(self) -> torch.device:
@@ -300,7 +318,7 @@ class Predictor:
         rgb = read_image(image, max_pixels=self.max_pixels)
         where = describe_source(image)
         try:
-            scores = self.model.predict_scores(self.preprocess(rgb), classes=classes)
+            scores = self.model.predict_scores(self.preprocess(rgb), classes=classes, precision=self._precision)
         except ValueError as e:
             raise ValueError(f"{where}: {e}") from None
         seen = classes[1].cpu().numpy().astype(bool)
@@ -310,7 +328,8 @@ class Predictor:
         cfg = self.model.config
         return (
             f"Predictor(model={cfg.name!r}, classes={len(self._default_names)}, device={self.device}, "
-            f"text_tower={'yes' if self.model.text_encoder is not None else 'no'})"
+            f"text_tower={'yes' if self.model.text_encoder is not None else 'no'}"
+            + (f", precision={self._precision!r})" if self._precision != "float32" else ")")
         )
 
 
