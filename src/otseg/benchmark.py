@@ -27,6 +27,10 @@ and OTSeg+ with every Sinkhorn call forced to the reference's 100-iteration cap,
 weights: the default loop, stop checks included, with a threshold it never meets (`sinkhorn_overrides(thresh=0.0)`).
 The decode heads alone (on precomputed backbone features) are timed over more rounds than the whole images: the
 backbones are identical, and the heads' difference is the steadier measure of the overhead.
+
+Precisions: the table is measured in float32 (the reference's). With bf16 (`--precision`; by default wherever the
+device has bfloat16 units) the same interleaved rounds also time `predict_scores(precision="bf16")` of every
+variant, and a second table gives images per second at each precision (`otseg.model.precision`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import functools
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +48,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from otseg.model.build import build_model
+from otseg.model.precision import PRECISIONS, Precision, check_precision, precision_note
 from otseg.model.segmentor import OTSeg
 from otseg.ops import record_sinkhorn_calls, sinkhorn_overrides
 
@@ -52,6 +57,7 @@ __all__ = [
     "add_bench_parser",
     "cmd_bench",
     "efficiency_table",
+    "format_precision_table",
     "format_table",
     "full_macs",
     "mmcv_style_macs",
@@ -211,6 +217,7 @@ def efficiency_table(
     warmup: int = 1,
     preset: str = "voc12-inductive",
     capped: bool = True,
+    precisions: Sequence[Precision] = ("float32",),
 ) -> list[dict[str, Any]]:
     """Measure parameters, GFLOPs and speed of the three model variants (`MODEL_VARIANTS`).
 
@@ -220,6 +227,7 @@ def efficiency_table(
         repeats, warmup: timed and discarded rounds of the interleaved timing.
         preset: the preset the variants are built from.
         capped: also time the Sinkhorn variants with every Sinkhorn call at the 100-iteration cap.
+        precisions: the precisions whose images per second are measured (float32 is always: the table's).
 
     Returns:
         One dict per variant: name, prompts, trainable_params, total_params, gmacs_mmcv, gmacs_mmcv_reference_types,
@@ -227,10 +235,12 @@ def efficiency_table(
         cpu_sec_per_image (process CPU time, CPU only), images_per_second, head_ms (the decode head alone on
         precomputed backbone features), overhead (time per image relative to the baseline), head_overhead (head
         time minus the baseline's, relative to the baseline's time per image), and with `capped` the same at 100
-        Sinkhorn iterations per call (`*_capped`); plus device, image_size, repeats, timing. Overheads use the
+        Sinkhorn iterations per call (`*_capped`); plus device, image_size, repeats, timing, preset, and
+        images_per_second_by_precision ({precision: images per second}, wall clock). Overheads use the
         process CPU time on the CPU (steadier on a shared machine) and the wall clock elsewhere.
     """
     device = torch.device(device)
+    timed: list[Precision] = ["float32"] + [check_precision(p) for p in precisions if p != "float32"]
     models = {name: _build(preset, overrides, device) for name, overrides in MODEL_VARIANTS.items()}
     first = next(iter(models.values()))
     for model in models.values():  # identical backbones: the variants differ only in their heads
@@ -263,8 +273,8 @@ def efficiency_table(
             }
         )
 
-    def predict(m: OTSeg) -> Callable[[], Any]:
-        return lambda: m.predict_scores(image)
+    def predict(m: OTSeg, precision: Precision = "float32") -> Callable[[], Any]:
+        return lambda: m.predict_scores(image, precision=precision)
 
     def head_only(name: str) -> Callable[[], Any]:
         model, (patch, global_emb) = models[name], head_inputs[name]
@@ -278,7 +288,11 @@ def efficiency_table(
 
     # What overheads are computed from: the wall clock on accelerators, this process's CPU time on the CPU.
     key = "wall" if device.type != "cpu" else "cpu"
-    times = _time_interleaved({n: predict(m) for n, m in models.items()}, device, warmup, repeats)
+    # Every (variant, precision) in the same rounds: the precisions' ratios compare runs made at the same time.
+    per_precision = _time_interleaved(
+        {_precision_key(n, p): predict(m, p) for n, m in models.items() for p in timed}, device, warmup, repeats
+    )
+    times = {n: per_precision[_precision_key(n, "float32")] for n in models}
     head_rounds = max(4 * repeats, 20)  # a head costs a few % of an image: more rounds for a steady median
     head_times = _time_interleaved({n: head_only(n) for n in models}, device, warmup, head_rounds)
     base_name = next(iter(models))
@@ -305,6 +319,7 @@ def efficiency_table(
             overhead=t[key] / times[base_name][key] - 1.0,
             # The backbones are identical: the heads' difference, relative to the baseline's whole time per image.
             head_overhead=(h[key] - head_times[base_name][key]) / times[base_name][key],
+            images_per_second_by_precision={p: 1.0 / per_precision[_precision_key(name, p)]["wall"] for p in timed},
         )
         if name in capped_times and name != base_name:
             tc, hc = capped_times[name], capped_head[name]
@@ -323,7 +338,12 @@ def efficiency_table(
         row["device"] = _describe(device)
         row["image_size"] = image_size
         row["repeats"] = repeats
+        row["preset"] = preset
     return rows
+
+
+def _precision_key(name: str, precision: Precision) -> str:
+    return f"{name} @ {precision}"
 
 
 def _sinkhorn_calls(model: OTSeg, image: Tensor) -> tuple[int, float]:
@@ -375,6 +395,26 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_precision_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of images per second at each precision timed, per variant, with the ratio to float32."""
+    if not rows:
+        return ""
+    precisions = list(rows[0]["images_per_second_by_precision"])
+    first = rows[0]
+    lines = [
+        f"Images per second by precision: preset {first['preset']}, {first['device']}, "
+        f"{first['image_size']}x{first['image_size']}, wall clock, median of {first['repeats']} interleaved run(s).",
+        "",
+        "| model | " + " | ".join(precisions) + "".join(f" | {p} / float32" for p in precisions[1:]) + " |",
+        "|---|" + "---:|" * (2 * len(precisions) - 1),
+    ]
+    for r in rows:
+        speed = r["images_per_second_by_precision"]
+        ratios = "".join(f" | {speed[p] / speed['float32']:.2f}x" for p in precisions[1:])
+        lines.append(f"| {r['name']} | " + " | ".join(f"{speed[p]:.3f}" for p in precisions) + ratios + " |")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ command line
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `otseg bench` on an argparse subparsers object."""
@@ -395,6 +435,13 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--preset", default="voc12-inductive", help="the preset timed (default: voc12-inductive)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-capped", action="store_true", help="skip the timing at 100 Sinkhorn iterations per call")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        choices=PRECISIONS,
+        help="precisions whose images per second are timed (float32 always is: the table's); default: float32 and "
+        "bf16 where the device has bfloat16 units, float32 alone elsewhere",
+    )
     p.add_argument("--json", help="also write the rows to this JSON file")
     p.set_defaults(func=cmd_bench)
     return p
@@ -407,6 +454,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     gpu = str(args.device).startswith("cuda")
     repeats = args.repeats if args.repeats is not None else (20 if gpu else 3)
     warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    precisions = args.precision
+    if precisions is None:
+        note = precision_note("bf16", torch.device(args.device))
+        precisions = ["float32"] if note else ["float32", "bf16"]
+        if note:
+            print(f"otseg bench: bf16 not timed ({note.removeprefix('precision bf16: ')}); --precision bf16 times it")
     rows = efficiency_table(
         args.device,
         image_size=args.image_size,
@@ -414,8 +467,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         warmup=warmup,
         preset=args.preset,
         capped=not args.no_capped,
+        precisions=precisions,
     )
     print(format_table(rows))
+    if len(rows[0]["images_per_second_by_precision"]) > 1:
+        print()
+        print(format_precision_table(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(rows, f, indent=2)
