@@ -240,7 +240,8 @@ def efficiency_table(
         process CPU time on the CPU (steadier on a shared machine) and the wall clock elsewhere.
     """
     device = torch.device(device)
-    timed: list[Precision] = ["float32"] + [check_precision(p) for p in precisions if p != "float32"]
+    timed: list[Precision] = ["float32"]
+    timed += [check_precision(p) for p in precisions if p != "float32" and p not in timed]
     models = {name: _build(preset, overrides, device) for name, overrides in MODEL_VARIANTS.items()}
     first = next(iter(models.values()))
     for model in models.values():  # identical backbones: the variants differ only in their heads
