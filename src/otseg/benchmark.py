@@ -241,7 +241,9 @@ def efficiency_table(
     """
     device = torch.device(device)
     timed: list[Precision] = ["float32"]
-    timed += [check_precision(p) for p in precisions if p != "float32" and p not in timed]
+    for precision in precisions:
+        if check_precision(precision) not in timed:
+            timed.append(precision)
     models = {name: _build(preset, overrides, device) for name, overrides in MODEL_VARIANTS.items()}
     first = next(iter(models.values()))
     for model in models.values():  # identical backbones: the variants differ only in their heads
