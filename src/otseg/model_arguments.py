@@ -62,8 +62,9 @@ def add_model_arguments(
             "--precision",
             choices=PRECISIONS,
             default="float32",
-            help="float32 (default) or bf16: the image tower under bfloat16 autocast, about 2-3x faster where the "
-            "hardware has bfloat16 units; the decode head and the scores stay float32 (docs/speed.md)",
+            help="float32 (default) or bf16: the image tower under bfloat16 autocast, faster only where the hardware "
+            "computes in bfloat16 (recent GPUs, CPUs with AVX512-BF16 or AMX), slower elsewhere; the decode head and "
+            "the scores stay float32 (docs/speed.md)",
         )
     if progress:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")

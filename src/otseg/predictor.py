@@ -127,9 +127,10 @@ class Predictor:
         max_pixels: the largest image accepted, in pixels (default: $OTSEG_MAX_PIXELS or 64 million); larger
             files are refused from their header, before decoding. Images whose sides differ by more than
             `MAX_ASPECT_RATIO` times are refused too (they would need thousands of sliding windows).
-        precision: "float32" (default) or "bf16": the image tower under bfloat16 autocast, about 2-3x faster on
-            CPUs and GPUs with bfloat16 units; the decode head, its Sinkhorn and the scores stay float32
-            (`otseg.model.precision`; docs/speed.md gives the agreement with float32).
+        precision: "float32" (default) or "bf16": the image tower under bfloat16 autocast, faster only where the
+            hardware computes in bfloat16 (recent GPUs, CPUs with AVX512-BF16 or AMX; a warning says when this
+            CPU has none); the decode head, its Sinkhorn and the scores stay float32 (`otseg.model.precision`;
+            docs/speed.md gives the speed and the agreement with float32).
 
     `predict` never changes the model: the class set of a call is passed to the model, not stored in it.
     """
