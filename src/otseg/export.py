@@ -26,11 +26,11 @@ is not), so a batch of B gives each image's own result.
 Exporter: the torch.export-based exporter (`torch.onnx.export(..., dynamo=True)`, needs `onnxscript`), the default
 since torch 2.9. The legacy TorchScript exporter is deprecated and cannot trace the in-place scaling update.
 
-Progress: the export takes about a minute for the demo model on a quiet machine, most of it inside
-`torch.onnx.export`, and many times that on a loaded one. `export_onnx(..., progress=print)` names each of the
-exporter's stages as it starts (tracing, decompositions, translation, optimisation), says how long each took, gives
-an estimate for the stages after tracing (from the tracing's time and the stages' measured ratios), and prints a
-line every `PROGRESS_EVERY_S` seconds while a stage runs, so a slow machine never looks hung.
+Progress: the export spends minutes inside `torch.onnx.export`, most of them in the exporter's decompositions, and
+several times that on a loaded machine (docs/speed.md gives the times). `export_onnx(..., progress=print)` names
+each of the exporter's stages as it starts (tracing, decompositions, translation, optimisation), says how long each
+took, gives an estimate for the stages after tracing (from the tracing's time and the stages' measured ratios), and
+prints a line every `PROGRESS_EVERY_S` seconds while a stage runs, so a slow machine never looks hung.
 
 Everything a user needs to run the file alone is stored in its `metadata_props` (keys `otseg.*`, values JSON):
 class names, seen classes, mean, std, input size, crop size, stride, test short side, Sinkhorn iterations, the
@@ -635,9 +635,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     iters = args.sinkhorn_iters if args.sinkhorn_iters is not None else model.config.head.sinkhorn_max_iter
     start = time.perf_counter()
     print(
-        f"exporting to ONNX ({iters} Sinkhorn iterations per call): about a minute for the demo model on a quiet "
-        f"machine, longer on a busy one; each stage says when it starts and ends, and every "
-        f"{PROGRESS_EVERY_S:.0f} s while it runs",
+        f"exporting to ONNX ({iters} Sinkhorn iterations per call) in stages; each says when it starts and ends, "
+        f"and every {PROGRESS_EVERY_S:.0f} s while it runs",
         flush=True,
     )
     report = functools.partial(print, flush=True)
