@@ -27,6 +27,10 @@ and OTSeg+ with every Sinkhorn call forced to the reference's 100-iteration cap,
 weights: the default loop, stop checks included, with a threshold it never meets (`sinkhorn_overrides(thresh=0.0)`).
 The decode heads alone (on precomputed backbone features) are timed over more rounds than the whole images: the
 backbones are identical, and the heads' difference is the steadier measure of the overhead.
+
+Precisions: the table is measured in float32 (the reference's). With bf16 (`--precision`; by default wherever the
+device has bfloat16 units) the same interleaved rounds also time `predict_scores(precision="bf16")` of every
+variant, and a second table gives images per second at each precision (`otseg.model.precision`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -42,12 +46,14 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from otseg.model.build import build_model
+from otseg.model.precision import Precision, check_precision
 from otseg.model.segmentor import OTSeg
 from otseg.ops import record_sinkhorn_calls, sinkhorn_overrides
 
 __all__ = [
     "MODEL_VARIANTS",
     "efficiency_table",
+    "format_precision_table",
     "format_table",
     "full_macs",
     "mmcv_style_macs",
@@ -207,6 +213,7 @@ def efficiency_table(
     warmup: int = 1,
     preset: str = "voc12-inductive",
     capped: bool = True,
+    precisions: Sequence[Precision] = ("float32",),
 ) -> list[dict[str, Any]]:
     """Measure parameters, GFLOPs and speed of the three model variants (`MODEL_VARIANTS`).
 
@@ -216,6 +223,7 @@ def efficiency_table(
         repeats, warmup: timed and discarded rounds of the interleaved timing.
         preset: the preset the variants are built from.
         capped: also time the Sinkhorn variants with every Sinkhorn call at the 100-iteration cap.
+        precisions: the precisions whose images per second are measured (float32 is always: the table's).
 
     Returns:
         One dict per variant: name, prompts, trainable_params, total_params, gmacs_mmcv, gmacs_mmcv_reference_types,
@@ -223,10 +231,15 @@ def efficiency_table(
         cpu_sec_per_image (process CPU time, CPU only), images_per_second, head_ms (the decode head alone on
         precomputed backbone features), overhead (time per image relative to the baseline), head_overhead (head
         time minus the baseline's, relative to the baseline's time per image), and with `capped` the same at 100
-        Sinkhorn iterations per call (`*_capped`); plus device, image_size, repeats, timing. Overheads use the
+        Sinkhorn iterations per call (`*_capped`); plus device, image_size, repeats, timing, preset, and
+        images_per_second_by_precision ({precision: images per second}, wall clock). Overheads use the
         process CPU time on the CPU (steadier on a shared machine) and the wall clock elsewhere.
     """
     device = torch.device(device)
+    timed: list[Precision] = ["float32"]
+    for precision in precisions:
+        if check_precision(precision) not in timed:
+            timed.append(precision)
     models = {name: _build(preset, overrides, device) for name, overrides in MODEL_VARIANTS.items()}
     first = next(iter(models.values()))
     for model in models.values():  # identical backbones: the variants differ only in their heads
@@ -259,8 +272,8 @@ def efficiency_table(
             }
         )
 
-    def predict(m: OTSeg) -> Callable[[], Any]:
-        return lambda: m.predict_scores(image)
+    def predict(m: OTSeg, precision: Precision = "float32") -> Callable[[], Any]:
+        return lambda: m.predict_scores(image, precision=precision)
 
     def head_only(name: str) -> Callable[[], Any]:
         model, (patch, global_emb) = models[name], head_inputs[name]
@@ -274,7 +287,11 @@ def efficiency_table(
 
     # What overheads are computed from: the wall clock on accelerators, this process's CPU time on the CPU.
     key = "wall" if device.type != "cpu" else "cpu"
-    times = _time_interleaved({n: predict(m) for n, m in models.items()}, device, warmup, repeats)
+    # Every (variant, precision) in the same rounds: the precisions' ratios compare runs made at the same time.
+    per_precision = _time_interleaved(
+        {_precision_key(n, p): predict(m, p) for n, m in models.items() for p in timed}, device, warmup, repeats
+    )
+    times = {n: per_precision[_precision_key(n, "float32")] for n in models}
     head_rounds = max(4 * repeats, 20)  # a head costs a few % of an image: more rounds for a steady median
     head_times = _time_interleaved({n: head_only(n) for n in models}, device, warmup, head_rounds)
     base_name = next(iter(models))
@@ -301,6 +318,7 @@ def efficiency_table(
             overhead=t[key] / times[base_name][key] - 1.0,
             # The backbones are identical: the heads' difference, relative to the baseline's whole time per image.
             head_overhead=(h[key] - head_times[base_name][key]) / times[base_name][key],
+            images_per_second_by_precision={p: 1.0 / per_precision[_precision_key(name, p)]["wall"] for p in timed},
         )
         if name in capped_times and name != base_name:
             tc, hc = capped_times[name], capped_head[name]
@@ -319,7 +337,12 @@ def efficiency_table(
         row["device"] = _describe(device)
         row["image_size"] = image_size
         row["repeats"] = repeats
+        row["preset"] = preset
     return rows
+
+
+def _precision_key(name: str, precision: Precision) -> str:
+    return f"{name} @ {precision}"
 
 
 def _sinkhorn_calls(model: OTSeg, image: Tensor) -> tuple[int, float]:
@@ -368,6 +391,26 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             f"| {calls} | {sec} | {r['images_per_second']:.2f} | {100 * r['overhead']:+.1f}% "
             f"| {r['head_ms']:.1f} | {100 * r['head_overhead']:+.1f}% | {capped} |"
         )
+    return "\n".join(lines)
+
+
+def format_precision_table(rows: list[dict[str, Any]]) -> str:
+    """A Markdown table of images per second at each precision timed, per variant, with the ratio to float32."""
+    if not rows:
+        return ""
+    precisions = list(rows[0]["images_per_second_by_precision"])
+    first = rows[0]
+    lines = [
+        f"Images per second by precision: preset {first['preset']}, {first['device']}, "
+        f"{first['image_size']}x{first['image_size']}, wall clock, median of {first['repeats']} interleaved run(s).",
+        "",
+        "| model | " + " | ".join(precisions) + "".join(f" | {p} / float32" for p in precisions[1:]) + " |",
+        "|---|" + "---:|" * (2 * len(precisions) - 1),
+    ]
+    for r in rows:
+        speed = r["images_per_second_by_precision"]
+        ratios = "".join(f" | {speed[p] / speed['float32']:.2f}x" for p in precisions[1:])
+        lines.append(f"| {r['name']} | " + " | ".join(f"{speed[p]:.3f}" for p in precisions) + ratios + " |")
     return "\n".join(lines)
 
 

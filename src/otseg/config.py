@@ -32,6 +32,7 @@ __all__ = [
     "MAX_CLASS_NAME_CHARS",
     "MAX_MODEL_BYTES",
     "MAX_TEMPLATES",
+    "PRECISIONS",
     "TEMPLATES_1",
     "TEMPLATES_6",
     "TEMPLATES_8",
@@ -39,6 +40,7 @@ __all__ = [
     "DataConfig",
     "HeadConfig",
     "ModelConfig",
+    "Precision",
     "TextConfig",
     "TrainConfig",
     "VisionConfig",
@@ -49,6 +51,9 @@ __all__ = [
 Setting = Literal["inductive", "transductive", "fully"]
 AttentionKind = Literal["mpsa", "softmax"]
 MapCombination = Literal["gated", "last"]
+# Inference precision (otseg.model.precision): float32 (the reference's) or bfloat16 autocast on the image tower.
+Precision = Literal["float32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("float32", "bf16")
 LayerInit = Literal["copies", "independent"]
 
 # Normalisation statistics on the 0..255 scale. The reference trains and evaluates with ImageNet's.

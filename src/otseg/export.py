@@ -26,6 +26,12 @@ is not), so a batch of B gives each image's own result.
 Exporter: the torch.export-based exporter (`torch.onnx.export(..., dynamo=True)`, needs `onnxscript`), the default
 since torch 2.9. The legacy TorchScript exporter is deprecated and cannot trace the in-place scaling update.
 
+Progress: the export spends minutes inside `torch.onnx.export`, most of them in the exporter's decompositions, and
+several times that on a loaded machine (docs/speed.md gives the times). `export_onnx(..., progress=print)` names
+each of the exporter's stages as it starts (tracing, decompositions, translation, optimisation), says how long each
+took, gives an estimate for the stages after tracing (from the tracing's time and the stages' measured ratios), and
+prints a line every `PROGRESS_EVERY_S` seconds while a stage runs, so a slow machine never looks hung.
+
 Everything a user needs to run the file alone is stored in its `metadata_props` (keys `otseg.*`, values JSON):
 class names, seen classes, mean, std, input size, crop size, stride, test short side, Sinkhorn iterations, the
 full model config; and in a sidecar `OUT.onnx.json` with the same content.
@@ -35,11 +41,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
 import logging
 import os
+import sys
+import threading
+import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +69,8 @@ from otseg.version import __version__
 __all__ = [
     "DEFAULT_OPSET",
     "ONNX_FORMAT",
+    "PROGRESS_EVERY_S",
+    "StageClock",
     "compare_with_onnxruntime",
     "export_onnx",
     "normalise_image",
@@ -74,6 +86,17 @@ DEFAULT_OPSET = 18  # the opset torch's ONNX function library is written in: no 
 SINKHORN_UPDATE = "log"  # see the module docstring
 _META_PREFIX = "otseg."
 _INSTALL_HINT = "pip install 'otseg[onnx]'  (onnx, onnxscript, onnxruntime)"
+PROGRESS_EVERY_S = 30.0  # while a stage of the export runs, a line this often
+
+# The exporter's stages, by the start of the message `torch.onnx.export(verbose=None)` prints for each:
+# (what we call it, its time relative to the tracing's). The ratios are CPU times of the demo model's export
+# (`--model demo`, 100 Sinkhorn iterations) measured on this project's 2-core CPU; they give the estimates.
+_EXPORTER_STAGES: dict[str, tuple[str, float | None]] = {
+    "Obtain model graph": ("tracing the model (torch.export)", None),
+    "Run decompositions": ("decomposing to core ATen operators", 2.9),
+    "Translate the graph into ONNX": ("translating the graph to ONNX", 0.1),
+    "Optimize the ONNX graph": ("optimising the ONNX graph", 1.0),
+}
 
 
 # ------------------------------------------------------------------------------------------------ dependencies
@@ -153,6 +176,114 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
+class StageClock:
+    """Reports stages: a line when one starts (with an estimate when there is one), a line every `every_s`
+    seconds while it runs (from a timer thread), and its time when it ends. `report` is never called with the
+    lock held (it may print through `_ExporterMessages`, whose lines start and end stages)."""
+
+    def __init__(self, report: Callable[[str], None], every_s: float = PROGRESS_EVERY_S) -> None:
+        self.report = report
+        self.every_s = every_s
+        self.lock = threading.Lock()
+        self.label: str | None = None
+        self.started = 0.0
+        self.last_line = 0.0  # when the running stage last printed
+        self.estimate: float | None = None
+        self.durations: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> StageClock:
+        self._thread = threading.Thread(target=self._beat, name="otseg-export-progress", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def start(self, label: str, estimate_s: float | None = None) -> None:
+        with self.lock:
+            lines = [self._end_locked("")] if self.label is not None else []  # a stage that never said it ended
+            self.label, self.estimate = label, estimate_s
+            self.started = self.last_line = time.perf_counter()
+        about = f" (about {estimate_s:.0f} s)" if estimate_s is not None else ""
+        for line in [*lines, f"  {label}{about} ..."]:
+            self.report(line)
+
+    def end(self, note: str = "") -> None:
+        with self.lock:
+            line = self._end_locked(note) if self.label is not None else None
+        if line is not None:
+            self.report(line)
+
+    def _end_locked(self, note: str) -> str:
+        assert self.label is not None
+        seconds = time.perf_counter() - self.started
+        self.durations[self.label] = seconds
+        line = f"  {self.label}: {seconds:.1f} s{note}"
+        self.label = None
+        return line
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(self.every_s, 1.0)):
+            with self.lock:
+                now = time.perf_counter()
+                if self.label is None or now - self.last_line < self.every_s:
+                    continue
+                label, estimate, elapsed, self.last_line = self.label, self.estimate, now - self.started, now
+            line = f"  ... {label}: {elapsed:.0f} s so far"
+            if estimate is not None:
+                line += f", about {estimate:.0f} s expected"
+                if elapsed > 1.5 * estimate:
+                    line += " (longer than estimated: the machine is busy, or this stage is slower here)"
+            self.report(line)
+
+
+class _ExporterMessages(io.TextIOBase):
+    """Stands in for stdout while `torch.onnx.export(verbose=None)` runs: its "[torch.onnx] STAGE..." lines start
+    and end `clock`'s stages (estimated from the tracing's time); every other line goes on to `stream`."""
+
+    def __init__(self, clock: StageClock, stream: io.TextIOBase | Any) -> None:
+        self.clock = clock
+        self.stream = stream
+        self.pending = ""
+        self.lock = threading.Lock()  # the clock's timer thread prints through here too
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self.lock:
+            self.pending += text
+            *lines, self.pending = self.pending.split("\n")
+        for line in lines:  # outside the lock: a stage line makes the clock report, which prints through here
+            self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self.lock:
+            rest, self.pending = self.pending, ""
+        if rest:
+            self._line(rest)
+        self.stream.flush()
+
+    def _line(self, line: str) -> None:
+        message = line.strip().removeprefix("[torch.onnx]").strip()
+        for prefix, (label, ratio) in _EXPORTER_STAGES.items():
+            if line.lstrip().startswith("[torch.onnx]") and message.startswith(prefix):
+                if message.endswith("✅"):
+                    self.clock.end()
+                elif message.endswith("❌"):
+                    self.clock.end(" (failed" + ("; the exporter tries another way)" if ratio is None else ")"))
+                else:
+                    tracing = self.clock.durations.get(_EXPORTER_STAGES["Obtain model graph"][0])
+                    self.clock.start(label, None if ratio is None or tracing is None else ratio * tracing)
+                return
+        self.stream.write(line + "\n")
+
+
 def export_metadata(model: OTSeg, image_size: tuple[int, int], sinkhorn_iters: int, opset: int) -> dict[str, Any]:
     """What is stored with an export (metadata_props and the sidecar JSON), as plain JSON values."""
     cfg = model.config
@@ -191,6 +322,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dynamic_batch: bool = True,
     sidecar: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Export `model.encode_decode` for a fixed class set to an ONNX file, atomically.
 
@@ -207,6 +339,8 @@ def export_onnx(
         opset: ONNX opset (>= 18).
         dynamic_batch: make the batch dimension dynamic (else it is fixed at 1).
         sidecar: also write `<path>.json` with the metadata.
+        progress: called with a line of text as each stage of the export starts and ends, and every
+            `PROGRESS_EVERY_S` seconds while one runs (the module docstring); None: silent.
 
     Returns:
         The path written. The graph maps `image` float32 (B, 3, H, W) -> `scores` float32 (B, K, H, W), equal to
@@ -241,8 +375,17 @@ def export_onnx(
         dynamic_shapes = {"image": {0: torch.export.Dim("batch", min=1, max=4096)}} if dynamic_batch else None
         was_training = model.training
         model.eval()
+        clock = StageClock(progress) if progress is not None else None
         try:
-            with _quiet_exporter(), sinkhorn_overrides(fixed_iters=iters, update=SINKHORN_UPDATE), torch.no_grad():
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(_quiet_exporter())
+                stack.enter_context(sinkhorn_overrides(fixed_iters=iters, update=SINKHORN_UPDATE))
+                stack.enter_context(torch.no_grad())
+                if clock is not None:  # the exporter names its stages on stdout (verbose=None): follow them
+                    stack.enter_context(clock)
+                    messages = _ExporterMessages(clock, sys.stdout)
+                    stack.enter_context(contextlib.redirect_stdout(messages))
+                    stack.callback(messages.flush)
                 program = torch.onnx.export(
                     _EncodeDecode(model).eval(),
                     (example,),
@@ -253,8 +396,10 @@ def export_onnx(
                     dynamic_shapes=dynamic_shapes,
                     external_data=False,
                     optimize=True,
-                    verbose=False,
+                    verbose=None if clock is not None else False,
                 )
+                if clock is not None:
+                    clock.end()
         except Exception as e:
             raise RuntimeError(f"ONNX export of {model.config.name} failed: {type(e).__name__}: {e}") from e
         finally:
@@ -268,6 +413,8 @@ def export_onnx(
         f"OTSeg segmentor {model.config.name}: image (B, 3, {height}, {width}) normalised -> scores "
         f"(B, {len(meta['class_names'])}, {height}, {width}); classes: {', '.join(meta['class_names'])}"
     )
+    if progress is not None:
+        progress(f"  writing {out.name} ...")
     atomic_write(out, lambda tmp: program.save(tmp, external_data=False))
     if sidecar:
         atomic_write_text(out.with_name(out.name + ".json"), json.dumps(meta, indent=2) + "\n")

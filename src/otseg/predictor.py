@@ -35,6 +35,7 @@ from otseg.errors import BadValueError, MissingFileError
 from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.build import attach_clip_text_tower
 from otseg.model.labels import upsampled_argmax
+from otseg.model.precision import Precision, check_precision, precision_note
 from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings, validate_class_names
@@ -127,6 +128,10 @@ class Predictor:
         max_pixels: the largest image accepted, in pixels (default: $OTSEG_MAX_PIXELS or 64 million); larger
             files are refused from their header, before decoding. Images whose sides differ by more than
             `MAX_ASPECT_RATIO` times are refused too (they would need thousands of sliding windows).
+        precision: "float32" (default) or "bf16": the image tower under bfloat16 autocast, faster only where the
+            hardware computes in bfloat16 (recent GPUs, CPUs with AVX512-BF16 or AMX; a warning says when this
+            CPU has none); the decode head, its Sinkhorn and the scores stay float32 (`otseg.model.precision`;
+            docs/speed.md gives the speed and the agreement with float32).
 
     `predict` never changes the model: the class set of a call is passed to the model, not stored in it.
     """
@@ -138,12 +143,17 @@ class Predictor:
         templates: Sequence[str] | None = None,
         vocabulary: Iterable[str] | None = None,
         max_pixels: int | None = None,
+        precision: Precision = "float32",
     ):
         if not isinstance(model, OTSeg):
             raise TypeError(f"Predictor needs an otseg.OTSeg model, got {type(model).__name__}")
+        self._precision = check_precision(precision)
         self.model = model.eval()
         if device is not None:
             self.model.to(device)
+        note = precision_note(self._precision, self.device)
+        if note is not None:
+            warnings.warn(note, UserWarning, stacklevel=2)
         self.templates = tuple(templates) if templates is not None else None
         self.vocabulary = frozenset(w.lower() for w in vocabulary) if vocabulary is not None else None
         self._noted: set[tuple[str, ...]] = set()
@@ -166,6 +176,7 @@ class Predictor:
         progress: bool = True,
         overrides: dict[str, Any] | None = None,
         trust_unverified: bool = False,
+        precision: Precision = "float32",
     ) -> Predictor:
         """Load a predictor.
 
@@ -180,9 +191,11 @@ class Predictor:
             progress: unused, kept for callers that pass it: the named models ship ready, nothing is built.
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
+            precision: "float32" (default) or "bf16" (see the class docstring).
             trust_unverified: accept an otseg folder or `iter_N.pt` that carries no SHA-256 of its tensors
                 (refused by default: otseg writes one into every file; see `otseg.model_files.otseg_folder`).
         """
+        precision = check_precision(precision)  # before the model is read: a typo costs no load
         if preset is not None:
             # A typo is refused here, with the list of presets, also where the file names its own config and
             # the preset would not be read.
@@ -209,13 +222,19 @@ class Predictor:
         )
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
             attach_clip_text_tower(model, clip)
-        return cls(model, device=device, vocabulary=None if clip is not None else _saved_vocabulary(name_or_path))
+        vocabulary = None if clip is not None else _saved_vocabulary(name_or_path)
+        return cls(model, device=device, vocabulary=vocabulary, precision=precision)
 
     # ------------------------------------------------------------------ classes
     @property
     def default_class_names(self) -> list[str]:
         """The class names the model was trained or configured with (used when `predict` gets none)."""
         return list(self._default_names)
+
+    @property
+    def precision(self) -> Precision:
+        """ "float32" or "bf16": the precision `predict` runs the image tower in (set at construction)."""
+        return self._precision
 
     @property
     def device(self) -> torch.device:
@@ -314,7 +333,7 @@ class Predictor:
         rgb = read_image(image, max_pixels=self.max_pixels)
         where = describe_source(image)
         try:
-            scores = self.model.predict_scores(self.preprocess(rgb), classes=classes)
+            scores = self.model.predict_scores(self.preprocess(rgb), classes=classes, precision=self._precision)
             seen = classes[1].cpu().numpy().astype(bool)
             return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=seen, note=note)
         except ValueError as e:
@@ -335,7 +354,8 @@ class Predictor:
         cfg = self.model.config
         return (
             f"Predictor(model={cfg.name!r}, classes={len(self._default_names)}, device={self.device}, "
-            f"text_tower={'yes' if self.model.text_encoder is not None else 'no'})"
+            f"text_tower={'yes' if self.model.text_encoder is not None else 'no'}"
+            + (f", precision={self._precision!r})" if self._precision != "float32" else ")")
         )
 
 

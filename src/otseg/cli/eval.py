@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from otseg.cli.model_options import add_model_arguments
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint on a dataset's validation split with the reference protocol (test-size "
         "resize, sliding windows, one dataset-wide confusion matrix) and write the metrics as JSON and Markdown.",
     )
-    add_model_arguments(p, named=False, checkpoint_required=True, progress=False,
+    add_model_arguments(p, named=False, checkpoint_required=True, progress=False, precision=True,
                         device_help="cpu or cuda (default: cuda if available)")  # fmt: skip
     p.add_argument("--data-root", required=True, help="folder holding the dataset in mmsegmentation's layout")
     p.add_argument("--embeddings", help="class embeddings file (e.g. voc12_otseg.npy)")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from otseg.data.transforms import TestTransform
     from otseg.distributed import init_distributed, shutdown
     from otseg.errors import BadValueError
-    from otseg.eval.evaluate import evaluate
+    from otseg.eval.evaluate import evaluate, throughput_line
     from otseg.eval.metrics import format_markdown
     from otseg.eval.published import format_published_comparison, method_of, published_rows
     from otseg.eval.score import write_results
@@ -59,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{val_set.num_classes}: give --embeddings with one row per dataset class, or --clip to embed the "
                 "dataset's class names"
             )
+        start = time.perf_counter()
         metrics = evaluate(
-            model, val_set, dist_info=dist_info, limit=args.limit, save_predictions=args.save_predictions
-        )
+            model, val_set, dist_info=dist_info, limit=args.limit, save_predictions=args.save_predictions,
+            precision=args.precision,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
         if dist_info.is_main:
             out = Path(args.out)
             json_path, md_path = write_results(
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 method = method_of(model.head.cfg.ensemble_weight)
                 print(format_published_comparison(metrics, rows, method, model.config.name))
             print(f"wrote {json_path} and {md_path}")
+            print(throughput_line(metrics["num_images"], seconds, args.precision, dist_info))
     finally:
         shutdown()
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -51,7 +52,14 @@ def run(args: argparse.Namespace) -> int:
     from otseg.cli.model_options import predictor_from_args
     from otseg.data.classes import parse_class_option
     from otseg.errors import BadValueError
-    from otseg.export import compare_with_onnxruntime, export_onnx, onnx_metadata, require_module
+    from otseg.export import (
+        PROGRESS_EVERY_S,
+        StageClock,
+        compare_with_onnxruntime,
+        export_onnx,
+        onnx_metadata,
+        require_module,
+    )
 
     out = Path(args.onnx)
     if out.is_dir():
@@ -81,9 +89,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"{time.perf_counter() - start:.1f} s", flush=True)
     iters = args.sinkhorn_iters if args.sinkhorn_iters is not None else model.config.head.sinkhorn_max_iter
     start = time.perf_counter()
-    print(f"exporting to ONNX ({iters} Sinkhorn iterations per call; this takes a while) ...", end=" ", flush=True)
-    path = export_onnx(model, out, image_size=image_size, sinkhorn_iters=iters, opset=args.opset)
-    print(f"{time.perf_counter() - start:.1f} s", flush=True)
+    print(
+        f"exporting to ONNX ({iters} Sinkhorn iterations per call) in stages; each says when it starts and ends, "
+        f"and every {PROGRESS_EVERY_S:.0f} s while it runs",
+        flush=True,
+    )
+    report = functools.partial(print, flush=True)
+    path = export_onnx(model, out, image_size=image_size, sinkhorn_iters=iters, opset=args.opset, progress=report)
+    print(f"exporting to ONNX: {time.perf_counter() - start:.1f} s", flush=True)
     meta = onnx_metadata(path)
     h, w = meta["input_size"]
     size_mb = path.stat().st_size / 2**20
@@ -95,9 +108,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.check:
         return 0
     start = time.perf_counter()
-    print("checking with onnxruntime ...", end=" ", flush=True)
-    result = compare_with_onnxruntime(model, path)
-    print(f"{time.perf_counter() - start:.1f} s", flush=True)
+    print("checking with onnxruntime (2 random images, onnxruntime and PyTorch) ...", flush=True)
+    with StageClock(report) as clock:
+        clock.start("running both")
+        result = compare_with_onnxruntime(model, path)
+        clock.end()
+    print(f"checking with onnxruntime ... {time.perf_counter() - start:.1f} s", flush=True)
     print(
         f"check (onnxruntime vs PyTorch, 2 random images): max |diff| {result['max_abs_diff']:.3g} with the same "
         f"{iters}-iteration Sinkhorn, argmax agreement {100 * result['argmax_agreement']:.2f}%; "

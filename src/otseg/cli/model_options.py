@@ -1,22 +1,29 @@
 """The one path from command-line arguments to a model, shared by `segment`, `eval`, `serve` and `export`.
 
 `add_model_arguments` registers the options that name a model (`--model`, `--checkpoint`, `--preset`, `--clip`,
-`--device`, `--allow-pickle`, `--trust-unverified`); `predictor_from_args` opens what they name, through
-`Predictor.from_pretrained` (which knows the named models and every file format).
+`--device`, `--allow-pickle`, `--trust-unverified`, and for the commands that run it `--precision`);
+`predictor_from_args` opens what they name, through `Predictor.from_pretrained` (which knows the named models and
+every file format).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
+from otseg.config import PRECISIONS
 from otseg.errors import BadValueError
 from otseg.named_models import NAMED_MODELS
 
 if TYPE_CHECKING:
+    from otseg.config import Precision
     from otseg.predictor import Predictor
 
 __all__ = ["add_model_arguments", "predictor_from_args"]
+
+_PRECISION_NOTE_START = "precision bf16: "  # how `precision_note`'s text starts
 
 
 def add_model_arguments(
@@ -26,6 +33,7 @@ def add_model_arguments(
     checkpoint_required: bool = False,
     progress: bool = True,
     device_help: str = "cpu (default) or cuda",
+    precision: bool = False,
 ) -> None:
     """Register the options naming a model on `p`.
 
@@ -34,6 +42,8 @@ def add_model_arguments(
         checkpoint_required: `--checkpoint` must be given (commands that score a trained model: `eval`).
         progress: offer `--no-progress`.
         device_help: the help of `--device` (commands that pick a default device themselves say which).
+        precision: offer `--precision float32|bf16` (commands that run the model: not `export`, whose graph is
+            float32).
     """
     names = ", ".join(repr(n) for n in NAMED_MODELS)
     if named:
@@ -57,6 +67,15 @@ def add_model_arguments(
         action="store_true",
         help="load an otseg model file that carries no SHA-256 of its tensors (trusted files only)",
     )
+    if precision:
+        p.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="float32",
+            help="float32 (default) or bf16: the image tower under bfloat16 autocast, faster only where the hardware "
+            "computes in bfloat16 (recent GPUs, CPUs with AVX512-BF16 or AMX), slower elsewhere; the decode head and "
+            "the scores stay float32 (docs/speed.md)",
+        )
     if progress:
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -68,10 +87,27 @@ def predictor_from_args(args: argparse.Namespace, overrides: dict[str, Any] | No
         ValueError: `--clip` with a named model (which has its own text tower).
         FileNotFoundError: a `--checkpoint` that does not exist.
     """
-    from otseg.predictor import Predictor  # the command's import: registering the options loads no torch
+    from otseg.model.precision import check_precision, precision_note  # the command's imports: registering the
+    # options loads no torch
 
     device = args.device or "cpu"
     progress = not getattr(args, "no_progress", False)
+    precision = check_precision(getattr(args, "precision", "float32"), "--precision")
+    # The Predictor's warning about bf16 on a CPU without bfloat16 units becomes one line, as the CLI's notes are.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PRECISION_NOTE_START, category=UserWarning)
+        predictor = _open(args, device, progress, precision, overrides)
+    note = precision_note(predictor.precision, predictor.device)
+    if note is not None:
+        print(f"otseg {getattr(args, 'command', 'run')}: note: {note}", file=sys.stderr)
+    return predictor
+
+
+def _open(
+    args: argparse.Namespace, device: str, progress: bool, precision: Precision, overrides: dict[str, Any] | None
+) -> Predictor:
+    from otseg.predictor import Predictor
+
     if args.checkpoint:
         return Predictor.from_pretrained(
             args.checkpoint,
@@ -82,7 +118,9 @@ def predictor_from_args(args: argparse.Namespace, overrides: dict[str, Any] | No
             progress=progress,
             overrides=overrides,
             trust_unverified=getattr(args, "trust_unverified", False),
+            precision=precision,
         )
     if args.clip:
         raise BadValueError("--clip goes with --checkpoint (the built-in models have their own text tower)")
-    return Predictor.from_pretrained(getattr(args, "model", None) or "demo", device=device, progress=progress)
+    name = getattr(args, "model", None) or "demo"
+    return Predictor.from_pretrained(name, device=device, progress=progress, precision=precision)

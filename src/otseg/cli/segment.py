@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="comma-separated names, e.g. 'cat,sofa,wall', or a .txt file with one per line "
                    "(default: the model's own classes: otseg classes)")  # fmt: skip
     p.add_argument("--out", default="runs/segment", help="output folder (default: runs/segment)")
-    add_model_arguments(p)
+    add_model_arguments(p, precision=True)
     p.set_defaults(run=run)
 
 

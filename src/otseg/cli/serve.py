@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and see the label map over the image with a legend and the share of each class. Needs the web extra: "
         f"{INSTALL_HINT}. Local only unless --host or --share say otherwise.",
     )
-    add_model_arguments(p, progress=False)
+    add_model_arguments(p, progress=False, precision=True)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all interfaces)"
     )

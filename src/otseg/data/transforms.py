@@ -1,4 +1,5 @@
-"""Training and test transforms with mmsegmentation 0.24 semantics (`reference-spec.md` §4.5), in numpy + torch.
+"""Training and test transforms with mmsegmentation 0.24 semantics (`reference-spec.md` §4.5), in OpenCV, numpy
+and torch.
 
 The reference pipelines are, for training:
     Resize(img_scale, ratio_range) -> RandomCrop(cat_max_ratio) -> RandomFlip -> PhotoMetricDistortion
@@ -17,13 +18,24 @@ Conventions:
   HSV conversions reproduce OpenCV's 8-bit ones, so PhotoMetricDistortion matches mmseg's arithmetic, and
   `Normalize` reproduces `mmcv.imnormalize`'s rounding. (Verified against opencv-python-headless 4.5.5 and
   5.0 on x86-64; the golden values in tests/data/test_transforms.py come from 4.5.5.)
+* Backends: the resizes, RGB->HSV, the crop's class counts and `Normalize` (a lookup table) run in OpenCV
+  (`backend="opencv"`, the default: the library mmcv itself calls, several times faster), or in the numpy
+  restatement (`backend="numpy"`); both give the same bits (tests/data/test_transforms_opencv.py). HSV->RGB is
+  the exception: OpenCV computes the last pixels of each row (the part shorter than its SIMD width) in a scalar
+  loop that rounds where the vector code truncates, so it differs from the numpy restatement by one level on
+  those pixels. The "opencv" backend takes OpenCV's output for the rest of each row and the numpy restatement
+  for the last `_HSV_TAIL` pixels, which is the numpy result bit for bit (checked once per process on a test
+  image; if this OpenCV build disagrees, the numpy restatement is used whole). docs/speed.md says which of the
+  two is closer to the reference.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
+import cv2
 import numpy as np
 import torch
 
@@ -31,6 +43,8 @@ from otseg.config import DataConfig
 from otseg.errors import BadValueError
 
 __all__ = [
+    "BACKENDS",
+    "Backend",
     "Normalize",
     "Pad",
     "PhotoMetricDistortion",
@@ -49,6 +63,14 @@ __all__ = [
 ]
 
 Label = np.ndarray | None
+Backend = Literal["opencv", "numpy"]
+BACKENDS: tuple[Backend, ...] = ("opencv", "numpy")
+
+
+def _check_backend(backend: str) -> Backend:
+    if backend not in BACKENDS:
+        raise BadValueError(f"transform backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    return backend  # type: ignore[return-value]
 
 
 class Step(Protocol):
@@ -98,18 +120,22 @@ def _linear_taps(in_size: int, out_size: int, clamp: bool) -> tuple[np.ndarray, 
     return np.clip(i0, 0, in_size - 1), np.clip(i0 + 1, 0, in_size - 1), w0, w1
 
 
-def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_bilinear(image: np.ndarray, size: tuple[int, int], backend: Backend = "opencv") -> np.ndarray:
     """Resize a uint8 `(H, W, C)` image to `size = (h, w)` exactly as OpenCV's `cv2.resize(..., INTER_LINEAR)`.
 
     Half-pixel centres, no antialiasing, and OpenCV's 8-bit fixed-point arithmetic (11-bit weights, a
     horizontal pass kept at full precision, then the vertical pass's `mulhi` rounding), so the output is
     bit-identical to mmcv.imresize (checked against opencv-python 4.5.5 and 5.0). An exact 2x shrink of both
     sides is a 2x2 box average, as OpenCV switches to INTER_AREA there. Returns uint8 `(h, w, C)`.
+    `backend`: "opencv" calls `cv2.resize`, "numpy" runs the restatement; the same bits.
     """
     h, w = image.shape[:2]
     out_h, out_w = size
     if (h, w) == (out_h, out_w):
         return image
+    if _check_backend(backend) == "opencv" and image.dtype == np.uint8 and image.ndim == 3 and min(size) > 0:
+        out = cv2.resize(np.ascontiguousarray(image), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        return out.reshape(out_h, out_w, image.shape[2])  # OpenCV drops a single channel's axis
     # Pixels are gathered (uint8) before they are widened to int32, so that memory follows the output's width, not
     # the input's: a 64-megapixel photo would otherwise cost 768 MB of int32 here.
     if h == 2 * out_h and w == 2 * out_w:
@@ -127,12 +153,22 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
 
 
-def resize_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize an `(H, W)` label map to `size = (h, w)` with OpenCV's INTER_NEAREST rule; keeps the dtype."""
+# Label dtypes cv2.resize takes (others, e.g. int64, go through the numpy restatement).
+_CV2_LABEL_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32)
+
+
+def resize_nearest(label: np.ndarray, size: tuple[int, int], backend: Backend = "opencv") -> np.ndarray:
+    """Resize an `(H, W)` label map to `size = (h, w)` with OpenCV's INTER_NEAREST rule; keeps the dtype.
+
+    `backend`: "opencv" calls `cv2.resize` for 8-, 16- and 32-bit integer labels, "numpy" runs the restatement
+    (also used for other dtypes); the same values.
+    """
     h, w = label.shape[:2]
     out_h, out_w = size
     if (h, w) == (out_h, out_w):
         return label
+    if _check_backend(backend) == "opencv" and label.ndim == 2 and label.dtype in _CV2_LABEL_DTYPES and min(size) > 0:
+        return cv2.resize(np.ascontiguousarray(label), (out_w, out_h), interpolation=cv2.INTER_NEAREST)
     # OpenCV picks src = floor(dst * in/out) (not the pixel-centre rule), with in/out formed as 1 / (out/in) in
     # double precision: the same rounding matters where dst * in/out lands on an integer.
     rows = np.minimum(np.floor(np.arange(out_h) * (1.0 / (out_h / h))).astype(np.int64), h - 1)
@@ -156,9 +192,12 @@ class RandomRescale:
     while its long side stays <= the long bound and its short side <= the short bound.
     """
 
-    def __init__(self, img_scale: tuple[int, int], ratio_range: tuple[float, float] = (0.5, 2.0)) -> None:
+    def __init__(
+        self, img_scale: tuple[int, int], ratio_range: tuple[float, float] = (0.5, 2.0), backend: Backend = "opencv"
+    ) -> None:
         self.img_scale = tuple(img_scale)
         self.ratio_range = tuple(ratio_range)
+        self.backend = _check_backend(backend)
 
     def target_size(self, h: int, w: int, ratio: float) -> tuple[int, int]:
         """Output `(h, w)` for an `h x w` input at ratio `ratio`."""
@@ -171,9 +210,9 @@ class RandomRescale:
         lo, hi = self.ratio_range
         ratio = rng.random() * (hi - lo) + lo
         size = self.target_size(image.shape[0], image.shape[1], ratio)
-        image = resize_bilinear(image, size)
+        image = resize_bilinear(image, size, self.backend)
         if label is not None:
-            label = resize_nearest(label, size)
+            label = resize_nearest(label, size, self.backend)
         return image, label
 
 
@@ -187,10 +226,17 @@ class RandomCrop:
 
     max_redraws = 10
 
-    def __init__(self, crop_size: int | tuple[int, int], cat_max_ratio: float = 0.75, ignore_index: int = 255):
+    def __init__(
+        self,
+        crop_size: int | tuple[int, int],
+        cat_max_ratio: float = 0.75,
+        ignore_index: int = 255,
+        backend: Backend = "opencv",
+    ):
         self.crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(crop_size)
         self.cat_max_ratio = cat_max_ratio
         self.ignore_index = ignore_index
+        self.backend = _check_backend(backend)
 
     def draw_bbox(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """A window `(y1, y2, x1, x2)`; y2/x2 may exceed the image (slicing clips them)."""
@@ -201,9 +247,19 @@ class RandomCrop:
         return y1, y1 + self.crop_size[0], x1, x1 + self.crop_size[1]
 
     def acceptable(self, crop_label: np.ndarray) -> bool:
-        """The mmseg criterion: >= 2 labelled classes and the largest < cat_max_ratio of labelled pixels."""
-        values, counts = np.unique(crop_label, return_counts=True)
-        counts = counts[values != self.ignore_index]
+        """The mmseg criterion: >= 2 labelled classes and the largest < cat_max_ratio of labelled pixels.
+
+        With the "opencv" backend a uint8 label's class counts come from `cv2.calcHist` (exact: a crop has far
+        fewer than 2^24 pixels), otherwise from `np.unique`; the same counts.
+        """
+        if self.backend == "opencv" and crop_label.dtype == np.uint8 and crop_label.ndim == 2:
+            histogram = cv2.calcHist([crop_label], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+            if 0 <= self.ignore_index < 256:
+                histogram[self.ignore_index] = 0
+            counts = histogram[histogram > 0]
+        else:
+            values, counts = np.unique(crop_label, return_counts=True)
+            counts = counts[values != self.ignore_index]
         return len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio
 
     def __call__(self, image: np.ndarray, label: Label, rng: np.random.Generator) -> tuple[np.ndarray, Label]:
@@ -243,8 +299,14 @@ _HDIV180 = np.array([0] + [round((180 << _HSV_SHIFT) / (6.0 * i)) for i in range
 _SECTOR_RGB = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]], dtype=np.int64)
 
 
-def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB `(H, W, 3)` -> uint8 HSV `(H, W, 3)` on OpenCV's 8-bit scale (H in 0..179, S and V in 0..255)."""
+def rgb_to_hsv(image: np.ndarray, backend: Backend = "opencv") -> np.ndarray:
+    """uint8 RGB `(H, W, 3)` -> uint8 HSV `(H, W, 3)` on OpenCV's 8-bit scale (H in 0..179, S and V in 0..255).
+
+    `backend`: "opencv" calls `cv2.cvtColor(COLOR_RGB2HSV)` (integer tables: the same bits on every CPU),
+    "numpy" runs the restatement.
+    """
+    if _check_backend(backend) == "opencv" and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        return cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2HSV)
     rgb = image.astype(np.int64)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     v = rgb.max(axis=-1)
@@ -259,13 +321,47 @@ def rgb_to_hsv(image: np.ndarray) -> np.ndarray:
     return np.stack([h, s, v], axis=-1).astype(np.uint8)
 
 
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+def hsv_to_rgb(hsv: np.ndarray, backend: Backend = "opencv") -> np.ndarray:
     """uint8 HSV `(H, W, 3)` on OpenCV's 8-bit scale -> uint8 RGB `(H, W, 3)`.
 
     Follows OpenCV's vectorised 8-bit path (float32 maths with fused `1 - s*f`, then *truncation* to uint8),
     which is bit-identical to `cv2.cvtColor(..., COLOR_HSV2BGR)` except on the few pixels at the end of each
     row that OpenCV leaves to its scalar loop (it rounds there: a difference of at most 1 level).
+    `backend`: "opencv" takes `cv2.cvtColor` for all but the last `_HSV_TAIL` pixels of each row and this
+    restatement for those (the module docstring), "numpy" the restatement alone; the same bits.
     """
+    if _check_backend(backend) == "opencv" and _opencv_hsv_body_agrees() and hsv.ndim == 3 and hsv.dtype == np.uint8:
+        return _hsv_to_rgb_opencv_body(hsv)
+    return _hsv_to_rgb_numpy(hsv)
+
+
+# OpenCV's vector loop covers whole SIMD blocks of a row (16, 32 or 64 pixels for SSE, AVX2, AVX-512); the rest
+# goes to the scalar loop. Recomputing `width % 64` pixels covers the scalar part at every width of vector.
+_HSV_TAIL = 64
+
+
+def _hsv_to_rgb_opencv_body(hsv: np.ndarray) -> np.ndarray:
+    width = hsv.shape[1]
+    out = cv2.cvtColor(np.ascontiguousarray(hsv), cv2.COLOR_HSV2RGB)
+    tail = width % _HSV_TAIL
+    if tail:
+        out[:, width - tail :] = _hsv_to_rgb_numpy(hsv[:, width - tail :])
+    return out
+
+
+@functools.cache
+def _opencv_hsv_body_agrees() -> bool:
+    """Whether this OpenCV build's vector HSV->RGB gives the numpy restatement's bits (once per process).
+
+    Checked on every 8-bit hue, saturation and value (a 256 x 180 image with a 31-pixel tail row of its own).
+    """
+    h, s = np.meshgrid(np.arange(180), np.arange(256), indexing="xy")
+    hsv = np.stack([h, s, (s * 7 + h * 3) % 256], axis=-1).astype(np.uint8)  # (256, 180, 3)
+    hsv = np.concatenate([hsv, hsv[:, :31]], axis=1)  # width 211: tails of 19 (x % 64) and 3 (x % 16) pixels
+    return bool(np.array_equal(_hsv_to_rgb_opencv_body(hsv), _hsv_to_rgb_numpy(hsv)))
+
+
+def _hsv_to_rgb_numpy(hsv: np.ndarray) -> np.ndarray:
     f32 = np.float32
     h = hsv[..., 0].astype(f32) * f32(6.0 / 180.0)
     s = hsv[..., 1].astype(f32) * f32(1.0 / 255.0)
@@ -303,7 +399,9 @@ class PhotoMetricDistortion:
         contrast_range: tuple[float, float] = (0.5, 1.5),
         saturation_range: tuple[float, float] = (0.5, 1.5),
         hue_delta: int = 18,
+        backend: Backend = "opencv",
     ) -> None:
+        self.backend = _check_backend(backend)
         self.brightness_delta = brightness_delta
         self.contrast_range = tuple(contrast_range)
         self.saturation_range = tuple(saturation_range)
@@ -321,18 +419,18 @@ class PhotoMetricDistortion:
 
     def saturation(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.integers(2):
-            hsv = rgb_to_hsv(image)
+            hsv = rgb_to_hsv(image, self.backend)
             hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(self.saturation_range[0], self.saturation_range[1]))
-            return hsv_to_rgb(hsv)
+            return hsv_to_rgb(hsv, self.backend)
         return image
 
     def hue(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.integers(2):
-            hsv = rgb_to_hsv(image)
+            hsv = rgb_to_hsv(image, self.backend)
             # np.random.randint(-d, d) excludes +d; Generator.integers has the same half-open convention.
             delta = int(rng.integers(-self.hue_delta, self.hue_delta)) if self.hue_delta > 0 else 0
             hsv[..., 0] = (hsv[..., 0].astype(np.int64) + delta) % 180
-            return hsv_to_rgb(hsv)
+            return hsv_to_rgb(hsv, self.backend)
         return image
 
     def __call__(self, image: np.ndarray, label: Label, rng: np.random.Generator) -> tuple[np.ndarray, Label]:
@@ -353,19 +451,31 @@ class PhotoMetricDistortion:
 
 
 class Normalize:
-    """`(image - mean) / std` per RGB channel on the 0..255 scale; uint8 `(H, W, 3)` -> float32 `(H, W, 3)`."""
+    """`(image - mean) / std` per RGB channel on the 0..255 scale; uint8 `(H, W, 3)` -> float32 `(H, W, 3)`.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+    `backend`: "opencv" looks the 256 x 3 possible outputs up with `cv2.LUT` (a table computed by the numpy
+    formula, so the same bits), "numpy" computes each pixel.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], backend: Backend = "opencv") -> None:
         # mmcv.imnormalize: cv2.subtract with the mean rounded to float32, then cv2.multiply by 1/std evaluated in
         # double and rounded once; reproducing that order makes the output bit-identical.
         self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
         self.inv_std = (1.0 / np.asarray(std, dtype=np.float64)).reshape(1, 1, 3)
+        self.backend = _check_backend(backend)
+        every_value = np.repeat(np.arange(256, dtype=np.uint8).reshape(256, 1, 1), 3, axis=2)
+        self._table = self._formula(every_value)  # (256, 1, 3) float32: output of value v in channel c at [v, 0, c]
+
+    def _formula(self, image: np.ndarray) -> np.ndarray:
+        centred = image.astype(np.float32) - self.mean
+        return (centred.astype(np.float64) * self.inv_std).astype(np.float32)
 
     def __call__(
         self, image: np.ndarray, label: Label, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, Label]:
-        centred = image.astype(np.float32) - self.mean
-        return (centred.astype(np.float64) * self.inv_std).astype(np.float32), label
+        if self.backend == "opencv" and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            return cv2.LUT(np.ascontiguousarray(image), self._table), label
+        return self._formula(image), label
 
 
 class Pad:
@@ -396,8 +506,9 @@ class TestResize:
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, short_side: int) -> None:
+    def __init__(self, short_side: int, backend: Backend = "opencv") -> None:
         self.short_side = short_side
+        self.backend = _check_backend(backend)
 
     def target_size(self, h: int, w: int) -> tuple[int, int]:
         return _keep_ratio_size(h, w, self.short_side / min(h, w))
@@ -405,7 +516,7 @@ class TestResize:
     def __call__(
         self, image: np.ndarray, label: Label, rng: np.random.Generator | None = None
     ) -> tuple[np.ndarray, Label]:
-        return resize_bilinear(image, self.target_size(image.shape[0], image.shape[1])), label
+        return resize_bilinear(image, self.target_size(image.shape[0], image.shape[1]), self.backend), label
 
 
 def to_tensors(image: np.ndarray, label: Label) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -434,19 +545,22 @@ class TrainTransform:
         Returns float32 `(3, S, S)` and int64 `(S, S)` tensors, S = `cfg.crop_size` (padding: image 0 after
         normalisation, label `cfg.ignore_index`).
     Randomness comes from `rng` if given (e.g. a per-sample generator for deterministic loading), else from
-    the generator owned by this transform (`self.rng`, reseedable per DataLoader worker).
+    the generator owned by this transform (`self.rng`, reseedable per DataLoader worker). `backend`: "opencv"
+    (default) or "numpy", the same outputs (module docstring).
     """
 
-    def __init__(self, cfg: DataConfig, rng: np.random.Generator | None = None) -> None:
+    def __init__(self, cfg: DataConfig, rng: np.random.Generator | None = None, backend: Backend = "opencv") -> None:
         self.cfg = cfg
         self.rng = rng if rng is not None else np.random.default_rng()
+        self.backend = _check_backend(backend)
+        photometric = (cfg.brightness_delta, cfg.contrast_range, cfg.saturation_range, cfg.hue_delta)
         self.augment_steps: list[Step] = [
-            RandomRescale(cfg.img_scale, cfg.ratio_range),
-            RandomCrop(cfg.crop_size, cfg.cat_max_ratio, cfg.ignore_index),
+            RandomRescale(cfg.img_scale, cfg.ratio_range, backend),
+            RandomCrop(cfg.crop_size, cfg.cat_max_ratio, cfg.ignore_index, backend),
             RandomFlip(cfg.flip_prob),
-            PhotoMetricDistortion(cfg.brightness_delta, cfg.contrast_range, cfg.saturation_range, cfg.hue_delta),
+            PhotoMetricDistortion(*photometric, backend=backend),
         ]
-        self.normalize = Normalize(cfg.mean, cfg.std)
+        self.normalize = Normalize(cfg.mean, cfg.std, backend)
         self.pad = Pad(cfg.crop_size, 0.0, cfg.ignore_index)
 
     def augment(
@@ -474,15 +588,16 @@ class TestTransform:
     `__call__(image, label=None, rng=None)` returns a float32 `(3, H', W')` tensor with min(H', W') =
     `test_short_side`, and the label as an int64 `(H, W)` tensor at the **original** resolution: the metric
     compares predictions resized back to the original size with the original ground truth (mmseg).
-    `rng` is accepted (and ignored) so both transforms share one call signature.
+    `rng` is accepted (and ignored) so both transforms share one call signature. `backend` as in
+    `TrainTransform`.
     """
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, cfg: DataConfig) -> None:
+    def __init__(self, cfg: DataConfig, backend: Backend = "opencv") -> None:
         self.cfg = cfg
-        self.resize = TestResize(cfg.test_short_side)
-        self.normalize = Normalize(cfg.mean, cfg.std)
+        self.resize = TestResize(cfg.test_short_side, backend)
+        self.normalize = Normalize(cfg.mean, cfg.std, backend)
 
     def __call__(
         self, image: np.ndarray, label: Label = None, rng: np.random.Generator | None = None

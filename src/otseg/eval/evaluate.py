@@ -21,10 +21,11 @@ from tqdm.auto import tqdm
 from otseg.distributed import DistInfo
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
 from otseg.model.labels import upsampled_argmax
+from otseg.model.precision import Precision, check_precision
 from otseg.model.segmentor import OTSeg
 from otseg.utils import atomic_write
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "throughput_line"]
 
 
 def _write_label_png(labels: Tensor, path: Path) -> None:
@@ -52,6 +53,7 @@ def evaluate(
     progress: bool = True,
     save_predictions: str | os.PathLike | None = None,
     skip_bad: bool = False,
+    precision: Precision = "float32",
 ) -> dict[str, Any]:
     """Score `model` on `dataset` (items: "image" (3, h, w) resized+normalised, "label" (H, W) original size).
 
@@ -62,10 +64,12 @@ def evaluate(
         save_predictions: folder for label-map PNGs (file stem = image stem), for `otseg score` or pictures.
         skip_bad: a sample that cannot be read (corrupt image, bad label) is skipped and listed under
             "skipped" in the result, instead of stopping the evaluation (what `--bad-samples skip` asks for).
+        precision: "float32" (default) or "bf16" (`OTSeg.predict_scores`; `otseg.model.precision`).
 
     Returns:
         `compute_metrics(...)` (percent) plus "num_images".
     """
+    precision = check_precision(precision)
     d = dist_info or DistInfo(device=next(model.parameters()).device)
     n = len(dataset) if limit is None else min(limit, len(dataset))
     cm = ConfusionMatrix(model.num_classes, device=d.device)
@@ -91,7 +95,7 @@ def evaluate(
                     bar.update(1)
                 continue
             label = sample["label"].to(d.device)
-            scores = model.predict_scores(sample["image"][None].to(d.device))
+            scores = model.predict_scores(sample["image"][None].to(d.device), precision=precision)
             pred = upsampled_argmax(scores[0], tuple(label.shape[-2:]))
             cm.update(pred, label, source=str(sample.get("path", i)))
             if out_dir is not None:
@@ -114,3 +118,12 @@ def evaluate(
         if d.is_main:
             print(f"eval: skipped {len(skipped)} unreadable sample(s); the first: {skipped[0]}", file=sys.stderr)
     return metrics
+
+
+def throughput_line(num_images: int, seconds: float, precision: Precision, dist_info: DistInfo | None = None) -> str:
+    """The line `otseg eval` ends with: images scored, wall time and images per second (all processes together:
+    reading, resizing, sliding windows and scoring), with the precision and device they ran at."""
+    d = dist_info or DistInfo()
+    rate = num_images / seconds if seconds > 0 else float("inf")
+    where = f"{d.device}" + (f" x {d.world_size} processes" if d.world_size > 1 else "")
+    return f"eval: {num_images} images in {seconds:.1f} s: {rate:.2f} images/s ({precision}, {where})"

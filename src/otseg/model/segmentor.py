@@ -14,6 +14,7 @@ from otseg.clip.vpt import VPTVisionTransformer
 from otseg.config import ModelConfig, resolve_templates
 from otseg.errors import BadModelError, BadValueError
 from otseg.model.head import HeadOutput, OTSegHead
+from otseg.model.precision import Precision, check_precision, image_tower_autocast
 from otseg.model.text import compute_class_embeddings, validate_class_names
 from otseg.ops.sinkhorn_options import SinkhornOptions
 
@@ -184,14 +185,23 @@ class OTSeg(nn.Module):
         self._require_embeddings()
         return self.class_embeddings, self.seen_mask
 
-    def encode_decode(self, images: Tensor, classes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def encode_decode(
+        self, images: Tensor, classes: tuple[Tensor, Tensor] | None = None, precision: Precision = "float32"
+    ) -> Tensor:
         """Test-time scores over all classes for whole images: (B, K, H, W) (the reference's `encode_decode`).
 
         classes: (embeddings (K, N, D), seen mask (K,) bool) to score instead of the stored class set; the
         model is left unchanged (what `Predictor` uses, so that concurrent calls cannot disturb each other).
+        precision: "bf16" runs the image tower under bfloat16 autocast; the head and the scores stay float32
+        (`otseg.model.precision`).
         """
         text, seen_mask = self._classes(classes)
-        patch_emb, global_emb = self.backbone(images)
+        if precision == "float32":
+            patch_emb, global_emb = self.backbone(images)
+        else:
+            with image_tower_autocast(precision, images.device):
+                patch_emb, global_emb = self.backbone(images)
+            patch_emb, global_emb = patch_emb.float(), global_emb.float()
         seen = seen_mask if self.config.apply_seen_bias else None
         scores = self.head.predict(patch_emb, global_emb, text, seen)
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
@@ -201,10 +211,11 @@ class OTSeg(nn.Module):
         images: Tensor,
         out_size: tuple[int, int] | None = None,
         classes: tuple[Tensor, Tensor] | None = None,
+        precision: Precision = "float32",
     ) -> Tensor:
         """Average `encode_decode` over overlapping crops (config crop_size/stride), resized to `out_size`.
 
-        images (B, 3, H, W) -> (B, K, *out_size) (default: (H, W)). `classes` as in `encode_decode`.
+        images (B, 3, H, W) -> (B, K, *out_size) (default: (H, W)). `classes` and `precision` as in `encode_decode`.
         """
         classes = self._classes(classes)
         b, _, h, w = images.shape
@@ -212,7 +223,7 @@ class OTSeg(nn.Module):
         total = images.new_zeros((b, classes[0].shape[0], h, w))
         count = images.new_zeros((1, 1, h, w))
         for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
-            total[:, :, y1:y2, x1:x2] += self.encode_decode(images[:, :, y1:y2, x1:x2], classes)
+            total[:, :, y1:y2, x1:x2] += self.encode_decode(images[:, :, y1:y2, x1:x2], classes, precision)
             count[:, :, y1:y2, x1:x2] += 1
         scores = total / count
         if out_size is not None and tuple(out_size) != (h, w):
@@ -220,7 +231,9 @@ class OTSeg(nn.Module):
         return scores
 
     @torch.no_grad()
-    def predict_scores(self, images: Tensor, classes: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def predict_scores(
+        self, images: Tensor, classes: tuple[Tensor, Tensor] | None = None, precision: Precision = "float32"
+    ) -> Tensor:
         """The reference's test-time class scores, before argmax.
 
         Scores are sigmoid(w * decoder + (1 - w) * MPS) minus the seen-class bias, averaged over sliding
@@ -232,10 +245,13 @@ class OTSeg(nn.Module):
             images: (B, 3, H, W) normalised as `config.mean`/`config.std`, any size.
             classes: (embeddings (K, N, D), seen mask (K,) bool) to score instead of the stored class set
                 (the model is not changed); default: the stored class set.
+            precision: "float32" (default) or "bf16": the image tower under bfloat16 autocast, the head and the
+                scores in float32 (`otseg.model.precision`).
 
         Returns:
-            (B, K, H, W) scores; argmax over K gives the label map.
+            (B, K, H, W) float32 scores; argmax over K gives the label map.
         """
+        precision = check_precision(precision)
         classes = self._classes(classes)
         if images.dim() != 4 or images.shape[1] != 3:
             raise BadValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
@@ -243,7 +259,12 @@ class OTSeg(nn.Module):
         self.eval()  # dropout off whatever mode the caller left the model in
         try:
             if self.config.test_mode == "slide":
-                return torch.cat([self.slide_inference(images[i : i + 1], classes=classes) for i in range(len(images))])
-            return torch.cat([self.encode_decode(images[i : i + 1], classes) for i in range(len(images))])
+                return torch.cat(
+                    [
+                        self.slide_inference(images[i : i + 1], classes=classes, precision=precision)
+                        for i in range(len(images))
+                    ]
+                )
+            return torch.cat([self.encode_decode(images[i : i + 1], classes, precision) for i in range(len(images))])
         finally:
             self.train(was_training)
