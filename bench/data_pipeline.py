@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from otseg.config import DataConfig
-from otseg.data import transforms as transforms_module
+from otseg.data import pixel_ops
 from otseg.data.transforms import BACKENDS, Backend, TrainTransform, to_tensors
 
 
@@ -91,8 +91,8 @@ def main() -> None:
     # OpenCV's HSV->RGB whole: with a tail width of 1, `width % 1 == 0` pixels of each row come from the numpy
     # restatement. (The fast-path check ran above, with the real tail width.)
     differing = values = largest = 0
-    saved_tail = transforms_module._HSV_TAIL
-    transforms_module._HSV_TAIL = 1
+    saved_tail = pixel_ops._HSV_TAIL
+    pixel_ops._HSV_TAIL = 1
     try:
         for i, (image, label) in enumerate(samples):
             whole = transforms["opencv"](image, label, np.random.default_rng(i))[0]
@@ -103,7 +103,7 @@ def main() -> None:
             values += levels.numel()
             largest = max(largest, int(levels.max()))
     finally:
-        transforms_module._HSV_TAIL = saved_tail
+        pixel_ops._HSV_TAIL = saved_tail
     # The staged calls are the transform's own: check once that they give what the transform gives.
     direct = transforms["opencv"](*samples[0], np.random.default_rng(0))
     staged, _ = _staged(transforms["opencv"], *samples[0], seed=0)
