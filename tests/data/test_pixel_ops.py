@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from otseg.config import DataConfig
+from otseg.data import pixel_ops
 from otseg.data import transforms as T
 from otseg.data.transforms import (
     PhotoMetricDistortion,
@@ -73,19 +74,19 @@ def test_opencv_alone_differs_on_row_tails_only():
     rng = np.random.default_rng(5)
     hsv = rng.integers(0, 256, (40, 500, 3), dtype=np.uint8)
     hsv[..., 0] %= 180
-    cv2_alone = T.cv2.cvtColor(hsv, T.cv2.COLOR_HSV2RGB).astype(int)
+    cv2_alone = pixel_ops.cv2.cvtColor(hsv, pixel_ops.cv2.COLOR_HSV2RGB).astype(int)
     diff = np.abs(cv2_alone - hsv_to_rgb(hsv, "numpy"))
     assert diff.max() <= 1
     columns = np.nonzero(diff.any(axis=(0, 2)))[0]
-    assert columns.size == 0 or columns.min() >= 500 - 500 % T._HSV_TAIL
+    assert columns.size == 0 or columns.min() >= 500 - 500 % pixel_ops._HSV_TAIL
 
 
 def test_fallback_when_opencv_disagrees(monkeypatch):
-    assert T._opencv_hsv_body_agrees()  # on this machine the fast path is taken
+    assert pixel_ops._opencv_hsv_body_agrees()  # on this machine the fast path is taken
     hsv = np.random.default_rng(2).integers(0, 180, (5, 70, 3), dtype=np.uint8)
     called = []
-    monkeypatch.setattr(T, "_opencv_hsv_body_agrees", lambda: False)
-    monkeypatch.setattr(T, "_hsv_to_rgb_opencv_body", lambda x: called.append(x))
+    monkeypatch.setattr(pixel_ops, "_opencv_hsv_body_agrees", lambda: False)
+    monkeypatch.setattr(pixel_ops, "_hsv_to_rgb_opencv_body", lambda x: called.append(x))
     assert np.array_equal(hsv_to_rgb(hsv, "opencv"), hsv_to_rgb(hsv, "numpy")) and not called
 
 
