@@ -17,6 +17,7 @@ from otseg.errors import UnknownNameError
 __all__ = ["BUILTIN_MODELS", "NAMED_MODELS", "NamedModel", "named_model"]
 
 BUILTIN_MODELS = Path(__file__).with_name("builtin_models")
+SAMPLES = BUILTIN_MODELS / "samples"  # <model name>.json: a picture to try the model on, and its class names
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,12 @@ class NamedModel:
     def class_names(self) -> tuple[str, ...]:
         """The classes the model comes with, from its `config.json` (read once, without building the model)."""
         return _class_names(self.path / "config.json")
+
+    @property
+    def sample(self) -> tuple[Path, tuple[str, ...]]:
+        """A picture shipped with the model to try it on, and the class names it shows (`otseg segment --sample`)."""
+        info = json.loads((SAMPLES / f"{self.name}.json").read_text(encoding="utf-8"))
+        return SAMPLES / info["image"], tuple(info["classes"])
 
 
 @cache

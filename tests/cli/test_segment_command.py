@@ -109,3 +109,15 @@ def test_segment_says_once_when_class_words_are_unknown_to_the_model(tmp_path, c
     main(["segment", str(tmp_path / "in"), "--classes", "red striped,blue dotted", "--checkpoint", str(d),
           "--out", str(tmp_path / "out2"), "--no-progress"])  # fmt: skip
     assert "new to it" not in capsys.readouterr().out
+
+
+def test_segment_sample_tries_the_built_in_picture(tmp_path, capsys):
+    """`otseg segment --sample`: the picture shipped with the demo model, with its own class names."""
+    out = tmp_path / "out"
+    assert main(["segment", "--sample", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [Path(i["image"]).name for i in summary["images"]] == ["demo.png"]
+    fractions = json.loads((out / "demo.json").read_text())
+    assert set(fractions["fractions"]) == {"blue striped", "green checkered", "yellow striped"}
+    assert main(["segment", "--out", str(out)]) == 2  # neither images nor --sample: one line
+    assert "--sample" in capsys.readouterr().err
