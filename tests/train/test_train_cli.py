@@ -257,10 +257,11 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
     # The logged losses are all-reduced means, normalised by the all-reduced mask count: the same numbers.
     assert logged_losses(two) == pytest.approx(logged_losses(one), rel=1e-5)
     a, b = model_tensors(two / "iter_12.pt"), model_tensors(one / "iter_12.pt")
-    # Measured: 2.7e-7 of the update apart, at most 1.2e-7 per weight.
+    # Measured: 4.7e-7 of the update apart, at most 1.0e-6 per weight where the largest weight moved by 2.6e-2 (with
+    # the decoder layers started as copies of one layer; 2.7e-7 and 1.2e-7 with independent layers): float rounding.
     assert initial and _relative_distance(a, b, initial) <= 1e-5
     for name in a:
-        assert torch.allclose(a[name], b[name], rtol=0, atol=1e-6), name
+        assert torch.allclose(a[name], b[name], rtol=0, atol=5e-6), name
     m2, m1 = (json.loads((d / "eval.json").read_text()) for d in (two, one))
     for key in ("miou_seen", "miou_unseen", "hiou"):
         assert m2[key] == pytest.approx(m1[key], abs=1e-3), key
