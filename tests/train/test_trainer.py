@@ -127,9 +127,9 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     original_forward = model.forward
     calls = {"n": 0}
 
-    def poisoned(images, text=None):
+    def poisoned(images, text=None, **kwargs):
         calls["n"] += 1
-        out = original_forward(images, text)
+        out = original_forward(images, text, **kwargs)
         if calls["n"] > 3:
             out.decoder_logits = out.decoder_logits * float("nan")
         return out

@@ -156,15 +156,16 @@ class OTSeg(nn.Module):
         return self.class_embeddings
 
     # ------------------------------------------------------------------ forward passes
-    def forward(self, images: Tensor, text: Tensor | None = None) -> HeadOutput:
+    def forward(self, images: Tensor, text: Tensor | None = None, upsample: bool = True) -> HeadOutput:
         """Training-time forward: logits of both paths at (S, S), S = config.head.output_size.
 
         Args:
             images: (B, 3, H, W) normalised images.
             text: (K, N, D) class embeddings; default `training_text()`.
+            upsample: False leaves the logits at the patch grid (what the lean losses take).
         """
         patch_emb, global_emb = self.backbone(images)
-        return self.head(patch_emb, global_emb, self.training_text() if text is None else text)
+        return self.head(patch_emb, global_emb, self.training_text() if text is None else text, upsample=upsample)
 
     def _classes(self, classes: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         """(class embeddings (K, N, D), seen mask (K,)): the given pair, else the stored ones."""

@@ -193,8 +193,8 @@ class _LossOutputs(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor, text: Tensor | None = None) -> Any:
-        out = self.model(images, text)
+    def forward(self, images: Tensor, text: Tensor | None = None, upsample: bool = True) -> Any:
+        out = self.model(images, text, upsample=upsample)
         if not dataclasses.is_dataclass(out) or isinstance(out, type):  # an instance (HeadOutput), not a class
             return out
         detached = {
@@ -264,6 +264,7 @@ class Trainer:
         )
         self.work_dir = Path(work_dir)
         self.model = model.to(self.dist.device)
+        self.model.backbone.checkpoint_blocks = cfg.checkpoint_backbone
         self.train_set = train_set
         self.evaluate_fn = evaluate
         self.show_progress = progress
@@ -524,7 +525,12 @@ class Trainer:
                 group["lr"] = lr * group.get("lr_mult", 1.0)
             with self._autocast():
                 losses = compute_losses(
-                    self.ddp_model, images, labels, num_masks_reducer=self._num_masks_reducer, config=self.model.config
+                    self.ddp_model,
+                    images,
+                    labels,
+                    num_masks_reducer=self._num_masks_reducer,
+                    config=self.model.config,
+                    losses=cfg.losses,
                 )
                 loss = total_loss(losses) / cfg.grad_accum
             if not torch.isfinite(loss):
