@@ -39,6 +39,7 @@ __all__ = [
     "TEMPLATE_SETS",
     "DataConfig",
     "HeadConfig",
+    "LossFormulation",
     "ModelConfig",
     "Precision",
     "TextConfig",
@@ -55,6 +56,9 @@ MapCombination = Literal["gated", "last"]
 Precision = Literal["float32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("float32", "bf16")
 LayerInit = Literal["copies", "independent"]
+# How the training losses are computed: "dense" = the reference's (logits upsampled to (B, K, H, W), dense one-hot
+# targets), "lean" = the same values a chunk of classes at a time from the patch-grid logits (otseg.train.lean_losses).
+LossFormulation = Literal["lean", "dense"]
 
 # Normalisation statistics on the 0..255 scale. The reference trains and evaluates with ImageNet's.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -378,6 +382,8 @@ class TrainConfig(Validated):
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
     amp: Literal["none", "bf16", "fp16"] = "none"  # Sinkhorn always runs in float32
+    losses: LossFormulation = "lean"  # "dense": the reference's formulation (equal values, more memory and time)
+    checkpoint_backbone: bool = False  # recompute the ViT blocks' activations in backward (less memory, more time)
     eval_interval: int = 0  # 0 = evaluate at the end only
     checkpoint_interval: int = 1000
     keep_checkpoints: int = 2  # older iter_*.pt files are deleted (the newest N are kept) ...

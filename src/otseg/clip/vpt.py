@@ -18,6 +18,7 @@ from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from otseg.clip.config import VisionConfig
 from otseg.clip.model import LayerNorm, VisionTransformer, resample_positional_grid
@@ -53,6 +54,9 @@ class VPTVisionTransformer(VisionTransformer):
         self.prompt_proj = nn.Linear(width, width)
         self.prompt_norm = LayerNorm(width, eps=1e-6)
         self.prompt_dropout = nn.Dropout(cfg.prompt_dropout)
+        # Activation checkpointing of the transformer blocks (a training setting, `TrainConfig.checkpoint_backbone`):
+        # when gradients are recorded, each block keeps only its input and recomputes the rest in backward.
+        self.checkpoint_blocks = False
         self.reset_prompt_parameters()
 
     def reset_prompt_parameters(self) -> None:
@@ -96,7 +100,10 @@ class VPTVisionTransformer(VisionTransformer):
                 x = torch.cat([x[:, :1], x[:, -num_patches:]], dim=1)
             if record is not None:
                 record["block_inputs"].append(x.transpose(0, 1))
-            x = block(x)
+            if self.checkpoint_blocks and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
             if record is not None:
                 record["block_outputs"].append(x.transpose(0, 1))
         return x

@@ -33,6 +33,8 @@ class HeadOutput:
         queries: (B, K, N, C) relationship-descriptor queries (input of the decoder).
         layer_queries: per decoder layer, the updated queries (B, K, N, C).
         layer_maps: per decoder layer, its score map (B, K, M).
+        upsample_to: None when the logits are at the output size; S when they are at the patch grid
+            (`forward(..., upsample=False)`) and the training outputs are their bilinear upsampling to (S, S).
     """
 
     decoder_logits: Tensor
@@ -40,6 +42,7 @@ class HeadOutput:
     queries: Tensor
     layer_queries: list[Tensor] = field(default_factory=list)
     layer_maps: list[Tensor] = field(default_factory=list)
+    upsample_to: int | None = None
 
 
 class DecoderLayer(nn.Module):
@@ -144,7 +147,7 @@ class OTSegHead(nn.Module):
                 layers); None: the `sinkhorn` defaults, one stopping test per call over the whole batch.
 
         Returns:
-            HeadOutput with (B, K, S, S) logits, S = cfg.output_size.
+            HeadOutput with (B, K, S, S) logits, S = cfg.output_size (patch-grid logits with `upsample=False`).
         """
         grid = (patch_emb.shape[2], patch_emb.shape[3])
         memory = patch_emb.flatten(2).transpose(1, 2)  # (B, M, C), row-major over (h, w)
@@ -169,7 +172,8 @@ class OTSegHead(nn.Module):
             layer_maps.append(score_map)
         combined = self.combine_layer_maps(layer_maps)
         decoder_logits = self._upsample(combined, grid) if upsample else combined.reshape(*combined.shape[:2], *grid)
-        return HeadOutput(decoder_logits, mps_logits, queries, layer_queries, layer_maps)
+        upsample_to = None if upsample else self.cfg.output_size
+        return HeadOutput(decoder_logits, mps_logits, queries, layer_queries, layer_maps, upsample_to)
 
     def ensemble_logits(self, out: HeadOutput) -> Tensor:
         """OTSeg+ test-time logits: w * decoder + (1 - w) * MPS (decoder alone without the MPS path)."""

@@ -164,7 +164,11 @@ class OTSeg(nn.Module):
 
     # ------------------------------------------------------------------ forward passes
     def forward(
-        self, images: Tensor, text: Tensor | None = None, sinkhorn_options: SinkhornOptions | None = None
+        self,
+        images: Tensor,
+        text: Tensor | None = None,
+        sinkhorn_options: SinkhornOptions | None = None,
+        upsample: bool = True,
     ) -> HeadOutput:
         """Training-time forward: logits of both paths at (S, S), S = config.head.output_size.
 
@@ -173,10 +177,11 @@ class OTSeg(nn.Module):
             text: (K, N, D) class embeddings; default `training_text()`.
             sinkhorn_options: the Sinkhorn backward and stopping groups (`otseg.ops.SinkhornOptions`; the
                 trainer passes the training config's); None: the `sinkhorn` defaults.
+            upsample: False leaves the logits at the patch grid (what the lean losses take).
         """
         patch_emb, global_emb = self.backbone(images)
         text = self.training_text() if text is None else text
-        return self.head(patch_emb, global_emb, text, sinkhorn_options=sinkhorn_options)
+        return self.head(patch_emb, global_emb, text, upsample=upsample, sinkhorn_options=sinkhorn_options)
 
     def _classes(self, classes: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
         """(class embeddings (K, N, D), seen mask (K,)): the given pair, else the stored ones."""

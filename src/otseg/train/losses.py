@@ -15,7 +15,20 @@ from otseg.errors import BadValueError
 
 IGNORE_INDEX = 255
 
-__all__ = ["IGNORE_INDEX", "dice_loss", "pixel_accuracy", "seg_loss_plus", "sigmoid_focal_loss"]
+__all__ = [
+    "IGNORE_INDEX",
+    "check_label_values",
+    "count_present_masks",
+    "dice_loss",
+    "dice_rows",
+    "focal_rows",
+    "one_hot_targets",
+    "pixel_accuracy",
+    "prediction_accuracy",
+    "present_classes",
+    "seg_loss_plus",
+    "sigmoid_focal_loss",
+]
 
 
 def one_hot_targets(labels: Tensor, num_classes: int) -> Tensor:
@@ -24,10 +37,32 @@ def one_hot_targets(labels: Tensor, num_classes: int) -> Tensor:
     return (labels.unsqueeze(1) == classes).float()
 
 
+def present_classes(labels: Tensor, num_classes: int) -> Tensor:
+    """Which classes each image contains: labels (B, H, W) -> (B, K) bool (no (B, K, H, W) one-hot, no host sync).
+
+    Values outside 0..K-1 (the ignore value 255) mark nothing.
+    """
+    flat = labels.reshape(labels.shape[0], -1)
+    slot = torch.where((flat >= 0) & (flat < num_classes), flat, num_classes)  # anything else -> a spare column
+    present = torch.zeros(labels.shape[0], num_classes + 1, dtype=torch.bool, device=labels.device)
+    present.scatter_(1, slot, True)
+    return present[:, :num_classes]
+
+
 def count_present_masks(labels: Tensor, num_classes: int) -> Tensor:
-    """Number of (image, class) pairs present in `labels` (B, H, W) -> 0-dim tensor (no host sync)."""
-    present = one_hot_targets(labels, num_classes).flatten(2).amax(dim=2)  # (B, K)
-    return present.sum()
+    """Number of (image, class) pairs present in `labels` (B, H, W) -> 0-dim float32 tensor (no host sync)."""
+    return present_classes(labels, num_classes).sum().float()
+
+
+def check_label_values(labels: Tensor, num_classes: int) -> None:
+    """Raise a ValueError naming the values of `labels` outside 0..num_classes-1 and the ignore value."""
+    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        values = sorted(set(labels[bad].unique().tolist()))
+        raise BadValueError(
+            f"labels contain values {values[:10]} outside 0..{num_classes - 1} (and not the ignore value 255) "
+            f"for a {num_classes}-class output; check the label remapping or the class list"
+        )
 
 
 def sigmoid_focal_loss(
@@ -39,13 +74,18 @@ def sigmoid_focal_loss(
         logits, targets: (B, K, H, W).
         num_masks: normaliser (number of present (image, class) pairs, at least 1).
     """
+    return focal_rows(logits, targets, alpha, gamma).sum() / num_masks
+
+
+def focal_rows(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Per-(image, class) focal loss, the mean over the pixels of each map: (B, K, H, W) -> (B, K)."""
     prob = torch.sigmoid(logits)
     ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
     loss = alpha_t * loss
-    return loss.flatten(2).mean(dim=2).sum() / num_masks
+    return loss.flatten(2).mean(dim=2)
 
 
 def dice_loss(logits: Tensor, targets: Tensor, present: Tensor, num_masks: Tensor | float) -> Tensor:
@@ -55,19 +95,29 @@ def dice_loss(logits: Tensor, targets: Tensor, present: Tensor, num_masks: Tenso
         logits, targets: (B, K, H, W).
         present: (B, K) bool, which maps enter the loss.
     """
+    loss = dice_rows(logits, targets)
+    return (loss * present.to(loss.dtype)).sum() / num_masks
+
+
+def dice_rows(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-(image, class) dice loss of every map, present or not: (B, K, H, W) -> (B, K)."""
     prob = torch.sigmoid(logits).flatten(2)
     t = targets.flatten(2)
     numerator = 2 * (prob * t).sum(dim=2)
     denominator = prob.sum(dim=2) + t.sum(dim=2)
-    loss = 1 - (numerator + 1) / (denominator + 1)
-    return (loss * present.to(loss.dtype)).sum() / num_masks
+    return 1 - (numerator + 1) / (denominator + 1)
 
 
 def pixel_accuracy(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Top-1 accuracy in percent over non-ignored pixels (mmseg's `accuracy`, with its epsilons)."""
-    valid = labels != ignore_index
     # max(dim).indices: the first maximal index, as argmax, but argmax over dim 1 of (B, K, H, W) is ~7x slower on CPU
-    correct = (logits.max(dim=1).indices == labels) & valid
+    return prediction_accuracy(logits.max(dim=1).indices, labels, ignore_index)
+
+
+def prediction_accuracy(predicted: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """`pixel_accuracy` from the predicted classes (B, H, W) instead of the logits."""
+    valid = labels != ignore_index
+    correct = (predicted == labels) & valid
     eps = torch.finfo(torch.float32).eps
     return (correct.sum().float() + eps) * (100.0 / (valid.sum().float() + eps))
 
@@ -92,13 +142,7 @@ def seg_loss_plus(
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     num_classes = logits.shape[1]
-    bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        values = sorted(set(labels[bad].unique().tolist()))
-        raise BadValueError(
-            f"labels contain values {values[:10]} outside 0..{num_classes - 1} (and not the ignore value 255) "
-            f"for a {num_classes}-class output; check the label remapping or the class list"
-        )
+    check_label_values(labels, num_classes)
     targets = one_hot_targets(labels, num_classes)
     present = targets.flatten(2).amax(dim=2) > 0
     if num_masks is None:

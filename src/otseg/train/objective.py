@@ -14,11 +14,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from otseg.config import ModelConfig
+from otseg.config import LossFormulation, ModelConfig
 from otseg.errors import BadValueError
 from otseg.model.head import HeadOutput
 from otseg.model.segmentor import OTSeg
 from otseg.ops.sinkhorn_options import SinkhornOptions
+from otseg.train.lean_losses import seg_loss_plus_lean, unseen_argmax_lean
 from otseg.train.losses import IGNORE_INDEX, count_present_masks, seg_loss_plus
 
 __all__ = [
@@ -66,9 +67,20 @@ def fill_pseudo_labels(labels: Tensor, out: HeadOutput, seen: list[int] | tuple[
 
     Args:
         labels: (B, H, W) after `remap_labels(..., "transductive")`.
-        out: training outputs over ALL classes.
+        out: training outputs over ALL classes; patch-grid outputs (`out.upsample_to` set) are upsampled a chunk
+            of classes at a time (the same labels, without (B, K, H, W) maps of all classes).
         seen: seen class ids (their channels are excluded from the argmax).
     """
+    if out.upsample_to is not None:
+        size = (out.upsample_to, out.upsample_to)
+        if size != tuple(labels.shape[-2:]):
+            raise BadValueError(f"output size {size} != label size {tuple(labels.shape[-2:])}")
+        seen_set = set(seen)
+        unseen = [k for k in range(out.decoder_logits.shape[1]) if k not in seen_set]
+        if not unseen or not bool((labels == UNSEEN_MARK).any()):
+            return labels.clone()
+        pseudo = unseen_argmax_lean(out.decoder_logits, out.mps_logits, unseen, out.upsample_to)
+        return torch.where(labels == UNSEEN_MARK, pseudo, labels)
     with torch.no_grad():
         logits = out.decoder_logits.detach()
         if out.mps_logits is not None:
@@ -91,7 +103,8 @@ def training_losses(
     """Loss dict over both outputs, keys `decode.*` and `score.*`; the total is the sum of the `*loss*` keys.
 
     Args:
-        out: head outputs (K channels).
+        out: head outputs (K channels). Patch-grid outputs (`out.upsample_to` set) get the lean losses
+            (`seg_loss_plus_lean`: the same values without (B, K, H, W) tensors), full-size ones the reference's.
         labels: (B, H, W) targets in 0..K-1 or 255 (already remapped / pseudo-labelled).
     """
     losses = {}
@@ -99,7 +112,11 @@ def training_losses(
     for prefix, logits in outputs.items():
         if logits is None:
             continue
-        for key, value in seg_loss_plus(logits, labels, mask_weight, dice_weight, num_masks).items():
+        if out.upsample_to is None:
+            terms = seg_loss_plus(logits, labels, mask_weight, dice_weight, num_masks)
+        else:
+            terms = seg_loss_plus_lean(logits, labels, out.upsample_to, mask_weight, dice_weight, num_masks)
+        for key, value in terms.items():
             losses[f"{prefix}.{key}"] = value
     return losses
 
@@ -120,6 +137,7 @@ def compute_losses(
     num_masks_reducer: Callable[[Tensor], Tensor] | None = None,
     config: ModelConfig | None = None,
     sinkhorn_options: SinkhornOptions | None = None,
+    losses: LossFormulation = "lean",
 ) -> dict[str, Tensor]:
     """One training step's loss dict for an `OTSeg` model in its configured setting.
 
@@ -131,7 +149,12 @@ def compute_losses(
         num_masks_reducer: maps this batch's present-pair count to the normaliser (e.g. a cross-process mean).
         config: the model's `ModelConfig` (default `model.config`; pass it when `model` is a DDP wrapper).
         sinkhorn_options: passed to the model's forward (the Sinkhorn backward and stopping groups).
+        losses: "lean" (the head's patch-grid logits, upsampled a chunk of classes at a time inside the losses)
+            or "dense" (the reference's formulation: (B, K, H, W) logits and one-hot targets); equal values,
+            gradients equal to float rounding (`TrainConfig.losses`).
     """
+    if losses not in ("lean", "dense"):
+        raise BadValueError(f"unknown loss formulation {losses!r}; use 'lean' or 'dense'")
     if config is None:
         if not isinstance(model, OTSeg):  # a DDP wrapper does not expose the model's attributes
             raise TypeError(f"compute_losses: pass config= for a {type(model).__name__} (only an OTSeg carries one)")
@@ -141,7 +164,8 @@ def compute_losses(
         labels = labels[:, 0]
     seen, unseen = list(cfg.seen_classes), list(cfg.unseen_classes)
     targets = remap_labels(labels, seen, unseen, cfg.setting)
-    out = model(images) if sinkhorn_options is None else model(images, sinkhorn_options=sinkhorn_options)
+    options = {} if sinkhorn_options is None else {"sinkhorn_options": sinkhorn_options}
+    out = model(images, upsample=losses == "dense", **options)
     if cfg.setting == "transductive":
         targets = fill_pseudo_labels(targets, out, seen)
     if num_masks is None and num_masks_reducer is not None:

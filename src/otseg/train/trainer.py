@@ -176,6 +176,7 @@ class Trainer:
         self._step_masks: list[Tensor] = []
         self.work_dir = Path(work_dir)
         self.model = model.to(self.dist.device)
+        self.model.backbone.checkpoint_blocks = cfg.checkpoint_backbone
         self.train_set = train_set
         self.evaluate_fn = evaluate
         self.show_progress = progress
@@ -461,6 +462,7 @@ class Trainer:
                         num_masks_reducer=self._defer_num_masks if deferred else self._num_masks_reducer,
                         config=self.model.config,
                         sinkhorn_options=self.sinkhorn_options,
+                        losses=cfg.losses,
                     )
                     loss = total_loss(losses)
                     if deferred:  # a sum over masks: per image, it stays in the range of a normalised loss (fp16)
