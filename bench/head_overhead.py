@@ -5,8 +5,9 @@ OTSeg: the MPSA decoder; OTSeg+: decoder + MPS path) from one preset with random
 computes the backbone features of one image once, and times the heads alone on them, interleaved round-robin
 (medians; this process's CPU time on the CPU, which other processes' load does not inflate). Twice: with the
 iteration counts the random weights reach (a few per call), and with every Sinkhorn call run to the reference's
-100-iteration cap (`sinkhorn_overrides(thresh=0.0)`: the default loop, stop checks included, with a threshold it
-never meets), an upper bound for trained weights. It also times the baseline's whole image (`predict_scores`).
+100-iteration cap (`CAPPED`, the calls' options `InferenceOptions(sinkhorn=SinkhornOptions(thresh=0.0))`: the
+default loop, stop checks included, with a threshold it never meets), an upper bound for trained weights. It also
+times the baseline's whole image (`predict_scores`).
 
 Printed per variant: head time, head time over the baseline's, and the head overhead as `otseg bench` and
 docs/speed.md define it: (head - baseline head) / the baseline's time per image (the backbones are identical, so
@@ -32,10 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from otseg.model.build import build_model
+from otseg.model.inference_options import InferenceOptions
 from otseg.model.segmentor import OTSeg
-from otseg.ops import record_sinkhorn_calls, sinkhorn_overrides
+from otseg.ops import SinkhornOptions, record_sinkhorn_calls
 
 BASELINE = "ZegCLIP-style baseline"
+# Every Sinkhorn call at the cap: the default loop, stop checks included, with a threshold it never meets.
+CAPPED = InferenceOptions(sinkhorn=SinkhornOptions(thresh=0.0))
 VARIANTS: dict[str, dict[str, Any]] = {  # the same variants as `otseg bench` (otseg.benchmark.MODEL_VARIANTS)
     BASELINE: {
         "head__attention": "softmax",
@@ -118,13 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         patch_emb, global_emb = models[BASELINE].backbone(image)
 
-    def head(model: OTSeg, forward: Callable[..., Any] | None = None) -> Callable[[], Any]:
+    def head(
+        model: OTSeg, forward: Callable[..., Any] | None = None, options: InferenceOptions | None = None
+    ) -> Callable[[], Any]:
         seen = model.seen_mask if model.config.apply_seen_bias else None
         run = forward or model.head.predict
 
         def call() -> Any:
             with torch.no_grad():
-                return run(patch_emb, global_emb, model.class_embeddings, seen)
+                return run(patch_emb, global_emb, model.class_embeddings, seen, options)
 
         return call
 
@@ -135,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     image_s = statistics.median(image_times[BASELINE])
     measured = {"counts reached": time_interleaved(heads, device, args.rounds)}
     counts = {"counts reached": sinkhorn_counts(heads)}
-    with sinkhorn_overrides(thresh=0.0):
-        measured["at the cap"] = time_interleaved(heads, device, args.rounds)
-        counts["at the cap"] = sinkhorn_counts(heads)
-        if args.compile:
-            compiled = {n: head(m, torch.compile(m.head.predict)) for n, m in models.items()}
-            for fn in compiled.values():  # compile outside the timed rounds
-                fn()
-            measured["compiled, at the cap"] = time_interleaved(compiled, device, args.rounds)
-            counts["compiled, at the cap"] = {n: "(in the graph)" for n in compiled}
+    capped = {name: head(model, options=CAPPED) for name, model in models.items()}
+    measured["at the cap"] = time_interleaved(capped, device, args.rounds)
+    counts["at the cap"] = sinkhorn_counts(capped)
+    if args.compile:
+        compiled = {n: head(m, torch.compile(m.head.predict), CAPPED) for n, m in models.items()}
+        for fn in compiled.values():  # compile outside the timed rounds
+            fn()
+        measured["compiled, at the cap"] = time_interleaved(compiled, device, args.rounds)
+        counts["compiled, at the cap"] = {n: "(in the graph)" for n in compiled}
 
     where = f"CPU, {args.threads} thread(s)" if device.type == "cpu" else torch.cuda.get_device_name(device)
     clock = "process CPU time" if device.type == "cpu" else "wall clock"

@@ -5,9 +5,9 @@ returned plan implicitly (`otseg.ops.sinkhorn`). This script measures, in one ru
 training step of the COCO-Stuff inductive shape (156 seen classes, 8 prompts, 100 VPT tokens, 512 crop, per-device
 batch 1 by default): the full ViT-B/16 architecture with random weights (or `--clip ViT-B-16.pt`), the regular
 objective (`otseg.train.objective.compute_losses`), AdamW. Dropout is off in every measurement, so that the two
-variants differ only in their backward. The unrolled variant is `sinkhorn_overrides(backward="unrolled")`, which
-also selects the literal reference loop for the forward (otseg's default forward uses the scaling update: the
-plans agree to float rounding).
+variants differ only in their backward. The unrolled variant is `SinkhornOptions(backward="unrolled")` passed to the
+forward, which also selects the literal reference loop for the forward (otseg's default forward uses the scaling
+update: the plans agree to float rounding).
 
 Printed:
 
@@ -30,7 +30,7 @@ Usage:
     python bench/sinkhorn_backward.py --part head --at-cap   # ... every call at 100 iterations (peak 7.6 GB)
     python bench/sinkhorn_backward.py                        # the full model (more: the backbone's activations)
 Options: --batch N, --threads N (default 1), --repeats N (default 2), --clock cpu|wall, --clip FILE, --seed N,
---at-cap (no early stop: `sinkhorn_overrides(thresh=0.0)` in both variants, the worst case of trained weights, whose
+--at-cap (no early stop: `SinkhornOptions(thresh=0.0)` in both variants, the worst case of trained weights, whose
 calls may run to the cap; random weights stop after about 4 iterations). On the shared 2-core machine each head run
 took about 27 minutes of wall time (docs/sinkhorn-backward.md).
 """
@@ -55,7 +55,8 @@ from otseg.config import apply_overrides
 from otseg.model.build import load_clip_into
 from otseg.model.head import OTSegHead
 from otseg.model.presets import get_preset
-from otseg.ops.sinkhorn import record_sinkhorn_calls, sinkhorn_overrides
+from otseg.ops.sinkhorn import record_sinkhorn_calls
+from otseg.ops.sinkhorn_options import SinkhornOptions
 from otseg.train.objective import compute_losses, total_loss, training_losses
 from otseg.train.schedule import build_optimizer
 
@@ -133,21 +134,22 @@ def _head_setup(spec: dict[str, Any]) -> dict[str, Any]:
     return {"model": head, "optimizer": optimizer, "inputs": inputs, "labels": labels}
 
 
-def _loss(state: dict[str, Any], part: str):
+def _loss(state: dict[str, Any], part: str, options: SinkhornOptions):
 
     if part == "full":
-        return total_loss(compute_losses(state["model"], state["images"], state["labels"]))
-    out = state["model"](*state["inputs"])
+        return total_loss(compute_losses(state["model"], state["images"], state["labels"], sinkhorn_options=options))
+    out = state["model"](*state["inputs"], sinkhorn_options=options)
     return total_loss(training_losses(out, state["labels"]))
 
 
-def _overrides(spec: dict[str, Any], backward: str) -> dict[str, Any]:
-    """The Sinkhorn settings of a variant: its backward, and with --at-cap no early stop (every call runs all 100
-    iterations, as calls of trained models that never reach the threshold do)."""
-    return {"backward": backward, **({"thresh": 0.0} if spec["at_cap"] else {})}
+def _options(spec: dict[str, Any], backward: str) -> SinkhornOptions:
+    """The Sinkhorn options of a variant, given to every forward: its backward, and with --at-cap no early stop
+    (every call runs all 100 iterations, as calls of trained models that never reach the threshold do)."""
+    return SinkhornOptions(backward="unrolled" if backward == "unrolled" else "implicit",
+                           thresh=0.0 if spec["at_cap"] else None)  # fmt: skip
 
 
-def _step(state: dict[str, Any], part: str, settings: dict[str, Any], saved: dict[int, int] | None = None) -> float:
+def _step(state: dict[str, Any], part: str, options: SinkhornOptions, saved: dict[int, int] | None = None) -> float:
     """One training step (forward, backward, AdamW) with the given Sinkhorn backward; returns the loss. With `saved`,
     the storages autograd packs for backward (parameters excluded) are recorded there, pointer -> bytes."""
 
@@ -160,8 +162,8 @@ def _step(state: dict[str, Any], part: str, settings: dict[str, Any], saved: dic
                 saved[ptr] = t.untyped_storage().nbytes()
         return t
 
-    with sinkhorn_overrides(**settings), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = _loss(state, part)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = _loss(state, part, options)
         loss.backward()
     state["optimizer"].step()
     state["optimizer"].zero_grad(set_to_none=True)
@@ -176,8 +178,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         grads, losses, iterations = {}, {}, {}
         for backward in VARIANTS:
             state["model"].zero_grad(set_to_none=True)
-            with sinkhorn_overrides(**_overrides(spec, backward)), record_sinkhorn_calls() as calls:
-                loss = _loss(state, part)
+            with record_sinkhorn_calls() as calls:
+                loss = _loss(state, part, _options(spec, backward))
                 loss.backward()
             losses[backward] = float(loss.detach())
             iterations[backward] = [c.iterations for c in calls]
@@ -206,18 +208,18 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             "median_param": statistics.median(per.values()),
             "num_params": len(names),
         }
-    settings = _overrides(spec, spec["backward"])
-    _step(state, part, settings)  # warm-up: kernels, AdamW state
+    options = _options(spec, spec["backward"])
+    _step(state, part, options)  # warm-up: kernels, AdamW state
     if spec["measure"] == "memory":
         saved: dict[int, int] = {}
         base = _reset_peak()
-        _step(state, part, settings, saved)
+        _step(state, part, options, saved)
         return {"peak_mb": _rss_mb("VmHWM") - base, "saved_mb": sum(saved.values()) / 2**20}
     clock = time.process_time if spec["clock"] == "cpu" else time.perf_counter
     times = []
     for _ in range(spec["repeats"]):
         t0 = clock()
-        _step(state, part, settings)
+        _step(state, part, options)
         times.append(clock() - t0)
     return {"time": statistics.median(times), "times": times}
 

@@ -1,6 +1,7 @@
 """How far the faster Sinkhorn modes move the reference's golden outputs (fixtures of the official code).
 
-For each mode (applied with `sinkhorn_overrides`, as a user would to a whole model) prints, against the golden
+For each mode (given to the calls as a user would to a whole model: keyword arguments of `sinkhorn`, and
+`InferenceOptions(sinkhorn=SinkhornOptions(...))` of the head's and the segmentor's calls) prints, against the golden
 fixtures' recorded outputs:
 
 * Sinkhorn cases: the largest max|T - T_ref| / max T_ref over the 11 cases the reference runs to convergence, and
@@ -29,9 +30,10 @@ import torch
 
 from otseg.config import HeadConfig, ModelConfig, VisionConfig
 from otseg.model.head import OTSegHead
+from otseg.model.inference_options import InferenceOptions
 from otseg.model.segmentor import OTSeg
 from otseg.model_files.reference_pth import convert_reference_state_dict, map_reference_key
-from otseg.ops import sinkhorn, sinkhorn_overrides
+from otseg.ops import SinkhornOptions, sinkhorn
 
 MODES: dict[str, dict[str, Any]] = {
     "default": {},
@@ -113,17 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for label, settings in MODES.items():
         converged, capped = 0.0, 0.0
-        with torch.no_grad(), sinkhorn_overrides(**settings):
+        options = InferenceOptions(sinkhorn=SinkhornOptions(**settings))
+        with torch.no_grad():
             for case in cases:
                 uniform = torch.allclose(case["mu"], torch.full_like(case["mu"], 1 / case["mu"].shape[1]))
-                plan = sinkhorn(case["C"], case["epsilon"], mu=None if uniform else case["mu"], nu=case["nu"])
+                mu = None if uniform else case["mu"]
+                plan = sinkhorn(case["C"], case["epsilon"], mu=mu, nu=case["nu"], **settings)
                 move = ((plan - case["T"]).abs().max() / case["T"].abs().max()).item()
                 if case["iterations"] < 100:
                     converged = max(converged, move)
                 else:
                     capped = max(capped, move)
-            head_scores = head.predict(x["visual"], x["cls_token"], x["text"], seen)
-            seg_scores = model.encode_decode(seg["images"])
+            head_scores = head.predict(x["visual"], x["cls_token"], x["text"], seen, options)
+            seg_scores = model.encode_decode(seg["images"], options=options)
         changed = [(s.argmax(1) != r.argmax(1)) for s, r in ((head_scores, head_ref), (seg_scores, seg_ref))]
         share = sum(c.sum().item() for c in changed) / sum(c.numel() for c in changed)
         cells = [label, f"{converged:.1e}", f"{capped:.1e}", f"{(head_scores - head_ref).abs().max().item():.1e}"]

@@ -11,7 +11,6 @@ same process, printing mIoU(S), mIoU(U), hIoU, the largest score difference from
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -22,8 +21,9 @@ from otseg.demo.table import results_row
 from otseg.demo.training import demo_datasets
 from otseg.demo.world import world_dir
 from otseg.eval.evaluate import evaluate
+from otseg.model.inference_options import InferenceOptions
 from otseg.model_files.open_model import load_model
-from otseg.ops.sinkhorn import sinkhorn_overrides
+from otseg.ops.sinkhorn_options import SinkhornOptions
 
 MODES: dict[str, dict] = {
     "default (reference stop, thresh 1e-6, cap 100)": {},
@@ -59,16 +59,14 @@ def main() -> None:
             print(f"| {setting} | (no checkpoint in {runs}) | | | | | |")
             continue
         model = load_model(ckpts[-1]).eval()
-        model.head.cfg.ensemble_weight = 0.5
         probe = torch.stack([val_set[i]["image"] for i in range(min(8, len(val_set)))])
-        reference = model.predict_scores(probe)
+        reference = model.predict_scores(probe, options=InferenceOptions(ensemble_weight=0.5))
         for name, settings in MODES.items():
-            context = sinkhorn_overrides(**settings) if settings else contextlib.nullcontext()
-            with context:
-                t0 = time.perf_counter()
-                metrics = evaluate(model, val_set, progress=False)
-                seconds = time.perf_counter() - t0
-                moved = (model.predict_scores(probe) - reference).abs().max().item()
+            options = InferenceOptions(ensemble_weight=0.5, sinkhorn=SinkhornOptions(**settings))  # OTSeg+
+            t0 = time.perf_counter()
+            metrics = evaluate(model, val_set, progress=False, options=options)
+            seconds = time.perf_counter() - t0
+            moved = (model.predict_scores(probe, options=options) - reference).abs().max().item()
             r = results_row("otseg+", setting, metrics)
             print(
                 f"| {setting} | {name} | {r['miou_seen']:.2f} | {r['miou_unseen']:.2f} | {r['hiou']:.2f} | "

@@ -24,9 +24,9 @@ def test_efficiency_table_times_each_precision(monkeypatch):
     calls: list[str] = []
     predict_scores = benchmark.OTSeg.predict_scores
 
-    def counted(self, images, classes=None, precision="float32"):
+    def counted(self, images, classes=None, precision="float32", options=None):
         calls.append(precision)
-        return predict_scores(self, images, classes, precision)
+        return predict_scores(self, images, classes, precision, options)
 
     monkeypatch.setattr(benchmark.OTSeg, "predict_scores", counted)
     rows = efficiency_table(image_size=32, repeats=2, warmup=0, capped=False, precisions=("bf16",))

@@ -22,6 +22,7 @@ from otseg.config import ModelConfig
 from otseg.export import (
     compare_with_onnxruntime,
     export_onnx,
+    exported_options,
     normalise_image,
     onnx_metadata,
     onnx_segment_image,
@@ -30,7 +31,6 @@ from otseg.export import (
 from otseg.model.build import load_clip_into
 from otseg.model_files.otseg_folder import save_pretrained
 from otseg.model_files.reference_pth import convert_reference_state_dict
-from otseg.ops.sinkhorn import sinkhorn_overrides
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -54,8 +54,8 @@ def golden_model() -> OTSeg:
 
 def fixed_iteration_scores(model: OTSeg, images: torch.Tensor, iters: int = ITERS) -> np.ndarray:
     """What the graph computes: `encode_decode` with the exported Sinkhorn mode."""
-    with torch.no_grad(), sinkhorn_overrides(fixed_iters=iters, update="log"):
-        return model.encode_decode(images).numpy()
+    with torch.no_grad():
+        return model.encode_decode(images, options=exported_options(iters)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +144,8 @@ def test_onnx_slide_inference_matches_pytorch(exported) -> None:
     model, _, session = exported
     images = SEG["images_slide"]  # (1, 3, 80, 112): 4 overlapping 64x64 windows at stride 48
     scores = onnx_slide_inference(session, images.numpy())
-    with torch.no_grad(), sinkhorn_overrides(fixed_iters=ITERS, update="log"):
-        torch_scores = model.slide_inference(images).numpy()
+    with torch.no_grad():
+        torch_scores = model.slide_inference(images, options=exported_options(ITERS)).numpy()
     assert scores.shape == (1, 5, 80, 112)
     assert float(np.abs(scores - torch_scores).max()) < 1e-4
     assert np.array_equal(scores.argmax(1), torch_scores.argmax(1))
@@ -165,8 +165,7 @@ def test_onnx_segment_image_from_a_file_matches_the_predictor(exported, tmp_path
     rgb = np.clip(rgb + rng.integers(0, 20, rgb.shape), 0, 255).astype(np.uint8)
     Image.fromarray(rgb).save(tmp_path / "photo.png")
     got = onnx_segment_image(session, tmp_path / "photo.png")
-    with sinkhorn_overrides(fixed_iters=ITERS, update="log"):
-        expected = Predictor(model).predict(rgb)
+    expected = Predictor(model, options=exported_options(ITERS)).predict(rgb)
     assert got.labels.shape == (50, 90) and got.class_names == expected.class_names
     assert float((got.labels == expected.labels).mean()) > 0.99
     np.testing.assert_allclose(got.scores, expected.scores, atol=1e-4, rtol=0)

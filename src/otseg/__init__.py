@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from otseg.config import HeadConfig, ModelConfig, TextConfig, VisionConfig
     from otseg.formats.class_embeddings import load_class_embeddings
     from otseg.model.build import build_model
+    from otseg.model.inference_options import InferenceOptions
     from otseg.model.presets import get_preset, list_presets
     from otseg.model.segmentor import OTSeg
     from otseg.model.text import compute_class_embeddings
@@ -30,6 +31,7 @@ _EXPORTS = {
     "VisionConfig": "otseg.config",
     "load_class_embeddings": "otseg.formats.class_embeddings",
     "build_model": "otseg.model.build",
+    "InferenceOptions": "otseg.model.inference_options",
     "get_preset": "otseg.model.presets",
     "list_presets": "otseg.model.presets",
     "OTSeg": "otseg.model.segmentor",
@@ -43,6 +45,7 @@ _EXPORTS = {
 
 __all__ = [
     "HeadConfig",
+    "InferenceOptions",
     "ModelConfig",
     "OTSeg",
     "Prediction",

@@ -24,7 +24,8 @@ interleaved so that load changes hit them alike; on the CPU the overheads are co
 which other processes' load does not inflate (run with `--threads 1` on a shared machine). The weights are random
 (no CLIP weights or datasets here), so the Sinkhorn loops stop after a few iterations; the table also times OTSeg
 and OTSeg+ with every Sinkhorn call forced to the reference's 100-iteration cap, an upper bound for trained
-weights: the default loop, stop checks included, with a threshold it never meets (`sinkhorn_overrides(thresh=0.0)`).
+weights: the default loop, stop checks included, with a threshold it never meets (`CAPPED`: the calls get
+`InferenceOptions(sinkhorn=SinkhornOptions(thresh=0.0))`).
 The decode heads alone (on precomputed backbone features) are timed over more rounds than the whole images: the
 backbones are identical, and the heads' difference is the steadier measure of the overhead.
 
@@ -46,9 +47,10 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from otseg.model.build import build_model
+from otseg.model.inference_options import InferenceOptions
 from otseg.model.precision import Precision, check_precision
 from otseg.model.segmentor import OTSeg
-from otseg.ops import record_sinkhorn_calls, sinkhorn_overrides
+from otseg.ops import SinkhornOptions, record_sinkhorn_calls
 
 __all__ = [
     "MODEL_VARIANTS",
@@ -58,6 +60,9 @@ __all__ = [
     "full_macs",
     "mmcv_style_macs",
 ]
+
+# The default Sinkhorn loop, stop checks included, with a threshold it never meets: every call runs to max_iter.
+CAPPED = InferenceOptions(sinkhorn=SinkhornOptions(thresh=0.0))
 
 # name -> build_model overrides on top of the preset
 MODEL_VARIANTS: dict[str, dict[str, Any]] = {
@@ -272,16 +277,18 @@ def efficiency_table(
             }
         )
 
-    def predict(m: OTSeg, precision: Precision = "float32") -> Callable[[], Any]:
-        return lambda: m.predict_scores(image, precision=precision)
+    def predict(
+        m: OTSeg, precision: Precision = "float32", options: InferenceOptions | None = None
+    ) -> Callable[[], Any]:
+        return lambda: m.predict_scores(image, precision=precision, options=options)
 
-    def head_only(name: str) -> Callable[[], Any]:
+    def head_only(name: str, options: InferenceOptions | None = None) -> Callable[[], Any]:
         model, (patch, global_emb) = models[name], head_inputs[name]
         seen = model.seen_mask if model.config.apply_seen_bias else None
 
         def fn() -> None:
             with torch.no_grad():
-                model.head.predict(patch, global_emb, model.class_embeddings, seen)
+                model.head.predict(patch, global_emb, model.class_embeddings, seen, options)
 
         return fn
 
@@ -299,14 +306,15 @@ def efficiency_table(
     capped_head: dict[str, dict[str, float]] = {}
     capped_iterations: dict[str, float] = {}
     if capped:
-        # The baseline has no Sinkhorn call, so it runs unchanged inside the override: interleave it again so that
-        # the capped overheads compare runs made at the same time.
+        # The baseline has no Sinkhorn call, so it runs unchanged with the capped options: interleave it again so
+        # that the capped overheads compare runs made at the same time.
         names = [n for n, row in zip(models, rows, strict=True) if row["sinkhorn_calls"] or n == base_name]
         # The default loop (per-iteration stop checks) made to run to max_iter: what trained weights cost at worst.
-        with sinkhorn_overrides(thresh=0.0):
-            capped_times = _time_interleaved({n: predict(models[n]) for n in names}, device, warmup, repeats)
-            capped_head = _time_interleaved({n: head_only(n) for n in names}, device, warmup, head_rounds)
-            capped_iterations = {n: _sinkhorn_calls(models[n], image)[1] for n in names}
+        capped_times = _time_interleaved(
+            {n: predict(models[n], options=CAPPED) for n in names}, device, warmup, repeats
+        )
+        capped_head = _time_interleaved({n: head_only(n, CAPPED) for n in names}, device, warmup, head_rounds)
+        capped_iterations = {n: _sinkhorn_calls(models[n], image, CAPPED)[1] for n in names}
     for row in rows:
         name = row["name"]
         t, h = times[name], head_times[name]
@@ -345,10 +353,11 @@ def _precision_key(name: str, precision: Precision) -> str:
     return f"{name} @ {precision}"
 
 
-def _sinkhorn_calls(model: OTSeg, image: Tensor) -> tuple[int, float]:
-    """Sinkhorn calls of one `predict_scores(image)` and their mean iteration count (0 without calls)."""
+def _sinkhorn_calls(model: OTSeg, image: Tensor, options: InferenceOptions | None = None) -> tuple[int, float]:
+    """Sinkhorn calls of one `predict_scores(image, options=options)` and their mean iteration count (0 without
+    calls)."""
     with record_sinkhorn_calls() as calls:
-        model.predict_scores(image)
+        model.predict_scores(image, options=options)
     return len(calls), statistics.mean(c.iterations for c in calls) if calls else 0.0
 
 

@@ -60,8 +60,9 @@ from torch import Tensor, nn
 from otseg.data.transforms import TestResize
 from otseg.errors import BadValueError, MissingExtraError, MissingFileError
 from otseg.image_io import read_image
+from otseg.model.inference_options import InferenceOptions
 from otseg.model.segmentor import OTSeg, slide_windows
-from otseg.ops.sinkhorn import sinkhorn_overrides
+from otseg.ops.sinkhorn_options import SinkhornOptions, SinkhornUpdate
 from otseg.predictor import Prediction
 from otseg.utils import atomic_write, atomic_write_text
 from otseg.version import __version__
@@ -73,6 +74,7 @@ __all__ = [
     "StageClock",
     "compare_with_onnxruntime",
     "export_onnx",
+    "exported_options",
     "normalise_image",
     "onnx_metadata",
     "onnx_segment_image",
@@ -83,7 +85,7 @@ __all__ = [
 ONNX_FORMAT = "otseg-onnx"
 ONNX_FORMAT_VERSION = 1
 DEFAULT_OPSET = 18  # the opset torch's ONNX function library is written in: no version conversion needed
-SINKHORN_UPDATE = "log"  # see the module docstring
+SINKHORN_UPDATE: SinkhornUpdate = "log"  # see the module docstring
 _META_PREFIX = "otseg."
 _INSTALL_HINT = "pip install 'otseg[onnx]'  (onnx, onnxscript, onnxruntime)"
 PROGRESS_EVERY_S = 30.0  # while a stage of the export runs, a line this often
@@ -111,15 +113,23 @@ def require_module(module: str, purpose: str) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ export
-class _EncodeDecode(nn.Module):
-    """The graph that is exported: images (B, 3, H, W) -> scores (B, K, H, W), `OTSeg.encode_decode`."""
+def exported_options(sinkhorn_iters: int, update: SinkhornUpdate = SINKHORN_UPDATE) -> InferenceOptions:
+    """The inference options the graph is traced with: the config's ensemble weight and seen bias, and the Sinkhorn
+    at `sinkhorn_iters` fixed iterations with the given update (the export's is `SINKHORN_UPDATE`)."""
+    return InferenceOptions(sinkhorn=SinkhornOptions(fixed_iters=sinkhorn_iters, update=update))
 
-    def __init__(self, model: OTSeg) -> None:
+
+class _EncodeDecode(nn.Module):
+    """The graph that is exported: images (B, 3, H, W) -> scores (B, K, H, W), `OTSeg.encode_decode` with fixed
+    inference options (constants of the graph)."""
+
+    def __init__(self, model: OTSeg, options: InferenceOptions) -> None:
         super().__init__()
         self.model = model
+        self.options = options
 
     def forward(self, image: Tensor) -> Tensor:
-        return self.model.encode_decode(image)
+        return self.model.encode_decode(image, options=self.options)
 
 
 def _as_size(image_size: int | Sequence[int] | None, model: OTSeg) -> tuple[int, int]:
@@ -344,7 +354,8 @@ def export_onnx(
 
     Returns:
         The path written. The graph maps `image` float32 (B, 3, H, W) -> `scores` float32 (B, K, H, W), equal to
-        `model.encode_decode(image)` under `sinkhorn_overrides(fixed_iters=sinkhorn_iters, update="log")`.
+        `model.encode_decode(image, options=exported_options(sinkhorn_iters))` (the Sinkhorn at `sinkhorn_iters`
+        fixed iterations, log-domain update).
     """
     if not isinstance(model, OTSeg):
         raise TypeError(f"export_onnx needs an otseg.OTSeg model, got {type(model).__name__}")
@@ -379,7 +390,6 @@ def export_onnx(
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(_quiet_exporter())
-                stack.enter_context(sinkhorn_overrides(fixed_iters=iters, update=SINKHORN_UPDATE))
                 stack.enter_context(torch.no_grad())
                 if clock is not None:  # the exporter names its stages on stdout (verbose=None): follow them
                     stack.enter_context(clock)
@@ -387,7 +397,7 @@ def export_onnx(
                     stack.enter_context(contextlib.redirect_stdout(messages))
                     stack.callback(messages.flush)
                 program = torch.onnx.export(
-                    _EncodeDecode(model).eval(),
+                    _EncodeDecode(model, exported_options(iters)).eval(),
                     (example,),
                     dynamo=True,
                     input_names=["image"],
@@ -575,8 +585,8 @@ def compare_with_onnxruntime(
     try:
         with torch.no_grad():
             x = images.to(device)
-            with sinkhorn_overrides(fixed_iters=meta["sinkhorn_iters"], update=meta["sinkhorn_update"]):
-                fixed = model.encode_decode(x).cpu().numpy()
+            options = exported_options(meta["sinkhorn_iters"], meta["sinkhorn_update"])
+            fixed = model.encode_decode(x, options=options).cpu().numpy()
             default = torch.cat([model.encode_decode(x[i : i + 1]) for i in range(x.shape[0])]).cpu().numpy()
     finally:
         model.train(was_training)

@@ -34,6 +34,7 @@ from otseg.data.transforms import TestTransform
 from otseg.errors import BadValueError, MissingFileError
 from otseg.image_io import ImageInput, describe_source, read_image
 from otseg.model.build import attach_clip_text_tower
+from otseg.model.inference_options import InferenceOptions
 from otseg.model.labels import upsampled_argmax
 from otseg.model.precision import Precision, check_precision, precision_note
 from otseg.model.presets import get_preset, list_presets
@@ -132,6 +133,8 @@ class Predictor:
             hardware computes in bfloat16 (recent GPUs, CPUs with AVX512-BF16 or AMX; a warning says when this
             CPU has none); the decode head, its Sinkhorn and the scores stay float32 (`otseg.model.precision`;
             docs/speed.md gives the speed and the agreement with float32).
+        options: the test-time settings of every `predict` (`InferenceOptions`: ensemble weight, seen bias,
+            Sinkhorn modes); None: the model config's.
 
     `predict` never changes the model: the class set of a call is passed to the model, not stored in it.
     """
@@ -144,10 +147,14 @@ class Predictor:
         vocabulary: Iterable[str] | None = None,
         max_pixels: int | None = None,
         precision: Precision = "float32",
+        options: InferenceOptions | None = None,
     ):
         if not isinstance(model, OTSeg):
             raise TypeError(f"Predictor needs an otseg.OTSeg model, got {type(model).__name__}")
+        if options is not None and not isinstance(options, InferenceOptions):
+            raise TypeError(f"Predictor options must be an otseg InferenceOptions, got {type(options).__name__}")
         self._precision = check_precision(precision)
+        self.options = options
         self.model = model.eval()
         if device is not None:
             self.model.to(device)
@@ -177,6 +184,7 @@ class Predictor:
         overrides: dict[str, Any] | None = None,
         trust_unverified: bool = False,
         precision: Precision = "float32",
+        options: InferenceOptions | None = None,
     ) -> Predictor:
         """Load a predictor.
 
@@ -192,6 +200,7 @@ class Predictor:
             overrides: inference settings of the model's config, e.g. {"stride": 256} (or, for a reference
                 `.pth`, any preset field, as `otseg eval --set` takes them).
             precision: "float32" (default) or "bf16" (see the class docstring).
+            options: test-time settings of every `predict` (see the class docstring).
             trust_unverified: accept an otseg folder or `iter_N.pt` that carries no SHA-256 of its tensors
                 (refused by default: otseg writes one into every file; see `otseg.model_files.otseg_folder`).
         """
@@ -223,7 +232,7 @@ class Predictor:
         if clip is not None:  # the text tower only: the file's backbone (trained prompts) stays as loaded
             attach_clip_text_tower(model, clip)
         vocabulary = None if clip is not None else _saved_vocabulary(name_or_path)
-        return cls(model, device=device, vocabulary=vocabulary, precision=precision)
+        return cls(model, device=device, vocabulary=vocabulary, precision=precision, options=options)
 
     # ------------------------------------------------------------------ classes
     @property
@@ -333,7 +342,9 @@ class Predictor:
         rgb = read_image(image, max_pixels=self.max_pixels)
         where = describe_source(image)
         try:
-            scores = self.model.predict_scores(self.preprocess(rgb), classes=classes, precision=self._precision)
+            scores = self.model.predict_scores(
+                self.preprocess(rgb), classes=classes, precision=self._precision, options=self.options
+            )
             seen = classes[1].cpu().numpy().astype(bool)
             return Prediction(scores[0], rgb.shape[:2], names, rgb, seen_mask=seen, note=note)
         except ValueError as e:

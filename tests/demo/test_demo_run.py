@@ -41,6 +41,7 @@ from otseg.demo.training import build_demo_model, demo_datasets
 from otseg.demo.world import CLASS_NAMES, unseen_ids, world_dir
 from otseg.eval.evaluate import evaluate
 from otseg.formats.openai_clip import read_clip_state_dict
+from otseg.model.inference_options import InferenceOptions
 
 METHODS = {"zegclip", "otseg", "otseg+"}
 SETTINGS = {"inductive", "transductive", "fully"}
@@ -192,10 +193,16 @@ def test_demo_model_pack_round_trip(tmp_path):
 
     _, val_set = demo_datasets(settings, world_dir(settings.world, tmp_path))
     fast = unbiased_metrics(model, val_set, batch_size=4)
-    assert model.head.cfg.seen_bias == 0.1  # restored
-    model.head.cfg.seen_bias = 0.0
-    regular = evaluate(model, val_set, progress=False)
+    assert model.head.cfg.seen_bias == 0.1  # the bias-free scoring passes options: the config is not edited
+    regular = evaluate(model, val_set, progress=False, options=InferenceOptions(seen_bias=0.0))
     assert fast["per_class_iou"] == regular["per_class_iou"]
+    # The other inference options go through too (plain OTSeg's decoder path alone, still bias-free).
+    decoder_only = InferenceOptions(ensemble_weight=1.0)
+    fast_decoder = unbiased_metrics(model, val_set, batch_size=4, options=decoder_only)
+    regular_decoder = evaluate(
+        model, val_set, progress=False, options=InferenceOptions(ensemble_weight=1.0, seen_bias=0.0)
+    )
+    assert fast_decoder["per_class_iou"] == regular_decoder["per_class_iou"] != fast["per_class_iou"]
     # Scored over the seen classes alone, no pixel goes to an unseen class.
 
     same_pass, seen_only = unbiased_and_seen_only_metrics(model, val_set, batch_size=4)

@@ -18,9 +18,9 @@ from otseg.benchmark import efficiency_table, format_table, full_macs, mmcv_styl
 from otseg.cli import bench as bench_command
 from otseg.config import HeadConfig
 from otseg.model.head import OTSegHead
+from otseg.model.inference_options import InferenceOptions
 from otseg.model_files.reference_pth import map_reference_key
-from otseg.ops import record_sinkhorn_calls, sinkhorn, sinkhorn_potentials, sinkhorn_rules
-from otseg.ops.sinkhorn import sinkhorn_overrides
+from otseg.ops import SinkhornOptions, record_sinkhorn_calls, sinkhorn, sinkhorn_potentials, sinkhorn_rules
 from otseg.ops.sinkhorn_backward import implicit_backward
 
 GOLDEN_CASES = load_golden("sinkhorn.pt")["cases"]
@@ -155,16 +155,14 @@ def test_info_reports_marginal_errors():
     assert calls[0].backward is None
 
 
-def test_overrides_apply_to_every_call_in_the_block():
+def test_fixed_iters_and_a_looser_thresh_change_the_iteration_count():
     case = GOLDEN_CASES[0]
-    with sinkhorn_overrides(fixed_iters=5), record_sinkhorn_calls() as calls:
-        sinkhorn(case["C"], case["epsilon"], max_iter=100)
+    with record_sinkhorn_calls() as calls:
+        sinkhorn(case["C"], case["epsilon"], max_iter=100, fixed_iters=5)
     assert calls[0].iterations == 5 and calls[0].syncs == 1
-    with sinkhorn_overrides(thresh=1e-4), record_sinkhorn_calls() as calls:
-        sinkhorn(case["C"], case["epsilon"])
+    with record_sinkhorn_calls() as calls:
+        sinkhorn(case["C"], case["epsilon"], thresh=1e-4)
     assert calls[0].iterations < case["iterations"]
-    with pytest.raises(TypeError, match="unknown sinkhorn setting"), sinkhorn_overrides(eps=0.1):
-        pass
 
 
 def test_scaling_update_falls_back_to_the_log_domain_on_non_finite_values(monkeypatch):
@@ -272,9 +270,11 @@ def test_decode_head_golden_with_chunked_checks():
     head, g = _golden_head()
     x, ref = g["inputs"], g["results"]["eval_inductive"]
     seen = torch.tensor([True, True, True, False, False])
-    with torch.no_grad(), sinkhorn_overrides(check_every="adaptive"), record_sinkhorn_calls() as calls:
-        pred = head.predict(x["visual"], x["cls_token"], x["text"], seen)
+    adaptive = InferenceOptions(sinkhorn=SinkhornOptions(check_every="adaptive"))
+    with torch.no_grad(), record_sinkhorn_calls() as calls:
+        pred = head.predict(x["visual"], x["cls_token"], x["text"], seen, adaptive)
     assert [c.iterations for c in calls] == [c["iterations"] for c in ref["sinkhorn_calls"]]
+    assert all(c.syncs is not None and c.syncs < c.iterations for c in calls)  # chunked: the option reached the loop
     torch.testing.assert_close(pred, ref["pred"], atol=1e-5, rtol=1e-4)
 
 
@@ -481,7 +481,7 @@ def test_efficiency_table_forces_the_default_loop_to_its_cap():
     for name in ("OTSeg", "OTSeg+"):
         row = by_name[name]
         assert 0 < row["sinkhorn_iterations"] < 100  # random weights converge quickly...
-        assert row["sinkhorn_iterations_capped"] == 100  # ...and the override makes every call run to the cap
+        assert row["sinkhorn_iterations_capped"] == 100  # ...and the capped options make every call run to the cap
         assert row["head_ms_capped"] > 0 and math.isfinite(row["head_overhead_capped"])
     assert by_name["OTSeg+"]["sinkhorn_calls"] == by_name["OTSeg"]["sinkhorn_calls"] + 1  # the MPS path
     assert "| OTSeg+ | 6 |" in format_table(rows) and "| 100, " in format_table(rows)

@@ -1,4 +1,4 @@
-"""SinkhornOptions passed explicitly to MPS / MPSA: stopping groups of images, and the backward."""
+"""SinkhornOptions passed explicitly to MPS / MPSA: stopping groups of images, the backward, the loop's modes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from otseg.ops import (
     MultiPromptSinkhornAttention,
     SinkhornOptions,
     record_sinkhorn_calls,
-    sinkhorn_overrides,
+    sinkhorn,
     transport_weighted_scores,
 )
 
@@ -69,9 +69,9 @@ def test_unrolled_backward_option_gives_the_unrolled_gradient():
     sim = _similarities(batch=2)
     unrolled, calls = _gradient(sim, SinkhornOptions(backward="unrolled", stop_group=1))
     assert [(c.backward, c.update) for c in calls] == [("unrolled", "reference")] * 2
-    # The side channel, per image (one stopping test each, as the option's groups), gives the same gradient.
-    with sinkhorn_overrides(backward="unrolled"):
-        reference = torch.cat([_gradient(sim[i : i + 1].contiguous(), None)[0] for i in range(2)])
+    # One call per image (one stopping test each, as the option's groups) gives the same gradient.
+    alone = SinkhornOptions(backward="unrolled")
+    reference = torch.cat([_gradient(sim[i : i + 1].contiguous(), alone)[0] for i in range(2)])
     assert torch.equal(unrolled, reference)
 
     implicit, calls = _gradient(sim, SinkhornOptions(backward="implicit", stop_group=1))
@@ -93,7 +93,49 @@ def test_mpsa_passes_the_options_to_its_sinkhorn():
         torch.testing.assert_close(grouped[i : i + 1], alone, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"backward": "both"}, "backward"), ({"stop_group": 0}, "stop_group")])
+@pytest.mark.parametrize(
+    "modes",
+    [{"fixed_iters": 5}, {"thresh": 1e-4}, {"update": "log"}, {"update": "reference"}, {"check_every": 3},
+     {"max_iter": 7}, {"fixed_iters": 4, "update": "log", "check_every": "adaptive"}],
+)  # fmt: skip
+def test_loop_modes_reach_every_call_as_sinkhorn_keywords(modes):
+    # The options' modes replace what the caller passes (here the reference's max_iter 100 and thresh 1e-6), and give
+    # the plan a direct `sinkhorn` call with those keywords gives.
+    sim = _similarities()
+    with record_sinkhorn_calls() as calls:
+        _, plan = transport_weighted_scores(sim, options=SinkhornOptions(stop_group=2, **modes))
+    settings = {"max_iter": 100, "thresh": 1e-6, **modes}
+    direct = torch.cat([sinkhorn(1.0 - sim[lo : lo + 2].reshape(-1, 40, 4), 0.05, **settings) for lo in (0, 2)])
+    assert torch.equal(plan.reshape(-1, 40, 4), direct)
+    with record_sinkhorn_calls() as default_calls:
+        transport_weighted_scores(sim, options=SinkhornOptions(stop_group=2))
+    if "fixed_iters" in modes:
+        assert [c.iterations for c in calls] == [modes["fixed_iters"]] * 2
+    if "max_iter" in modes:
+        assert all(c.iterations <= modes["max_iter"] for c in calls)
+    if "update" in modes:
+        assert {c.update for c in calls} == {modes["update"]}
+    if {"thresh", "max_iter", "fixed_iters"} & set(modes):
+        assert [c.iterations for c in calls] != [c.iterations for c in default_calls]
+
+
+def test_unset_thresh_and_max_iter_are_the_callers():
+    options = SinkhornOptions(update="log")
+    assert options.sinkhorn_kwargs(max_iter=50, thresh=1e-5) == {
+        "max_iter": 50, "thresh": 1e-5, "update": "log", "backward": "implicit", "check_every": "auto",
+        "fixed_iters": None,
+    }  # fmt: skip
+    assert SinkhornOptions(thresh=0.0, max_iter=3).sinkhorn_kwargs(100, 1e-6)["thresh"] == 0.0
+    assert SinkhornOptions(thresh=0.0, max_iter=3).sinkhorn_kwargs(100, 1e-6)["max_iter"] == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"backward": "both"}, "backward"), ({"stop_group": 0}, "stop_group"), ({"fixed_iters": 0}, "fixed_iters"),
+     ({"fixed_iters": True}, "fixed_iters"), ({"update": "fast"}, "update"), ({"thresh": -1e-6}, "thresh"),
+     ({"thresh": float("nan")}, "thresh"), ({"max_iter": 0}, "max_iter"), ({"check_every": 0}, "check_every"),
+     ({"check_every": "sometimes"}, "check_every")],
+)  # fmt: skip
 def test_options_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SinkhornOptions(**kwargs)

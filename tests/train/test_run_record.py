@@ -15,7 +15,8 @@ import otseg
 from conftest import golden_file, tiny_train_args
 from otseg.cli import main
 from otseg.config import TrainConfig
-from otseg.ops.sinkhorn import sinkhorn_overrides
+from otseg.ops import SinkhornOptions
+from otseg.ops.sinkhorn_options import SinkhornBackward
 from otseg.train.run_record import (
     RUN_RECORD_FORMAT,
     _sinkhorn_backward,
@@ -79,8 +80,11 @@ def test_sinkhorn_backward_names_where_it_comes_from() -> None:
     cfg, head = TrainConfig(), otseg.HeadConfig()
     value, source = _sinkhorn_backward(cfg, head)
     assert (value, source) == (getattr(cfg, "sinkhorn_backward", None) or "implicit", source)
-    with sinkhorn_overrides(backward="unrolled"):
-        assert _sinkhorn_backward(cfg, head) == ("unrolled", "sinkhorn_overrides")
+    # The options the trainer passes down: built from the training config, so named after it when they agree.
+    trainer_options = SinkhornOptions(backward=cfg.sinkhorn_backward, stop_group=cfg.sinkhorn_stop_group)
+    assert _sinkhorn_backward(cfg, head, trainer_options) == (cfg.sinkhorn_backward, "train.sinkhorn_backward")
+    other: SinkhornBackward = "unrolled" if cfg.sinkhorn_backward == "implicit" else "implicit"
+    assert _sinkhorn_backward(cfg, head, SinkhornOptions(backward=other)) == (other, "sinkhorn options")
 
 
 def test_batch_decomposition_reads_a_global_batch_setting_when_there_is_one() -> None:

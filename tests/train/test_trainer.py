@@ -13,7 +13,8 @@ import torch.nn.functional as F
 import otseg.ops.mps as mps_module
 from otseg import OTSeg
 from otseg.config import HeadConfig, ModelConfig, Setting, TrainConfig, VisionConfig
-from otseg.ops import record_sinkhorn_calls, sinkhorn_overrides
+from otseg.ops import SinkhornOptions, record_sinkhorn_calls
+from otseg.ops.sinkhorn_options import SinkhornBackward
 from otseg.train.objective import compute_losses, total_loss
 from otseg.train.sampling import SeededDataset, collate_samples
 from otseg.train.schedule import poly_lr
@@ -180,7 +181,7 @@ def test_sinkhorn_stop_group_splits_a_micro_batch_into_stopping_tests(tmp_path):
 
 def test_unrolled_sinkhorn_backward_trains_on_the_unrolled_gradient(tmp_path):
     # train.sinkhorn_backward="unrolled" differentiates through every Sinkhorn iteration (the reference's gradient):
-    # the trainer's first gradient equals the one computed under sinkhorn_overrides(backward="unrolled").
+    # the trainer's first gradient equals the one computed with SinkhornOptions(backward="unrolled").
     grads: list[torch.Tensor] = []
 
     class Spy(Trainer):
@@ -203,10 +204,10 @@ def test_unrolled_sinkhorn_backward_trains_on_the_unrolled_gradient(tmp_path):
     sampler = StepBatchSampler(len(SquaresDataset()), 2, 1, 0, 1, 0, 1, seed=cfg.seed)
     batch = collate_samples([SeededDataset(SquaresDataset())[key] for key in next(iter(sampler))])
 
-    def reference_gradient(backward: str) -> torch.Tensor:
+    def reference_gradient(backward: SinkhornBackward) -> torch.Tensor:
         model = tiny_model(dropout=False, prompts=6)
-        with sinkhorn_overrides(backward=backward):
-            loss = total_loss(compute_losses(model, batch["image"], batch["label"]))
+        options = SinkhornOptions(backward=backward)
+        loss = total_loss(compute_losses(model, batch["image"], batch["label"], sinkhorn_options=options))
         loss.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -114,21 +115,22 @@ def run(args: argparse.Namespace) -> int:
         )
 
     recipe = default_train_config(model.config)
-    tcfg = dataclasses.replace(recipe)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    changes: dict[str, Any] = {}
     for key, value in train_over.items():
         if key not in fields:
             raise BadValueError(f"unknown training setting train.{key}; valid: {sorted(fields)}")
-        setattr(tcfg, key, coerce_text(value, getattr(tcfg, key), f"train.{key}"))
+        changes[key] = coerce_text(value, getattr(recipe, key), f"train.{key}")
     for name in (
         "max_iters", "batch_size", "amp", "seed", "num_workers", "eval_interval", "init_from", "device", "bad_samples",
     ):  # fmt: skip
         given = getattr(args, name, None)
         if given is not None:
-            setattr(tcfg, name, given)
-    tcfg.deterministic = tcfg.deterministic or args.deterministic
-    tcfg.tensorboard = tcfg.tensorboard or args.tensorboard
-    tcfg = dataclasses.replace(tcfg)  # validated as built: --set train.lr=-1 or --max-iters 0 is one clear error
+            changes[name] = given
+    changes["deterministic"] = changes.get("deterministic", recipe.deterministic) or args.deterministic
+    changes["tensorboard"] = changes.get("tensorboard", recipe.tensorboard) or args.tensorboard
+    # A new config, validated as built: --set train.lr=-1 or --max-iters 0 is one clear error.
+    tcfg = dataclasses.replace(recipe, **changes)
     resuming = args.resume not in (None, "auto") or (Path(args.work_dir) / "last_checkpoint").is_file()
     require_transductive_init(args.preset, model.config.setting, model.config.dataset, tcfg, resuming)
 
@@ -139,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         # The global batch over this many processes: its accumulation steps, or one line if it cannot be split.
         # Without --batch-size, the recipe's 4 images per process, or fewer where the processes need it (8 x 2).
         if args.batch_size is None and "batch_size" not in train_over:
-            tcfg.batch_size = fitting_batch_size(tcfg.global_batch, dist_info.world_size, tcfg.batch_size)
+            fitting = fitting_batch_size(tcfg.global_batch, dist_info.world_size, tcfg.batch_size)
+            tcfg = dataclasses.replace(tcfg, batch_size=fitting)
         tcfg = resolve_batch(tcfg, dist_info.world_size)
         name = dataset_name(args, model.config)
         require_usable(name, args.data_root, ("train", "val"), verbose=dist_info.is_main)

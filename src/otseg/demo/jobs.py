@@ -26,6 +26,7 @@ from otseg.demo.training import demo_datasets, demo_holdout_set, logged_evaluati
 from otseg.demo.world import CLASS_NAMES, seen_ids
 from otseg.eval.evaluate import evaluate
 from otseg.formats.openai_clip import read_clip_state_dict
+from otseg.model.inference_options import InferenceOptions
 
 __all__ = ["DemoJob", "JobContext", "demo_jobs", "job_folder", "run_job", "start_checkpoint"]
 
@@ -136,21 +137,23 @@ def run_job(
     result["resumed_at"] = resumed_at[0] if resumed_at else None
 
     def score(method: str, setting: str) -> None:
+        # One trained model, scored as each method: OTSeg and OTSeg+ differ only in the test-time ensemble weight,
+        # given to the calls (the model's config stays the one it was trained with).
+        options = InferenceOptions(ensemble_weight=0.5 if method in ("otseg+", "control") else 1.0)
         t_eval = time.perf_counter()
-        metrics = evaluate(model, val_set, progress=False)
+        metrics = evaluate(model, val_set, progress=False, options=options)
         result["rows"].append(results_row(method, setting, metrics))
         result["per_class"][f"{method} {setting}"] = metrics["per_class_iou"]
-        result["predictions"][(method, setting)] = predict_labels(model, val_set, ctx.panel_ids)
+        result["predictions"][(method, setting)] = predict_labels(model, val_set, ctx.panel_ids, options)
         if setting == "inductive" and model.config.apply_seen_bias and model.head.cfg.seen_bias:
-            result["rows_bias0"].append(results_row(method, setting, unbiased_metrics(model, val_set)))
+            result["rows_bias0"].append(results_row(method, setting, unbiased_metrics(model, val_set, options=options)))
         result["timings"][f"eval {method} {setting}"] = round(time.perf_counter() - t_eval, 2)
 
     for method in job.methods:
-        model.head.cfg.ensemble_weight = 0.5 if method == "otseg+" else 1.0
         score(method, job.setting)
     if job == DemoJob("otseg", "inductive"):
-        # The model behind Predictor.from_pretrained("demo") / `otseg segment --model demo` (OTSeg+ inductive).
-        model.head.cfg.ensemble_weight = 0.5
+        # The model behind Predictor.from_pretrained("demo") / `otseg segment --model demo` (OTSeg+ inductive): it
+        # was trained as this job's last method, OTSeg+, so its config's ensemble weight is OTSeg+'s 0.5.
         save_demo_model(model, cfg)
         # The control: OTSeg+ with the unseen classes' names replaced by made-up words, whose embeddings carry no
         # knowledge of those classes; the seen classes, the prompts and the seen-class bias are unchanged. (Random

@@ -13,6 +13,7 @@ import torch
 from otseg.demo.presets import METHODS, SETTINGS
 from otseg.demo.table import METHOD_TITLES
 from otseg.demo.world import CLASS_NAMES, unseen_ids
+from otseg.model.inference_options import InferenceOptions
 from otseg.model.segmentor import OTSeg
 from otseg.viz import label_map_panel
 
@@ -37,10 +38,13 @@ def panel_indices(val_set: Any, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def predict_labels(model: OTSeg, val_set: Any, indices: Sequence[int]) -> list[np.ndarray]:
+def predict_labels(
+    model: OTSeg, val_set: Any, indices: Sequence[int], options: InferenceOptions | None = None
+) -> list[np.ndarray]:
+    """The label maps of `val_set`'s images `indices`, scored with `options` (`OTSeg.predict_scores`)."""
     out = []
     for i in indices:
-        scores = model.predict_scores(val_set[i]["image"][None])
+        scores = model.predict_scores(val_set[i]["image"][None], options=options)
         out.append(scores.argmax(1)[0].numpy().astype(np.uint8))
     return out
 

@@ -87,9 +87,12 @@ def demo_model_config(
         raise UnknownNameError(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
     world = world or WorldConfig()
     clip = clip or TinyClipConfig()
-    vision = clip.vision_config(world.image_size)
-    vision.num_prompt_tokens = 4  # VOC uses 10 tokens for 1024 patches; the demo has 64 patches
-    vision.deep_prompt_layers = vision.layers - 1  # prompts in every block, as all released configs
+    tower = clip.vision_config(world.image_size)
+    vision = replace(
+        tower,
+        num_prompt_tokens=4,  # VOC uses 10 tokens for 1024 patches; the demo has 64 patches
+        deep_prompt_layers=tower.layers - 1,  # prompts in every block, as all released configs
+    )
     zeg = training_arch(method) == "zegclip"
     head = HeadConfig(
         embed_dim=clip.embed_dim,

@@ -223,7 +223,8 @@ def demo_model_dir(
 
 
 def _train(cfg: DemoSettings, clip_state: dict[str, Tensor], cache: str | os.PathLike | None, progress: bool) -> OTSeg:
-    """One inductive OTSeg run with the demo recipe, exactly as `otseg demo` trains it; ensemble weight 0.5."""
+    """One inductive OTSeg run with the demo recipe, exactly as `otseg demo` trains it; its config is OTSeg+'s
+    (`DEMO_MODEL_METHOD`: ensemble weight 0.5)."""
     root = world_dir(cfg.world, cache)
     train_set, _ = demo_datasets(cfg, root)
     base = Path(cache) if cache is not None else demo_cache_root()
@@ -231,7 +232,6 @@ def _train(cfg: DemoSettings, clip_state: dict[str, Tensor], cache: str | os.Pat
     with tempfile.TemporaryDirectory(prefix=".train-", dir=base) as work:
         model = train_demo_model(cfg, DEMO_MODEL_METHOD, DEMO_MODEL_SETTING, clip_state, train_set, Path(work),
                                  progress=progress)  # fmt: skip
-    model.head.cfg.ensemble_weight = 0.5
     return model
 
 

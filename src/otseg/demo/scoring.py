@@ -3,6 +3,7 @@ the held-out curves), the seen-only argmax, and the control's made-up class name
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 from otseg.demo.world import CLASS_NAMES, seen_ids, unseen_ids
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
+from otseg.model.inference_options import InferenceOptions
 
 __all__ = [
     "control_embeddings",
@@ -44,21 +46,26 @@ def control_embeddings(model: Any, seed: int) -> torch.Tensor:
     return model.class_embeddings.clone()
 
 
-def unbiased_metrics(model: Any, dataset: Any, batch_size: int = 50) -> dict[str, Any]:
+def unbiased_metrics(
+    model: Any, dataset: Any, batch_size: int = 50, options: InferenceOptions | None = None
+) -> dict[str, Any]:
     """`compute_metrics` of `model` on `dataset` without the seen-class bias, the world's 12/4 split.
 
     The images are scored in batches (the world's images are all one crop in size, so each is one window of the
     regular slide inference); a class absent from both the ground truth and the predictions is left out, as in
-    `evaluate`. The model's mode and bias are restored afterwards.
+    `evaluate`. `options`: the other inference settings (e.g. the ensemble weight), the seen bias replaced by 0;
+    None: the model config's. The model's mode is restored afterwards.
     """
-    everything, _ = _unbiased_confusions(model, dataset, batch_size, seen_only_too=False)
+    everything, _ = _unbiased_confusions(model, dataset, batch_size, seen_only_too=False, options=options)
     return _world_metrics(everything)
 
 
-def unbiased_and_seen_only_metrics(model: Any, dataset: Any, batch_size: int = 50) -> tuple[dict, dict]:
+def unbiased_and_seen_only_metrics(
+    model: Any, dataset: Any, batch_size: int = 50, options: InferenceOptions | None = None
+) -> tuple[dict, dict]:
     """`unbiased_metrics`, and from the same scores the metrics with each pixel sent to the best of the 12 seen
     classes, the classes inductive training scores (a diagnostic of the held-out curve, research/)."""
-    everything, seen_only = _unbiased_confusions(model, dataset, batch_size, seen_only_too=True)
+    everything, seen_only = _unbiased_confusions(model, dataset, batch_size, seen_only_too=True, options=options)
     assert seen_only is not None
     return _world_metrics(everything), _world_metrics(seen_only)
 
@@ -69,21 +76,20 @@ def _world_metrics(cm: ConfusionMatrix) -> dict[str, Any]:
 
 @torch.no_grad()
 def _unbiased_confusions(
-    model: Any, dataset: Any, batch_size: int, seen_only_too: bool
+    model: Any, dataset: Any, batch_size: int, seen_only_too: bool, options: InferenceOptions | None = None
 ) -> tuple[ConfusionMatrix, ConfusionMatrix | None]:
     """One bias-free pass of `model` over `dataset` (see `unbiased_metrics`): the confusion matrix of the argmax over
     every class and, with `seen_only_too`, of the argmax over the seen classes alone."""
     unseen = torch.tensor(unseen_ids())
+    unbiased = dataclasses.replace(options or InferenceOptions(), seen_bias=0.0)
     was_training = model.training
-    bias = model.head.cfg.seen_bias
     model.eval()
-    model.head.cfg.seen_bias = 0.0
     everything = ConfusionMatrix(model.num_classes)
     seen_only = ConfusionMatrix(model.num_classes) if seen_only_too else None
     try:
         for start in range(0, len(dataset), batch_size):
             samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            scores = model.predict_scores(torch.stack([s["image"] for s in samples]))
+            scores = model.predict_scores(torch.stack([s["image"] for s in samples]), options=unbiased)
             labels = torch.stack([s["label"] for s in samples])
             if scores.shape[-2:] != labels.shape[-2:]:
                 scores = F.interpolate(scores, size=tuple(labels.shape[-2:]), mode="bilinear", align_corners=False)
@@ -92,7 +98,6 @@ def _unbiased_confusions(
                 scores[:, unseen] = -math.inf
                 seen_only.update(scores.argmax(1), labels)
     finally:
-        model.head.cfg.seen_bias = bias
         model.train(was_training)
     return everything, seen_only
 

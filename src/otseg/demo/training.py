@@ -7,7 +7,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +131,15 @@ def train_demo_model(
     model = build_demo_model(cfg, method, setting, clip_state, model_config)
     train_cfg = demo_train_config(training_arch(method), setting, cfg.recipe, seed=cfg.world.seed, init_from=init_from)
     if evaluate is not None:
-        train_cfg.eval_interval = max(train_cfg.max_iters // max(cfg.recipe.eval_points, 1), 1)
+        eval_interval = max(train_cfg.max_iters // max(cfg.recipe.eval_points, 1), 1)
         # A checkpoint at each evaluation too, so that an interrupted run resumes from the last one; the one at
         # half an inductive schedule, where the transductive run starts, is kept.
-        train_cfg.keep_every = train_cfg.checkpoint_interval if setting == "inductive" else 0
-        train_cfg.checkpoint_interval = math.gcd(train_cfg.checkpoint_interval, train_cfg.eval_interval)
+        train_cfg = replace(
+            train_cfg,
+            eval_interval=eval_interval,
+            keep_every=train_cfg.checkpoint_interval if setting == "inductive" else 0,
+            checkpoint_interval=math.gcd(train_cfg.checkpoint_interval, eval_interval),
+        )
     this_run = {"train": asdict(train_cfg), "model": model.config.to_dict()}  # as the trainer writes it
     resume_from = find_latest_checkpoint(work) if _same_run_config(work, this_run) else None
     if resume_from is not None and train_cfg.keep_every:

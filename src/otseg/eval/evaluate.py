@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from otseg.distributed import DistInfo
 from otseg.eval.metrics import ConfusionMatrix, compute_metrics
+from otseg.model.inference_options import InferenceOptions
 from otseg.model.labels import upsampled_argmax
 from otseg.model.precision import Precision, check_precision
 from otseg.model.segmentor import OTSeg
@@ -54,6 +55,7 @@ def evaluate(
     save_predictions: str | os.PathLike | None = None,
     skip_bad: bool = False,
     precision: Precision = "float32",
+    options: InferenceOptions | None = None,
 ) -> dict[str, Any]:
     """Score `model` on `dataset` (items: "image" (3, h, w) resized+normalised, "label" (H, W) original size).
 
@@ -65,6 +67,8 @@ def evaluate(
         skip_bad: a sample that cannot be read (corrupt image, bad label) is skipped and listed under
             "skipped" in the result, instead of stopping the evaluation (what `--bad-samples skip` asks for).
         precision: "float32" (default) or "bf16" (`OTSeg.predict_scores`; `otseg.model.precision`).
+        options: ensemble weight, seen bias and Sinkhorn modes of the scoring (`InferenceOptions`, passed to
+            `OTSeg.predict_scores`); None: the model config's.
 
     Returns:
         `compute_metrics(...)` (percent) plus "num_images".
@@ -95,7 +99,7 @@ def evaluate(
                     bar.update(1)
                 continue
             label = sample["label"].to(d.device)
-            scores = model.predict_scores(sample["image"][None].to(d.device), precision=precision)
+            scores = model.predict_scores(sample["image"][None].to(d.device), precision=precision, options=options)
             pred = upsampled_argmax(scores[0], tuple(label.shape[-2:]))
             cm.update(pred, label, source=str(sample.get("path", i)))
             if out_dir is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -126,5 +127,7 @@ def _text_tower(
 
 
 def _attach(model: OTSeg, text_encoder: TextEncoder) -> None:
-    model.config.text = text_encoder.text_cfg  # saved with the model, so the text tower can be rebuilt from our format
+    # The text tower's config goes into a new model config (saved with the model, so that the tower can be rebuilt
+    # from our format); the validated config the model was built with is not edited.
+    model.config = dataclasses.replace(model.config, text=text_encoder.text_cfg)
     model.attach_text_encoder(text_encoder)

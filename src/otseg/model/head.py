@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from otseg.config import HeadConfig
 from otseg.errors import BadValueError
+from otseg.model.inference_options import InferenceOptions
 from otseg.ops.mps import mps_scores
 from otseg.ops.mpsa import MultiPromptSinkhornAttention, SoftmaxCrossAttention
 from otseg.ops.sinkhorn_options import SinkhornOptions
@@ -175,25 +176,41 @@ class OTSegHead(nn.Module):
         upsample_to = None if upsample else self.cfg.output_size
         return HeadOutput(decoder_logits, mps_logits, queries, layer_queries, layer_maps, upsample_to)
 
-    def ensemble_logits(self, out: HeadOutput) -> Tensor:
-        """OTSeg+ test-time logits: w * decoder + (1 - w) * MPS (decoder alone without the MPS path)."""
+    def ensemble_logits(self, out: HeadOutput, options: InferenceOptions | None = None) -> Tensor:
+        """OTSeg+ test-time logits: w * decoder + (1 - w) * MPS (decoder alone without the MPS path).
+
+        options: `options.ensemble_weight` is w; None (or its None): `cfg.ensemble_weight`.
+        """
         if out.mps_logits is None:
             return out.decoder_logits
-        w = self.cfg.ensemble_weight
+        given = None if options is None else options.ensemble_weight
+        w = self.cfg.ensemble_weight if given is None else given
         return w * out.decoder_logits + (1.0 - w) * out.mps_logits
 
-    def predict(self, patch_emb: Tensor, global_emb: Tensor, text: Tensor, seen_mask: Tensor | None) -> Tensor:
+    def predict(
+        self,
+        patch_emb: Tensor,
+        global_emb: Tensor,
+        text: Tensor,
+        seen_mask: Tensor | None,
+        options: InferenceOptions | None = None,
+    ) -> Tensor:
         """Test-time class scores (B, K, S, S): sigmoid of the ensemble, minus `seen_bias` on seen channels.
 
         Args:
             seen_mask: (K,) bool, classes that get the seen-class bias; None for no bias.
+            options: ensemble weight, seen bias and Sinkhorn modes of this call (`InferenceOptions`); None, or
+                a None field: the config's (`cfg.ensemble_weight`, `cfg.seen_bias`, the reference's Sinkhorn).
         """
+        options = InferenceOptions() if options is None else options
         # Bilinear upsampling is linear, so blending the two paths on the patch grid and upsampling once equals
         # upsampling both and blending (to float rounding), at half the upsampling cost.
-        grid_logits = self.ensemble_logits(self.forward(patch_emb, global_emb, text, upsample=False))
+        out = self.forward(patch_emb, global_emb, text, upsample=False, sinkhorn_options=options.sinkhorn)
+        grid_logits = self.ensemble_logits(out, options)
         b, k, h, w = grid_logits.shape
         probs = torch.sigmoid(self._upsample(grid_logits.reshape(b, k, -1), (h, w)))
-        if seen_mask is not None and self.cfg.seen_bias:
-            bias = seen_mask.to(probs.dtype) * self.cfg.seen_bias
+        seen_bias = self.cfg.seen_bias if options.seen_bias is None else options.seen_bias
+        if seen_mask is not None and seen_bias:
+            bias = seen_mask.to(probs.dtype) * seen_bias
             probs = probs - bias[None, :, None, None]
         return probs

@@ -14,6 +14,7 @@ from otseg.clip.vpt import VPTVisionTransformer
 from otseg.config import ModelConfig, resolve_templates
 from otseg.errors import BadModelError, BadValueError
 from otseg.model.head import HeadOutput, OTSegHead
+from otseg.model.inference_options import InferenceOptions
 from otseg.model.precision import Precision, check_precision, image_tower_autocast
 from otseg.model.text import compute_class_embeddings, validate_class_names
 from otseg.ops.sinkhorn_options import SinkhornOptions
@@ -191,7 +192,11 @@ class OTSeg(nn.Module):
         return self.class_embeddings, self.seen_mask
 
     def encode_decode(
-        self, images: Tensor, classes: tuple[Tensor, Tensor] | None = None, precision: Precision = "float32"
+        self,
+        images: Tensor,
+        classes: tuple[Tensor, Tensor] | None = None,
+        precision: Precision = "float32",
+        options: InferenceOptions | None = None,
     ) -> Tensor:
         """Test-time scores over all classes for whole images: (B, K, H, W) (the reference's `encode_decode`).
 
@@ -199,7 +204,10 @@ class OTSeg(nn.Module):
         model is left unchanged (what `Predictor` uses, so that concurrent calls cannot disturb each other).
         precision: "bf16" runs the image tower under bfloat16 autocast; the head and the scores stay float32
         (`otseg.model.precision`).
+        options: ensemble weight, seen bias and Sinkhorn modes of this call (`InferenceOptions`); None: the
+        config's. The model's config is never changed.
         """
+        options = InferenceOptions() if options is None else options
         text, seen_mask = self._classes(classes)
         if precision == "float32":
             patch_emb, global_emb = self.backbone(images)
@@ -207,8 +215,9 @@ class OTSeg(nn.Module):
             with image_tower_autocast(precision, images.device):
                 patch_emb, global_emb = self.backbone(images)
             patch_emb, global_emb = patch_emb.float(), global_emb.float()
-        seen = seen_mask if self.config.apply_seen_bias else None
-        scores = self.head.predict(patch_emb, global_emb, text, seen)
+        # The config's bias applies only in its settings (not after self-training); a bias given in the options does.
+        seen = seen_mask if self.config.apply_seen_bias or options.seen_bias is not None else None
+        scores = self.head.predict(patch_emb, global_emb, text, seen, options)
         return F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
     def slide_inference(
@@ -217,10 +226,12 @@ class OTSeg(nn.Module):
         out_size: tuple[int, int] | None = None,
         classes: tuple[Tensor, Tensor] | None = None,
         precision: Precision = "float32",
+        options: InferenceOptions | None = None,
     ) -> Tensor:
         """Average `encode_decode` over overlapping crops (config crop_size/stride), resized to `out_size`.
 
-        images (B, 3, H, W) -> (B, K, *out_size) (default: (H, W)). `classes` and `precision` as in `encode_decode`.
+        images (B, 3, H, W) -> (B, K, *out_size) (default: (H, W)). `classes`, `precision` and `options` as in
+        `encode_decode`.
         """
         classes = self._classes(classes)
         b, _, h, w = images.shape
@@ -228,7 +239,7 @@ class OTSeg(nn.Module):
         total = images.new_zeros((b, classes[0].shape[0], h, w))
         count = images.new_zeros((1, 1, h, w))
         for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
-            total[:, :, y1:y2, x1:x2] += self.encode_decode(images[:, :, y1:y2, x1:x2], classes, precision)
+            total[:, :, y1:y2, x1:x2] += self.encode_decode(images[:, :, y1:y2, x1:x2], classes, precision, options)
             count[:, :, y1:y2, x1:x2] += 1
         scores = total / count
         if out_size is not None and tuple(out_size) != (h, w):
@@ -237,14 +248,18 @@ class OTSeg(nn.Module):
 
     @torch.no_grad()
     def predict_scores(
-        self, images: Tensor, classes: tuple[Tensor, Tensor] | None = None, precision: Precision = "float32"
+        self,
+        images: Tensor,
+        classes: tuple[Tensor, Tensor] | None = None,
+        precision: Precision = "float32",
+        options: InferenceOptions | None = None,
     ) -> Tensor:
         """The reference's test-time class scores, before argmax.
 
-        Scores are sigmoid(w * decoder + (1 - w) * MPS) minus the seen-class bias, averaged over sliding
-        windows when the preset says so. Runs in eval mode (the model's mode is restored afterwards). Images are
-        processed one at a time, as the reference evaluates with batch size 1 (its Sinkhorn stopping rule is
-        global over the batch, so batching would change results).
+        Scores are sigmoid(w * decoder + (1 - w) * MPS) minus the seen-class bias (w and the bias: the config's,
+        or this call's `options`), averaged over sliding windows when the preset says so. Runs in eval mode (the
+        model's mode is restored afterwards). Images are processed one at a time, as the reference evaluates with
+        batch size 1 (its Sinkhorn stopping rule is global over the batch, so batching would change results).
 
         Args:
             images: (B, 3, H, W) normalised as `config.mean`/`config.std`, any size.
@@ -252,11 +267,16 @@ class OTSeg(nn.Module):
                 (the model is not changed); default: the stored class set.
             precision: "float32" (default) or "bf16": the image tower under bfloat16 autocast, the head and the
                 scores in float32 (`otseg.model.precision`).
+            options: ensemble weight, seen bias and Sinkhorn modes of this call (`InferenceOptions`), e.g.
+                `InferenceOptions(ensemble_weight=1.0)` scores plain OTSeg with an OTSeg+ model; None: the
+                config's. The model's config is never changed.
 
         Returns:
             (B, K, H, W) float32 scores; argmax over K gives the label map.
         """
         precision = check_precision(precision)
+        if options is not None and not isinstance(options, InferenceOptions):
+            raise TypeError(f"options must be an otseg InferenceOptions, got {type(options).__name__}")
         classes = self._classes(classes)
         if images.dim() != 4 or images.shape[1] != 3:
             raise BadValueError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
@@ -266,10 +286,12 @@ class OTSeg(nn.Module):
             if self.config.test_mode == "slide":
                 return torch.cat(
                     [
-                        self.slide_inference(images[i : i + 1], classes=classes, precision=precision)
+                        self.slide_inference(images[i : i + 1], classes=classes, precision=precision, options=options)
                         for i in range(len(images))
                     ]
                 )
-            return torch.cat([self.encode_decode(images[i : i + 1], classes, precision) for i in range(len(images))])
+            return torch.cat(
+                [self.encode_decode(images[i : i + 1], classes, precision, options) for i in range(len(images))]
+            )
         finally:
             self.train(was_training)

@@ -15,7 +15,6 @@ from otseg.ops.sinkhorn import (
     SinkhornInfo,
     record_sinkhorn_calls,
     sinkhorn,
-    sinkhorn_overrides,
     sinkhorn_potentials,
 )
 from otseg.ops.sinkhorn_options import SinkhornOptions
@@ -29,7 +28,6 @@ __all__ = [
     "prompt_pixel_similarity",
     "record_sinkhorn_calls",
     "sinkhorn",
-    "sinkhorn_overrides",
     "sinkhorn_potentials",
     "transport_weighted_scores",
 ]

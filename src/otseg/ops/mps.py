@@ -45,8 +45,9 @@ def transport_weighted_scores(
     Args:
         sim: (B, K, M, N) cosine similarities.
         eps, max_iter, thresh: Sinkhorn settings (defaults = the reference's).
-        options: the backward, and how many images share one stopping test (`SinkhornOptions`); None: the
-            `sinkhorn` defaults, all B*K problems in one call (one stopping test).
+        options: the backward, how many images share one stopping test, and the loop's modes (`SinkhornOptions`;
+            its `thresh` / `max_iter`, when set, replace the arguments); None: the `sinkhorn` defaults, all B*K
+            problems in one call (one stopping test).
 
     Returns:
         scores: (B, K, M) = sum_n M*N*T*sim, in about [-N, N].
@@ -54,16 +55,16 @@ def transport_weighted_scores(
     """
     b, k, m, n = sim.shape
     cost = 1.0 - sim.reshape(b * k, m, n)
-    if options is None:
-        plan = sinkhorn(cost, eps, max_iter=max_iter, thresh=thresh)
+    options = SinkhornOptions() if options is None else options
+    settings = options.sinkhorn_kwargs(max_iter, thresh)
+    if options.stop_group is None:
+        # One call, no arithmetic on the batch size: an exported graph keeps its batch dimension dynamic.
+        plan = sinkhorn(cost, eps, **settings)
     else:
-        group = min(options.stop_group or b, b)
+        group = min(options.stop_group, b)
         # One call per group of `group` images (its group * K problems, consecutive in the flattened batch), so
         # each group stops on its own statistic, as a call on those images alone would.
-        plans = [
-            sinkhorn(cost[i * k : (i + group) * k], eps, max_iter=max_iter, thresh=thresh, backward=options.backward)
-            for i in range(0, b, group)
-        ]
+        plans = [sinkhorn(cost[i * k : (i + group) * k], eps, **settings) for i in range(0, b, group)]
         plan = plans[0] if len(plans) == 1 else torch.cat(plans)
     plan = plan.reshape(b, k, m, n)
     scores = (m * n * plan * sim).sum(dim=-1)
@@ -85,7 +86,7 @@ def mps_scores(
         prompts: (B, K, N, C) prompt embeddings per image and class (K classes, N prompts each);
             a (K, N, C) tensor is broadcast over the batch.
         eps, max_iter, thresh: Sinkhorn settings (defaults = the reference's).
-        options: backward and stopping groups (`transport_weighted_scores`).
+        options: backward, stopping groups and loop modes (`transport_weighted_scores`).
 
     Returns:
         (B, K, M) class scores per pixel.

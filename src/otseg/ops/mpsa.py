@@ -58,7 +58,8 @@ class MultiPromptSinkhornAttention(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """queries (B, K, N, C), memory (B, M, C) -> (out (B, K, N, C), score_map (B, K, M)).
 
-        sinkhorn_options: the transport plan's backward and stopping groups (`transport_weighted_scores`).
+        sinkhorn_options: the transport plan's backward, stopping groups and loop modes
+            (`transport_weighted_scores`).
         """
         q = F.normalize(self.q(queries), dim=-1)
         k = F.normalize(self.k(memory), dim=-1)

@@ -50,9 +50,10 @@ How it differs from the reference loop (see `sinkhorn` for the knobs; the code i
   reference does.
 * Computed in float32 (float64 for float64 inputs) with autocast disabled: fp16/bf16 inputs are upcast.
 
-Faster modes (they change results; apply them to a whole model with `sinkhorn_overrides`): `fixed_iters` removes
-every host sync, a looser `thresh` saves iterations. How far each moves the golden fixtures, and the demo's
-scores, is measured in docs/sinkhorn.md (`python bench/sinkhorn_modes.py`).
+Faster modes (they change results): `fixed_iters` removes every host sync, a looser `thresh` saves iterations. A
+model's calls take them as an argument, `otseg.ops.SinkhornOptions` (e.g. `model.predict_scores(images,
+options=InferenceOptions(sinkhorn=SinkhornOptions(fixed_iters=20)))`). How far each moves the golden fixtures, and
+the demo's scores, is measured in docs/sinkhorn.md (`python bench/sinkhorn_modes.py`).
 """
 
 from __future__ import annotations
@@ -74,10 +75,8 @@ from otseg.ops.sinkhorn_rules import Problem, Run, prepare
 
 __all__ = [
     "SinkhornInfo",
-    "active_sinkhorn_overrides",
     "record_sinkhorn_calls",
     "sinkhorn",
-    "sinkhorn_overrides",
     "sinkhorn_potentials",
 ]
 
@@ -114,13 +113,10 @@ class SinkhornInfo:
     fallback: bool = False
 
 
-# Per-context state (contextvars, not module globals): a recorder or an override opened in one thread or task
-# (e.g. one request of the web server) is not seen by calls made in another.
+# Per-context state (a contextvar, not a module global): a recorder opened in one thread or task (e.g. one request
+# of the web server) does not see the calls made in another. Diagnostics only: settings are arguments, never state.
 _RECORDERS: contextvars.ContextVar[tuple[list[SinkhornInfo], ...]] = contextvars.ContextVar(
     "otseg_sinkhorn_recorders", default=()
-)
-_OVERRIDES: contextvars.ContextVar[tuple[dict[str, Any], ...]] = contextvars.ContextVar(
-    "otseg_sinkhorn_overrides", default=()
 )
 
 
@@ -143,54 +139,7 @@ def record_sinkhorn_calls() -> Iterator[list[SinkhornInfo]]:
         _RECORDERS.reset(token)
 
 
-@contextlib.contextmanager
-def sinkhorn_overrides(**settings: Any) -> Iterator[None]:
-    """Override the settings of every `sinkhorn` call inside the block, whatever its caller passed.
-
-    Accepted keys: `max_iter`, `thresh`, `check_every`, `fixed_iters`, `update`, `backward`. This is how a faster
-    mode is applied to a whole model without changing its config. The overrides belong to the current thread
-    or task (a `contextvars` context), so concurrent requests do not see each other's. Code compiled with
-    `torch.compile` (or exported) keeps the overrides in force when it was traced. E.g.
-
-        >>> with sinkhorn_overrides(fixed_iters=20):      # no check in the loop, 20 iterations per call
-        ...     scores = model.predict_scores(images)
-    """
-    allowed = {"max_iter", "thresh", "check_every", "fixed_iters", "update", "backward"}
-    unknown = sorted(set(settings) - allowed)
-    if unknown:
-        raise TypeError(f"unknown sinkhorn setting(s) {unknown}; valid: {sorted(allowed)}")
-    token = _OVERRIDES.set((*_OVERRIDES.get(), dict(settings)))
-    try:
-        yield
-    finally:
-        _OVERRIDES.reset(token)
-
-
-def active_sinkhorn_overrides() -> dict[str, Any]:
-    """The `sinkhorn_overrides` in force in this context, merged (innermost wins); {} outside any block."""
-    merged: dict[str, Any] = {}
-    for override in _OVERRIDES.get():
-        merged.update(override)
-    return merged
-
-
 # ------------------------------------------------------------------------------------------------ settings
-@torch.compiler.assume_constant_result
-def _override_items() -> tuple[tuple[str, Any], ...]:
-    """The `sinkhorn_overrides` in force, merged, as plain items. torch.compile / torch.export cannot trace
-    `ContextVar.get`; marked as a constant result, this runs eagerly when a graph is traced and the overrides
-    of that moment are baked into the graph (as the ONNX export needs)."""
-    merged: dict[str, Any] = {}
-    for override in _OVERRIDES.get():
-        merged.update(override)
-    return tuple(merged.items())
-
-
-def _apply_overrides(settings: dict[str, Any]) -> dict[str, Any]:
-    settings.update(dict(_override_items()))
-    return settings
-
-
 def _default_update(unrolled: bool) -> Update:
     """The update rule when none is asked for, the same for `sinkhorn` and `sinkhorn_potentials`: the scaling
     update, or the literal reference loop where gradients flow through the iterations (unrolled)."""
@@ -288,27 +237,15 @@ def sinkhorn(
         plan T: (P, M, N) float32 (float64 for float64 costs). Column sums equal nu (+1e-8) to float precision;
         row sums approximately mu.
     """
-    settings = _apply_overrides(
-        {
-            "max_iter": max_iter,
-            "thresh": thresh,
-            "update": update,
-            "backward": backward,
-            "check_every": check_every,
-            "fixed_iters": fixed_iters,
-        }
-    )
-    max_iter, thresh, fixed_iters = settings["max_iter"], settings["thresh"], settings["fixed_iters"]
-    backward = settings["backward"]
     if backward not in ("implicit", "unrolled"):
         raise BadValueError(f"unknown sinkhorn backward {backward!r}; use 'implicit' or 'unrolled'")
     prob = prepare(cost, eps, mu, nu)
-    check = resolve_check_every(settings["check_every"], cost.device)
+    check = resolve_check_every(check_every, cost.device)
     grad_cost = torch.is_grad_enabled() and cost.requires_grad
     grad_marginals = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (mu, nu))
     if grad_marginals:
         backward = "unrolled"
-    update = settings["update"] or _default_update(unrolled=backward == "unrolled")
+    update = update or _default_update(unrolled=backward == "unrolled")
     if backward == "unrolled" and update == "scaling" and (grad_cost or grad_marginals):
         raise BadValueError("backward='unrolled' needs update='reference' or 'log' (the scaling update is in place)")
 

@@ -27,7 +27,8 @@ from torch import Tensor
 
 from otseg.config import TrainConfig
 from otseg.distributed import DistInfo
-from otseg.ops.sinkhorn import active_sinkhorn_overrides, sinkhorn
+from otseg.ops.sinkhorn import sinkhorn
+from otseg.ops.sinkhorn_options import SinkhornOptions
 from otseg.utils import atomic_write_text
 from otseg.version import __version__
 
@@ -87,12 +88,12 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or device.type
 
 
-def _sinkhorn_backward(cfg: TrainConfig, head_cfg: Any) -> tuple[str, str]:
-    """(backward, where that value comes from): an active `sinkhorn_overrides` block, the training config, the
-    head config, or the library default of `otseg.ops.sinkhorn.sinkhorn`."""
-    override = active_sinkhorn_overrides().get("backward")
-    if override is not None:
-        return str(override), "sinkhorn_overrides"
+def _sinkhorn_backward(cfg: TrainConfig, head_cfg: Any, options: SinkhornOptions | None = None) -> tuple[str, str]:
+    """(backward, where that value comes from): the `SinkhornOptions` the trainer passes down its forward passes
+    (built from the training config: named so when they agree), the training config, the head config, or the
+    library default of `otseg.ops.sinkhorn.sinkhorn`."""
+    if options is not None and options.backward != getattr(cfg, "sinkhorn_backward", None):
+        return options.backward, "sinkhorn options"
     for owner, where in ((cfg, "train.sinkhorn_backward"), (head_cfg, "head.sinkhorn_backward")):
         value = getattr(owner, "sinkhorn_backward", None)
         if value is not None:
@@ -122,12 +123,13 @@ def build_run_record(
     work_dir: str | os.PathLike,
     inputs: RunInputs | None = None,
     start_step: int = 0,
+    sinkhorn_options: SinkhornOptions | None = None,
 ) -> dict[str, Any]:
     """The record of one start of a run (JSON-serialisable). `model` is the `OTSeg` being trained; `work_dir`
-    holds the `config.json` just written."""
+    holds the `config.json` just written; `sinkhorn_options` are those the trainer passes to the model's forward."""
     inputs = inputs or RunInputs()
     config_path = Path(work_dir) / "config.json"
-    backward, backward_source = _sinkhorn_backward(cfg, model.config.head)
+    backward, backward_source = _sinkhorn_backward(cfg, model.config.head, sinkhorn_options)
     emb = model.class_embeddings
     record: dict[str, Any] = {
         "format": RUN_RECORD_FORMAT,

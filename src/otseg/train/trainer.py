@@ -414,7 +414,9 @@ class Trainer:
                 json.dumps({"train": asdict(cfg), "model": self.model.config.to_dict()}, indent=2) + "\n",
             )
         if self.dist.is_main:  # run.json: versions, device, batch decomposition, digests (otseg.train.run_record)
-            record = build_run_record(cfg, self.model, self.dist, self.work_dir, self.run_inputs, self.step)
+            record = build_run_record(
+                cfg, self.model, self.dist, self.work_dir, self.run_inputs, self.step, self.sinkhorn_options
+            )
             write_run_record(self.work_dir, record)
         self._tb = None
         if cfg.tensorboard and self.dist.is_main:
