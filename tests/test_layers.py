@@ -122,7 +122,7 @@ def _paths_from(start: str, graph: dict[str, set[str]]) -> dict[str, list[str]]:
 
 def test_the_graph_is_read() -> None:
     assert "otseg.config" in GRAPH["otseg.model.segmentor"]
-    assert "otseg.image_io" in GRAPH["otseg.data.datasets"]  # `from otseg import image_io`
+    assert "otseg.image_io" in GRAPH["otseg.data.sample_files"]  # `from otseg import image_io`
     assert "otseg.clip.config" in GRAPH["otseg.config"]
     assert _entry("otseg.clip.config") == "otseg.clip.config" and _entry("otseg.clip.vpt") == "otseg.clip"
     assert _entry("otseg") == "otseg" and _entry("otseg.cli") == "otseg.cli"
