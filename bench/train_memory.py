@@ -8,11 +8,13 @@ time do not depend on the values), per-device batch 1, 2, 4. Each (preset, batch
 subprocess, so that peaks do not mix:
 
 * step 1 warms up (lazy initialisation, the optimizer's state);
-* step 2 is the measured step: every tensor allocation and free is recorded (torch.profiler with
-  profile_memory), the peak of live tensor bytes is added to what was live before it (weights, optimizer state,
-  the batch): "peak" = the tensors a device must hold at once during a steady-state step. Its time is the
-  process's CPU time (all threads; steadier than wall time on a shared machine; the recording costs under 1 %)
-  and its wall time. Ratios are against the dense option at the same preset and batch, measured in the same run.
+* step 2 is the memory step: every tensor allocation and free is recorded (torch.profiler with profile_memory),
+  the peak of live tensor bytes is added to what was live before it (weights, optimizer state, the batch):
+  "peak" = the tensors a device must hold at once during a steady-state step;
+* steps 3.. (--timed-steps, default 1) are timed without recording: the process's CPU time (all threads) and wall
+  time, the smallest over those steps. Workers run with OMP_WAIT_POLICY=PASSIVE (unless set), so that idle
+  OpenMP threads sleep instead of spinning: the CPU time is then the work done, steadier than the wall time on a
+  shared machine. Ratios are against the dense option at the same preset and batch, measured in the same run.
 
 The process's peak resident memory (ru_maxrss) is reported beside it: what this CPU process needed, tensors plus
 the Python/torch runtime and the allocator's slack.
@@ -195,7 +197,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return result, time.perf_counter() - wall, time.process_time() - cpu
 
 
-def worker(preset: str, batch: int, option_name: str) -> dict[str, Any]:
+def worker(preset: str, batch: int, option_name: str, timed_steps: int) -> dict[str, Any]:
     option = OPTIONS[option_name]
     model = build(PRESETS[preset])
     images, labels = batch_for(model, batch)
@@ -204,15 +206,16 @@ def worker(preset: str, batch: int, option_name: str) -> dict[str, Any]:
     torch.manual_seed(2)
     first_loss, first_wall, first_cpu = timed(step)
     baseline = live_bytes(state_tensors(model, step.optimizer, images, labels))  # type: ignore[attr-defined]
-    (step_peak, _), wall, cpu = timed(lambda: peak_allocated(step))
+    step_peak, _ = peak_allocated(step)
+    times = [timed(step)[1:] for _ in range(timed_steps)]
     return {
         "preset": preset,
         "batch": batch,
         "option": option_name,
         "peak_bytes": baseline + step_peak,
         "held_bytes": baseline,
-        "cpu_seconds": cpu,
-        "wall_seconds": wall,
+        "cpu_seconds": min(cpu for _, cpu in times),
+        "wall_seconds": min(wall for wall, _ in times),
         "first_cpu_seconds": first_cpu,
         "first_wall_seconds": first_wall,
         "first_loss": first_loss,
@@ -310,7 +313,9 @@ def estimate_rss(preset: str, batch: int, option: Option, measured: list[dict[st
 
 def run_worker(args: list[str], floor_gib: float) -> dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), "--floor-gib", str(floor_gib), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    env = os.environ.copy()
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (lines[-1] if lines else proc.stderr.strip().splitlines()[-1:] or ["no output"])[-1]
@@ -354,6 +359,7 @@ def main() -> None:
     p.add_argument("--options", default=",".join(DEFAULT_OPTIONS), help=f"of {', '.join(OPTIONS)}")
     p.add_argument("--margin-gib", type=float, default=2.0, help="memory kept free when deciding to run (GiB)")
     p.add_argument("--floor-gib", type=float, default=1.0, help="a worker stops when MemAvailable falls below")
+    p.add_argument("--timed-steps", type=int, default=1, help="timed steps (the fastest counts; default 1)")
     p.add_argument("--agreement", action="store_true", help="bf16 vs float32 and lean vs dense, batch 1")
     p.add_argument("--out", help="also write the results as JSON lines to this file")
     p.add_argument("--worker", nargs=3, metavar=("PRESET", "BATCH", "OPTION"), help=argparse.SUPPRESS)
@@ -364,13 +370,15 @@ def main() -> None:
         start_watchdog(int(args.floor_gib * GIB))
         if args.worker:
             preset, batch, option = args.worker
-            result = worker(preset, int(batch), option)
+            result = worker(preset, int(batch), option, args.timed_steps)
         else:
             preset, batch = args.agreement_worker
             result = agreement_worker(preset, int(batch))
         print(json.dumps(result), flush=True)
         return
 
+    if args.timed_steps < 1:
+        raise SystemExit(f"train_memory.py: --timed-steps {args.timed_steps}: give at least 1")
     presets = parse_list(args.presets, PRESETS, "--presets")
     batches = sorted(int(b) for b in parse_list(args.batches, [str(b) for b in range(1, 65)], "--batches"))
     options = parse_list(args.options, OPTIONS, "--options")
@@ -408,7 +416,8 @@ def main() -> None:
                     )
                     skipped.append((preset, batch, name))
                     continue
-                result = run_worker(["--worker", preset, str(batch), name], args.floor_gib)
+                worker_args = ["--worker", preset, str(batch), name, "--timed-steps", str(args.timed_steps)]
+                result = run_worker(worker_args, args.floor_gib)
                 record({"preset": preset, "batch": batch, "option": name, **result})
     print_table(results)
     for preset, batch in sorted({(p, b) for p, b, _ in skipped}):

@@ -5,8 +5,8 @@ of that size (spec section 8, item 8): at the COCO-Stuff shape (K = 156, S = 512
 image, and the focal and dice terms keep about 17 of them for backward. Here the same per-element formulas
 (`losses.focal_rows`, `losses.dice_rows`) run on a chunk of classes at a time: the chunk of patch-grid logits is
 upsampled exactly as the head and `seg_loss_plus` would, compared with its slice of the one-hot target, and its
-per-(image, class) losses and the gradients of the loss terms with respect to the patch-grid chunk are computed at
-once. Only three (B, K, h, w) gradients are kept for backward; no full-resolution tensor outlives its chunk.
+per-(image, class) losses and the gradient of their sum with respect to the patch-grid chunk are computed at once.
+Only that (B, K, h, w) gradient is kept for backward; no full-resolution tensor outlives its chunk.
 
 Values equal the dense formulation's (`seg_loss_plus` on the upsampled logits) exactly: the per-(image, class) rows
 are the same computation, reduced in the same order. Gradients equal it to float rounding
@@ -15,11 +15,12 @@ are the same computation, reduced in the same order. Gradients equal it to float
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from otseg.errors import BadValueError
 from otseg.train.losses import (
@@ -56,16 +57,20 @@ def _class_chunks(num_classes: int, elements_per_class: int, chunk_elements: int
     return [(c0, min(c0 + step, num_classes)) for c0 in range(0, num_classes, step)]
 
 
+_GradientKind = Literal["none", "sum", "terms"]
+
+
 def _chunked_losses(
     grid: Tensor,
     labels: Tensor,
     output_size: int,
     chunk_elements: int,
     weights: tuple[Tensor, Tensor, float, float],
-    with_grad: bool,
-) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
-    """The two loss terms of `seg_loss_plus_lean`, the predicted class (B, H, W) and, `with_grad`, the gradients
-    with respect to `grid` of (focal term + dice term), of the focal term and of the dice term (each (B, K, h, w)).
+    gradients: _GradientKind,
+) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """The two loss terms of `seg_loss_plus_lean`, the predicted class (B, H, W) and gradients with respect to
+    `grid` (each (B, K, h, w)): none, that of (focal term + dice term) ("sum"), or those of the focal term and of
+    the dice term ("terms").
 
     weights: (num_masks, present (B, K) bool, mask_weight, dice_weight).
     """
@@ -75,27 +80,28 @@ def _chunked_losses(
     pixels = max(output_size * output_size, label_size[0] * label_size[1])
     focal = torch.empty((b, k), dtype=torch.float32, device=grid.device)
     dice = torch.empty_like(focal)
-    grads = (torch.empty_like(grid), torch.empty_like(grid), torch.empty_like(grid)) if with_grad else None
+    grads = [torch.empty_like(grid) for _ in range({"none": 0, "sum": 1, "terms": 2}[gradients])]
     best_value: Tensor | None = None
     best_class: Tensor | None = None
     for c0, c1 in _class_chunks(k, b * pixels, chunk_elements):
-        low = grid[:, c0:c1].detach().requires_grad_(with_grad)
-        with torch.set_grad_enabled(with_grad):
+        low = grid[:, c0:c1].detach().requires_grad_(bool(grads))
+        with torch.set_grad_enabled(bool(grads)):
             # The dense path's operations in its order: upsample in the logits' dtype, then float32.
             up = upsample_logits(low, output_size, label_size).float()
             classes = torch.arange(c0, c1, device=labels.device).view(1, -1, 1, 1)
             targets = (labels.unsqueeze(1) == classes).float()
             focal_chunk = focal_rows(up, targets)
             dice_chunk = dice_rows(up, targets)
-            if grads is not None:
+            if grads:
                 # This chunk's share of each term, as the dense expressions (`seg_loss_plus`) write the whole term:
                 # backward then passes the same values through the same operations as the dense path's does.
                 mask_term = focal_chunk.sum() / num_masks * mask_weight
                 dice_term = (dice_chunk * present[:, c0:c1].to(dice_chunk.dtype)).sum() / num_masks * dice_weight
-                grad_total, grad_mask, grad_dice = grads
-                (grad_mask[:, c0:c1],) = torch.autograd.grad(mask_term, low, retain_graph=True)
-                (grad_dice[:, c0:c1],) = torch.autograd.grad(dice_term, low, retain_graph=True)
-                (grad_total[:, c0:c1],) = torch.autograd.grad(mask_term + dice_term, low)
+                if gradients == "sum":
+                    (grads[0][:, c0:c1],) = torch.autograd.grad(mask_term + dice_term, low)
+                else:
+                    (grads[0][:, c0:c1],) = torch.autograd.grad(mask_term, low, retain_graph=True)
+                    (grads[1][:, c0:c1],) = torch.autograd.grad(dice_term, low)
         focal[:, c0:c1] = focal_chunk.detach()
         dice[:, c0:c1] = dice_chunk.detach()
         # Running top-1 over classes; a later chunk wins only when strictly larger, so ties keep the first class
@@ -118,10 +124,10 @@ def _chunked_losses(
 class _LeanLoss(torch.autograd.Function):
     """grid logits (B, K, h, w) -> (focal term, dice term, predicted class (B, H, W)).
 
-    The gradients are computed in forward, chunk by chunk; backward only weighs them by the incoming gradients of
-    the two terms. When both are equal (a loss that sums the terms, as `total_loss`) the result is the stored
-    gradient of the sum times that factor: the dense path's values, to the rounding of that one product (none
-    for a factor 1 or a power of two).
+    The gradient of (focal term + dice term) is computed in forward, chunk by chunk, and kept ((B, K, h, w)).
+    Backward, when both terms get the same incoming gradient g (a loss that sums them, as `total_loss`), returns
+    g times it: the dense path's values, to the rounding of that one product (none for g = 1 or a power of two).
+    Otherwise (the terms weighted differently) it computes the two terms' gradients again, chunk by chunk.
     num_masks is a constant (a count): it gets no gradient.
     """
 
@@ -138,26 +144,29 @@ class _LeanLoss(torch.autograd.Function):
         chunk_elements: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
         weights = (num_masks, present, mask_weight, dice_weight)
-        loss_mask, loss_dice, predicted, grads = _chunked_losses(
-            grid, labels, output_size, chunk_elements, weights, True
+        loss_mask, loss_dice, predicted, (grad_sum,) = _chunked_losses(
+            grid, labels, output_size, chunk_elements, weights, "sum"
         )
-        if grads is None:  # with_grad=True always returns them
-            raise RuntimeError("the lean loss computed no gradients")
-        ctx.save_for_backward(*grads)
+        ctx.save_for_backward(grad_sum, grid, labels, num_masks, present)
+        ctx.settings = (output_size, mask_weight, dice_weight, chunk_elements)
         ctx.mark_non_differentiable(predicted)
         return loss_mask, loss_dice, predicted
 
     @staticmethod
+    @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, grad_loss_mask: Tensor, grad_loss_dice: Tensor, _grad_predicted: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        grad_total, grad_mask, grad_dice = ctx.saved_tensors
-        # A 0-dim condition: no host synchronisation.
-        grad = torch.where(
-            grad_loss_mask == grad_loss_dice,
-            grad_loss_dice * grad_total,
-            grad_loss_mask * grad_mask + grad_loss_dice * grad_dice,
-        )
+        grad_sum, grid, labels, num_masks, present = ctx.saved_tensors
+        output_size, mask_weight, dice_weight, chunk_elements = ctx.settings
+        if bool(grad_loss_mask == grad_loss_dice):  # one host synchronisation per output and step
+            grad = grad_loss_dice * grad_sum
+        else:
+            weights = (num_masks, present, mask_weight, dice_weight)
+            _, _, _, (grad_mask, grad_dice) = _chunked_losses(
+                grid, labels, output_size, chunk_elements, weights, "terms"
+            )
+            grad = grad_loss_mask * grad_mask + grad_loss_dice * grad_dice
         return grad, None, None, None, None, None, None, None
 
 
@@ -195,7 +204,7 @@ def seg_loss_plus_lean(
     else:
         weights = (num_masks, present, mask_weight, dice_weight)
         loss_mask, loss_dice, predicted, _ = _chunked_losses(
-            grid_logits.detach(), labels, output_size, chunk_elements, weights, False
+            grid_logits.detach(), labels, output_size, chunk_elements, weights, "none"
         )
     return {"loss_mask": loss_mask, "loss_dice": loss_dice, "acc_seg": prediction_accuracy(predicted, labels)}
 
