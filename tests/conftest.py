@@ -21,7 +21,13 @@ REFERENCE_EMBEDDINGS = Path(
     os.environ.get("OTSEG_REFERENCE_EMBEDDINGS", REPO.parent / "shared" / "reference-embeddings")
 )
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# The suite runs one pytest-xdist worker per core (`-n auto` in pyproject.toml); each worker, and the processes its
+# tests start, then computes on one thread, so that the workers do not contend for the same cores.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
 # Test helpers that write fake datasets (`from fake_layouts import make_voc`) importable from every test folder.
 sys.path.insert(0, str(REPO / "tests" / "data"))
 
