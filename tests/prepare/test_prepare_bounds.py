@@ -197,6 +197,10 @@ HOSTILE_JSON = {
     "polygons": (_annotation(segmentation=[[1, 2, 3]]), ["annos_segmentation[0].segmentation"]),
     "image-str": (lambda m: m["images"].__setitem__(0, "x"), ["images[0] is a str"]),
     "nested": (lambda m: "[" * 100_000 + "]" * 100_000, ["nested too deep"]),
+    "int-5000-digits": (
+        lambda m: json.dumps(m).replace('"height": ', '"height": ' + "9" * 5000 + ', "x": ', 1),
+        ["not valid JSON", "4300 digits"],
+    ),
 }
 
 
