@@ -93,6 +93,69 @@ def test_a_pax_header_over_the_size_limit_is_refused_unread(tmp_path: Path, caps
     _one_error_line(capsys, "benchmark.tgz", "a record of 2,097,152 bytes")
 
 
+
+def test_a_zip_member_is_inflated_no_further_than_its_declared_size(tmp_path: Path, capsys) -> None:
+    """A member declaring 1,000 bytes whose deflate stream holds 64 MiB: zipfile's own read would inflate it all."""
+    import tracemalloc
+    import zlib
+
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    path = src / "ADEChallengeData2016.zip"
+    src.mkdir()
+    name = "ADEChallengeData2016/images/training/ADE_train_00000001.jpg"
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = b"".join(z.compress(bytes(1 << 20)) for _ in range(64)) + z.flush()
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(info, b"x" * 1000)
+    data = bytearray(path.read_bytes())  # swap in the large stream; both headers keep declaring 1,000 bytes
+    local = data.find(name.encode()) - 30
+    old = int.from_bytes(data[local + 18 : local + 22], "little")
+    start = local + 30 + len(name)
+    central = bytearray(data[start + old :])
+    central[central.find(name.encode()) - 46 + 20 : central.find(name.encode()) - 46 + 24] = len(stream).to_bytes(4, "little")
+    end = central.rfind(b"PK\x05\x06")
+    offset = int.from_bytes(central[end + 16 : end + 20], "little") + len(stream) - old
+    central[end + 16 : end + 20] = offset.to_bytes(4, "little")
+    data[local + 18 : local + 22] = len(stream).to_bytes(4, "little")
+    path.write_bytes(bytes(data[:start]) + stream + bytes(central))
+    tracemalloc.start()
+    try:
+        assert _prepare("ade20k", src, root, "--workers", "0") == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    _one_error_line(capsys, "ADEChallengeData2016.zip", "Bad CRC-32", "ADE_train_00000001.jpg")
+    assert peak < 16 << 20, peak
+
+
+def test_a_bzip2_zip_member_is_refused_unread(tmp_path: Path, capsys) -> None:
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    src.mkdir()
+    with zipfile.ZipFile(src / "ADEChallengeData2016.zip", "w", compression=zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("ADEChallengeData2016/images/training/ADE_train_00000001.jpg", b"x" * 100)
+    assert _prepare("ade20k", src, root, "--workers", "0") == 2
+    _one_error_line(capsys, "ADEChallengeData2016.zip", "ADE_train_00000001.jpg is compressed with method 12")
+
+
+@pytest.mark.parametrize(("length", "needle"), [(2 << 20, "a record of 2,097,664 bytes, more than any header"),
+                                                (5000, "a member named by 5,000 characters")])  # fmt: skip
+def test_a_tar_long_name_is_bounded(tmp_path: Path, capsys, length: int, needle: str) -> None:
+    """A GNU long name is a header record: read in one call before its member, under a 1 MiB cap."""
+    import tarfile
+
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    voc = make_voc2012(src, archive=True)
+    make_sbd(src, voc, archive=False)
+    with tarfile.open(src / "VOCtrainval_11-May-2012.tar", "a", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("VOCdevkit/VOC2012/JPEGImages/" + "a" * (length - 33) + ".jpg")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"abcd"))
+    assert _prepare("voc12", src, root, "--workers", "0") == 2
+    line = _one_error_line(capsys, "VOCtrainval_11-May-2012.tar", needle)
+    assert len(line) < 1000
+
 class _DeferredPool:
     """Stands in for ProcessPoolExecutor: jobs run only when `wait` (or `result`) asks, so that the bytes of the
     jobs submitted and not yet finished can be observed."""
