@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from concurrent.futures import Future
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hostile_downloads import mat_with_segmentation, png_header_only, tgz_with_pax_header, tgz_with_zero_member
+from hostile_downloads import mat_with_empty_cells, mat_with_segmentation, png_header_only, tgz_with_pax_header, tgz_with_zero_member
 from official_downloads import make_coco, make_context, make_sbd, make_voc2012
 
 from crafted import run_bounded
@@ -54,6 +55,25 @@ def test_a_mat_declaring_a_huge_map_is_refused_from_its_header(tmp_path: Path, c
     _one_error_line(capsys, f"cls/{bad.name}", "GTcls.Segmentation is 6000x5000", "over 4,096")
     assert not [f for f in _files(root) if f.endswith(f"{bad.stem}.png")]
     assert {p.name for p in tmp_path.iterdir()} == {"downloads", "data"}  # nothing written anywhere else
+
+
+def test_a_mat_of_millions_of_empty_arrays_is_refused_at_once(tmp_path: Path, capsys) -> None:
+    """4 million empty matrices in GTcls.Boundaries (a 57 KB file): each cost the header walk a copy of its
+    decompression buffer (the walk ran for minutes) and would cost scipy an object; refused after 65,536 arrays."""
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    voc = make_voc2012(src, archive=True)
+    make_sbd(src, voc, archive=False)
+    stem = voc["others"][0]
+    (src / "benchmark_RELEASE" / "dataset" / "cls" / f"{stem}.mat").write_bytes(mat_with_empty_cells(4096, 1000))
+    start = time.perf_counter()
+    assert _prepare("voc12", src, root, "--workers", "0") == 2
+    assert time.perf_counter() - start < 20
+    _one_error_line(capsys, f"cls/{stem}.mat", "GTcls.Boundaries{", "more than 65,536 arrays in one file")
+    limits = MatLimits(max_side=4096, max_elements=4096 * 4096)
+    assert check_mat_sizes(mat_with_empty_cells(3800, 16), limits) > 0  # 64,603 arrays: within the limit
+    start = time.perf_counter()
+    check_mat_sizes(mat_with_segmentation(2000, 2000), limits)  # 4 MB of data: skipped without quadratic copies
+    assert time.perf_counter() - start < 5
 
 
 def test_the_mat_header_walk_accepts_what_scipy_writes_and_bounds_the_rest() -> None:
