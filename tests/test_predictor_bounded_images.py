@@ -131,3 +131,33 @@ def test_predict_leaves_the_model_unchanged():
     assert result.class_names == ["cat", "sofa"] and result.scores.shape == (2, 64, 64)
     assert model.class_names == before_names
     assert torch.equal(model.class_embeddings, before)
+
+
+def _ico_holding_png(width: int, height: int) -> bytes:
+    """An ICO whose directory declares one 16x16 icon, stored as a PNG of width x height (PIL decodes the PNG at
+    its own size: the header check would see 16x16)."""
+    rows = zlib.compress(b"\x00" * (width + 1) * height, 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", rows) + _chunk(b"IEND", b"")
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + png
+
+
+def test_formats_whose_header_cannot_bound_them_are_not_opened(tmp_path, monkeypatch):
+    icon = tmp_path / "icon.png"  # the suffix does not matter: the content is what PIL would open
+    icon.write_bytes(_ico_holding_png(2000, 2000))
+    monkeypatch.setenv("OTSEG_MAX_PIXELS", "1000000")
+    with pytest.raises(ValueError, match=r"icon\.png is not an image file otseg reads") as info:
+        read_image(icon)
+    assert "\n" not in str(info.value)
+
+
+def test_a_png_text_chunk_bomb_is_one_line_naming_the_file(tmp_path):
+    """A zTXt chunk inflating to 20 MB: PIL refuses it with a ValueError that names no file."""
+    path = tmp_path / "text.png"
+    ztxt = _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * (20 << 20), 9))
+    ihdr = struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0)
+    idat = _chunk(b"IDAT", zlib.compress(b"\x00" * 20))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + ztxt + idat + _chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=r"text\.png is corrupt or truncated: Decompressed data too large") as info:
+        read_image(path)
+    assert "\n" not in str(info.value)

@@ -27,6 +27,7 @@ from otseg.errors import BadValueError, MissingFileError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_FORMATS",
     "IMAGE_SUFFIXES",
     "MAX_SIDE",
     "ImageInput",
@@ -44,6 +45,10 @@ MAX_PIXELS_ENV = "OTSEG_MAX_PIXELS"
 MAX_SIDE = 65_535  # the longest side of any image or label map (JPEG's own limit); checked with the pixel cap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+# The PIL formats of those suffixes (JPEG includes MPO, phones' multi-picture JPEGs), whatever a file is named.
+# Others are not opened: an ICO declares 16x16 in its header and may decode an embedded 13000x13000 PNG, so no
+# header check could bound it.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -97,14 +102,14 @@ def open_image(path: str | os.PathLike, what: str = "image", limit: int | None =
         with warnings.catch_warnings():
             # Our own cap (checked below) is the one that decides; PIL's warning would only repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p)
+            im = Image.open(p, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise BadValueError(f"{what} {p} is too large to decode safely: {' '.join(str(e).split())}") from None
     except UnidentifiedImageError:
         raise BadValueError(
-            f"{what} {p} is not an image file PIL can read (corrupt, or an unsupported format)"
+            f"{what} {p} is not an image file otseg reads (corrupt, or not PNG, JPEG, BMP, TIFF, WebP, GIF or PPM)"
         ) from None
-    except (OSError, SyntaxError) as e:
+    except (OSError, SyntaxError, ValueError) as e:  # ValueError: PIL's text-chunk bomb guard, among others
         raise BadValueError(f"{what} {p} is corrupt or truncated: {' '.join(str(e).split())}") from None
     try:
         with im:

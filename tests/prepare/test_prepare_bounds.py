@@ -310,6 +310,27 @@ def test_rle_strings_with_impossible_runs_are_one_line() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ COCO-Stuff maps
+def test_a_coco_map_that_is_an_icon_is_refused_undecoded(tmp_path: Path, capsys) -> None:
+    """An ICO named .png declares 16x16 and holds an 8000x8000 PNG that PIL decodes at its own size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 8000, 8000, 8, 0, 0, 0, 0)
+    rows = zlib.compress(bytes(8001 * 8000), 9)  # 64 MB of zeros in 64 KB
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    icon = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + png
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    coco = make_coco(src, archive=True)
+    stem = next(s for (split, s) in coco["raw"] if split == "val2017")
+    with zipfile.ZipFile(src / "stuffthingmaps_trainval2017.zip", "a") as zf:
+        zf.writestr(f"val2017/{stem}0.png", icon)
+    assert _prepare("coco", src, root, "--workers", "0") == 2
+    _one_error_line(capsys, "stuffthingmaps_trainval2017.zip", f"val2017/{stem}0.png", "not a COCO-Stuff label map")
+
+
 @pytest.mark.parametrize(("width", "height", "needle"), [(20000, 20000, "400000000 pixels"), (5000, 300, "5000x300")])
 def test_a_coco_map_declaring_a_huge_size_is_refused_from_its_header(
     tmp_path: Path, capsys, width: int, height: int, needle: str
