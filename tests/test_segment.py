@@ -116,11 +116,16 @@ def test_a_preset_typo_is_refused_everywhere(
         ["classes", "--model", "demo", "--preset", "voc12-inductiv"],
         ["eval", "--checkpoint", str(model_dir), "--preset", "voc12-inductiv", "--data-root", str(tmp_path)],
         ["segment", str(tmp_path), "--checkpoint", str(model_dir), "--preset", "voc12-inductiv"],
+        ["segment", str(tmp_path), "--model", "demo", "--preset", "voc12-inductiv"],  # was ignored without a checkpoint
+        ["export", "--onnx", str(tmp_path / "m.onnx"), "--preset", "voc12-inductiv"],
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "unknown preset 'voc12-inductiv'; valid presets:" in err, argv
         assert "context59-inductive" in err and "no model" not in err
+    assert main(["export", "--onnx", str(tmp_path / "m.onnx"), "--preset", "voc12-inductive"]) == 2
+    assert "--preset voc12-inductive goes with --checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_running_out_of_memory_is_not_called_unreadable(
