@@ -161,3 +161,27 @@ def test_a_png_text_chunk_bomb_is_one_line_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"text\.png is corrupt or truncated: Decompressed data too large") as info:
         read_image(path)
     assert "\n" not in str(info.value)
+
+
+def test_16_bit_and_float_pixels_are_converted_a_strip_at_a_time(monkeypatch):
+    """Grey 16-bit pixels were repeated over three channels and then made float64 twice (54 bytes a pixel): an
+    8000x8000 16-bit PNG ran out of memory where an 8-bit one of the same size segments."""
+    import tracemalloc
+
+    import otseg.image_io as image_io
+
+    rng = np.random.default_rng(0)
+    grey16 = rng.integers(0, 65536, (1000, 1000), dtype=np.uint16)
+    floats = rng.random((1000, 1000), dtype=np.float32)
+    expected16 = np.repeat(np.rint(grey16.astype(np.float64) / 257.0).astype(np.uint8)[..., None], 3, axis=2)
+    expected_f = np.repeat(np.clip(np.rint(floats.astype(np.float64) * 255), 0, 255).astype(np.uint8)[..., None], 3, 2)
+    monkeypatch.setattr(image_io, "_STRIP_PIXELS", 50_000)
+    for values, expected in ((grey16, expected16), (floats, expected_f)):
+        tracemalloc.start()
+        try:
+            rgb = image_io.to_rgb_array(values)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert rgb.dtype == np.uint8 and (rgb == expected).all()
+        assert peak < 3 * values.size + (4 << 20), peak  # the output and a strip (before: ~50 MB)

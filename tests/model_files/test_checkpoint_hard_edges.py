@@ -171,8 +171,13 @@ def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path: Path) -> None
     for name, model_state in cases.items():
         path = tmp_path / f"{name}.pt"
         torch.save({**state, "model": model_state}, path)
-        expected = {"missing": f"missing key(s) ['{key}']", "unexpected": "head.extra.weight", "shape": "(3, 3)",
-                    "a-list": "weights are a list, not a dict of named tensors", "int-names": "'0' (int), not a string"}
+        expected = {
+            "missing": f"missing key(s) ['{key}']",
+            "unexpected": "head.extra.weight",
+            "shape": "(3, 3)",
+            "a-list": "weights are a list, not a dict of named tensors",
+            "int-names": "'0' (int), not a string",
+        }
         for load in (load_model, Trainer(tiny_model(), Blocks(), train_cfg(), tmp_path / "t").load_checkpoint):
             with pytest.raises(ValueError) as info:
                 load(path)

@@ -8,7 +8,13 @@ import tarfile
 import zlib
 from pathlib import Path
 
-__all__ = ["mat_with_empty_cells", "mat_with_segmentation", "png_header_only", "tgz_with_pax_header", "tgz_with_zero_member"]
+__all__ = [
+    "mat_with_empty_cells",
+    "mat_with_segmentation",
+    "png_header_only",
+    "tgz_with_pax_header",
+    "tgz_with_zero_member",
+]
 
 _ZERO_CHUNK = bytes(1 << 20)
 

@@ -14,7 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hostile_downloads import mat_with_empty_cells, mat_with_segmentation, png_header_only, tgz_with_pax_header, tgz_with_zero_member
+from hostile_downloads import (
+    mat_with_empty_cells,
+    mat_with_segmentation,
+    png_header_only,
+    tgz_with_pax_header,
+    tgz_with_zero_member,
+)
 from official_downloads import make_coco, make_context, make_sbd, make_voc2012
 
 from crafted import run_bounded
@@ -113,7 +119,6 @@ def test_a_pax_header_over_the_size_limit_is_refused_unread(tmp_path: Path, caps
     _one_error_line(capsys, "benchmark.tgz", "a record of 2,097,152 bytes")
 
 
-
 def test_a_zip_member_is_inflated_no_further_than_its_declared_size(tmp_path: Path, capsys) -> None:
     """A member declaring 1,000 bytes whose deflate stream holds 64 MiB: zipfile's own read would inflate it all."""
     import tracemalloc
@@ -134,7 +139,8 @@ def test_a_zip_member_is_inflated_no_further_than_its_declared_size(tmp_path: Pa
     old = int.from_bytes(data[local + 18 : local + 22], "little")
     start = local + 30 + len(name)
     central = bytearray(data[start + old :])
-    central[central.find(name.encode()) - 46 + 20 : central.find(name.encode()) - 46 + 24] = len(stream).to_bytes(4, "little")
+    entry = central.find(name.encode()) - 46  # the central directory's record of the member
+    central[entry + 20 : entry + 24] = len(stream).to_bytes(4, "little")
     end = central.rfind(b"PK\x05\x06")
     offset = int.from_bytes(central[end + 16 : end + 20], "little") + len(stream) - old
     central[end + 16 : end + 20] = offset.to_bytes(4, "little")
@@ -175,6 +181,7 @@ def test_a_tar_long_name_is_bounded(tmp_path: Path, capsys, length: int, needle:
     assert _prepare("voc12", src, root, "--workers", "0") == 2
     line = _one_error_line(capsys, "VOCtrainval_11-May-2012.tar", needle)
     assert len(line) < 1000
+
 
 class _DeferredPool:
     """Stands in for ProcessPoolExecutor: jobs run only when `wait` (or `result`) asks, so that the bytes of the
