@@ -131,3 +131,57 @@ def test_predict_leaves_the_model_unchanged():
     assert result.class_names == ["cat", "sofa"] and result.scores.shape == (2, 64, 64)
     assert model.class_names == before_names
     assert torch.equal(model.class_embeddings, before)
+
+
+def _ico_holding_png(width: int, height: int) -> bytes:
+    """An ICO whose directory declares one 16x16 icon, stored as a PNG of width x height (PIL decodes the PNG at
+    its own size: the header check would see 16x16)."""
+    rows = zlib.compress(b"\x00" * (width + 1) * height, 9)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", rows) + _chunk(b"IEND", b"")
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + png
+
+
+def test_formats_whose_header_cannot_bound_them_are_not_opened(tmp_path, monkeypatch):
+    icon = tmp_path / "icon.png"  # the suffix does not matter: the content is what PIL would open
+    icon.write_bytes(_ico_holding_png(2000, 2000))
+    monkeypatch.setenv("OTSEG_MAX_PIXELS", "1000000")
+    with pytest.raises(ValueError, match=r"icon\.png is not an image file otseg reads") as info:
+        read_image(icon)
+    assert "\n" not in str(info.value)
+
+
+def test_a_png_text_chunk_bomb_is_one_line_naming_the_file(tmp_path):
+    """A zTXt chunk inflating to 20 MB: PIL refuses it with a ValueError that names no file."""
+    path = tmp_path / "text.png"
+    ztxt = _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * (20 << 20), 9))
+    ihdr = struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0)
+    idat = _chunk(b"IDAT", zlib.compress(b"\x00" * 20))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + ztxt + idat + _chunk(b"IEND", b""))
+    with pytest.raises(ValueError, match=r"text\.png is corrupt or truncated: Decompressed data too large") as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_16_bit_and_float_pixels_are_converted_a_strip_at_a_time(monkeypatch):
+    """Grey 16-bit pixels were repeated over three channels and then made float64 twice (54 bytes a pixel): an
+    8000x8000 16-bit PNG ran out of memory where an 8-bit one of the same size segments."""
+    import tracemalloc
+
+    import otseg.image_io as image_io
+
+    rng = np.random.default_rng(0)
+    grey16 = rng.integers(0, 65536, (1000, 1000), dtype=np.uint16)
+    floats = rng.random((1000, 1000), dtype=np.float32)
+    expected16 = np.repeat(np.rint(grey16.astype(np.float64) / 257.0).astype(np.uint8)[..., None], 3, axis=2)
+    expected_f = np.repeat(np.clip(np.rint(floats.astype(np.float64) * 255), 0, 255).astype(np.uint8)[..., None], 3, 2)
+    monkeypatch.setattr(image_io, "_STRIP_PIXELS", 50_000)
+    for values, expected in ((grey16, expected16), (floats, expected_f)):
+        tracemalloc.start()
+        try:
+            rgb = image_io.to_rgb_array(values)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert rgb.dtype == np.uint8 and (rgb == expected).all()
+        assert peak < 3 * values.size + (4 << 20), peak  # the output and a strip (before: ~50 MB)

@@ -116,11 +116,16 @@ def test_a_preset_typo_is_refused_everywhere(
         ["classes", "--model", "demo", "--preset", "voc12-inductiv"],
         ["eval", "--checkpoint", str(model_dir), "--preset", "voc12-inductiv", "--data-root", str(tmp_path)],
         ["segment", str(tmp_path), "--checkpoint", str(model_dir), "--preset", "voc12-inductiv"],
+        ["segment", str(tmp_path), "--model", "demo", "--preset", "voc12-inductiv"],  # was ignored without a checkpoint
+        ["export", "--onnx", str(tmp_path / "m.onnx"), "--preset", "voc12-inductiv"],
     ):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "unknown preset 'voc12-inductiv'; valid presets:" in err, argv
         assert "context59-inductive" in err and "no model" not in err
+    assert main(["export", "--onnx", str(tmp_path / "m.onnx"), "--preset", "voc12-inductive"]) == 2
+    assert "--preset voc12-inductive goes with --checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_running_out_of_memory_is_not_called_unreadable(
@@ -137,3 +142,24 @@ def test_running_out_of_memory_is_not_called_unreadable(
     assert "not enough memory to segment" in captured.out and "1 image(s) not segmented" in captured.err
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["failed"][0]["error"].startswith("not enough memory to segment")
+
+
+def test_an_overlay_that_does_not_fit_in_memory_skips_the_image(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the pixel cap an image can be segmented and its overlay still not fit: that image is skipped, named, with
+    no traceback (it was a MemoryError traceback) and no half-written pictures."""
+    from otseg import predictor as predictor_module
+
+    _png(tmp_path / "in" / "a.png")
+
+    def no_memory(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise MemoryError
+
+    monkeypatch.setattr(predictor_module.Prediction, "overlay", no_memory)
+    assert _segment(model_dir, str(tmp_path / "in"), "--classes", "cat,dog", "--out", str(tmp_path / "out")) == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "not enough memory to segment" in captured.out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [Path(f["image"]).name for f in summary["failed"]] == ["a.png"] and summary["images"] == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.json"]

@@ -52,3 +52,24 @@ def test_legend_and_title_text_keeps_the_space_between_words() -> None:
     for name in ("yellow dotted", "held-out seen", "red striped"):
         inside = max(_widest_blank_run(word) for word in name.split())
         assert _widest_blank_run(name) > inside, name
+
+
+def test_overlay_blends_a_strip_at_a_time_with_the_same_values(monkeypatch) -> None:
+    import tracemalloc
+
+    import otseg.viz as viz
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    labels = rng.integers(0, 5, (1000, 1000))
+    names = ["sky", "red car", "tree", "road", "wall"]
+    whole = (0.5 * image.astype(np.float32) + 0.5 * colorize(labels, names).astype(np.float32)).clip(0, 255)
+    monkeypatch.setattr(viz, "_STRIP_PIXELS", 50_000)
+    tracemalloc.start()
+    try:
+        blended = viz.overlay(image, labels, names)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (blended == whole.astype(np.uint8)).all()
+    assert peak < 3 * image.size // 3 + (8 << 20), peak  # the output and strips (the whole at once: ~40 MB)

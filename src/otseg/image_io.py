@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from otseg.errors import BadValueError, MissingFileError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "IMAGE_FORMATS",
     "IMAGE_SUFFIXES",
     "MAX_SIDE",
     "ImageInput",
@@ -44,6 +45,10 @@ MAX_PIXELS_ENV = "OTSEG_MAX_PIXELS"
 MAX_SIDE = 65_535  # the longest side of any image or label map (JPEG's own limit); checked with the pixel cap
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+# The PIL formats of those suffixes (JPEG includes MPO, phones' multi-picture JPEGs), whatever a file is named.
+# Others are not opened: an ICO declares 16x16 in its header and may decode an embedded 13000x13000 PNG, so no
+# header check could bound it.
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF", "PPM")
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -97,14 +102,14 @@ def open_image(path: str | os.PathLike, what: str = "image", limit: int | None =
         with warnings.catch_warnings():
             # Our own cap (checked below) is the one that decides; PIL's warning would only repeat it.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(p)
+            im = Image.open(p, formats=IMAGE_FORMATS)
     except Image.DecompressionBombError as e:
         raise BadValueError(f"{what} {p} is too large to decode safely: {' '.join(str(e).split())}") from None
     except UnidentifiedImageError:
         raise BadValueError(
-            f"{what} {p} is not an image file PIL can read (corrupt, or an unsupported format)"
+            f"{what} {p} is not an image file otseg reads (corrupt, or not PNG, JPEG, BMP, TIFF, WebP, GIF or PPM)"
         ) from None
-    except (OSError, SyntaxError) as e:
+    except (OSError, SyntaxError, ValueError) as e:  # ValueError: PIL's text-chunk bomb guard, among others
         raise BadValueError(f"{what} {p} is corrupt or truncated: {' '.join(str(e).split())}") from None
     try:
         with im:
@@ -125,13 +130,22 @@ def describe_source(image: Any) -> str:
     return type(image).__name__
 
 
-def _scale_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
-    """Integer or float pixels -> uint8. 16-bit integers are divided by 257 (65535 -> 255); floats are taken as
-    0..1 when their maximum is at most 1, else as 0..255."""
+_STRIP_PIXELS = 4 << 20  # pixels converted at a time: the float64 temporaries of a strip stay about 100 MB
+
+
+def _strips(height: int, width: int) -> range:
+    """Row starts of strips of about `_STRIP_PIXELS` pixels."""
+    return range(0, height, max(1, _STRIP_PIXELS // max(1, width)))
+
+
+def _uint8_converter(values: np.ndarray, where: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Check integer or float pixels over the whole image and return the conversion of any part of it to uint8.
+    16-bit integers are divided by 257 (65535 -> 255); floats are taken as 0..1 when the image's maximum is at most
+    1, else as 0..255. The conversion is applied a strip at a time, so its float64 temporaries stay small."""
     if values.dtype == np.uint8:
-        return values
+        return lambda part: part
     if values.dtype == np.bool_:
-        return values.astype(np.uint8) * 255
+        return lambda part: part.astype(np.uint8) * 255
     if np.issubdtype(values.dtype, np.integer):
         if values.size and (values.min() < 0 or values.max() > 65535):
             raise BadValueError(
@@ -139,14 +153,15 @@ def _scale_to_uint8(values: np.ndarray, where: str) -> np.ndarray:
                 "0..65535 (16-bit)"
             )
         if values.size and values.max() <= 255 and values.dtype.itemsize == 1:
-            return values.astype(np.uint8)
+            return lambda part: part.astype(np.uint8)
         # 16-bit data: full-range scaling, as image viewers show it.
-        return np.rint(values.astype(np.float64) / 257.0).astype(np.uint8)
+        return lambda part: np.rint(part.astype(np.float64) / 257.0).astype(np.uint8)
     if np.issubdtype(values.dtype, np.floating):
-        if not np.isfinite(values).all():
+        rows = _strips(values.shape[0], int(np.prod(values.shape[1:], dtype=np.int64)))
+        if not all(np.isfinite(values[top : top + rows.step]).all() for top in rows):
             raise BadValueError(f"{where}: the image holds NaN or infinite values")
         scale = 255.0 if values.size == 0 or float(values.max()) <= 1.0 else 1.0
-        return np.clip(np.rint(values.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+        return lambda part: np.clip(np.rint(part.astype(np.float64) * scale), 0, 255).astype(np.uint8)
     raise BadValueError(f"{where}: unsupported pixel type {values.dtype}; give uint8, uint16 or float pixels")
 
 
@@ -184,18 +199,27 @@ def to_rgb_array(image: Image.Image | np.ndarray, where: str = "image") -> np.nd
     arr = image
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
     elif arr.ndim == 3 and arr.shape[2] == 4:
         arr = arr[..., :3]
-    if arr.ndim != 3 or arr.shape[2] != 3:
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
         raise BadValueError(
             f"{where}: expected an image array of shape (H, W), (H, W, 3) or (H, W, 4), got {tuple(image.shape)} "
             "(channels-first arrays need .transpose(1, 2, 0))"
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise BadValueError(f"{where}: the image is empty ({tuple(image.shape)})")
-    return np.ascontiguousarray(_scale_to_uint8(arr, where))
+    convert = _uint8_converter(arr, where)
+    if arr.dtype == np.uint8 and arr.ndim == 3:
+        return np.ascontiguousarray(arr)
+    # Converted a strip at a time, grey repeated over three channels as it is written: 16-bit or float pixels
+    # never exist as a (H, W, 3) float64 array (24 bytes a pixel, times the temporaries).
+    height, width = arr.shape[:2]
+    out = np.empty((height, width, 3), np.uint8)
+    rows = _strips(height, width)
+    for top in rows:
+        part = convert(arr[top : top + rows.step])
+        out[top : top + rows.step] = part[..., None] if part.ndim == 2 else part
+    return out
 
 
 def read_image(image: ImageInput, max_pixels: int | None = None) -> np.ndarray:

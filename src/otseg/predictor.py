@@ -41,6 +41,7 @@ from otseg.model.presets import get_preset, list_presets
 from otseg.model.segmentor import OTSeg
 from otseg.model.text import compute_class_embeddings, validate_class_names
 from otseg.model_files.open_model import load_model
+from otseg.model_files.otseg_folder import saved_class_names
 from otseg.named_models import NAMED_MODELS
 from otseg.viz import overlay_with_legend, palette_label_image
 
@@ -403,6 +404,5 @@ def default_class_names(name_or_path: str | os.PathLike, preset: str | None = No
         return list(get_preset(str(name_or_path)).class_names)
     p = Path(name_or_path)
     if p.is_dir() and (p / "config.json").is_file():
-        meta = json.loads((p / "config.json").read_text(encoding="utf-8"))
-        return list(meta.get("class_names") or meta.get("config", {}).get("class_names", []))
+        return saved_class_names(p)  # bounded and checked as when the model is loaded
     return Predictor.from_pretrained(p, preset=preset).default_class_names

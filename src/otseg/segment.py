@@ -122,8 +122,12 @@ def segment_images(
     failed: list[dict[str, str]] = []
     bar = tqdm(list(zip(paths, output_stems(paths), strict=True)), desc="segment", unit="image", disable=not progress)
     for path, stem in bar:
+        label_file, overlay_file, json_file = (out / f"{stem}{s}" for s in ("_labels.png", "_overlay.png", ".json"))
         try:
             result = predictor.predict(path, names)
+            # The pictures are built here too: an image at the pixel cap may be segmented and its overlay still
+            # not fit in memory. They are written below (a write error, e.g. a full disk, stops the run).
+            label_image, overlay_image = result.label_image(), result.overlay()
         except (ValueError, OSError, MemoryError) as e:  # a bad or too large file: say which, go on with the rest
             reason = str(e)
             if isinstance(e, MemoryError):  # the image was read; segmenting it at this size needed more memory
@@ -135,9 +139,8 @@ def segment_images(
             bar.write(f"skipped {path}: {reason}")
             continue
         names = result.class_names
-        label_file, overlay_file, json_file = (out / f"{stem}{s}" for s in ("_labels.png", "_overlay.png", ".json"))
-        _save_png(result.label_image(), label_file)
-        _save_png(result.overlay(), overlay_file)
+        _save_png(label_image, label_file)
+        _save_png(overlay_image, overlay_file)
         fractions = result.fractions()
         record = {
             "image": str(path),

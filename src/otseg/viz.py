@@ -83,21 +83,38 @@ def _count(classes: ClassesOrCount) -> int:
     return classes if isinstance(classes, int) else len(classes)
 
 
-def colorize(labels: np.ndarray, classes: ClassesOrCount) -> np.ndarray:
-    """Label map (H, W) with values 0..K-1 -> RGB (H, W, 3) uint8 (`classes`: the names, or their number). With
-    at most 255 classes the value 255 is the ignore index (drawn black); with more, every value is a class."""
+def _colour_lut(classes: ClassesOrCount) -> np.ndarray:
     num_classes = _count(classes)
     lut = np.zeros((max(256, num_classes), 3), np.uint8)
     lut[:num_classes] = class_colours(classes)
     if num_classes <= 255:
         lut[255] = IGNORE_COLOR
+    return lut
+
+
+def colorize(labels: np.ndarray, classes: ClassesOrCount) -> np.ndarray:
+    """Label map (H, W) with values 0..K-1 -> RGB (H, W, 3) uint8 (`classes`: the names, or their number). With
+    at most 255 classes the value 255 is the ignore index (drawn black); with more, every value is a class."""
+    lut = _colour_lut(classes)
     return lut[labels.astype(np.int64).clip(0, len(lut) - 1)]
 
 
+_STRIP_PIXELS = 4 << 20  # pixels blended at a time: a strip's float32 temporaries stay about 50 MB each
+
+
 def overlay(image: np.ndarray, labels: np.ndarray, classes: ClassesOrCount, alpha: float = 0.5) -> np.ndarray:
-    """Blend the colourised label map over an RGB image (H, W, 3) uint8 (`classes`: the names, or their number)."""
-    mixed = (1 - alpha) * image.astype(np.float32) + alpha * colorize(labels, classes).astype(np.float32)
-    return mixed.clip(0, 255).astype(np.uint8)
+    """Blend the colourised label map over an RGB image (H, W, 3) uint8 (`classes`: the names, or their number).
+
+    Blended a strip of rows at a time (the same values): the whole image as float32 temporaries would be about
+    40 bytes a pixel, 2.5 GB for 64 million pixels."""
+    lut = _colour_lut(classes)
+    out: np.ndarray = np.empty(np.broadcast_shapes(image.shape, (*labels.shape, 3)), np.uint8)
+    step = max(1, _STRIP_PIXELS // max(1, int(np.prod(labels.shape[1:], dtype=np.int64))))
+    for top in range(0, out.shape[0], step):
+        colours = lut[labels[top : top + step].astype(np.int64).clip(0, len(lut) - 1)]
+        mixed = (1 - alpha) * image[top : top + step].astype(np.float32) + alpha * colours.astype(np.float32)
+        out[top : top + step] = mixed.clip(0, 255).astype(np.uint8)
+    return out
 
 
 def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -168,12 +185,20 @@ def overlay_with_legend(
         # typed spelling) needs Pillow >= 9.1, and otseg supports 9.0.
         nearest = Image.NEAREST  # type: ignore[attr-defined]
         picture = picture.resize((picture.width * scale, picture.height * scale), nearest)
-    present = sorted(int(v) for v in np.unique(labels) if v < k)
+    present = _present(labels, k)
     key = _legend(class_names, present, picture.height, k)
     canvas = Image.new("RGB", (picture.width + key.width, max(picture.height, key.height)), "white")
     canvas.paste(picture, (0, 0))
     canvas.paste(key, (picture.width, 0))
     return canvas
+
+
+def _present(labels: np.ndarray, k: int) -> list[int]:
+    """The class indices (< k) found in `labels`, counted without sorting a copy of the map as `np.unique` does."""
+    if labels.size and labels.min() >= 0 and np.issubdtype(labels.dtype, np.integer):
+        counts = np.bincount(labels.ravel(), minlength=k)
+        return [int(v) for v in np.flatnonzero(counts) if v < k]
+    return sorted(int(v) for v in np.unique(labels) if v < k)
 
 
 def palette_label_image(labels: np.ndarray, num_classes: int, class_names: Sequence[str] | None = None) -> Image.Image:

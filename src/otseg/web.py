@@ -47,7 +47,7 @@ from PIL import Image
 
 from otseg.data.classes import class_list_note, parse_class_text
 from otseg.errors import BadValueError, MissingExtraError
-from otseg.image_io import describe_source, read_image
+from otseg.image_io import IMAGE_FORMATS, describe_source, read_image
 from otseg.predictor import Predictor
 from otseg.warning_lines import without_object_reprs
 from otseg.web_budget import CacheBudget, UploadBudget
@@ -169,7 +169,7 @@ def check_upload_header(path: str | os.PathLike[str], name: str, max_pixels: int
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's bomb warning (several lines on stderr): our cap decides
-            with Image.open(path) as im:
+            with Image.open(path, formats=IMAGE_FORMATS) as im:
                 width, height = im.size
     except Image.DecompressionBombError:
         raise TooManyPixelsError(

@@ -120,3 +120,22 @@ def test_train_start_up_notes_warmup_batch_and_transductive_init(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "--init-from work_dirs/voc12-inductive/iter_10000.pt" in err and "half schedule" in err
+
+
+def test_a_custom_image_that_pil_refuses_with_a_value_error_is_no_traceback(tmp_path, capsys):
+    """A PNG whose zTXt chunk inflates to 20 MB: PIL raises ValueError (not OSError) when opening it."""
+    import struct
+    import zlib
+
+    from fake_layouts import make_custom
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    root = make_custom(tmp_path / "data", n_train=2, n_val=1)
+    text = chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(bytes(20 << 20), 9))
+    ihdr = struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0)
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + text + chunk(b"IDAT", zlib.compress(bytes(20)))
+    (root / "train" / "images" / "train_000.jpg").write_bytes(bomb + chunk(b"IEND", b""))
+    main(["check-data", "--dataset", "custom", "--data-root", str(root)])
+    assert "Traceback" not in capsys.readouterr().err

@@ -18,6 +18,10 @@ from otseg.data.classes import class_list_note, parse_class_option, parse_class_
         ("cat | dog", "separates names with '|'", "'cat, dog'"),
         ("cat\tdog", "separates names with a tab", "'cat, dog'"),
         ("cat\uff0cdog", "separates names with '\uff0c'", "'cat, dog'"),
+        ("cat\ufe50dog", "separates names with '\ufe50'", "'cat, dog'"),  # small comma
+        ("cat\u060cdog", "separates names with '\u060c'", "'cat, dog'"),  # Arabic comma
+        ("cat\u201adog", "separates names with '\u201a'", "'cat, dog'"),  # single low-9 quotation mark
+        ("cat\u037e dog", "separates names with '\u037e'", "'cat, dog'"),  # Greek question mark
         ("cat, dog; bird", "separates names with ';'", "'cat, dog, bird'"),
         ('["a","b"]', "looks like a list literal", "'a, b'"),
         ("['cat', 'sofa']", "looks like a list literal", "'cat, sofa'"),
@@ -74,3 +78,17 @@ def test_a_single_class_gets_a_note() -> None:
     note = class_list_note(["cat"])
     assert note is not None and "100 %" in note and "background" in note
     assert class_list_note(["cat", "sofa"]) is None
+
+
+def test_invisible_names_too_many_names_and_huge_files_are_refused(tmp_path: Path) -> None:
+    for text in ("cat, \u200b", "cat,\ufeff \u200e"):  # zero-width space; byte-order mark and a direction mark
+        with pytest.raises(ValueError, match=r"position\(s\) \[1\] are empty"):
+            parse_class_text(text)
+    with pytest.raises(ValueError, match=r"5,000 class names; at most 4,096"):
+        parse_class_text(",".join(f"c{i}" for i in range(5000)))
+    names = tmp_path / "names.txt"
+    with names.open("wb") as f:
+        f.truncate(4 << 30)  # sparse: no disk used, and never read
+    with pytest.raises(ValueError) as info:
+        parse_class_option(str(names))
+    assert str(names) in str(info.value) and "4,294,967,296 bytes" in str(info.value) and "\n" not in str(info.value)

@@ -21,6 +21,10 @@ def test_a_split_json_nested_too_deep_or_too_large_is_one_line(tmp_path: Path) -
     split.write_text(" " * (2 << 20))
     with pytest.raises(ValueError, match=r"2,097,152 bytes"):
         read_custom_classes(root)
+    split.write_text('{"unseen": [' + "9" * 5000 + "]}")  # Python's int parser refuses over 4,300 digits
+    with pytest.raises(ValueError) as info:
+        read_custom_classes(root)
+    assert str(split) in str(info.value) and "4300 digits" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_a_binary_split_list_is_one_line(tmp_path: Path) -> None:

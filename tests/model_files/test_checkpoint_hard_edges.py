@@ -165,11 +165,19 @@ def test_missing_unexpected_and_misshapen_keys_are_named(tmp_path: Path) -> None
         "missing": {k: v for k, v in state["model"].items() if k != key},
         "unexpected": {**state["model"], "head.extra.weight": torch.zeros(2)},
         "shape": {**state["model"], key: torch.zeros(3, 3)},
+        "a-list": list(state["model"].values()),
+        "int-names": {i: v for i, v in enumerate(state["model"].values())},
     }
     for name, model_state in cases.items():
         path = tmp_path / f"{name}.pt"
         torch.save({**state, "model": model_state}, path)
-        expected = {"missing": f"missing key(s) ['{key}']", "unexpected": "head.extra.weight", "shape": "(3, 3)"}
+        expected = {
+            "missing": f"missing key(s) ['{key}']",
+            "unexpected": "head.extra.weight",
+            "shape": "(3, 3)",
+            "a-list": "weights are a list, not a dict of named tensors",
+            "int-names": "'0' (int), not a string",
+        }
         for load in (load_model, Trainer(tiny_model(), Blocks(), train_cfg(), tmp_path / "t").load_checkpoint):
             with pytest.raises(ValueError) as info:
                 load(path)

@@ -139,3 +139,28 @@ def test_class_embeddings_declared_too_many_are_refused_from_the_header(folder: 
     with pytest.raises(ValueError) as info:
         load_pretrained(folder)
     _one_line(info.value, "model.safetensors", "(5000, 1, 16)", "at most 4096")
+
+
+def test_an_integer_of_5000_digits_in_config_json_is_one_line(folder: Path) -> None:
+    """Python refuses to parse integers over 4,300 digits with a ValueError that is not a JSONDecodeError."""
+    path = folder / "config.json"
+    path.write_text(path.read_text().replace('"crop_size": ', '"crop_size": ' + "9" * 5000 + ', "x": ', 1))
+    with pytest.raises(ValueError) as info:
+        load_pretrained(folder)
+    _one_line(info.value, str(path), "is not valid JSON", "4300 digits")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("{", "is not valid JSON"),
+        ('{"format": "otseg", "class_names": 5}', "class_names = 5: expected a list of names"),
+        ('{"format": "otseg", "config": {"class_names": ["a", null]}}', "position 1 holds the NoneType"),
+        (json.dumps({"format": "otseg", "class_names": ["a" * 10] * 2_000_000}), "more than any otseg config.json"),
+    ],
+)
+def test_otseg_classes_reads_a_folder_config_with_the_same_bounds(folder: Path, capsys, text: str, needle: str) -> None:
+    (folder / "config.json").write_text(text)
+    assert main(["classes", "--model", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and "config.json" in err and needle in err, err

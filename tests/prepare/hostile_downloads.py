@@ -8,7 +8,13 @@ import tarfile
 import zlib
 from pathlib import Path
 
-__all__ = ["mat_with_segmentation", "png_header_only", "tgz_with_pax_header", "tgz_with_zero_member"]
+__all__ = [
+    "mat_with_empty_cells",
+    "mat_with_segmentation",
+    "png_header_only",
+    "tgz_with_pax_header",
+    "tgz_with_zero_member",
+]
 
 _ZERO_CHUNK = bytes(1 << 20)
 
@@ -51,6 +57,30 @@ def mat_with_segmentation(height: int, width: int) -> bytes:
     out.append(z.flush())
     compressed = b"".join(out)
     header = b"MATLAB 5.0 MAT-file, written by a test".ljust(116, b" ") + bytes(8) + struct.pack("<H", 0x0100) + b"IM"
+    return header + _tag(15, len(compressed)) + compressed
+
+
+def _array(mx_class: int, dims: list[int], name: bytes, body: bytes) -> bytes:
+    inner = (
+        _padded(6, struct.pack("<II", mx_class, 0))
+        + _padded(5, struct.pack(f"<{len(dims)}i", *dims))
+        + _padded(1, name)
+        + body
+    )
+    return _tag(14, len(inner)) + inner
+
+
+def mat_with_empty_cells(outer: int, inner: int) -> bytes:
+    """A MATLAB 5 file holding `GTcls` with a valid 4 x 4 `Segmentation` and `Boundaries`, a cell array of `outer`
+    cell arrays of `inner` empty matrices each (8 bytes apiece, so `outer` x `inner` arrays compress to ~1 KB per
+    100,000): every array costs a reader a step and an object, whatever its size."""
+    seg = _array(9, [4, 4], b"", _padded(2, bytes(16)))  # mxUINT8, miUINT8
+    cells = _array(1, [inner, 1], b"", _tag(14, 0) * inner)
+    boundaries = _array(1, [outer, 1], b"", cells * outer)
+    names = b"Segmentation".ljust(32, b"\0") + b"Boundaries".ljust(32, b"\0")
+    gtcls = _array(2, [1, 1], b"GTcls", struct.pack("<HHi", 5, 4, 32) + _padded(1, names) + seg + boundaries)
+    header = b"MATLAB 5.0 MAT-file, written by a test".ljust(116, b" ") + bytes(8) + struct.pack("<H", 0x0100) + b"IM"
+    compressed = zlib.compress(gtcls, 9)
     return header + _tag(15, len(compressed)) + compressed
 
 

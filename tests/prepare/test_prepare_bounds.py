@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from concurrent.futures import Future
 from pathlib import Path
@@ -13,7 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hostile_downloads import mat_with_segmentation, png_header_only, tgz_with_pax_header, tgz_with_zero_member
+from hostile_downloads import (
+    mat_with_empty_cells,
+    mat_with_segmentation,
+    png_header_only,
+    tgz_with_pax_header,
+    tgz_with_zero_member,
+)
 from official_downloads import make_coco, make_context, make_sbd, make_voc2012
 
 from crafted import run_bounded
@@ -56,6 +63,25 @@ def test_a_mat_declaring_a_huge_map_is_refused_from_its_header(tmp_path: Path, c
     assert {p.name for p in tmp_path.iterdir()} == {"downloads", "data"}  # nothing written anywhere else
 
 
+def test_a_mat_of_millions_of_empty_arrays_is_refused_at_once(tmp_path: Path, capsys) -> None:
+    """4 million empty matrices in GTcls.Boundaries (a 57 KB file): each cost the header walk a copy of its
+    decompression buffer (the walk ran for minutes) and would cost scipy an object; refused after 65,536 arrays."""
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    voc = make_voc2012(src, archive=True)
+    make_sbd(src, voc, archive=False)
+    stem = voc["others"][0]
+    (src / "benchmark_RELEASE" / "dataset" / "cls" / f"{stem}.mat").write_bytes(mat_with_empty_cells(4096, 1000))
+    start = time.perf_counter()
+    assert _prepare("voc12", src, root, "--workers", "0") == 2
+    assert time.perf_counter() - start < 20
+    _one_error_line(capsys, f"cls/{stem}.mat", "GTcls.Boundaries{", "more than 65,536 arrays in one file")
+    limits = MatLimits(max_side=4096, max_elements=4096 * 4096)
+    assert check_mat_sizes(mat_with_empty_cells(3800, 16), limits) > 0  # 64,603 arrays: within the limit
+    start = time.perf_counter()
+    check_mat_sizes(mat_with_segmentation(2000, 2000), limits)  # 4 MB of data: skipped without quadratic copies
+    assert time.perf_counter() - start < 5
+
+
 def test_the_mat_header_walk_accepts_what_scipy_writes_and_bounds_the_rest() -> None:
     from scipy.io import savemat
 
@@ -91,6 +117,70 @@ def test_a_pax_header_over_the_size_limit_is_refused_unread(tmp_path: Path, caps
     tgz_with_pax_header(src / "benchmark.tgz", 2 << 20)
     assert _prepare("voc12", src, root) == 2
     _one_error_line(capsys, "benchmark.tgz", "a record of 2,097,152 bytes")
+
+
+def test_a_zip_member_is_inflated_no_further_than_its_declared_size(tmp_path: Path, capsys) -> None:
+    """A member declaring 1,000 bytes whose deflate stream holds 64 MiB: zipfile's own read would inflate it all."""
+    import tracemalloc
+    import zlib
+
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    path = src / "ADEChallengeData2016.zip"
+    src.mkdir()
+    name = "ADEChallengeData2016/images/training/ADE_train_00000001.jpg"
+    z = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = b"".join(z.compress(bytes(1 << 20)) for _ in range(64)) + z.flush()
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(info, b"x" * 1000)
+    data = bytearray(path.read_bytes())  # swap in the large stream; both headers keep declaring 1,000 bytes
+    local = data.find(name.encode()) - 30
+    old = int.from_bytes(data[local + 18 : local + 22], "little")
+    start = local + 30 + len(name)
+    central = bytearray(data[start + old :])
+    entry = central.find(name.encode()) - 46  # the central directory's record of the member
+    central[entry + 20 : entry + 24] = len(stream).to_bytes(4, "little")
+    end = central.rfind(b"PK\x05\x06")
+    offset = int.from_bytes(central[end + 16 : end + 20], "little") + len(stream) - old
+    central[end + 16 : end + 20] = offset.to_bytes(4, "little")
+    data[local + 18 : local + 22] = len(stream).to_bytes(4, "little")
+    path.write_bytes(bytes(data[:start]) + stream + bytes(central))
+    tracemalloc.start()
+    try:
+        assert _prepare("ade20k", src, root, "--workers", "0") == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    _one_error_line(capsys, "ADEChallengeData2016.zip", "Bad CRC-32", "ADE_train_00000001.jpg")
+    assert peak < 16 << 20, peak
+
+
+def test_a_bzip2_zip_member_is_refused_unread(tmp_path: Path, capsys) -> None:
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    src.mkdir()
+    with zipfile.ZipFile(src / "ADEChallengeData2016.zip", "w", compression=zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("ADEChallengeData2016/images/training/ADE_train_00000001.jpg", b"x" * 100)
+    assert _prepare("ade20k", src, root, "--workers", "0") == 2
+    _one_error_line(capsys, "ADEChallengeData2016.zip", "ADE_train_00000001.jpg is compressed with method 12")
+
+
+@pytest.mark.parametrize(("length", "needle"), [(2 << 20, "a record of 2,097,664 bytes, more than any header"),
+                                                (5000, "a member named by 5,000 characters")])  # fmt: skip
+def test_a_tar_long_name_is_bounded(tmp_path: Path, capsys, length: int, needle: str) -> None:
+    """A GNU long name is a header record: read in one call before its member, under a 1 MiB cap."""
+    import tarfile
+
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    voc = make_voc2012(src, archive=True)
+    make_sbd(src, voc, archive=False)
+    with tarfile.open(src / "VOCtrainval_11-May-2012.tar", "a", format=tarfile.GNU_FORMAT) as tf:
+        info = tarfile.TarInfo("VOCdevkit/VOC2012/JPEGImages/" + "a" * (length - 33) + ".jpg")
+        info.size = 4
+        tf.addfile(info, io.BytesIO(b"abcd"))
+    assert _prepare("voc12", src, root, "--workers", "0") == 2
+    line = _one_error_line(capsys, "VOCtrainval_11-May-2012.tar", needle)
+    assert len(line) < 1000
 
 
 class _DeferredPool:
@@ -197,6 +287,10 @@ HOSTILE_JSON = {
     "polygons": (_annotation(segmentation=[[1, 2, 3]]), ["annos_segmentation[0].segmentation"]),
     "image-str": (lambda m: m["images"].__setitem__(0, "x"), ["images[0] is a str"]),
     "nested": (lambda m: "[" * 100_000 + "]" * 100_000, ["nested too deep"]),
+    "int-5000-digits": (
+        lambda m: json.dumps(m).replace('"height": ', '"height": ' + "9" * 5000 + ', "x": ', 1),
+        ["not valid JSON", "4300 digits"],
+    ),
 }
 
 
@@ -223,6 +317,27 @@ def test_rle_strings_with_impossible_runs_are_one_line() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ COCO-Stuff maps
+def test_a_coco_map_that_is_an_icon_is_refused_undecoded(tmp_path: Path, capsys) -> None:
+    """An ICO named .png declares 16x16 and holds an 8000x8000 PNG that PIL decodes at its own size."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 8000, 8000, 8, 0, 0, 0, 0)
+    rows = zlib.compress(bytes(8001 * 8000), 9)  # 64 MB of zeros in 64 KB
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    icon = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + png
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    coco = make_coco(src, archive=True)
+    stem = next(s for (split, s) in coco["raw"] if split == "val2017")
+    with zipfile.ZipFile(src / "stuffthingmaps_trainval2017.zip", "a") as zf:
+        zf.writestr(f"val2017/{stem}0.png", icon)
+    assert _prepare("coco", src, root, "--workers", "0") == 2
+    _one_error_line(capsys, "stuffthingmaps_trainval2017.zip", f"val2017/{stem}0.png", "not a COCO-Stuff label map")
+
+
 @pytest.mark.parametrize(("width", "height", "needle"), [(20000, 20000, "400000000 pixels"), (5000, 300, "5000x300")])
 def test_a_coco_map_declaring_a_huge_size_is_refused_from_its_header(
     tmp_path: Path, capsys, width: int, height: int, needle: str

@@ -195,3 +195,11 @@ def test_fetch_refuses_a_wrong_digest_and_prints_manual_steps_without_url(tmp_pa
     out = capsys.readouterr().out
     assert "no direct download URL" in out and "https://example.invalid/page" in out
     assert file_digests(reg)["sha256"] == hashlib.sha256(reg.read_bytes()).hexdigest()
+
+
+def test_a_registry_with_an_integer_of_5000_digits_is_one_line(tmp_path):
+    path = tmp_path / "registry.json"
+    path.write_text('{"files": [{"size": ' + "9" * 5000 + "}]}")  # Python's int parser refuses over 4,300 digits
+    with pytest.raises(ValueError) as info:
+        load_registry(path)
+    assert str(path) in str(info.value) and "not valid JSON" in str(info.value) and "\n" not in str(info.value)

@@ -122,5 +122,13 @@ def _open(
         )
     if args.clip:
         raise BadValueError("--clip goes with --checkpoint (the built-in models have their own text tower)")
+    if args.preset is not None:  # was silently ignored: a typo (or any preset) would not be noticed
+        from otseg.model.presets import get_preset
+
+        get_preset(args.preset)  # a typo: "unknown preset ...; valid presets: ..."
+        raise BadValueError(
+            f"--preset {args.preset} goes with --checkpoint (it names the preset a reference .pth was trained with); "
+            "the built-in models carry their own config"
+        )
     name = getattr(args, "model", None) or "demo"
     return Predictor.from_pretrained(name, device=device, progress=progress, precision=precision)

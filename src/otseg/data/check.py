@@ -26,6 +26,7 @@ from otseg.config import ModelConfig
 from otseg.data.datasets import PREPARE_HINTS, build_dataset, read_custom_classes
 from otseg.data.facts import CUSTOM_PIPELINE, DATASET_ALIASES, find_dataset_facts
 from otseg.errors import BadValueError
+from otseg.image_io import IMAGE_FORMATS
 
 __all__ = [
     "DataCheck",
@@ -245,9 +246,9 @@ def check_dataset(
         for i in list(range(0, len(ds), step))[:sample]:
             if dataset == "custom":
                 try:
-                    with Image.open(ds.samples[i][0]) as im:
+                    with Image.open(ds.samples[i][0], formats=IMAGE_FORMATS) as im:
                         sizes.append(im.size)
-                except OSError:
+                except (OSError, ValueError):  # ValueError: e.g. PIL's guard against a PNG text-chunk bomb
                     pass  # an unreadable image: training reports it, naming the file
             try:
                 ds.load_label(i)

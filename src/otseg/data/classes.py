@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from otseg.config import MAX_CLASS_NAME_CHARS
+from otseg.config import MAX_CLASS_NAME_CHARS, MAX_CLASSES
 from otseg.errors import BadValueError, MissingFileError
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "validate_class_names",
 ]
 
+# The largest class list file: MAX_CLASSES names of MAX_CLASS_NAME_CHARS characters (4 UTF-8 bytes each), a line each.
+_MAX_CLASS_FILE_BYTES = MAX_CLASSES * (4 * MAX_CLASS_NAME_CHARS + 2)
 # A single word ending like this is a file name, not a class name (only .txt files are read as class lists).
 CLASS_FILE_SUFFIXES = (".txt", ".csv", ".json", ".lst", ".list", ".names", ".yaml", ".yml")
 # Separators people type that are not ours: each would silently make the whole text one class.
@@ -30,6 +33,16 @@ _WRONG_SEPARATORS = {
     "\uff1b": "'\uff1b'",  # full-width semicolon
     "\uff0c": "'\uff0c'",  # full-width comma
     "\u3001": "'\u3001'",  # ideographic comma
+    "\uff64": "'\uff64'",  # half-width ideographic comma
+    "\ufe50": "'\ufe50'",  # small comma
+    "\ufe51": "'\ufe51'",  # small ideographic comma
+    "\u060c": "'\u060c'",  # Arabic comma
+    "\u201a": "'\u201a'",  # single low-9 quotation mark (looks like a comma)
+    "\u2e41": "'\u2e41'",  # reversed comma
+    "\ufe54": "'\ufe54'",  # small semicolon
+    "\u037e": "'\u037e'",  # Greek question mark (looks like a semicolon)
+    "\u061b": "'\u061b'",  # Arabic semicolon
+    "\uff5c": "'\uff5c'",  # full-width vertical line
     "|": "'|'",
     "\t": "a tab",
 }
@@ -57,7 +70,9 @@ def validate_class_names(names: Iterable[str], where: str = "") -> list[str]:
     cleaned = [n.strip() for n in names]
     if not cleaned:
         raise BadValueError(f"{prefix}the class list is empty: give at least one class name")
-    empty = [i for i, n in enumerate(cleaned) if not n]
+    if len(cleaned) > MAX_CLASSES:
+        raise BadValueError(f"{prefix}{len(cleaned):,} class names; at most {MAX_CLASSES:,} can be segmented at once")
+    empty = [i for i, n in enumerate(cleaned) if not _visible(n)]
     if empty:
         raise BadValueError(f"{prefix}class name(s) at position(s) {empty} are empty")
     for i, n in enumerate(cleaned):
@@ -76,12 +91,18 @@ def validate_class_names(names: Iterable[str], where: str = "") -> list[str]:
     return cleaned
 
 
+def _visible(name: str) -> bool:
+    """Whether a name shows anything: not only spaces and invisible format characters (zero-width space,
+    byte-order mark, direction marks), which `str.strip` keeps."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cf", "Cc") for c in name)
+
+
 def _suggestion(text: str) -> str:
     """The names in `text` as they should be typed: split on any separator, quotes and brackets removed."""
     inner = text.strip()
     if inner[:1] in _BRACKETS and inner.endswith(_BRACKETS[inner[0]]):
         inner = inner[1:-1]
-    parts = re.split(r"[,\n;\uff1b\uff0c\u3001|\t]", inner)
+    parts = re.split("[,\n" + re.escape("".join(_WRONG_SEPARATORS)) + "]", inner)
     names = [p.strip().strip(_QUOTES + "[](){}").strip() for p in parts]
     return ", ".join(n for n in names if n)
 
@@ -192,6 +213,12 @@ def read_class_file(path: str | os.PathLike[str]) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise MissingFileError(f"class list {p} does not exist")
+    size = p.stat().st_size
+    if size > _MAX_CLASS_FILE_BYTES:
+        raise BadValueError(
+            f"{p} has {size:,} bytes, more than a list of {MAX_CLASSES:,} class names of at most "
+            f"{MAX_CLASS_NAME_CHARS} characters can hold; give a .txt file of one class name per line"
+        )
     data = p.read_bytes()
     try:
         text = data.decode("utf-8-sig")  # "-sig": a leading byte-order mark is not part of the first name

@@ -461,7 +461,7 @@ def read_custom_classes(root: str | Path) -> DatasetClasses:
             raise BadValueError(f'{split_file} has {split_file.stat().st_size:,} bytes; expected {{"unseen": [names]}}')
         try:
             spec = json.loads(split_file.read_bytes().decode("utf-8-sig"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, an integer over Python's 4,300 digits
             why = "nested too deep" if isinstance(e, RecursionError) else " ".join(str(e).split())
             raise BadValueError(
                 f'{split_file} is not valid JSON ({why}); expected {{"unseen": [names or ids]}}'

@@ -54,6 +54,11 @@ def check_state_dict_fits(
     Raises:
         ValueError: one line: missing keys, unexpected keys and shape mismatches (first few of each).
     """
+    if not isinstance(state, Mapping):
+        raise BadValueError(f"{source}: its weights are a {type(state).__name__}, not a dict of named tensors")
+    odd = next((k for k in state if not isinstance(k, str)), None)
+    if odd is not None:  # names are concatenated and compared as text below
+        raise BadValueError(f"{source}: a weight is named {str(odd)[:60]!r} ({type(odd).__name__}), not a string")
     ours = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     allowed = may_be_missing if callable(may_be_missing) else (lambda k, p=may_be_missing: k.startswith(p))
     name = key_name or (lambda k: key_prefix + k)

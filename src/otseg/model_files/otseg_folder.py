@@ -38,7 +38,7 @@ from otseg.formats.torch_pickle import first_sentence
 from otseg.model.segmentor import OTSeg
 from otseg.utils import atomic_write, atomic_write_text
 
-__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "load_pretrained", "save_pretrained"]
+__all__ = ["CONFIG_FILE", "FORMAT_VERSION", "WEIGHTS_FILE", "load_pretrained", "save_pretrained", "saved_class_names"]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -113,14 +113,7 @@ def load_pretrained(
     except (TypeError, ValueError, KeyError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         raise BadValueError(f"{cfg_path}: {message}") from e
-    names = meta.get("class_names")
-    if names is not None:
-        if not isinstance(names, list):
-            raise BadValueError(f"{cfg_path}: class_names = {str(names)[:60]}: expected a list of names")
-        try:
-            names = validate_class_names(names, f"{cfg_path}: class_names")
-        except TypeError as e:
-            raise BadValueError(str(e)) from None
+    names = _checked_names(meta.get("class_names"), cfg_path, "class_names")
     header, shapes = _read_header(weights_path)
     digest = header.get("otseg_sha256")
     if digest is None and not trust_unverified:
@@ -176,6 +169,31 @@ def load_pretrained(
     return model.to(device)
 
 
+def _checked_names(names: Any, cfg_path: Path, key: str) -> list[str] | None:
+    """`names` from config.json checked to be a list of valid class names (None stays None); else one line."""
+    if names is None:
+        return None
+    if not isinstance(names, list):
+        raise BadValueError(f"{cfg_path}: {key} = {str(names)[:60]}: expected a list of names")
+    try:
+        return validate_class_names(names, f"{cfg_path}: {key}")
+    except TypeError as e:
+        raise BadValueError(str(e)) from None
+
+
+def saved_class_names(directory: str | os.PathLike) -> list[str]:
+    """The class names a model folder's config.json lists (`class_names`, else `config.class_names`), read with
+    the same bounds and checks as `load_pretrained`, without building the model or reading its weights."""
+    cfg_path = Path(directory) / CONFIG_FILE
+    meta = _read_config_json(cfg_path)
+    names = _checked_names(meta.get("class_names"), cfg_path, "class_names")
+    if names is None:
+        config = meta.get("config")
+        inner = config.get("class_names") if isinstance(config, dict) else None
+        names = _checked_names(inner, cfg_path, "config.class_names") or []
+    return names
+
+
 def _read_config_json(path: Path) -> dict[str, Any]:
     """config.json as a dict, bounded in size and nesting; one ValueError naming the file otherwise."""
     size = path.stat().st_size
@@ -185,8 +203,8 @@ def _read_config_json(path: Path) -> dict[str, Any]:
         )
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BadValueError(f"{path} is not valid JSON: {e}") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer over Python's 4,300 digits
+        raise BadValueError(f"{path} is not valid JSON: {' '.join(str(e).split())}") from None
     except RecursionError:
         raise BadValueError(f"{path} is not an otseg config: its JSON is nested too deep") from None
     if not isinstance(meta, dict) or meta.get("format") != "otseg":

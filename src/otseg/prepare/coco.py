@@ -65,7 +65,7 @@ def map_cost(data: bytes, where: str) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound decides, below
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
                 height, width = im.height, im.width
     except Image.DecompressionBombError as exc:  # PIL's own limit (about 179 million pixels), above ours
         raise BadValueError(f"{where}: over the limit of a label map ({' '.join(str(exc).split())})") from None
@@ -78,7 +78,7 @@ def map_cost(data: bytes, where: str) -> int:
 def _convert_map(data: bytes, dest: Path, where: str) -> int:
     map_cost(data, where)  # the declared size, before decoding
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
             im.load()
             if im.mode not in ("L", "P"):
                 raise BadValueError(f"mode {im.mode}, expected a single-channel map")

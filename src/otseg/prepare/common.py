@@ -11,7 +11,8 @@ run leaves either the finished file or nothing under the final name; a re-run sk
 removes temporaries left behind. Member names are never used as paths: each converter builds the
 destination from a validated stem.
 
-Memory. A member is read whole, so members over `MAX_MEMBER_BYTES` are refused from their declared size; label maps
+Memory. A member is read whole, so members over `MAX_MEMBER_BYTES` are refused from their declared size (a zip
+member is inflated no further than that size; tar header records are capped at `MAX_TAR_HEADER_BYTES`); label maps
 the converters decode (SBD `.mat`, Context RLE, COCO-Stuff PNG) are checked from their headers against
 `MAX_LABEL_SIDE` and `MAX_LABEL_PIXELS` before decoding; and `run_jobs` keeps at most `MAX_BYTES_IN_FLIGHT` of jobs
 (each one's payload and the memory its decoding needs, `Job.cost`) submitted at a time, whatever the number of
@@ -68,6 +69,10 @@ __all__ = [
 
 # A single archive member larger than this is not an image or mask of these datasets: refuse to hold it in memory.
 MAX_MEMBER_BYTES = 256 << 20
+# A tar header record (pax header, GNU long name) larger than this names no file of these datasets (paths are at
+# most 4,096 bytes); tarfile reads each in one call, before the member it describes.
+MAX_TAR_HEADER_BYTES = 1 << 20
+MAX_MEMBER_NAME_CHARS = 4096
 # Label maps the converters decode: PASCAL's are at most 500 px a side, COCO's 640; anything larger than these
 # bounds is not an annotation of these datasets, and is refused from its header before it is decoded.
 MAX_LABEL_SIDE = 4096
@@ -110,7 +115,8 @@ def check_label_size(height: Any, width: Any, where: str) -> tuple[int, int]:
 def safe_stem(name: str, what: str) -> str:
     """`name` if it is a plain file stem (no folders, no '..'); else ValueError naming it."""
     if not _STEM.fullmatch(name) or ".." in name:
-        raise BadValueError(f"{what}: unexpected file name {name!r} (not a plain image stem)")
+        shown = repr(name) if len(name) <= 200 else f"{name[:60]!r}... ({len(name):,} characters)"
+        raise BadValueError(f"{what}: unexpected file name {shown} (not a plain image stem)")
     return name
 
 
@@ -200,31 +206,60 @@ class Input:
                     continue
                 rel = self._relative(info.filename)
                 if rel is not None and rel.startswith(prefixes):
-                    yield Member(rel, info.file_size, None, functools.partial(zf.read, info), self.describe())
+                    read = functools.partial(_read_zip_member, zf, info, self.describe())
+                    yield Member(rel, info.file_size, None, read, self.describe())
 
     def _tar_members(self, prefixes: tuple[str, ...]) -> Iterator[Member]:
         with _capped_tar(self.path) as tf:
+            raw = tf.fileobj
+            assert isinstance(raw, _CappedReads)
             while (info := tf.next()) is not None:
                 tf.members = []  # type: ignore[attr-defined]  # tarfile keeps every header it read: memory would grow
                 if not info.isfile():
                     continue
+                if len(info.name) > MAX_MEMBER_NAME_CHARS:
+                    raise BadValueError(
+                        f"{self.describe()}: a member named by {len(info.name):,} characters (it starts "
+                        f"{info.name[:60]!r}); no file of these datasets has such a name"
+                    )
                 rel = self._relative(info.name)
                 if rel is not None and rel.startswith(prefixes):
 
                     def read(info: tarfile.TarInfo = info) -> bytes:
                         f = tf.extractfile(info)
                         assert f is not None
-                        return f.read()
+                        raw.cap = MAX_MEMBER_BYTES  # the member's data (headers stay under the smaller cap)
+                        try:
+                            return f.read()
+                        finally:
+                            raw.cap = MAX_TAR_HEADER_BYTES
 
                     yield Member(rel, info.size, None, read, self.describe())
 
 
+def _read_zip_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, source: str) -> bytes:
+    """A zip member's bytes, decompressed no further than its declared size: `ZipFile.read` inflates whatever the
+    compressed data holds before cutting it to that size (a member declaring 1,000 bytes may inflate to gigabytes),
+    and bzip2 / LZMA members are decompressed a whole read at a time (the datasets' zips use deflate)."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise BadValueError(
+            f"{source}: {info.filename} is compressed with method {info.compress_type} (these datasets' zips store "
+            "or deflate their files); download the archive again"
+        )
+    with zf.open(info) as f:
+        data = f.read(info.file_size)  # at its declared size the CRC is checked: more data than declared fails
+    if len(data) != info.file_size:
+        raise zipfile.BadZipFile(f"{info.filename} holds {len(data):,} of its {info.file_size:,} bytes")
+    return data
+
+
 class _CappedReads(io.RawIOBase):
     """A file whose single reads are capped: tarfile reads a member's (or a pax header's) declared size in one call,
-    so a small compressed archive could otherwise declare a header of gigabytes and have it decompressed."""
+    so a small compressed archive could otherwise declare a header of gigabytes and have it decompressed. The cap
+    is `MAX_TAR_HEADER_BYTES` while tarfile reads headers, `MAX_MEMBER_BYTES` while a member's data is read."""
 
     def __init__(self, inner: Any, cap: int, name: Path) -> None:
-        self._inner, self._cap, self.name = inner, cap, str(name)
+        self._inner, self.cap, self.name = inner, cap, str(name)
 
     def readable(self) -> bool:
         return True
@@ -239,8 +274,9 @@ class _CappedReads(io.RawIOBase):
         return int(self._inner.tell())
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0 or size > self._cap:
-            raise BadValueError(f"{self.name}: a record of {size:,} bytes, more than any file of these datasets")
+        if size is None or size < 0 or size > self.cap:
+            what = "file" if self.cap >= MAX_MEMBER_BYTES else "header (pax header or long name)"
+            raise BadValueError(f"{self.name}: a record of {size:,} bytes, more than any {what} of these datasets")
         return bytes(self._inner.read(size))
 
     def readinto(self, buffer: Any) -> int:
@@ -254,7 +290,7 @@ class _CappedReads(io.RawIOBase):
 
 
 def _capped_tar(path: Path) -> tarfile.TarFile:
-    """`tarfile.open(path, "r:*")` whose reads are capped at `MAX_MEMBER_BYTES` each (`_CappedReads`)."""
+    """`tarfile.open(path, "r:*")` whose reads are capped (`_CappedReads`)."""
     with path.open("rb") as f:
         magic = f.read(6)
     opener: Callable[[Path], Any] = (
@@ -263,7 +299,7 @@ def _capped_tar(path: Path) -> tarfile.TarFile:
     )  # fmt: skip
     inner = opener(path)
     try:
-        return tarfile.open(fileobj=_CappedReads(inner, MAX_MEMBER_BYTES, path), mode="r:")
+        return tarfile.open(fileobj=_CappedReads(inner, MAX_TAR_HEADER_BYTES, path), mode="r:")
     except BaseException:
         inner.close()
         raise

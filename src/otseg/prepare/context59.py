@@ -183,7 +183,7 @@ def _render_job(payload: tuple[int, int, list[tuple[Any, ...]]], dest: Path, whe
 def _load_json(path_or_bytes: Path | bytes, where: str) -> dict[str, Any]:
     try:
         data = json.loads(path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer over Python's 4,300 digits
         raise BadValueError(f"{where} is not valid JSON ({exc}); download trainval_merged.json again") from None
     except RecursionError:
         raise BadValueError(f"{where}: its JSON is nested too deep for PASCAL in Detail; download it again") from None

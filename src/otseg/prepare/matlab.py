@@ -38,6 +38,7 @@ class MatLimits:
     max_container: int = 4096  # elements of one cell or struct array
     max_fields: int = 256  # fields of one struct
     max_depth: int = 8  # structs and cells nested in each other
+    max_arrays: int = 65_536  # arrays of the whole file, nested ones included (an SBD file holds about 25)
 
     @property
     def max_decompressed(self) -> int:
@@ -56,14 +57,19 @@ class _Stream:
     """Bytes read from a `.mat` element, decompressed on demand (with a budget) when the element is compressed."""
 
     def __init__(self, data: memoryview, compressed: bool, budget: list[int], endian: str) -> None:
+        """`budget`: [decompressed bytes left, arrays left], shared by the file's streams."""
         self._data, self._compressed, self._budget, self.endian = data, compressed, budget, endian
         self._inflate = zlib.decompressobj() if compressed else None
         self._buffer = b""
+        self._start = 0  # where the unread part of `_buffer` starts (slicing the buffer per read would copy it)
         self._in = 0  # position in `data`
         self.pos = 0  # bytes delivered so far
 
     def _fill(self, want: int) -> None:
         assert self._inflate is not None
+        if len(self._buffer) - self._start >= want:
+            return
+        self._buffer, self._start = self._buffer[self._start :], 0
         while len(self._buffer) < want:
             room = min(_CHUNK, self._budget[0] + 1)
             if self._inflate.unconsumed_tail:
@@ -84,11 +90,18 @@ class _Stream:
             out = bytes(self._data[self.pos : self.pos + n])
         else:
             self._fill(n)
-            out, self._buffer = self._buffer[:n], self._buffer[n:]
+            out = self._buffer[self._start : self._start + n]
+            self._start += len(out)
         if len(out) < n:
             raise BadValueError("the file ends inside a data element (truncated)")
         self.pos += n
         return out
+
+    def count_array(self, path: str) -> None:
+        """One more array in the file: each costs scipy an object and this walk a step, whatever its size."""
+        self._budget[1] -= 1
+        if self._budget[1] < 0:
+            raise _TooLarge(f"{path or 'the file'}: more arrays than the limit")
 
     def skip(self, n: int) -> None:
         while n > 0:
@@ -124,6 +137,7 @@ def _ints(kind: int, data: bytes, endian: str) -> list[int]:
 
 def _matrix(stream: _Stream, nbytes: int, path: str, limits: MatLimits, depth: int) -> None:
     """Walk one miMATRIX element of `nbytes` bytes (its tag already read), checking what it declares."""
+    stream.count_array(path)
     if nbytes == 0:  # an empty matrix (e.g. an empty cell)
         return
     end = stream.pos + nbytes
@@ -197,7 +211,7 @@ def check_mat_sizes(data: bytes, limits: MatLimits) -> int:
         raise BadValueError("not a MATLAB 5 file (no endian indicator; MATLAB 7.3 / HDF5 files are not read)")
     endian = "<" if order == b"IM" else ">"
     view = memoryview(data)
-    budget = [limits.max_decompressed]
+    budget = [limits.max_decompressed, limits.max_arrays]
     pos = 128
     try:
         while pos + 8 <= len(data):
@@ -220,6 +234,8 @@ def check_mat_sizes(data: bytes, limits: MatLimits) -> int:
         what = str(e)
         if what == "decompresses beyond the limit":
             what = f"its data decompresses to more than {limits.max_decompressed:,} bytes"
+        elif what.endswith(": more arrays than the limit"):
+            what = f"{what[: -len(': more arrays than the limit')]}: more than {limits.max_arrays:,} arrays in one file"
         raise MatTooLarge(f"{what}; not a dataset annotation") from None
     except (struct.error, zlib.error, UnicodeDecodeError, IndexError) as e:
         raise BadValueError(f"a malformed MATLAB header ({e})") from None

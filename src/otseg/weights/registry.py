@@ -146,7 +146,7 @@ def load_registry(path: str | Path | None = None) -> tuple[RegistryEntry, ...]:
             raise BadValueError(f"registry file {path} is a folder; give the registry JSON file") from None
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, an integer over Python's 4,300 digits
         raise BadValueError(f"registry file {source} is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadValueError(f"registry file {source}: JSON nested too deeply to be a registry") from None
