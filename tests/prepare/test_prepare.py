@@ -4,6 +4,7 @@ against the expected mapping, then two training iterations and an evaluation wit
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,18 @@ def test_ade20k_copied_unchanged_and_read_by_the_cross_dataset_preset(tmp_path, 
                  "--out", str(out_json)]) == 0  # fmt: skip
     result = json.loads(out_json.read_text())
     assert result["num_images"] == 2 and len(result["per_class_iou"]) == 150
+
+
+def test_ade20k_release_packed_inside_another_zip_is_refused_in_one_line(tmp_path, capsys):
+    src, root = tmp_path / "downloads", tmp_path / "data"
+    make_ade20k(src, archive=True)
+    release = src / "ADEChallengeData2016.zip"
+    inner = release.read_bytes()
+    with zipfile.ZipFile(release, "w") as outer:  # the real release, as one member of a zip of the same name
+        outer.writestr("ADEChallengeData2016.zip", inner)
+    assert _prepare("ade20k", src, root, "--skip-checksum") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "ADEChallengeData2016.zip" in err and "no image or annotation" in err
 
 
 # ------------------------------------------------------------------------------------------------ resume

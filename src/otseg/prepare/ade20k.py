@@ -9,6 +9,7 @@ sceneCategories.txt. Official counts: 20,210 training and 2,000 validation image
 
 from __future__ import annotations
 
+from otseg.errors import BadFileError
 from otseg.prepare.common import (
     PrepareOptions,
     copy_job,
@@ -58,6 +59,14 @@ def prepare_ade20k(opts: PrepareOptions) -> dict[str, int]:
 
     run_jobs(jobs(), 0, "ADE20K files", opts.progress)
     counts = {f: len(existing_names(out / f)) for f in _FOLDERS}
+    if not any(counts.values()):
+        # An archive without ADEChallengeData2016/images/... (e.g. the release zip packed inside another zip) would
+        # otherwise "succeed" with nothing written.
+        raise BadFileError(
+            f"{inp.describe()}: no image or annotation under ADEChallengeData2016/{{images,annotations}}/"
+            "{training,validation}/; give --src the release ADEChallengeData2016.zip itself (or its unpacked folder), "
+            "not an archive that contains it"
+        )
     print(
         f"ade20k: wrote {out}: training {plural(counts['images/training'], 'image')} / "
         f"{plural(counts['annotations/training'], 'annotation')} (official: 20,210), validation "
