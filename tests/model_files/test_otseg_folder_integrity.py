@@ -164,3 +164,16 @@ def test_otseg_classes_reads_a_folder_config_with_the_same_bounds(folder: Path, 
     assert main(["classes", "--model", str(folder)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and "config.json" in err and needle in err, err
+
+
+def test_integer_class_embeddings_are_refused_in_one_line(folder: Path) -> None:
+    """A folder whose class embeddings were rewritten as integers (with a matching digest) does not load: they would
+    be cast silently and score as nonsense."""
+
+    def edit(tensors: dict) -> None:
+        tensors["class_embeddings"] = (tensors["class_embeddings"] * 100).round().to(torch.int64)
+
+    _rewrite_weights(folder, edit, lambda header, tensors: header.update(otseg_sha256=tensor_digest(tensors)))
+    with pytest.raises(ValueError) as info:
+        load_pretrained(folder)
+    _one_line(info.value, "model.safetensors", "floating point", "int64")

@@ -124,3 +124,17 @@ def test_a_checkpoint_without_any_digest_is_refused_unless_trusted(checkpoint: P
     code = main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(path), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "--trust-unverified" in err and len(err.strip().splitlines()) == 1
+
+
+def test_integer_class_embeddings_with_a_recomputed_digest_are_refused(checkpoint: Path, tmp_path: Path) -> None:
+    """Even resealed by whoever edited it, a checkpoint whose class embeddings are integers does not load: they would
+    be cast silently and score as nonsense."""
+    state = torch.load(checkpoint, weights_only=True)
+    state["class_embeddings"] = (state["class_embeddings"] * 100).round().to(torch.int64)
+    state[CHECKPOINT_DIGEST_KEY] = whole_checkpoint_digest(state)
+    edited = tmp_path / checkpoint.name
+    torch.save(state, edited)
+    with pytest.raises(ValueError) as info:
+        load_model(edited)
+    message = str(info.value)
+    assert "\n" not in message and str(edited) in message and "floating-point" in message and "int64" in message

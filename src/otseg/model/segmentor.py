@@ -100,6 +100,8 @@ class OTSeg(nn.Module):
         t = torch.as_tensor(np.asarray(emb) if not isinstance(emb, Tensor) else emb)
         if t.dim() != 3:
             raise BadValueError(f"class embeddings must have shape (K, N, D), got {tuple(t.shape)}")
+        if not t.is_floating_point():  # integer "embeddings" would be cast silently and score as nonsense
+            raise BadValueError(f"class embeddings must be floating point, got {t.dtype}")
         d = self.config.head.embed_dim
         if t.shape[2] != d:
             raise BadValueError(f"class embeddings have width {t.shape[2]} but the model expects {d}")

@@ -254,9 +254,15 @@ def model_from_training_checkpoint(
     model.load_state_dict(ckpt["model"], strict=False)  # strict=False: the frozen text tower is never saved
     emb = ckpt["class_embeddings"]
     names = ckpt.get("class_names")
-    shape = tuple(emb.shape) if isinstance(emb, torch.Tensor) else None
     expected = (cfg.num_prompts, cfg.head.embed_dim)
-    if shape is None or len(shape) != 3 or shape[1:] != expected or (names is not None and len(names) != shape[0]):
+    if not isinstance(emb, torch.Tensor) or not emb.is_floating_point():
+        raise BadValueError(
+            f"training checkpoint {p}: class_embeddings must be a floating-point tensor, got "
+            f"{emb.dtype if isinstance(emb, torch.Tensor) else type(emb).__name__}; the file is damaged or was "
+            "edited: use another checkpoint of the run"
+        )
+    shape = tuple(emb.shape)
+    if len(shape) != 3 or shape[1:] != expected or (names is not None and len(names) != shape[0]):
         raise BadValueError(
             f"training checkpoint {p}: class_embeddings {shape} do not fit its model (expected (K, {expected[0]}, "
             f"{expected[1]}) with K = {len(names) if names is not None else 'the number of classes'}); the file is "
