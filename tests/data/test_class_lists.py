@@ -4,11 +4,13 @@ a class called "names.txt"; a single class gets a note."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from otseg.data.classes import class_list_note, parse_class_option, parse_class_text
+from otseg.data.classes import class_list_note, parse_class_option, parse_class_text, read_class_file
+from otseg.errors import UserError
 
 
 @pytest.mark.parametrize(
@@ -92,3 +94,18 @@ def test_invisible_names_too_many_names_and_huge_files_are_refused(tmp_path: Pat
     with pytest.raises(ValueError) as info:
         parse_class_option(str(names))
     assert str(names) in str(info.value) and "4,294,967,296 bytes" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_class_path_that_is_no_regular_file_is_named_as_such(tmp_path: Path) -> None:
+    folder = tmp_path / "names.txt"
+    folder.mkdir()  # a folder with a .txt name
+    link = tmp_path / "zero.txt"
+    link.symlink_to("/dev/zero")  # would be read forever
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)  # would block the reader
+    for path in (folder, link, fifo):
+        with pytest.raises(UserError, match="not a regular file") as info:
+            parse_class_option(str(path), "--classes")
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+        with pytest.raises(UserError, match="not a regular file"):
+            read_class_file(path)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from otseg.config import MAX_CLASS_NAME_CHARS, MAX_CLASSES
-from otseg.errors import BadValueError, MissingFileError
+from otseg.errors import BadFileError, BadValueError, MissingFileError
 
 __all__ = [
     "CLASS_FILE_SUFFIXES",
@@ -181,6 +181,11 @@ def parse_class_option(text: str, where: str = "--classes") -> list[str]:
                 f"{where} {stripped}: class lists are read from .txt files (one name per line), not "
                 f"{path.suffix} files; save the names as a .txt file, or give them comma-separated"
             )
+        if path.exists() and not path.is_file():  # a folder, a pipe, a device: never read as a class list
+            raise BadFileError(
+                f"{where} {stripped}: not a regular file; give an existing .txt file (one name per line) or the "
+                "names themselves, comma-separated (e.g. 'cat, sofa, wall')"
+            )
         if not path.is_file():
             raise MissingFileError(
                 f"{where} {stripped}: no such file; give an existing .txt file (one name per line) or the names "
@@ -211,6 +216,8 @@ def read_class_file(path: str | os.PathLike[str]) -> list[str]:
             message names the file.
     """
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise BadFileError(f"class list {p} is not a regular file (a folder, pipe or device); give a .txt file")
     if not p.is_file():
         raise MissingFileError(f"class list {p} does not exist")
     size = p.stat().st_size
