@@ -121,13 +121,15 @@ def test_out_of_range_prediction_names_file_and_value(tmp_path):
 def test_unreadable_png_names_file(tmp_path):
     pred_dir, gt_dir, _ = _make_folders(tmp_path, n=2)
     (pred_dir / "img_000.png").write_bytes(b"not a png at all")
-    with pytest.raises(ValueError, match=r"cannot read label map .*img_000\.png"):
+    with pytest.raises(ValueError, match=r"label map .*img_000\.png") as info:
         score_folders(pred_dir, gt_dir, NAMES, SEEN, UNSEEN)
+    assert str(info.value).count("img_000.png") == 1  # named once, not wrapped in a second "cannot read ..."
     # A truncated file fails at decode time and is reported the same way.
     data = (gt_dir / "img_001.png").read_bytes()
     (gt_dir / "img_001.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=r"cannot read label map .*img_001\.png"):
+    with pytest.raises(ValueError, match=r"label map .*img_001\.png is corrupt or truncated") as info:
         read_label_map(gt_dir / "img_001.png")
+    assert str(info.value).count("img_001.png") == 1
 
 
 def test_rgb_png_rejected(tmp_path):

@@ -57,8 +57,8 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
             img.load()  # decode now so a truncated file fails here, inside the try
             mode = img.mode
             arr = np.asarray(img)
-    except ValueError as e:
-        raise BadValueError(f"cannot read label map {path}: {e}") from None
+    except ValueError as e:  # open_image's own messages name the file already
+        raise BadValueError(str(e) if str(path) in str(e) else f"cannot read label map {path}: {e}") from None
     if arr.ndim != 2 or arr.dtype.kind not in "iu":
         raise BadValueError(
             f"{path} is not a single-channel integer label map (PIL mode {mode}, array {arr.dtype}{list(arr.shape)});"
