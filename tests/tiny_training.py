@@ -4,6 +4,7 @@ digests): imported as `from tiny_training import ...` (tests/ is on sys.path thr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,9 +17,11 @@ from otseg.train.trainer import Trainer
 CLASSES = ("red", "green", "blue", "yellow")
 
 
-def tiny_model(width: int = 32, classes: tuple[str, ...] = CLASSES) -> OTSeg:
+def tiny_model(width: int = 32, classes: tuple[str, ...] = CLASSES, **fields: Any) -> OTSeg:
+    """A seeded 32-pixel OTSeg whose last class is unseen, with random unit class embeddings; `fields` replace or
+    add `ModelConfig` fields (e.g. `setting`, `unseen_classes`, `dataset`, `test_short_side`)."""
     torch.manual_seed(0)
-    cfg = ModelConfig(
+    config = dict(
         name="tiny-ckpt",
         vision=VisionConfig(image_size=32, patch_size=8, width=width, layers=2, heads=2, output_dim=16,
                             num_prompt_tokens=2, deep_prompt_layers=1),
@@ -29,7 +32,7 @@ def tiny_model(width: int = 32, classes: tuple[str, ...] = CLASSES) -> OTSeg:
         crop_size=32,
         stride=24,
     )  # fmt: skip
-    model = OTSeg(cfg)
+    model = OTSeg(ModelConfig(**{**config, **fields}))
     model.set_class_embeddings(F.normalize(torch.randn(len(classes), 1, 16), dim=-1))
     return model
 
@@ -60,6 +63,7 @@ def train_cfg(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def trained_checkpoint(work_dir: Path, max_iters: int = 2) -> Path:
-    Trainer(tiny_model(), Blocks(), train_cfg(max_iters=max_iters), work_dir).train()
+def trained_checkpoint(work_dir: Path, max_iters: int = 2, model: OTSeg | None = None) -> Path:
+    """The last checkpoint of `max_iters` steps of `model` (default: `tiny_model()`) on `Blocks`."""
+    Trainer(tiny_model() if model is None else model, Blocks(), train_cfg(max_iters=max_iters), work_dir).train()
     return work_dir / f"iter_{max_iters}.pt"

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from fake_layouts import make_custom, write_label
 from PIL import Image, ImageFile
 
+import tiny_training
 from otseg import OTSeg
-from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
+from otseg.config import TrainConfig
 from otseg.data.datasets import SegmentationDataset, build_dataset, read_image, read_label
 from otseg.eval.evaluate import evaluate
 from otseg.train.trainer import BadSampleError, Trainer
@@ -26,21 +26,7 @@ CLASSES = ("sky", "tree", "road", "car")
 
 
 def tiny_model() -> OTSeg:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="tiny-edges",
-        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, output_dim=16,
-                            num_prompt_tokens=2, deep_prompt_layers=1),
-        head=HeadConfig(embed_dim=16, num_layers=2, num_heads=2, ffn_dim=32, output_size=32),
-        class_names=CLASSES,
-        unseen_classes=(3,),
-        templates="templates_1",
-        crop_size=32,
-        stride=24,
-    )  # fmt: skip
-    model = OTSeg(cfg)
-    model.set_class_embeddings(F.normalize(torch.randn(4, 1, 16), dim=-1))
-    return model
+    return tiny_training.tiny_model(classes=CLASSES, name="tiny-edges")
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator | None = None):

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from fake_layouts import make_custom
 
 from otseg import OTSeg
 from otseg.cli import main
-from otseg.config import HeadConfig, ModelConfig, TrainConfig, VisionConfig
 from otseg.data.datasets import build_dataset
 from otseg.data.facts import data_config_for
 from otseg.data.transforms import TestTransform
 from otseg.distributed import DistInfo
 from otseg.eval.evaluate import evaluate, throughput_line
-from otseg.train.trainer import Trainer
+from tiny_training import tiny_model, trained_checkpoint
 
 CLASSES = ("sky", "tree", "road", "car")
 LINE = re.compile(r"^eval: 3 images in \d+\.\d s: \d+\.\d\d images/s \((float32|bf16), cpu\)$")
@@ -27,30 +25,11 @@ LINE = re.compile(r"^eval: 3 images in \d+\.\d s: \d+\.\d\d images/s \((float32|
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, Path, OTSeg]:
-    """A fake custom dataset (3 validation images) and a 1-step checkpoint of a tiny model for its classes."""
+    """A fake custom dataset (3 validation images) and a 2-step checkpoint of a tiny model for its classes."""
     tmp = tmp_path_factory.mktemp("eval_speed")
     root = make_custom(tmp / "data", n_train=2, n_val=3, size=(32, 40), class_names=CLASSES, unseen=("car",))
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="tiny-eval", dataset="custom", class_names=CLASSES, unseen_classes=(3,), templates="templates_1",
-        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, output_dim=16,
-                            num_prompt_tokens=2, deep_prompt_layers=1),
-        head=HeadConfig(embed_dim=16, num_layers=2, num_heads=2, ffn_dim=32, output_size=32),
-        crop_size=32, stride=24, test_short_side=32,
-    )  # fmt: skip
-    model = OTSeg(cfg)
-    model.set_class_embeddings(F.normalize(torch.randn(4, 1, 16), dim=-1))
-
-    class Ones(torch.utils.data.Dataset):
-        def __len__(self) -> int:
-            return 2
-
-        def __getitem__(self, i: int) -> dict:
-            return {"image": torch.zeros(3, 32, 32), "label": torch.full((32, 32), i, dtype=torch.long)}
-
-    tcfg = TrainConfig(max_iters=1, batch_size=2, num_workers=0, checkpoint_interval=1, warmup_iters=1)
-    Trainer(model, Ones(), tcfg, tmp / "run").train()
-    return root, tmp / "run" / "iter_1.pt", model.eval()
+    model = tiny_model(classes=CLASSES, name="tiny-eval", dataset="custom", test_short_side=32)
+    return root, trained_checkpoint(tmp / "run", model=model), model.eval()
 
 
 def _eval(root: Path, ckpt: Path, out: Path, *extra: str) -> int:

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import tiny_training
 from otseg import OTSeg
-from otseg.config import HeadConfig, ModelConfig, Setting, TrainConfig, VisionConfig
+from otseg.config import Setting, TrainConfig
 from otseg.demo.presets import DemoRecipe, demo_train_config
 from otseg.model.head import HeadOutput
 from otseg.train.lean_losses import seg_loss_plus_lean, unseen_argmax_lean, upsample_logits
@@ -125,22 +126,8 @@ def test_lean_pseudo_labels_equal_dense(with_mps: bool) -> None:
 
 
 def tiny_model(setting: Setting) -> OTSeg:
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        name="tiny",
-        setting=setting,
-        vision=VisionConfig(image_size=32, patch_size=8, width=32, layers=2, heads=2, output_dim=16,
-                            num_prompt_tokens=2, deep_prompt_layers=1),
-        head=HeadConfig(embed_dim=16, num_layers=2, num_heads=2, ffn_dim=32, output_size=32),
-        class_names=("a", "b", "c", "d", "e"),
-        unseen_classes=(3,),
-        templates="templates_1",
-        crop_size=32,
-        stride=24,
-    )  # fmt: skip
-    model = OTSeg(cfg)
-    model.set_class_embeddings(F.normalize(torch.randn(5, 1, 16), dim=-1))
-    return model
+    classes = ("a", "b", "c", "d", "e")
+    return tiny_training.tiny_model(classes=classes, name="tiny", setting=setting, unseen_classes=(3,))
 
 
 @pytest.mark.parametrize("setting", ["inductive", "transductive", "fully"])
